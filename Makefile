@@ -1,0 +1,48 @@
+# nnlab: two commands. `make run` serves the dashboard; `make test` runs the whole suite.
+# Both create .venv and install the pinned requirements on a fresh machine by themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+SUDO   := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && sudo -n true 2>/dev/null && echo "sudo -n"))
+CAN_APT := $(shell [ "$$(id -u)" = 0 ] || (command -v sudo >/dev/null && sudo -n true 2>/dev/null) && command -v apt-get >/dev/null && echo yes)
+
+.PHONY: run test venv data chromium bench clean
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package when we may install packages; nnlab falls back by itself otherwise.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST: Debian package present"; \
+	elif [ "$(CAN_APT)" = yes ]; then ($(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+	  && echo "Fashion-MNIST: installed dataset-fashion-mnist" || echo "Fashion-MNIST: apt failed; nnlab will try torchvision, then digits"; \
+	else echo "Fashion-MNIST: cannot install Debian packages here; nnlab will try torchvision, then digits"; fi
+
+# Debian's chromium for the browser tests (skipped with a clear message when it cannot be installed).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: present"; \
+	elif [ "$(CAN_APT)" = yes ]; then ($(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1)) \
+	  && echo "chromium: installed" || echo "chromium: apt failed; browser tests will be skipped"; \
+	else echo "chromium: cannot install Debian packages here; browser tests will be skipped"; fi
+
+run: venv data
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+	  --browser.gatherUsageStats false --server.headless true
+
+test: venv chromium
+	$(PY) -m pytest -q tests
+
+bench: venv data
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,98 @@
+"""Base models: the self-trained demo CNN (cached in the workspace) and user models, each with a record."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nnlab import config
+from nnlab.data import ImageDataset
+from nnlab.evaluate import evaluate
+from nnlab.measure import count_macs, count_parameters, file_sizes, layer_table, measure_latency
+from nnlab.models import create_model, load_into, state_dict_hash
+from nnlab.records import Record
+from nnlab.train import EpochStats, Progress, TrainConfig, train_model
+from nnlab.workspace import Workspace
+
+
+def demo_id(data: ImageDataset, arch: str = "demo-cnn") -> str:
+    """The workspace id of the demo model for a dataset."""
+    return f"{arch}-{data.id}"
+
+
+def demo_config(data: ImageDataset) -> TrainConfig:
+    """Training settings of the demo model: a few epochs on big sets, more on tiny ones."""
+    epochs = config.demo_epochs()
+    if len(data.y_train) < 5000:
+        epochs = max(epochs, 30 if epochs >= 4 else epochs * 6)
+    return TrainConfig(epochs=epochs, lr=4e-3, batch_size=256 if len(data.y_train) >= 5000 else 64)
+
+
+@contextlib.contextmanager
+def _training_lock(ws: Workspace, model_id: str) -> Iterator[None]:
+    """One process trains a given demo model at a time; the others wait, then load its result."""
+    path = ws.root / "locks" / f"{model_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_demo(data: ImageDataset, ws: Workspace, progress: Callable[[Progress], None] | None = None,
+                arch: str = "demo-cnn") -> tuple[nn.Module, Record, list[dict]]:
+    """Load the demo model for ``data`` from the workspace, training and storing it first if needed."""
+    model_id = demo_id(data, arch)
+    c, h, w = data.input_shape
+    if not ws.has_model(model_id):
+        with _training_lock(ws, model_id):
+            if not ws.has_model(model_id):
+                model = create_model(arch, c, data.num_classes, (h, w))
+                t0 = time.perf_counter()
+                history = train_model(model, data, demo_config(data), progress=progress)
+                seconds = time.perf_counter() - t0
+                model = model.cpu().eval()
+                path = ws.save_model(model_id, model.state_dict(), [e.to_dict() for e in history])
+                record = profile_model(model, data, model_id, f"Demo CNN on {data.name}", arch, path,
+                                       extra={"train_seconds": round(seconds, 1), "trained_by": "nnlab"})
+                ws.save_model_record(model_id, record)
+    model = create_model(arch, c, data.num_classes, (h, w))
+    load_into(model, ws.load_model_state(model_id))
+    record = ws.load_model_record(model_id)
+    assert record is not None
+    return model, record, ws.load_history(model_id)
+
+
+def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str, arch: str,
+                  artifact: Path | None, method: str = "base", parent: str = "", cfg: dict | None = None,
+                  extra: dict | None = None, latency_repeats: int = 20) -> Record:
+    """Measure a float model: test and train accuracy, parameters, MACs, latency (batch 1 and 32), size."""
+    model = model.eval()
+    ev = evaluate(model, data, "test")
+    n_train = len(data.y_train)
+    train_ev = evaluate(model, data, "train", indices=torch.arange(min(n_train, 10000)).numpy())
+    params, nonzero = count_parameters(model)
+    cpu_model = model.cpu()
+    lat = measure_latency(cpu_model, data.input_shape, (1, 32), repeats=latency_repeats)
+    size = gz = 0
+    if artifact is not None and Path(artifact).is_file():
+        size, gz = file_sizes(artifact)
+    rows = layer_table(cpu_model, data.input_shape)
+    return Record(id=model_id, name=name, method=method, config=cfg or {}, parent=parent, arch=arch, dataset=data.id,
+                  accuracy=ev.accuracy, per_class_accuracy=ev.per_class_accuracy(data.num_classes),
+                  train_accuracy=train_ev.accuracy, size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=size,
+                  latency={str(b): v.to_dict() for b, v in lat.items()}, macs=count_macs(cpu_model, data.input_shape),
+                  params=params, nonzero_params=nonzero, layers=rows, artifact_format="safetensors",
+                  created=time.time(), extra={**(extra or {}), "weights_hash": state_dict_hash(model.state_dict())})
+
+
+def history_as_stats(history: list[dict]) -> list[EpochStats]:
+    return [EpochStats(**h) for h in history]

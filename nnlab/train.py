@@ -1,0 +1,182 @@
+"""One training loop for everything nnlab trains: the demo model, subset retraining, fine-tuning, distillation.
+
+Progress goes to a callback; a cancel callback stops the loop between batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnlab import config
+from nnlab.data import ImageDataset
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+StepHook = Callable[[nn.Module], None]
+
+
+class Cancelled(RuntimeError):
+    """Raised inside a long run when its cancel callback returns True."""
+
+
+@dataclass
+class Progress:
+    """One progress report: where a run is and how it is doing."""
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    loss: float
+    accuracy: float
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        done = (self.epoch - 1) * self.batches + self.batch
+        return min(1.0, done / max(1, self.epochs * self.batches))
+
+
+@dataclass
+class EpochStats:
+    """Per-epoch history: train loss/accuracy (running, over the epoch) and test loss/accuracy."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train_model`.
+
+    Args:
+        epochs: Passes over the training data (or subset).
+        lr: Peak learning rate of AdamW under a one-cycle schedule.
+        batch_size: Samples per step.
+        weight_decay: AdamW weight decay.
+        seed: Seed for initial shuffling and dropout.
+        eval_test: Evaluate on the test split after each epoch.
+        max_test: Evaluate on at most this many test samples (0: all).
+    """
+
+    epochs: int = 5
+    lr: float = 3e-3
+    batch_size: int = 128
+    weight_decay: float = 1e-4
+    seed: int = 0
+    eval_test: bool = True
+    max_test: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if not (0 < self.lr < 10):
+            raise ValueError(f"learning rate must be in (0, 10), got {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(x), y)
+
+
+@torch.no_grad()
+def quick_eval(model: nn.Module, data: ImageDataset, split: str, indices: np.ndarray | None = None,
+               device: torch.device | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (or ``indices`` of it), in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in data.batches(split, 1024, indices=indices):
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        total_loss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        count += len(y)
+    model.train(was_training)
+    return total_loss / max(1, count), correct / max(1, count)
+
+
+def train_model(model: nn.Module, data: ImageDataset, cfg: TrainConfig = TrainConfig(),
+                indices: np.ndarray | None = None, loss_fn: LossFn = cross_entropy_loss,
+                after_step: StepHook | None = None, progress: Callable[[Progress], None] | None = None,
+                cancel: Callable[[], bool] | None = None, device: torch.device | None = None,
+                params: list[nn.Parameter] | None = None) -> list[EpochStats]:
+    """Train ``model`` in place on ``data``'s training split (or ``indices`` of it).
+
+    Args:
+        model: The model; trained in place (callers pass a copy when the original must stay).
+        data: The dataset.
+        cfg: Epochs, learning rate and the rest.
+        indices: Train on these training-set indices only.
+        loss_fn: ``loss_fn(model, x, y)``; distillation and penalties plug in here.
+        after_step: Called after each optimiser step (re-applying pruning masks, for example).
+        progress: Receives a :class:`Progress` every few batches.
+        cancel: Polled between batches; returning True raises :class:`Cancelled`.
+        device: Where to train; CUDA when present by default.
+        params: Parameters to optimise (default: all that require grad).
+
+    Returns:
+        The per-epoch history.
+    """
+    device = device or config.device()
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    n = len(indices) if indices is not None else len(data.labels("train"))
+    if n == 0:
+        raise ValueError("no training samples")
+    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.25)
+    history: list[EpochStats] = []
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        seen, loss_sum = 0, 0.0
+        for b, (x, y) in enumerate(data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
+                                                indices=indices), start=1):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled by the user")
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model, x, y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step(model)
+            seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            if progress is not None and (b % 10 == 0 or b == steps_per_epoch):
+                progress(Progress(epoch, cfg.epochs, b, steps_per_epoch, loss_sum / seen, float("nan"),
+                                  f"epoch {epoch}/{cfg.epochs}, batch {b}/{steps_per_epoch}, "
+                                  f"loss {loss_sum / seen:.3f}"))
+        # train metrics in eval mode over (at most 10 000 of) the samples trained on
+        train_idx = np.asarray(indices)[:10000] if indices is not None else np.arange(min(10000, n))
+        train_loss, train_acc = quick_eval(model, data, "train", indices=train_idx, device=device)
+        test_idx = np.arange(min(cfg.max_test, len(data.labels("test")))) if cfg.max_test else None
+        test_loss, test_acc = (quick_eval(model, data, "test", indices=test_idx, device=device) if cfg.eval_test
+                               else (float("nan"), float("nan")))
+        history.append(EpochStats(epoch, train_loss, train_acc, test_loss, test_acc, time.perf_counter() - t0))
+        if progress is not None:
+            progress(Progress(epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, train_loss, test_acc,
+                              f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.3f}, "
+                              f"train acc {train_acc:.3f}, test acc {test_acc:.3f}"))
+    model.eval()
+    return history
+

@@ -1,0 +1,63 @@
+"""Overview: the selected model (layers, parameters, MACs, size, latency, accuracy) and dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from nnlab import session
+from nnlab.viz import as_image, display_scale, grid
+
+st.title("nnlab · Overview")
+cur = session.current()
+data, rec = cur.data, cur.record
+ev = session.evaluation("test", cur)
+
+st.caption(f"Dataset: **{data.name}** — {data.source}. Model: **{rec.name}** (`{cur.model_id}`).")
+c1, c2, c3, c4, c5 = st.columns(5)
+c1.metric("Test accuracy", f"{ev.accuracy:.2%}", help="Top-1 on the whole test split (the shared evaluation pass).")
+c2.metric("Train accuracy", f"{rec.train_accuracy:.2%}", help="Top-1 on up to 10 000 training samples.")
+c3.metric("Parameters", f"{rec.params:,}", help=f"{rec.nonzero_params:,} nonzero")
+c4.metric("MACs / image", f"{rec.macs / 1e6:.2f} M", help="torch.utils.flop_counter, FLOPs / 2")
+size = f"{rec.size_bytes / 1024:.0f} KiB" if rec.size_bytes else "in memory"
+c5.metric("Size on disk", size, help=f"gzipped: {rec.size_gzip_bytes / 1024:.0f} KiB" if rec.size_bytes else None)
+
+lat = rec.latency
+if lat:
+    l1 = lat.get("1", {})
+    l32 = lat.get("32", {})
+    st.write(f"Latency (CPU, {l1.get('threads', '?')} threads, {l1.get('runtime', '')}): batch 1 median "
+             f"**{l1.get('median_ms', float('nan')):.2f} ms** (p90 {l1.get('p90_ms', float('nan')):.2f}); batch 32 "
+             f"median **{l32.get('median_ms', float('nan')):.2f} ms** (p90 {l32.get('p90_ms', float('nan')):.2f}).")
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Layers")
+    st.dataframe(pd.DataFrame(rec.layers), hide_index=True, width="stretch", height=320)
+with right:
+    st.subheader("Training history")
+    if cur.history:
+        h = pd.DataFrame(cur.history)
+        fig = px.line(h, x="epoch", y=["train_acc", "test_acc"], markers=True, labels={"value": "accuracy"})
+        fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10))
+        st.plotly_chart(fig, key="overview_history")
+    else:
+        st.info("No training history for this model (it was not trained by nnlab).")
+
+st.subheader("Dataset")
+counts = pd.DataFrame({"class": data.classes, "train": data.class_counts("train"), "test": data.class_counts("test")})
+d1, d2 = st.columns([2, 3])
+with d1:
+    st.write(f"{len(data.y_train):,} training and {len(data.y_test):,} test images of shape "
+             f"{data.input_shape}; normalised with mean {data.mean} and std {data.std}.")
+    st.dataframe(counts, hide_index=True, width="stretch")
+with d2:
+    rng = np.random.default_rng(0)
+    labels = data.y_test.numpy()
+    picks = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(data.num_classes) if (labels == c).any()]
+    picks = picks[:10] * 1
+    scale = display_scale(data.input_shape[1], 64)
+    st.image(grid([as_image(data.x_test[i], scale) for i in picks], ncols=min(10, len(picks))),
+             caption=" · ".join(data.classes[int(labels[i])] for i in picks))

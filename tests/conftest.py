@@ -1,0 +1,73 @@
+"""Shared fixtures: small datasets, a trained tiny demo model in a throwaway workspace, AppTest helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The whole suite uses an isolated workspace and data folder, digits as default data, and few epochs.
+_SESSION_TMP = Path(os.environ.get("NNLAB_TEST_TMP", "/tmp")) / f"nnlab-tests-{os.getpid()}"
+os.environ["NNLAB_WORKSPACE"] = str(_SESSION_TMP / "workspace")
+os.environ["NNLAB_DATA"] = str(_SESSION_TMP / "data")
+os.environ["NNLAB_DEBIAN_FASHION_MNIST"] = str(_SESSION_TMP / "no-debian-fashion-mnist")
+os.environ["NNLAB_DEFAULT_DATASET"] = "digits"
+os.environ["NNLAB_DEMO_EPOCHS"] = "3"
+os.environ["NNLAB_DEVICE"] = "cpu"
+os.environ.setdefault("NNLAB_ALLOWED_ROOTS", os.pathsep.join([str(_SESSION_TMP), "/tmp"]))
+torch.set_num_threads(2)
+
+from nnlab.base import ensure_demo  # noqa: E402
+from nnlab.data import ImageDataset, load_digits  # noqa: E402
+from nnlab.workspace import Workspace  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits() -> ImageDataset:
+    """scikit-learn digits (1 347 train / 450 test, 1×8×8)."""
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def demo(digits: ImageDataset):
+    """The demo CNN trained on digits in the suite's workspace: ``(model, record, history)``.
+
+    Pages under AppTest find the same model, so nothing trains twice.
+    """
+    torch.manual_seed(0)
+    return ensure_demo(digits, Workspace())
+
+
+@pytest.fixture()
+def tiny_data() -> ImageDataset:
+    """A 3-class, 1×8×8 synthetic dataset (60 train / 30 test) with learnable structure."""
+    g = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = np.arange(n) % 3
+        x = g.integers(0, 40, size=(n, 1, 8, 8))
+        for i, c in enumerate(y):
+            x[i, 0, :, c * 2:(c * 2) + 3] += 180
+        return torch.from_numpy(x.clip(0, 255).astype(np.uint8)), torch.from_numpy(y.astype(np.int64))
+
+    xtr, ytr = make(60)
+    xte, yte = make(30)
+    return ImageDataset(id="tiny", name="tiny", source="synthetic", classes=["a", "b", "c"],
+                        x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+
+
+def app_test(page: str | None = None, timeout: float = 120):
+    """An AppTest of ``app.py`` switched to ``page`` (e.g. "pages/overview.py"), not yet run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    if page:
+        at.switch_page(page)
+    return at
