@@ -48,4 +48,4 @@ def device() -> torch.device:
 
 def demo_epochs() -> int:
     """Epochs for the self-trained demo model (``$NNLAB_DEMO_EPOCHS``; tests set it low)."""
-    return int(os.environ.get("NNLAB_DEMO_EPOCHS", "5"))
+    return int(os.environ.get("NNLAB_DEMO_EPOCHS", "4"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,15 +199,16 @@ def read_state_dict(data: bytes, filename: str = "checkpoint.pt") -> StateDict:
             raise CheckpointError(f"not a valid safetensors file ({type(exc).__name__}: {str(exc)[:160]})") from exc
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError("the file is truncated or not a PyTorch checkpoint (bad zip archive)") from exc
     except Exception as exc:
         msg = str(exc)
-        if "weights_only" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:
+        if "GLOBAL" in msg or "Unsupported global" in msg:
             raise CheckpointError("refused: the file holds pickled Python objects (a whole model or code), not "
                                   "just tensors; nnlab never runs code from a file. Save `model.state_dict()` "
                                   "instead.") from exc
-        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(exc).__name__}: {msg[:160]})") from exc
+        if data[:2] == b"PK" or "zip archive" in msg:
+            raise CheckpointError("the file is truncated or damaged (its zip archive cannot be read)") from exc
+        raise CheckpointError("not a readable PyTorch checkpoint (neither a torch.save archive of tensors nor "
+                              f"safetensors; {type(exc).__name__})") from exc
     return _unwrap(obj)
 
 

@@ -1,0 +1,259 @@
+"""Weight quantization (seed 000, Algorithms 2–3), FakeQuant with a straight-through estimator, binary weights.
+
+Algorithm 2 (quantize a tensor ``X`` to ``b`` bits)::
+
+    X_min, X_max = min(X, 0), max(X, 0)          # zero is always representable
+    s = (X_max − X_min) / (2^b − 1)
+    z = round(q_min − X_min / s)
+    X_q = clamp(round(X / s) + z, q_min, q_max)
+
+Algorithm 3 (dequantize): ``X̂ = s · (X_q − z)``.
+
+Asymmetric quantization uses the unsigned range ``[0, 2^b − 1]`` exactly as above. Symmetric quantization
+uses the restricted signed range ``[−(2^(b−1) − 1), 2^(b−1) − 1]`` with ``X_max = max|X| = −X_min``, so
+``s = max|X| / (2^(b−1) − 1)`` and ``z = 0`` (the convention of ONNX Runtime's symmetric int8 weights).
+Statistics are taken over the whole tensor (per tensor) or over each output channel (axis 0; per channel).
+A range of zero (an all-zero tensor or channel) gets ``s = 1`` so nothing divides by zero.
+
+Binary weights (seed 002, the extreme case): ``Ŵ_c = α_c · sign(W_c)`` with ``α_c = mean |W_c|`` per output
+channel; stored as 1-bit codes ``q ∈ {0, 1}`` with ``s = 2α``, ``z = 1/2`` so Algorithm 3 gives ``±α``.
+
+FakeQuant (seed 000): ``X̂ = Dequantize(Quantize(X))`` in the forward pass; the backward pass treats
+``round`` as the identity (straight-through estimator), and the clamp passes no gradient outside the range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from compression import packing
+from compression.packing import QuantSpec
+from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
+
+SCHEMES = ("asymmetric", "symmetric")
+GRANULARITIES = ("per-channel", "per-tensor")
+
+
+# --- Algorithms 2 and 3 --------------------------------------------------------------------------------
+
+def qrange(bits: int, symmetric: bool = False) -> tuple[int, int]:
+    """``(q_min, q_max)``: ``[0, 2^b − 1]`` asymmetric, ``[−(2^(b−1) − 1), 2^(b−1) − 1]`` symmetric."""
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be 1–16, got {bits}")
+    if symmetric:
+        if bits < 2:
+            raise ValueError("symmetric quantization needs at least 2 bits (use binary weights for 1 bit)")
+        m = 2 ** (bits - 1) - 1
+        return -m, m
+    return 0, 2**bits - 1
+
+
+def _reduce(x: torch.Tensor, axis: int | None, op: str) -> torch.Tensor:
+    """Min / max over the whole tensor (``axis`` None) or over everything but ``axis``."""
+    if axis is None:
+        return getattr(x, op)()
+    flat = x.transpose(0, axis).reshape(x.shape[axis], -1) if axis else x.reshape(x.shape[0], -1)
+    return getattr(flat, op)(dim=1)
+
+
+def _view(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if axis is None or p.ndim == 0:
+        return p
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return p.view(shape)
+
+
+def compute_qparams(x: torch.Tensor, bits: int, symmetric: bool = False,
+                    axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale ``s`` and zero-point ``z`` of Algorithm 2 (lines 1, 3, 4), per tensor or along ``axis``.
+
+    Args:
+        x: Floating tensor.
+        bits: Bit width ``b``.
+        symmetric: Symmetric signed range with ``z = 0`` (see the module docstring).
+        axis: Channel axis for per-channel parameters (None: one pair for the tensor).
+
+    Returns:
+        ``(scale, zero_point)`` as float32 tensors, 0-d or of length ``x.shape[axis]``.
+    """
+    x = x.detach().float()
+    qmin, qmax = qrange(bits, symmetric)
+    x_min = torch.clamp(_reduce(x, axis, "amin"), max=0.0)  # min(X, 0)
+    x_max = torch.clamp(_reduce(x, axis, "amax"), min=0.0)  # max(X, 0)
+    if symmetric:
+        x_max = torch.maximum(x_max, -x_min)
+        scale = x_max / qmax
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, torch.zeros_like(scale)
+    scale = (x_max - x_min) / (2**bits - 1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(qmin - x_min / scale)
+    return scale, zero_point
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool = False,
+             axis: int | None = None) -> torch.Tensor:
+    """Algorithm 2, line 5: ``X_q = clamp(round(X / s) + z, q_min, q_max)`` as int64."""
+    qmin, qmax = qrange(bits, symmetric)
+    s, z = _view(scale, x, axis), _view(zero_point, x, axis)
+    return torch.clamp(torch.round(x.detach().float() / s) + z, qmin, qmax).to(torch.int64)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               axis: int | None = None) -> torch.Tensor:
+    """Algorithm 3: ``X̂ = s · (X_q − z)`` in float32."""
+    s, z = _view(scale.float(), q, axis), _view(zero_point.float(), q, axis)
+    return s * (q.float() - z)
+
+
+def quantize_tensor(x: torch.Tensor, bits: int, symmetric: bool = False, axis: int | None = None) -> QuantSpec:
+    """Quantize ``x`` (Algorithm 2) into a :class:`QuantSpec` (integers, scale, zero-point) for packing.
+
+    ``bits == 1`` gives binary weights (sign × per-channel mean |w|; see :func:`binarize`).
+    """
+    if bits == 1:
+        return binarize(x, axis=0 if axis is not None or x.ndim > 1 else None)
+    scale, zero_point = compute_qparams(x, bits, symmetric, axis)
+    q = quantize(x, scale, zero_point, bits, symmetric, axis)
+    return QuantSpec(q=q, scale=scale, zero_point=zero_point, bits=bits, axis=axis,
+                     qmin=qrange(bits, symmetric)[0])
+
+
+def binarize(w: torch.Tensor, axis: int | None = 0) -> QuantSpec:
+    """Binary weights ``α · sign(W)`` with ``α = mean |W|`` per channel along ``axis`` (sign(0) taken as +1).
+
+    Stored as 1-bit codes with ``s = 2α`` and ``z = 1/2``, so Algorithm 3 returns exactly ``±α``.
+    """
+    w = w.detach().float()
+    if axis is None:
+        alpha = w.abs().mean()
+    else:
+        alpha = w.abs().transpose(0, axis).reshape(w.shape[axis], -1).mean(dim=1)
+    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+    q = (w >= 0).to(torch.int64)
+    return QuantSpec(q=q, scale=2 * alpha, zero_point=torch.full_like(alpha, 0.5), bits=1, axis=axis, qmin=0)
+
+
+# --- FakeQuant with a straight-through estimator ------------------------------------------------------
+
+class _RoundSTE(torch.autograd.Function):
+    """``round`` forward; identity backward (the straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return grad
+
+
+def fake_quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = False, axis: int | None = None,
+                  scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """FakeQuant(X) = Dequantize(Quantize(X)) with a straight-through gradient.
+
+    Forward: ``s · (clamp(round(X/s) + z, q_min, q_max) − z)`` — the values the integer model will see.
+    Backward: gradient 1 where ``round(X/s) + z`` lies inside ``[q_min, q_max]``, 0 where it is clipped.
+    ``scale`` / ``zero_point`` default to those of Algorithm 2 computed from ``x`` itself (not differentiated).
+    """
+    if scale is None or zero_point is None:
+        scale, zero_point = compute_qparams(x, bits, symmetric, axis)
+    qmin, qmax = qrange(bits, symmetric)
+    s, z = _view(scale.to(x.dtype), x, axis), _view(zero_point.to(x.dtype), x, axis)
+    q = torch.clamp(_RoundSTE.apply(x / s) + z, qmin, qmax)
+    return s * (q - z)
+
+
+# --- whole models ---------------------------------------------------------------------------------------
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Conv and Linear layers (the weights that get quantized), in module order."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(getattr(m, "weight", None),
+                                                                                  torch.Tensor)]
+
+
+def quantize_model_weights(model: nn.Module, bits: int, symmetric: bool = False, per_channel: bool = True,
+                           keep_first_last: bool = False) -> tuple[dict[str, QuantSpec], list[dict]]:
+    """Replace each Conv/Linear weight of ``model`` (in place) by its dequantized value.
+
+    Biases and BatchNorm stay in float32. Returns the integer form of each quantized weight (state-dict
+    key → :class:`QuantSpec`) and one row per layer (name, bits, scheme, granularity, max error, s/2).
+    """
+    layers = quantizable_layers(model)
+    skip = {layers[0][0], layers[-1][0]} if keep_first_last and len(layers) > 1 else set()
+    specs: dict[str, QuantSpec] = {}
+    rows: list[dict] = []
+    for name, mod in layers:
+        if name in skip:
+            rows.append({"name": name, "bits": 32, "quantized": False})
+            continue
+        w = mod.weight.detach()
+        spec = quantize_tensor(w, bits, symmetric, axis=0 if per_channel else None)
+        w_hat = spec.dequantize().to(w.dtype)  # exactly what packing's loader computes
+        with torch.no_grad():
+            mod.weight.copy_(w_hat)
+        specs[f"{name}.weight" if name else "weight"] = spec
+        err = float((w_hat - w).abs().max()) if w.numel() else 0.0
+        rows.append({"name": name, "bits": bits, "quantized": True,
+                     "scheme": "binary" if bits == 1 else ("symmetric" if symmetric else "asymmetric"),
+                     "granularity": "per-channel" if per_channel or bits == 1 else "per-tensor",
+                     "max_abs_error": err, "half_step": float(spec.scale.max()) / 2,
+                     "levels_used": int(torch.unique(spec.q).numel())})
+    return specs, rows
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig(MethodConfig):
+    """Weight-only quantization (Algorithms 2–3); 1 bit means binary weights."""
+
+    method: ClassVar[str] = "quantize-weights"
+    label: ClassVar[str] = "Weight quantization (2–8 bit, binary)"
+    family: ClassVar[str] = "quantization"
+    description: ClassVar[str] = ("Conv/Linear weights rounded to b-bit integers with a scale and zero-point "
+                                  "(seed 000, Algorithms 2–3) and stored bit-packed; computation stays float.")
+
+    bits: int = field(default=8, metadata={"help": "Bits per weight (1 = binary: sign × mean |w|)",
+                                           "formula": "s=(X_max−X_min)/(2^b−1), z=round(q_min−X_min/s)",
+                                           "min": 1, "max": 8})
+    scheme: str = field(default="asymmetric", metadata={"help": "Asymmetric (zero-point) or symmetric (z = 0)",
+                                                        "choices": SCHEMES})
+    granularity: str = field(default="per-channel", metadata={"help": "One scale per output channel or per tensor",
+                                                              "choices": GRANULARITIES})
+    keep_first_last: bool = field(default=False, metadata={"help": "Leave the first and last layers in float32"})
+
+    def __post_init__(self) -> None:
+        check_range(self, "bits", 1, 8)
+        if self.bits != int(self.bits):
+            raise ValueError(f"{self.method}: bits must be a whole number, got {self.bits!r}")
+        check_choice(self, "scheme", SCHEMES)
+        check_choice(self, "granularity", GRANULARITIES)
+
+
+@register(WeightQuantConfig)
+def quantize_weights_handler(model: nn.Module, cfg: WeightQuantConfig, ctx: CompressContext) -> CompressResult:
+    """Quantize the weights of ``model`` (already a copy) and write them bit-packed with scales and zero-points."""
+    ctx.report("quantizing weights", 0.1)
+    model = model.cpu().eval()
+    specs, rows = quantize_model_weights(model, cfg.bits, cfg.scheme == "symmetric",
+                                         cfg.granularity == "per-channel", cfg.keep_first_last)
+    ctx.check_cancel()
+    c, h, w = ctx.data.input_shape
+    meta = {"arch": ctx.arch, "input_shape": [c, h, w], "num_classes": ctx.data.num_classes,
+            "method": cfg.method, "config": cfg.to_dict()}
+    path = ctx.workdir / "model.nnlp"
+    packed = packing.save_packed(path, {k: v.detach().cpu() for k, v in model.state_dict().items()}, specs, meta)
+    stored = {r["name"]: r for r in packed}
+    for r in rows:
+        e = stored.get(f"{r['name']}.weight")
+        if e:
+            r["stored_bytes"] = e["bytes"]
+    ctx.report("weights quantized", 1.0)
+    return CompressResult(model=model, layers=rows, artifact=path, artifact_format=packing.FORMAT,
+                          extra={"quantized_layers": len(specs), "bits": cfg.bits,
+                                 "note": "weights stored as b-bit integers; compute in float32 after dequantization"})

@@ -1,0 +1,162 @@
+"""Per-layer sensitivity: compress one layer at a time over a grid of levels and record the accuracy.
+
+A layer that loses little accuracy at high sparsity (or few bits) can be compressed harder; the table
+lets a user pick per-layer levels, and :func:`suggest_levels` picks, for each layer, the strongest level
+whose accuracy drop stays within a budget (the drops of different layers are assumed roughly additive,
+so the budget is split evenly across layers).
+
+Accuracy is measured on a held-out part of the training split by default, so choosing levels does not
+tune on the test split.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from compression.pruning import prunable_layers, split_train
+from compression.registry import CancelFn, ProgressFn
+from nnlab.data import ImageDataset
+from nnlab.train import Cancelled, quick_eval
+
+# kind → (transform(weight, level) → new weight, "higher level = stronger compression")
+LayerTransform = Callable[[torch.Tensor, float], torch.Tensor]
+TRANSFORMS: dict[str, tuple[LayerTransform, bool]] = {}
+DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {}
+
+
+def register_transform(kind: str, fn: LayerTransform, stronger_when_higher: bool,
+                       default_levels: tuple[float, ...]) -> None:
+    """Add a one-layer transform (e.g. the quantization helper's fake quantization at ``bits``)."""
+    TRANSFORMS[kind] = (fn, stronger_when_higher)
+    DEFAULT_LEVELS[kind] = default_levels
+
+
+def _prune_weight(w: torch.Tensor, level: float) -> torch.Tensor:
+    holder = nn.Module()
+    holder.weight = nn.Parameter(w.detach().clone())
+    prune.l1_unstructured(holder, "weight", amount=float(level))
+    return holder.weight.detach()
+
+
+register_transform("prune", _prune_weight, True, (0.3, 0.5, 0.7, 0.8, 0.9, 0.95))
+
+try:  # the quantization module's FakeQuant (Algorithms 2–3, per output channel)
+    from compression.quantization import fake_quantize as _fq
+
+    def _quantize_weight(w: torch.Tensor, level: float) -> torch.Tensor:
+        with torch.no_grad():
+            return _fq(w.detach(), bits=int(level), symmetric=False, axis=0)
+
+    register_transform("quantize", _quantize_weight, False, (8, 6, 4, 3, 2))
+except ImportError:  # pragma: no cover - quantization module absent
+    pass
+
+
+@dataclass
+class SensitivityTable:
+    """Accuracy after compressing one layer at one level (everything else untouched).
+
+    Attributes:
+        kind: "prune" or "quantize".
+        base_accuracy: Accuracy of the untouched model on the same samples.
+        rows: One dict per (layer, level): layer, level, accuracy, drop, params.
+        split: Where accuracy was measured ("validation" = held-out train samples, or "test").
+    """
+
+    kind: str
+    base_accuracy: float
+    rows: list[dict] = field(default_factory=list)
+    split: str = "validation"
+
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys(r["layer"] for r in self.rows))
+
+    def levels(self) -> list[float]:
+        return list(dict.fromkeys(r["level"] for r in self.rows))
+
+    def matrix(self) -> np.ndarray:
+        """``layers × levels`` accuracy matrix (for a heat map)."""
+        acc = {(r["layer"], r["level"]): r["accuracy"] for r in self.rows}
+        return np.array([[acc.get((la, lv), np.nan) for lv in self.levels()] for la in self.layers()])
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "base_accuracy": self.base_accuracy, "rows": self.rows, "split": self.split}
+
+
+def layer_sensitivity(model: nn.Module, data: ImageDataset, kind: str = "prune",
+                      levels: tuple[float, ...] | None = None, layers: list[str] | None = None,
+                      split: str = "validation", max_samples: int = 2000, seed: int = 0,
+                      progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> SensitivityTable:
+    """Compress each Conv/Linear layer alone at each level and measure the accuracy.
+
+    Args:
+        model: Not changed (a copy is used).
+        data: The dataset.
+        kind: A registered transform ("prune": sparsity levels; "quantize": bit widths).
+        levels: Levels to try (default per kind).
+        layers: Layer names to analyse (default: all Conv/Linear layers).
+        split: "validation" (held-out train samples) or "test".
+        max_samples: At most this many samples are evaluated per point.
+        seed: Seed of the validation split.
+        progress: ``progress(message, fraction)``.
+        cancel: Returns True to stop (raises ``Cancelled``).
+    """
+    if kind not in TRANSFORMS:
+        raise ValueError(f"unknown sensitivity kind {kind!r}; available: {', '.join(TRANSFORMS)}")
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+    fn, _ = TRANSFORMS[kind]
+    levels = tuple(levels or DEFAULT_LEVELS[kind])
+    work = copy.deepcopy(model).cpu().eval()
+    if split == "validation":
+        idx = split_train(len(data.y_train), seed)[1][:max_samples]
+        ev_split = "train"
+    else:
+        idx, ev_split = np.arange(min(max_samples, len(data.y_test))), "test"
+    cpu = torch.device("cpu")
+    _, base = quick_eval(work, data, ev_split, indices=idx, device=cpu)
+    all_layers = prunable_layers(work)
+    chosen = [(n, m) for n, m in all_layers if layers is None or n in layers]
+    if layers is not None and len(chosen) != len(set(layers)):
+        missing = set(layers) - {n for n, _ in chosen}
+        raise ValueError(f"no Conv/Linear layer named {', '.join(sorted(missing))}")
+    table = SensitivityTable(kind, base, split=split)
+    total = len(chosen) * len(levels)
+    done = 0
+    for name, mod in chosen:
+        original = mod.weight.detach().clone()
+        try:
+            for level in levels:
+                if cancel is not None and cancel():
+                    raise Cancelled("cancelled by the user")
+                with torch.no_grad():
+                    mod.weight.copy_(fn(original, level))
+                _, acc = quick_eval(work, data, ev_split, indices=idx, device=cpu)
+                table.rows.append({"layer": name, "level": level, "accuracy": acc, "drop": base - acc,
+                                   "params": original.numel()})
+                done += 1
+                if progress is not None:
+                    progress(f"{name} at {level:g}: accuracy {acc:.3f}", done / total)
+        finally:
+            with torch.no_grad():
+                mod.weight.copy_(original)
+    return table
+
+
+def suggest_levels(table: SensitivityTable, max_drop: float) -> dict[str, float | None]:
+    """For each layer the strongest level whose drop is ≤ ``max_drop`` / number of layers (None: none is)."""
+    _, higher = TRANSFORMS[table.kind]
+    layers = table.layers()
+    per_layer = max_drop / max(1, len(layers))
+    out: dict[str, float | None] = {}
+    for la in layers:
+        ok = [r["level"] for r in table.rows if r["layer"] == la and r["drop"] <= per_layer + 1e-12]
+        out[la] = (max(ok) if higher else min(ok)) if ok else None
+    return out

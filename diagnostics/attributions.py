@@ -1,0 +1,316 @@
+"""Deconvnet and attribution maps through Captum, with ReLUs made safe first.
+
+Captum's ``Deconvolution`` (Zeiler & Fergus), ``GuidedBackprop`` and ``GuidedGradCam`` change the
+backward pass of ``nn.ReLU`` *modules* only. Models that call ReLU functionally or in place would get a
+silently wrong map, so :func:`prepare` works on a deep copy where
+
+* every ``nn.ReLU`` (in place or not) is swapped for a non-in-place ReLU module, and
+* functional ReLU calls (``F.relu``, ``torch.relu``, ``x.relu()``, their in-place forms) are counted by a
+  dry run and, during the guided methods, routed through an autograd function that applies the same
+  rule as Captum's hook (deconvnet: ``relu(grad_out)``; guided: ``relu(grad_out · [x > 0])``).
+
+Other activations (ReLU6, SiLU, …) keep their ordinary gradient, as in Captum; :func:`prepare` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from diagnostics.filters import diverging_rgb
+from diagnostics.hooks import borrowed
+
+METHODS = {
+    "deconvnet": "Deconvnet (Zeiler & Fergus)",
+    "guided_backprop": "Guided backprop",
+    "saliency": "Saliency (|gradient|)",
+    "integrated_gradients": "Integrated gradients",
+    "gradcam": "Grad-CAM (upsampled)",
+    "guided_gradcam": "Guided Grad-CAM",
+    "occlusion": "Occlusion",
+}
+GUIDED = {"deconvnet", "guided_backprop", "guided_gradcam"}
+NEEDS_LAYER = {"gradcam", "guided_gradcam"}
+_RELU_FUNCS = {F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_, F.relu_}
+_INPLACE_FUNCS = {torch.relu_, torch.Tensor.relu_, F.relu_}
+_OTHER_ACTS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU,
+               nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softplus)
+_inside = threading.local()
+
+
+class _ModuleReLU(nn.ReLU):
+    """A non-in-place ``nn.ReLU`` that marks its own functional call (so it is not counted twice)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        depth = getattr(_inside, "depth", 0)
+        _inside.depth = depth + 1
+        try:
+            return F.relu(x)
+        finally:
+            _inside.depth = depth
+
+
+class _RuleReLU(torch.autograd.Function):
+    """ReLU forward; backward by the deconvnet or guided-backprop rule (as Captum's ReLU hook)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rule: str) -> torch.Tensor:  # type: ignore[override]
+        ctx.rule = rule
+        ctx.save_for_backward(x > 0)
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        (mask,) = ctx.saved_tensors
+        return (g.clamp_min(0) if ctx.rule == "deconv" else (g * mask).clamp_min(0)), None
+
+
+class _FunctionalReLUs(TorchFunctionMode):
+    """Counts functional ReLU calls outside ReLU modules; with a rule, applies it to them."""
+
+    def __init__(self, rule: str | None = None) -> None:
+        super().__init__()
+        self.rule = rule
+        self.calls = 0
+        self.inplace_calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU_FUNCS and getattr(_inside, "depth", 0) == 0:
+            self.calls += 1
+            inplace = func in _INPLACE_FUNCS or bool(kwargs.get("inplace", False))
+            self.inplace_calls += int(inplace)
+            if self.rule is not None:
+                x = args[0]
+                y = _RuleReLU.apply(x, self.rule)
+                return x.copy_(y) if inplace else y
+        return func(*args, **kwargs)
+
+
+@dataclass
+class Prepared:
+    """A model made ready for attributions (a private copy) and what was found on the way."""
+
+    model: nn.Module
+    relu_modules: int
+    inplace_modules: int
+    functional_calls: int
+    other_activations: dict[str, int] = field(default_factory=dict)
+
+    def notes(self) -> list[str]:
+        """Plain-language notes for the page (empty when the model needs none)."""
+        out = []
+        if self.inplace_modules:
+            out.append(f"{self.inplace_modules} in-place nn.ReLU module(s) were replaced by non-in-place copies "
+                       "(on a private copy of the model) so the backward hooks see them.")
+        if self.functional_calls:
+            out.append(f"{self.functional_calls} functional ReLU call(s) per forward pass (not nn.ReLU modules) "
+                       "are routed through the same deconvnet/guided-backprop rule as the modules.")
+        if self.other_activations:
+            kinds = ", ".join(f"{k} ×{v}" for k, v in self.other_activations.items())
+            out.append(f"Other activations ({kinds}) keep their ordinary gradient in deconvnet and guided "
+                       "backprop: only ReLUs are rectified backwards (Captum's definition).")
+        return out
+
+
+def _swap_relus(model: nn.Module) -> tuple[int, int]:
+    """Replace every ``nn.ReLU`` of ``model`` (in place) by a :class:`_ModuleReLU`; shared instances stay shared."""
+    new: dict[int, nn.Module] = {}
+    count = inplace = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.ReLU or (isinstance(child, nn.ReLU) and not isinstance(child, _ModuleReLU)):
+                if id(child) not in new:
+                    new[id(child)] = _ModuleReLU()
+                    count += 1
+                    inplace += int(child.inplace)
+                setattr(parent, name, new[id(child)])
+    return count, inplace
+
+
+def prepare(model: nn.Module, example: torch.Tensor) -> Prepared:
+    """Deep-copy ``model``, make its ReLUs safe for the guided methods and count functional ReLU calls.
+
+    Args:
+        example: One normalised input ``1×C×H×W`` for the dry run.
+    """
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    relus, inplace = _swap_relus(m)
+    others: dict[str, int] = {}
+    for mod in m.modules():
+        if isinstance(mod, _OTHER_ACTS):
+            others[type(mod).__name__] = others.get(type(mod).__name__, 0) + 1
+    counter = _FunctionalReLUs(None)
+    with torch.no_grad(), counter:
+        m(example[:1].to(_device(m)))
+    return Prepared(m, relus, inplace, counter.calls, others)
+
+
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@dataclass
+class Attribution:
+    """One attribution map.
+
+    Attributes:
+        values: ``C×H×W`` for input-space methods, ``1×H×W`` for Grad-CAM (upsampled to the input).
+        delta: Integrated gradients' convergence delta (NaN for other methods).
+    """
+
+    method: str
+    target: int
+    values: np.ndarray
+    delta: float = float("nan")
+
+
+def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_steps: int = 32,
+              layer: str | None = None, window: int = 3, stride: int | None = None) -> Attribution:
+    """Compute one attribution map for input ``x`` (``1×C×H×W``, normalised) and class ``target``.
+
+    Args:
+        prep: From :func:`prepare`.
+        method: A key of :data:`METHODS`.
+        ig_steps: Integrated-gradients steps (baseline: the zero input, i.e. the dataset mean image).
+        layer: Grad-CAM layer name (required for "gradcam" and "guided_gradcam").
+        window: Occlusion window side in pixels (stride: ``stride`` or half the window; baseline 0 = mean).
+
+    Raises:
+        ValueError: unknown method, missing layer, or a target outside the model's classes.
+    """
+    from captum.attr import (Deconvolution, GuidedBackprop, GuidedGradCam, IntegratedGradients, LayerAttribution,
+                             LayerGradCam, Occlusion, Saliency)
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method in NEEDS_LAYER and not layer:
+        raise ValueError(f"{METHODS[method]} needs a layer")
+    m = prep.model
+    x = x[:1].detach().to(_device(m)).float()
+    delta = float("nan")
+    with borrowed(m), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mode = _FunctionalReLUs("deconv" if method == "deconvnet" else "guided") if method in GUIDED else None
+        if mode is not None:
+            mode.__enter__()
+        try:
+            if method == "deconvnet":
+                a = Deconvolution(m).attribute(x, target=target)
+            elif method == "guided_backprop":
+                a = GuidedBackprop(m).attribute(x, target=target)
+            elif method == "saliency":
+                a = Saliency(m).attribute(x, target=target, abs=True)
+            elif method == "integrated_gradients":
+                a, d = IntegratedGradients(m).attribute(x, target=target, n_steps=int(ig_steps),
+                                                        internal_batch_size=16, return_convergence_delta=True)
+                delta = float(d.abs().max())
+            elif method == "gradcam":
+                cam = LayerGradCam(m, m.get_submodule(layer)).attribute(x, target=target, relu_attributions=True)
+                a = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+            elif method == "guided_gradcam":
+                a = GuidedGradCam(m, m.get_submodule(layer)).attribute(x, target=target)
+            else:
+                s = stride or max(1, window // 2)
+                c = x.shape[1]
+                a = Occlusion(m).attribute(x, target=target, sliding_window_shapes=(c, window, window),
+                                           strides=(c, s, s), baselines=0.0, perturbations_per_eval=32)
+        finally:
+            if mode is not None:
+                mode.__exit__(None, None, None)
+    return Attribution(method, int(target), a.detach()[0].cpu().double().numpy(), delta)
+
+
+def check_target(num_classes: int, target: int) -> int:
+    """Validate a target class index."""
+    if not 0 <= int(target) < num_classes:
+        raise ValueError(f"target class {target} is outside 0–{num_classes - 1}")
+    return int(target)
+
+
+def predict(prep: Prepared, x: torch.Tensor) -> np.ndarray:
+    """Softmax probabilities of the prepared model for one input."""
+    with torch.no_grad():
+        return torch.softmax(prep.model(x[:1].to(_device(prep.model))).float(), 1)[0].cpu().numpy()
+
+
+def gradcam_layers(model: nn.Module) -> list[str]:
+    """Candidate Grad-CAM layers: conv layers, last one first (the usual choice)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][::-1]
+
+
+_HEAT = np.array([[0, 0, 0], [120, 0, 30], [230, 60, 0], [255, 200, 40], [255, 255, 230]], dtype=np.float64) / 255
+
+
+def heat_rgb(a: np.ndarray) -> np.ndarray:
+    """Values in 0–1 to a black–red–yellow–white heat colour, ``…×3`` floats."""
+    a = np.clip(np.asarray(a, dtype=np.float64), 0, 1) * (len(_HEAT) - 1)
+    i = np.minimum(a.astype(int), len(_HEAT) - 2)
+    f = (a - i)[..., None]
+    return _HEAT[i] * (1 - f) + _HEAT[i + 1] * f
+
+
+def render(values: np.ndarray, image: np.ndarray | None = None, style: str = "heat", alpha: float = 0.6,
+           scale: int = 1) -> np.ndarray:
+    """An attribution ``C×H×W`` as an ``H×W×3`` uint8 picture.
+
+    Args:
+        values: The map.
+        image: ``H×W×3`` uint8 input to draw under a heat map (optional).
+        style: "heat" (|attribution| summed over channels, 0 to max) or "signed" (3-channel maps as an
+            RGB picture with mid grey at zero, as in Zeiler & Fergus; 1-channel maps blue–white–red).
+        scale: Nearest-neighbour upscale factor.
+    """
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    if style == "signed":
+        m = np.abs(v).max() or 1.0
+        rgb = np.clip(0.5 + 0.5 * v.transpose(1, 2, 0) / m, 0, 1) if v.shape[0] == 3 else diverging_rgb(v.sum(0) / (np.abs(v.sum(0)).max() or 1.0))
+    elif style == "heat":
+        h = np.abs(v).sum(0)
+        h = h / (h.max() or 1.0)
+        rgb = heat_rgb(h)
+        if image is not None:
+            base = image.astype(np.float64).mean(2, keepdims=True).repeat(3, 2) / 255
+            rgb = alpha * rgb + (1 - alpha) * base
+    else:
+        raise ValueError(f"style must be heat or signed, got {style!r}")
+    out = (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+    if scale > 1:
+        out = out.repeat(scale, 0).repeat(scale, 1)
+    return np.ascontiguousarray(out)
+
+
+def summary(a: Attribution) -> dict:
+    """Numbers for one map: max |value|, total |value|, share of positive mass, IG delta."""
+    v = a.values
+    pos, neg = float(v[v > 0].sum()), float(-v[v < 0].sum())
+    return {"method": METHODS[a.method], "max |value|": float(np.abs(v).max()), "sum |value|": float(np.abs(v).sum()),
+            "positive share": pos / (pos + neg) if pos + neg > 0 else float("nan"), "IG delta": a.delta}
+
+
+def attribute_all(prep: Prepared, x: torch.Tensor, target: int, methods: list[str], ig_steps: int = 32,
+                  layer: str | None = None, window: int = 3,
+                  progress: Callable[[float, str], None] | None = None) -> list[Attribution]:
+    """Several methods in a row, reporting progress after each."""
+    out = []
+    for i, meth in enumerate(methods):
+        if progress:
+            progress(i / len(methods), METHODS[meth])
+        out.append(attribute(prep, x, meth, target, ig_steps=ig_steps, layer=layer, window=window))
+    if progress:
+        progress(1.0, "done")
+    return out

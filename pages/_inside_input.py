@@ -1,0 +1,80 @@
+"""Shared widgets of the Look-inside pages: pick an input (dataset sample or upload) and show it as the model
+sees it. Not a page itself (app.py does not register it)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import streamlit as st
+import torch
+
+from diagnostics.features import input_from_dataset, input_from_upload
+from nnlab.images import ImageError
+from nnlab.session import Current
+from nnlab.viz import as_image, display_scale
+
+SOURCES = ("Dataset sample", "Uploaded image")
+
+
+@dataclass
+class Choice:
+    """The chosen input: uint8 and normalised ``1×C×H×W``, its label (None for uploads), a cache token."""
+
+    x8: torch.Tensor
+    x: torch.Tensor
+    label: int | None
+    token: str
+    caption: str
+
+
+def _apply_gallery_choice(prefix: str, n_test: int, n_train: int) -> None:
+    """Preselect the sample sent by the worst-errors gallery (``inspect_index``/``inspect_split``) once."""
+    idx, split = st.session_state.get("inspect_index"), st.session_state.get("inspect_split", "test")
+    if idx is None or split not in ("test", "train"):
+        return
+    sent = (split, int(idx))
+    if st.session_state.get(f"{prefix}_gallery_seen") == sent:
+        return
+    st.session_state[f"{prefix}_gallery_seen"] = sent
+    if 0 <= int(idx) < (n_test if split == "test" else n_train):
+        st.session_state[f"{prefix}_source"] = SOURCES[0]
+        st.session_state[f"{prefix}_split"] = split
+        st.session_state[f"{prefix}_index"] = int(idx)
+
+
+def pick_input(cur: Current, prefix: str) -> Choice | None:
+    """Input widgets (keys start with ``prefix``); returns None (with a message shown) when there is no input."""
+    data = cur.data
+    _apply_gallery_choice(prefix, len(data.y_test), len(data.y_train))
+    source = st.radio("Input", SOURCES, key=f"{prefix}_source", horizontal=True)
+    if source == SOURCES[0]:
+        c1, c2 = st.columns(2)
+        split = c1.selectbox("Split", ["test", "train"], key=f"{prefix}_split")
+        n = len(data.labels(split))
+        if st.session_state.get(f"{prefix}_index", 0) >= n:
+            st.session_state[f"{prefix}_index"] = 0
+        index = int(c2.number_input(f"Index (0–{n - 1})", 0, n - 1, key=f"{prefix}_index", step=1))
+        x8, x, label = input_from_dataset(data, split, index)
+        return Choice(x8, x, label, f"{split}:{index}", f"{split} #{index}, label {data.classes[label]}")
+    up = st.file_uploader("Image (PNG, JPEG, …): converted to the dataset's channels, size and normalisation",
+                          type=["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"], key=f"{prefix}_upload")
+    invert = st.checkbox("Invert intensities (dark object on a light background)", key=f"{prefix}_invert")
+    if up is None:
+        st.info("Upload an image, or choose a dataset sample.")
+        return None
+    blob = up.getvalue()
+    try:
+        x8, x = input_from_upload(blob, data, invert=invert)
+    except ImageError as exc:
+        st.error(f"The image cannot be used: {exc}")
+        return None
+    digest = hashlib.sha1(blob).hexdigest()[:12]
+    return Choice(x8, x, None, f"upload:{digest}:{int(invert)}", f"upload {up.name}")
+
+
+def show_input(choice: Choice, cur: Current, target: int = 112) -> None:
+    """The input as the model sees it (after resizing and channel conversion)."""
+    c, h, w = cur.data.input_shape
+    st.image(as_image(choice.x8[0], display_scale(h, target)),
+             caption=f"{choice.caption} · as the model sees it ({c}×{h}×{w})")
