@@ -5,6 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
+# WORKSPACE=/path/to/folder overrides where models and variants are stored (default ~/.cache/nnlab/workspace)
+WORKSPACE ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && sudo -n true 2>/dev/null && echo "sudo -n"))
 CAN_APT := $(shell [ "$$(id -u)" = 0 ] || (command -v sudo >/dev/null && sudo -n true 2>/dev/null) && command -v apt-get >/dev/null && echo yes)
 
@@ -12,7 +14,6 @@ CAN_APT := $(shell [ "$$(id -u)" = 0 ] || (command -v sudo >/dev/null && sudo -n
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $@
 
@@ -36,7 +37,7 @@ chromium:
 
 run: venv data
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
-	  --browser.gatherUsageStats false --server.headless true
+	  --browser.gatherUsageStats false --server.headless true $(if $(WORKSPACE),-- --workspace $(WORKSPACE))
 
 test: venv chromium
 	$(PY) -m pytest -q tests

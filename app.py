@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
-from nnlab import session
+from nnlab import config, session
+
+config.apply_cli_args(sys.argv[1:])
 
 st.set_page_config(page_title="nnlab", page_icon="🔬", layout="wide")
 

@@ -49,3 +49,14 @@ def device() -> torch.device:
 def demo_epochs() -> int:
     """Epochs for the self-trained demo model (``$NNLAB_DEMO_EPOCHS``; tests set it low)."""
     return int(os.environ.get("NNLAB_DEMO_EPOCHS", "4"))
+
+
+def apply_cli_args(argv: list[str]) -> None:
+    """Honour ``--workspace DIR`` and ``--data DIR`` given after ``streamlit run app.py --``."""
+    flags = {"--workspace": "NNLAB_WORKSPACE", "--data": "NNLAB_DATA"}
+    for i, arg in enumerate(argv):
+        for flag, env in flags.items():
+            if arg == flag and i + 1 < len(argv):
+                os.environ[env] = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                os.environ[env] = arg.split("=", 1)[1]

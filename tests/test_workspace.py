@@ -82,3 +82,13 @@ def test_demo_is_cached_not_retrained(demo, digits, monkeypatch):
     monkeypatch.setattr(B, "train_model", no_training)
     model, rec, hist = B.ensure_demo(digits, W.Workspace())
     assert model_hash(model) == model_hash(demo[0]) and rec.id == demo[1].id and hist == demo[2]
+
+
+def test_cli_flag_overrides_workspace(monkeypatch, tmp_path):
+    from nnlab import config
+
+    monkeypatch.setenv("NNLAB_WORKSPACE", "/elsewhere")  # monkeypatch restores both afterwards
+    monkeypatch.setenv("NNLAB_DATA", "/elsewhere")
+    config.apply_cli_args(["--workspace", str(tmp_path / "ws"), "--data=" + str(tmp_path / "d")])
+    assert config.workspace_dir() == tmp_path / "ws" and config.data_dir() == tmp_path / "d"
+    assert W.Workspace().root == tmp_path / "ws"
