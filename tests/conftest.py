@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # The whole suite uses an isolated workspace and data folder, digits as default data, and few epochs.
-_SESSION_TMP = Path(os.environ.get("NNLAB_TEST_TMP", "/tmp")) / f"nnlab-tests-{os.getpid()}"
+# NNLAB_TEST_WORKDIR reuses one folder across runs (the trained digits demo survives) while iterating locally.
+_SESSION_TMP = Path(os.environ.get("NNLAB_TEST_WORKDIR") or f"/tmp/nnlab-tests-{os.getpid()}")
 os.environ["NNLAB_WORKSPACE"] = str(_SESSION_TMP / "workspace")
 os.environ["NNLAB_DATA"] = str(_SESSION_TMP / "data")
 os.environ["NNLAB_DEBIAN_FASHION_MNIST"] = str(_SESSION_TMP / "no-debian-fashion-mnist")
