@@ -18,7 +18,7 @@ from nnlab.measure import count_macs, count_parameters, file_sizes, layer_table,
 from nnlab.models import create_model, load_into, state_dict_hash
 from nnlab.records import Record
 from nnlab.train import EpochStats, Progress, TrainConfig, train_model
-from nnlab.workspace import Workspace
+from nnlab.workspace import Workspace, WorkspaceError
 
 
 def demo_id(data: ImageDataset, arch: str = "demo-cnn") -> str:
@@ -38,8 +38,13 @@ def demo_config(data: ImageDataset) -> TrainConfig:
 def _training_lock(ws: Workspace, model_id: str) -> Iterator[None]:
     """One process trains a given demo model at a time; the others wait, then load its result."""
     path = ws.root / "locks" / f"{model_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "w")
+    except OSError:  # read-only workspace: nothing to coordinate, nothing will be written
+        yield
+        return
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -60,9 +65,15 @@ def ensure_demo(data: ImageDataset, ws: Workspace, progress: Callable[[Progress]
                 history = train_model(model, data, demo_config(data), progress=progress)
                 seconds = time.perf_counter() - t0
                 model = model.cpu().eval()
-                path = ws.save_model(model_id, model.state_dict(), [e.to_dict() for e in history])
-                record = profile_model(model, data, model_id, f"Demo CNN on {data.name}", arch, path,
-                                       extra={"train_seconds": round(seconds, 1), "trained_by": "nnlab"})
+                hist = [e.to_dict() for e in history]
+                extra = {"train_seconds": round(seconds, 1), "trained_by": "nnlab"}
+                try:
+                    path = ws.save_model(model_id, model.state_dict(), hist)
+                except WorkspaceError as exc:  # read-only or full disk: keep working from memory
+                    extra["not_saved"] = str(exc)
+                    record = profile_model(model, data, model_id, f"Demo CNN on {data.name}", arch, None, extra=extra)
+                    return model, record, hist
+                record = profile_model(model, data, model_id, f"Demo CNN on {data.name}", arch, path, extra=extra)
                 ws.save_model_record(model_id, record)
     model = create_model(arch, c, data.num_classes, (h, w))
     load_into(model, ws.load_model_state(model_id))

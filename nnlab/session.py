@@ -116,11 +116,17 @@ def sidebar() -> None:
                                  type=["pt", "pth", "safetensors", "bin"], key="checkpoint")
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def workspace_writable(root: str) -> bool:
+    """Whether the workspace accepts writes now (checked at most every 30 s)."""
+    return Workspace(root).writable()
+
+
 def _train_demo_with_progress(data: ImageDataset, arch: str) -> None:
     """First start: train the demo model with a visible progress bar (epoch, loss, accuracy)."""
     ws = workspace()
-    if ws.has_model(demo_id(data, arch)):
-        return
+    if ws.has_model(demo_id(data, arch)) or not workspace_writable(str(ws.root)):
+        return  # cached already, or read-only: the cached loader trains in memory under a spinner
     st.info(f"First start: nnlab is training its demo CNN on {data.name} "
             f"({len(data.y_train):,} images). It is cached on disk, so this happens once.")
     bar = st.progress(0.0, text="Starting…")
@@ -147,6 +153,10 @@ def current() -> Current:
         st.stop()
     if data.fallback_reason:
         st.warning(data.fallback_reason, icon="⚠️")
+    ws_root = str(workspace().root)
+    if not workspace_writable(ws_root):
+        st.warning(f"The workspace {ws_root} is not writable (read-only or disk full). nnlab keeps running "
+                   "read-only: nothing new (trained models, variants) will be saved.", icon="🔒")
     arch = st.session_state.get("arch", "demo-cnn")
     weights = st.session_state.get("weights", NNLAB_TRAINED if arch.startswith("demo") else RANDOM)
     try:
