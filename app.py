@@ -10,30 +10,30 @@ from nnlab import config, session
 
 config.apply_cli_args(sys.argv[1:])
 
-st.set_page_config(page_title="nnlab", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="nnlab", page_icon=":material/biotech:", layout="wide")
 
 PAGES = {
-    "Overview": [st.Page("pages/overview.py", title="Overview", icon="🏠", default=True)],
+    "Overview": [st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True)],
     "Diagnose": [
-        st.Page("pages/diagnose_goal.py", title="Error vs goal", icon="🎯"),
-        st.Page("pages/diagnose_classes.py", title="Errors by class", icon="🧮"),
-        st.Page("pages/diagnose_worst.py", title="Worst errors", icon="🔥"),
-        st.Page("pages/diagnose_data.py", title="Data checks", icon="🧪"),
-        st.Page("pages/diagnose_curves.py", title="Learning curves", icon="📈"),
+        st.Page("pages/diagnose_goal.py", title="Error vs goal", icon=":material/track_changes:"),
+        st.Page("pages/diagnose_classes.py", title="Errors by class", icon=":material/grid_on:"),
+        st.Page("pages/diagnose_worst.py", title="Worst errors", icon=":material/local_fire_department:"),
+        st.Page("pages/diagnose_data.py", title="Data checks", icon=":material/fact_check:"),
+        st.Page("pages/diagnose_curves.py", title="Learning curves", icon=":material/show_chart:"),
     ],
     "Look inside": [
-        st.Page("pages/inside_filters.py", title="Filters and weights", icon="🧩"),
-        st.Page("pages/inside_features.py", title="Feature maps", icon="🗺️"),
-        st.Page("pages/inside_activations.py", title="Activations", icon="📊"),
-        st.Page("pages/inside_attributions.py", title="Deconvnet and attributions", icon="🔍"),
+        st.Page("pages/inside_filters.py", title="Filters and weights", icon=":material/filter_alt:"),
+        st.Page("pages/inside_features.py", title="Feature maps", icon=":material/layers:"),
+        st.Page("pages/inside_activations.py", title="Activations", icon=":material/bar_chart:"),
+        st.Page("pages/inside_attributions.py", title="Deconvnet and attributions", icon=":material/visibility:"),
     ],
     "Compress": [
-        st.Page("pages/compress_lab.py", title="Compression lab", icon="🗜️"),
-        st.Page("pages/compress_pareto.py", title="Pareto", icon="📉"),
-        st.Page("pages/compress_compare.py", title="Side by side", icon="⚖️"),
+        st.Page("pages/compress_lab.py", title="Compression lab", icon=":material/compress:"),
+        st.Page("pages/compress_pareto.py", title="Pareto", icon=":material/scatter_plot:"),
+        st.Page("pages/compress_compare.py", title="Side by side", icon=":material/compare:"),
     ],
 }
 
-nav = st.navigation(PAGES)
+nav = st.navigation(PAGES, expanded=True)
 session.sidebar()
 nav.run()

@@ -35,7 +35,9 @@ if lat:
 left, right = st.columns([3, 2])
 with left:
     st.subheader("Layers")
-    st.dataframe(pd.DataFrame(rec.layers), hide_index=True, width="stretch", height=320)
+    layers = pd.DataFrame(rec.layers)
+    cols = [c for c in ("layer", "type", "output_shape", "params", "nonzero") if c in layers.columns]
+    st.dataframe(layers[cols], hide_index=True, width="stretch", height=320)
 with right:
     st.subheader("Training history")
     if cur.history:
@@ -50,14 +52,17 @@ st.subheader("Dataset")
 counts = pd.DataFrame({"class": data.classes, "train": data.class_counts("train"), "test": data.class_counts("test")})
 d1, d2 = st.columns([2, 3])
 with d1:
-    st.write(f"{len(data.y_train):,} training and {len(data.y_test):,} test images of shape "
-             f"{data.input_shape}; normalised with mean {data.mean} and std {data.std}.")
+    mean = ", ".join(f"{v:.3f}" for v in data.mean)
+    std = ", ".join(f"{v:.3f}" for v in data.std)
+    c, h, w = data.input_shape
+    st.write(f"{len(data.y_train):,} training and {len(data.y_test):,} test images, {c}×{h}×{w}; "
+             f"normalised per channel with mean ({mean}) and std ({std}) of the training set.")
     st.dataframe(counts, hide_index=True, width="stretch")
 with d2:
     rng = np.random.default_rng(0)
     labels = data.y_test.numpy()
     picks = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(data.num_classes) if (labels == c).any()]
-    picks = picks[:10] * 1
+    picks = picks[:10]
     scale = display_scale(data.input_shape[1], 64)
     st.image(grid([as_image(data.x_test[i], scale) for i in picks], ncols=min(10, len(picks))),
              caption=" · ".join(data.classes[int(labels[i])] for i in picks))
