@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compression.pruning import batch_size_for
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
 from nnlab.models import create_model, list_models
 from nnlab.train import Progress, TrainConfig, train_model
@@ -50,7 +51,7 @@ class DistillConfig(MethodConfig):
                                                "formula": r"\beta\tau^2 H(\sigma(z_t/\tau),\sigma(z_s/\tau))"})
     tau: float = field(default=4.0, metadata={"help": "Temperature τ of the softmax", "min": 0.5, "max": 50.0})
     epochs: int = field(default=10, metadata={"help": "Training epochs of the student", "min": 1, "max": 200})
-    lr: float = field(default=3e-3, metadata={"help": "Learning rate", "min": 1e-6, "max": 1.0})
+    lr: float = field(default=1e-2, metadata={"help": "Learning rate (peak of the one-cycle schedule)", "min": 1e-6, "max": 1.0})
     subset: int = field(default=0, metadata={"help": "Train on the first N training samples only (0 = all)",
                                              "min": 0, "max": 10_000_000})
     pretrained_student: bool = field(default=False, metadata={"help": "Start torchvision students from "
@@ -61,7 +62,7 @@ class DistillConfig(MethodConfig):
         check_range(self, "alpha", 0.0, 10.0)
         check_range(self, "beta", 0.0, 10.0)
         if self.alpha + self.beta <= 0:
-            raise ValueError(f"{self.method}: α + β must be positive")
+            raise ValueError(f"{self.method}: alpha + beta (α + β) must be positive")
         check_range(self, "tau", 0.5, 50.0)
         check_range(self, "epochs", 1, 200)
         check_range(self, "lr", 1e-6, 1.0)
@@ -75,10 +76,9 @@ def train_student(teacher: nn.Module | None, cfg: DistillConfig, ctx: CompressCo
     device = torch.device(ctx.device) if isinstance(ctx.device, str) else ctx.device
     torch.manual_seed(ctx.seed)
     student = create_model(cfg.student, c, data.num_classes, (h, w), pretrained=cfg.pretrained_student)
+    was_training = teacher.training if teacher is not None else False
     if teacher is not None:
-        teacher = teacher.to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher = teacher.to(device).eval()  # forward passes under no_grad: its weights never change
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z_s = model(x)
@@ -94,12 +94,12 @@ def train_student(teacher: nn.Module | None, cfg: DistillConfig, ctx: CompressCo
     n = len(data.y_train)
     indices = np.arange(min(cfg.subset, n)) if cfg.subset else None
     size = len(indices) if indices is not None else n
-    tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=128 if size >= 5000 else 64, seed=ctx.seed,
+    tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=batch_size_for(size, cfg.epochs), seed=ctx.seed,
                      eval_test=False)
     hist = train_model(student, data, tc, indices=indices, loss_fn=loss_fn, progress=prog, cancel=ctx.cancel,
                        device=device)
     if teacher is not None:
-        teacher.cpu()
+        teacher.cpu().train(was_training)
     return student.cpu().eval(), [h.to_dict() for h in hist]
 
 

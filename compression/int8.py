@@ -10,8 +10,9 @@ Two backends, chosen in the config, so nnlab does not stand on one deprecated AP
   (Gemm/MatMul), activation ranges computed at run time, convolutions left in float. The artifact is the
   int8 ``.onnx`` file; an ``InferenceSession`` with fixed intra-op threads executes it.
 - ``torch-fx``: torch.ao FX graph mode (``prepare_fx`` / calibration / ``convert_fx``, x86 backend with
-  fbgemm/oneDNN kernels), deprecated upstream but still shipped in torch 2.14. Static or dynamic (Linear
-  only). The artifact is the quantized state dict.
+  fbgemm/oneDNN kernels), deprecated upstream but still shipped in torch 2.14. Dynamic mode (int8 Linear
+  only) uses torch.ao's ``quantize_dynamic`` module swap, because FX's fusion check refuses a Linear-only
+  dynamic qconfig next to fused Conv+ReLU patterns. The artifact is the quantized state dict.
 
 The returned model is a :class:`RuntimeModule`: its forward runs the int8 runtime, so any PyTorch caller gets
 the real int8 outputs; it keeps the float model as ``float_model`` for parameter counts and MACs.
@@ -133,7 +134,9 @@ class TorchRunner:
 class RuntimeModule(nn.Module):
     """A module whose forward runs a real runtime (int8 ONNX Runtime or FX); ``float_model`` is kept for counts.
 
-    Its outputs are the runtime's; it cannot be trained. ``runner`` is the object used for latency.
+    Its outputs are the runtime's; it cannot be trained. ``runner`` is the object used for latency. Under
+    ``torch.utils.flop_counter.FlopCounterMode`` (MAC counting) the float model runs instead: the int8 graph
+    performs the same multiply-accumulates, and the runtime's kernels are invisible to PyTorch's counter.
     """
 
     def __init__(self, runner: Any, float_model: nn.Module | None = None) -> None:
@@ -142,7 +145,15 @@ class RuntimeModule(nn.Module):
         self.float_model = float_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float_model is not None and _counting_flops():
+            return self.float_model(x)
         return torch.from_numpy(np.asarray(self.runner.predict_logits(x), np.float32)).to(x.device)
+
+
+def _counting_flops() -> bool:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return any("FlopCounter" in type(m).__name__ for m in _get_current_dispatch_mode_stack())
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------------------
@@ -170,10 +181,24 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
                     torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17,
                                       input_names=["input"], output_names=["logits"],
                                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            strip_onnx(path)
             return name
         except Exception as exc:  # noqa: BLE001 - try the other exporter, report both if neither works
             errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
     raise RuntimeError("the model could not be exported to ONNX (" + "; ".join(errors) + ")")
+
+
+def strip_onnx(path: str | Path) -> None:
+    """Drop per-node debug metadata (source locations the exporter adds) so file sizes count the model only."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for graph in [model.graph, *(a.g for n in model.graph.node for a in n.attribute if a.g.node)]:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    with atomic_path(Path(path)) as tmp:
+        onnx.save(model, str(tmp))
 
 
 @contextlib.contextmanager
@@ -246,6 +271,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: torch.Tens
                                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     if preprocess:
         src.unlink(missing_ok=True)
+    strip_onnx(out_path)
 
 
 # --- torch.ao FX ------------------------------------------------------------------------------------------
@@ -257,14 +283,19 @@ def _fx_prepare(model: nn.Module, example: torch.Tensor, mode: str, per_channel:
 
     torch.backends.quantized.engine = backend if backend in torch.backends.quantized.supported_engines else "fbgemm"
     if mode == "dynamic":
-        qc = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-        mapping = QConfigMapping().set_object_type(nn.Linear, qc)
-    else:
-        mapping = get_default_qconfig_mapping(backend)
-        if not per_channel:
-            from torch.ao.quantization import get_default_qconfig
+        # FX's fusion check refuses Linear-only dynamic qconfigs next to fused Conv/Linear+ReLU patterns;
+        # torch.ao's module-swapping quantize_dynamic does the same job (int8 Linear, run-time activation ranges)
+        from torch.ao.quantization import quantize_dynamic
 
-            mapping = QConfigMapping().set_global(get_default_qconfig(backend))
+        qc = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model.cpu().eval(), {nn.Linear: qc}, inplace=False)
+    mapping = get_default_qconfig_mapping(backend)
+    if not per_channel:
+        from torch.ao.quantization import get_default_qconfig
+
+        mapping = QConfigMapping().set_global(get_default_qconfig(backend))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return prepare_fx(model.cpu().eval(), mapping, (example,))
@@ -280,13 +311,14 @@ def quantize_fx(model: nn.Module, calib: torch.Tensor | None, mode: str = "stati
         raise ValueError("FX quantization needs at least one example input")
     try:
         prepared = _fx_prepare(model, example, mode, per_channel, backend)
-    except Exception as exc:  # noqa: BLE001 - symbolic tracing fails on data-dependent Python control flow
-        raise ValueError(f"torch.ao FX cannot trace this model ({type(exc).__name__}: {str(exc)[:160]}); "
+    except Exception as exc:  # noqa: BLE001 - e.g. symbolic tracing fails on data-dependent control flow
+        raise ValueError(f"torch.ao FX could not prepare this model ({type(exc).__name__}: {str(exc)[:160]}); "
                          "use the onnxruntime backend") from exc
-    if mode == "static":
-        with torch.inference_mode():
-            for i in range(0, len(calib), batch_size):
-                prepared(calib[i:i + batch_size])
+    if mode == "dynamic":
+        return prepared.eval()  # already converted (see _fx_prepare)
+    with torch.inference_mode():
+        for i in range(0, len(calib), batch_size):
+            prepared(calib[i:i + batch_size])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_fx(prepared).eval()
@@ -421,10 +453,13 @@ def load_fx_int8(path: Path, template: nn.Module, record: Any = None, threads: i
     prepared = _fx_prepare(template, example, cfg.mode, cfg.per_channel, "x86")
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepared(example)
-        qmodel = convert_fx(prepared)
+    if cfg.mode == "dynamic":
+        qmodel = prepared
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepared(example)
+            qmodel = convert_fx(prepared)
     qmodel.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     runner = TorchRunner(qmodel, threads, f"pytorch-fx-int8-{cfg.mode}-cpu")
     return CompressResult(model=RuntimeModule(runner, reference), runner=runner, artifact=Path(path),

@@ -121,7 +121,7 @@ def finetune(model: nn.Module, ctx: CompressContext, epochs: int, lr: float, mas
     if epochs <= 0:
         return []
     n = len(indices) if indices is not None else len(ctx.data.y_train)
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=128 if n >= 5000 else 64, seed=ctx.seed, eval_test=False)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size_for(n, epochs), seed=ctx.seed, eval_test=False)
 
     def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = cross_entropy_loss(m, x, y)
@@ -135,6 +135,14 @@ def finetune(model: nn.Module, ctx: CompressContext, epochs: int, lr: float, mas
                        cancel=ctx.cancel, device=torch.device(ctx.device) if isinstance(ctx.device, str) else ctx.device)
     model.cpu()
     return [h.to_dict() for h in hist]
+
+
+def batch_size_for(n: int, epochs: int) -> int:
+    """128 (large sets) or 64, halved until the run has at least 8 steps (the one-cycle schedule needs them)."""
+    bs = 128 if n >= 5000 else 64
+    while bs > 4 and -(-n // bs) * epochs < 8:
+        bs //= 2
+    return bs
 
 
 def split_train(n: int, seed: int = 0, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:

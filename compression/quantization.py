@@ -141,16 +141,20 @@ def binarize(w: torch.Tensor, axis: int | None = 0) -> QuantSpec:
 
 # --- FakeQuant with a straight-through estimator ------------------------------------------------------
 
-class _RoundSTE(torch.autograd.Function):
-    """``round`` forward; identity backward (the straight-through estimator)."""
+class _QuantSTE(torch.autograd.Function):
+    """``clamp(round(v) + z, q_min, q_max)`` forward; backward passes the gradient unchanged where the value
+    lies inside ``[q_min, q_max]`` (bounds included) and blocks it where it was clipped (the STE)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return torch.round(x)
+    def forward(ctx, v: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:  # noqa: ANN001
+        q = torch.round(v) + z
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return torch.clamp(q, qmin, qmax)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return grad
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
 
 
 def fake_quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = False, axis: int | None = None,
@@ -165,7 +169,7 @@ def fake_quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = False, axis:
         scale, zero_point = compute_qparams(x, bits, symmetric, axis)
     qmin, qmax = qrange(bits, symmetric)
     s, z = _view(scale.to(x.dtype), x, axis), _view(zero_point.to(x.dtype), x, axis)
-    q = torch.clamp(_RoundSTE.apply(x / s) + z, qmin, qmax)
+    q = _QuantSTE.apply(x / s, z, qmin, qmax)
     return s * (q - z)
 
 
@@ -193,7 +197,7 @@ def quantize_model_weights(model: nn.Module, bits: int, symmetric: bool = False,
         if name in skip:
             rows.append({"name": name, "bits": 32, "quantized": False})
             continue
-        w = mod.weight.detach()
+        w = mod.weight.detach().clone()
         spec = quantize_tensor(w, bits, symmetric, axis=0 if per_channel else None)
         w_hat = spec.dequantize().to(w.dtype)  # exactly what packing's loader computes
         with torch.no_grad():

@@ -185,6 +185,8 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
     try:
         macs = count_macs(model, data.input_shape)
     except Exception:  # noqa: BLE001 - a wrapper running outside eager PyTorch
+        macs = 0
+    if macs == 0:  # e.g. an int8 runtime wrapper: the same multiply-accumulates as the float graph
         macs = count_macs(parent.cpu(), data.input_shape)
     dense = dense_fp32_bytes(model) if params else dense_fp32_bytes(parent)
     rows = layer_rows(model, data.input_shape, result.layers)

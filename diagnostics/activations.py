@@ -1,7 +1,8 @@
 """Per-layer output distributions for a batch: dead units, saturation, mean, std, histograms.
 
-Works for any ``nn.Module`` (base model or a compressed variant), so two models can be compared on the
-same batch layer by layer.
+Works for any ``nn.Module`` (base model or a compressed variant; quantized outputs are dequantized), so two
+models can be compared on the same batch layer by layer. A module called several times in one forward
+pass (ResNet's shared ``relu``) is summarised by its last call.
 """
 
 from __future__ import annotations
@@ -82,9 +83,8 @@ def select_layers(model: nn.Module, kind: str = "activations") -> list[str]:
         leaf = next(m.children(), None) is None
         if kind == "activations" and isinstance(m, ACTIVATIONS):
             out.append(n)
-        elif kind == "conv/linear" and (isinstance(m, WEIGHTED) or type(m).__name__ in ("QuantizedConv2d", "QuantizedLinear")
-                                        or (leaf and isinstance(getattr(m, "weight", None), torch.Tensor)
-                                            and getattr(m, "weight").ndim >= 2)):
+        elif kind == "conv/linear" and (isinstance(m, WEIGHTED) or m._get_name().startswith(("QuantizedConv",
+                                                                                             "QuantizedLinear"))):
             out.append(n)
         elif kind == "all leaves" and leaf:
             out.append(n)

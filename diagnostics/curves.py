@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from nnlab.data import ImageDataset
@@ -90,6 +91,7 @@ def learning_curve(build: Callable[[], nn.Module], data: ImageDataset, fractions
                          f"{f:.0%} of the training set ({len(subsets[i]):,} samples): {p.message}")
 
         t0 = time.perf_counter()
+        torch.manual_seed(seed * 1000 + i)  # the initial weights, reproducibly
         model = build()
         hist = train_model(model, data, cfg, indices=idx, progress=report, cancel=cancel)
         last = hist[-1]

@@ -9,6 +9,7 @@ k-fold retraining (:func:`diagnostics.labels.crossval_probs_retrain`) is the exa
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from dataclasses import dataclass, replace
@@ -50,8 +51,13 @@ class DataReport:
 
 def data_report(model: nn.Module, data: ImageDataset, max_label: int = 20000, max_domain: int = 5000,
                 dup_threshold: float = 0.98, dup_pixel_threshold: float = 0.02, seed: int = 0) -> DataReport:
-    """Run every data check for ``model`` on ``data`` (the model is only read; hooks are removed)."""
+    """Run every data check for ``model`` on ``data``.
+
+    The feature hook goes on a private copy: the given model may be shared by other sessions running it
+    at the same time, and their forward passes would otherwise pass through the hook too.
+    """
     t0 = time.perf_counter()
+    model = copy.deepcopy(model)
     f_train, _ = features_and_logits(model, data, "train")
     f_test, _ = features_and_logits(model, data, "test")
     ytr = data.y_train.numpy()
@@ -68,12 +74,18 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int = 20000, ma
                       seconds=time.perf_counter() - t0)
 
 
-def facts_from(summary: dict | None, history: list[dict] | None = None, test_slope: float | None = None,
-               imbalance: float | None = None) -> Facts:
-    """Assemble :class:`Facts` from a data-report summary (may be None), a history and a curve slope."""
+def cheap_summary(data: ImageDataset) -> dict:
+    """The checks that need no model: class balance, class-frequency shift, pixel-mean shift (seconds)."""
+    tc, sc = data.class_counts("train"), data.class_counts("test")
+    return {"imbalance_ratio": imbalance_ratio(tc), "class_shift": class_shift(tc, sc).tv_distance,
+            "pixel_shift": float(np.max(np.abs(pixel_stats(data).mean_shift)))}
+
+
+def facts_from(summary: dict | None, history: list[dict] | None = None, test_slope: float | None = None) -> Facts:
+    """Assemble :class:`Facts` from a (partial) data-report summary, a history and a curve slope."""
     s = summary or {}
     return Facts(history=history or [], test_slope=test_slope, label_issue_fraction=s.get("label_issue_fraction"),
-                 label_issues=s.get("label_issues"), imbalance_ratio=s.get("imbalance_ratio", imbalance),
+                 label_issues=s.get("label_issues"), imbalance_ratio=s.get("imbalance_ratio"),
                  domain_auc=s.get("domain_auc"), class_shift=s.get("class_shift"), pixel_shift=s.get("pixel_shift"),
                  duplicates=s.get("duplicates"))
 

@@ -107,7 +107,8 @@ def diagnose(e_train: float, e_test: float, e_goal: float, facts: Facts = Facts(
         if e_test - e_train > max(0.02, 0.5 * (e_train - e_goal)):
             notes.append(f"The train/test gap is also large ({e_test - e_train:+.2%}): once the training error is "
                          "down, expect the overfitting actions to matter too.")
-        return Diagnosis("underfitting", head, e_train, e_test, e_goal, _underfit_actions(e_train, e_goal, facts), notes)
+        actions = _underfit_actions(e_train, e_goal, facts)
+        return Diagnosis("underfitting", head, e_train, e_test, e_goal, actions, notes)
     head = (f"E_train = {e_train:.2%} ≤ E_goal = {e_goal:.2%} < E_test = {e_test:.2%}: the network fits its training "
             f"set but does not generalise (overfitting, or a train/test mismatch).")
     return Diagnosis("overfitting or mismatch", head, e_train, e_test, e_goal,
@@ -210,16 +211,24 @@ def _overfit_actions(e_train: float, e_test: float, e_goal: float, f: Facts) -> 
     else:
         actions.append(Action(text, NEUTRAL, f"E_test changes by {f.test_slope:+.2%} per doubling of S_train.",
                               PAGES["curves"]))
-    overfit = gap >= 0.5 * excess
-    ev = f"train/test gap E_test − E_train = {gap:+.2%} against E_test − E_goal = {excess:+.2%}"
+    ev = f"train/test gap E_test − E_train = {gap:+.2%} (E_test − E_goal = {excess:+.2%})"
     test_trend = history_trend(f.history, "test_loss")
-    if test_trend is not None and test_trend > 0:
-        ev += f"; test loss rose by {test_trend:.3f} per epoch at the end"
+    mismatch = f.domain_auc is not None and f.domain_auc >= AUC_MISMATCH
+    if test_trend is None:
+        verdict, why = NEUTRAL, "; no per-epoch history to tell overfitting from mismatch."
+    elif test_trend > 0:
+        verdict, why = SUPPORTED, f"; test loss rose by {test_trend:.3f} per epoch at the end: the network overfits."
+    elif test_trend <= LOSS_STILL_FALLING:
+        verdict, why = CONTRADICTED, (f"; test loss still falls by {-test_trend:.3f} per epoch at the end: the "
+                                      "network is not overfitting yet (train longer first).")
+    elif mismatch:
+        verdict, why = NEUTRAL, (f"; test loss flat, and the splits differ (domain AUC {f.domain_auc:.3f}): the gap "
+                                 "may come from the mismatch rather than from capacity.")
+    else:
+        verdict, why = SUPPORTED, "; test loss flat while the training error is at its floor."
     for t in ("Reduce the network size", "Regularise (tune the network's hyper-parameters: weight decay, dropout, "
                                          "augmentation)"):
-        actions.append(Action(t, SUPPORTED if overfit else CONTRADICTED,
-                              ev + (": the gap explains the excess error." if overfit else
-                                    ": the gap is small, so overfitting is not the main cause."), PAGES["curves"]))
+        actions.append(Action(t, verdict, ev + why, PAGES["curves"]))
     best = _best_epoch(f.history)
     algo = "Choose another training algorithm (e.g. early stopping)"
     if best is None:

@@ -155,7 +155,7 @@ def filter_grid(weight: np.ndarray, view: str = "channel", channel: int = 0, sca
     note = ("colour: input channels R, G, B; mid grey is zero" if view == "rgb"
             else "red positive, blue negative, white zero")
     note += "; one colour scale for all filters" if scale == "shared" else "; each filter scaled to its own max |w|"
-    return FilterGrid(grid(tiles, ncols=min(ncols, len(tiles))), order, norms, view, note)
+    return FilterGrid(grid(tiles, ncols=min(ncols, len(tiles)), fill=160), order, norms, view, note)
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -210,7 +210,7 @@ def histogram_figure(hists: dict[str, tuple[np.ndarray, np.ndarray]], ncols: int
         r, c = divmod(i, ncols)
         centers = (edges[:-1] + edges[1:]) / 2
         fig.add_trace(go.Bar(x=centers, y=counts, width=np.diff(edges), name=label, showlegend=False,
-                             marker_line_width=0), row=r + 1, col=c + 1)
+                             marker_line_width=0, marker_color="#3b6fb6"), row=r + 1, col=c + 1)
     fig.update_layout(height=max(220, nrows * height_per_row), margin=dict(l=10, r=10, t=40, b=10),
                       title=title or None, bargap=0)
     fig.update_annotations(font_size=11)

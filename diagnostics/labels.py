@@ -145,6 +145,7 @@ def crossval_probs_retrain(build: Callable[[], nn.Module], data: ImageDataset, c
     parts = _folds(y, folds, seed)
     for f, held in enumerate(parts):
         train_part = np.setdiff1d(np.arange(len(idx)), held)
+        torch.manual_seed(seed * 1000 + f)  # the initial weights, reproducibly
         model = build()
 
         def report(p: Progress, f: int = f) -> None:

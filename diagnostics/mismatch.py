@@ -30,8 +30,8 @@ def features_and_logits(model: nn.Module, data: ImageDataset, split: str, indice
                         batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features (flattened input of the last linear layer) and logits, in one pass.
 
-    The model is not changed: the hook is removed afterwards, also on error, and the train/eval mode
-    is restored.
+    The hook is removed afterwards, also on error, and the train/eval mode is restored. A model shared
+    with other threads (a cached model) should be deep-copied first: their passes would run the hook too.
     """
     head = last_linear(model)
     device = next(model.parameters()).device

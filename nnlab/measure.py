@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,6 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+# torch.set_num_threads is process-wide: timed sections take this lock so that two concurrent measurements
+# (two browser sessions, two background jobs) never change each other's thread count mid-measurement.
+TIMING_LOCK = threading.RLock()
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -86,12 +91,23 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_sizes:
                     warmup: int = 3, repeats: int = 20, threads: int | None = None,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[int, Latency]:
     """Latency of ``model`` in eager PyTorch at each batch size, threads fixed for the measurement."""
-    old_threads = torch.get_num_threads()
-    threads = threads or old_threads
-    torch.set_num_threads(threads)
     model.eval()
     out: dict[int, Latency] = {}
-    try:
+    with TIMING_LOCK:
+        old_threads = torch.get_num_threads()
+        threads = threads or old_threads
+        torch.set_num_threads(threads)
+        try:
+            out = _time_batches(model, input_shape, batch_sizes, warmup, repeats, threads, device, dtype)
+        finally:
+            torch.set_num_threads(old_threads)
+    return out
+
+
+def _time_batches(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: tuple[int, ...], warmup: int,
+                  repeats: int, threads: int, device: torch.device | str, dtype: torch.dtype) -> dict[int, Latency]:
+    out: dict[int, Latency] = {}
+    if True:
         for b in batch_sizes:
             x = torch.randn(b, *input_shape, device=device, dtype=dtype)
 
@@ -103,8 +119,6 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_sizes:
 
             reps = repeats if b == 1 else max(5, repeats // 2)
             out[b] = summarize(time_call(run, warmup, reps), b, threads, f"pytorch-eager-{device}")
-    finally:
-        torch.set_num_threads(old_threads)
     return out
 
 

@@ -139,8 +139,23 @@ def _train_demo_with_progress(data: ImageDataset, arch: str) -> None:
     bar.progress(1.0, text="Demo model trained and saved.")
 
 
+def ensure_frame() -> None:
+    """Make sure the page runs inside app.py's frame (navigation and sidebar pickers).
+
+    On a fresh server, a deep link (``/inside_filters``) reaches Streamlit before app.py ever called
+    ``st.navigation``; Streamlit then falls back to its legacy ``pages/`` folder mode and runs the page
+    alone. Leave that mode and rerun: the rerun goes through app.py, which resolves the same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def current() -> Current:
     """The selected dataset and model; on a problem, show a clear message and stop the page."""
+    ensure_frame()
     key = st.session_state.get("dataset", default_dataset())
     path = st.session_state.get("dataset_path", "") or ""
     if DATASETS[key].needs_path and not path:

@@ -1,5 +1,166 @@
-"""Placeholder until this page lands."""
+"""Side by side: two or more models (the base included) — metrics, layers, classes, changed predictions."""
 
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
-st.info("This page is being built.")
+from compression import compare, export
+from compression.variant import load_variant_model
+from nnlab import session
+from nnlab.evaluate import EvalResult
+from nnlab.viz import as_image, display_scale
+
+st.title("nnlab · Side by side")
+cur = session.current()
+ws = session.workspace()
+data = cur.data
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the variant…")
+def _variant_model(root: str, record_id: str, created: float, _rec):
+    return load_variant_model(ws, _rec)
+
+
+@st.cache_data(max_entries=16, show_spinner="Evaluating the variant…")
+def _variant_eval(root: str, record_id: str, created: float, dataset_id: str, _model, _data) -> EvalResult:
+    return compare.evaluate_model(_model, _data, "test")
+
+
+variants = [v for v in ws.list_variants() if v.dataset == data.id and v.status == "ok"]
+records = {cur.record.id: cur.record, **{v.id: v for v in variants}}
+if len(records) == 1:
+    st.info("No variant of this dataset yet: make one in the Compression lab.")
+    st.stop()
+wanted = [i for i in st.session_state.get("compare_ids", []) if i in records]
+if len(wanted) < 2:
+    wanted = ([cur.record.id] + [i for i in wanted if i != cur.record.id] + [variants[-1].id])[:2]
+    wanted = list(dict.fromkeys(wanted))
+if "compare_pick" not in st.session_state or st.session_state.get("compare_from") != st.session_state.get(
+        "compare_ids"):
+    st.session_state["compare_pick"] = wanted  # a new selection from the Pareto page
+    st.session_state["compare_from"] = st.session_state.get("compare_ids")
+st.session_state["compare_pick"] = [i for i in st.session_state["compare_pick"] if i in records]
+
+
+def _label(i: str) -> str:
+    return f"{records[i].name} ({'base' if i == cur.record.id else records[i].method})"
+
+
+pick = st.multiselect("Models (the first is the reference)", list(records), key="compare_pick", format_func=_label)
+if len(pick) < 2:
+    st.warning("Pick at least two models.")
+    st.stop()
+chosen = [records[i] for i in pick]
+models, evals = [], []
+try:
+    for r in chosen:
+        if r.id == cur.record.id:
+            models.append(cur.model)
+            evals.append(session.evaluation("test", cur))
+        else:
+            m = _variant_model(str(ws.root), r.id, r.created, r)
+            models.append(m)
+            evals.append(_variant_eval(str(ws.root), r.id, r.created, data.id, m, data))
+except (OSError, ValueError, RuntimeError) as exc:
+    st.error(f"A variant cannot be loaded: {exc}")
+    st.stop()
+ref, ref_ev = chosen[0], evals[0]
+
+st.subheader("Metrics")
+table = compare.comparison_table(chosen, evals)
+st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
+             column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+                            "sparsity": st.column_config.NumberColumn(format="percent"),
+                            "agreement with ref": st.column_config.NumberColumn(format="percent")})
+cols = st.columns(len(chosen) - 1)
+for col, r, ev in zip(cols, chosen[1:], evals[1:]):
+    br = compare.change_breakdown(ref_ev, ev)
+    col.metric(f"Changed predictions · {r.name}", br["changed"],
+               help=f"fixed {br['fixed']}, broken {br['broken']}, wrong→wrong {br['wrong→wrong']}")
+    col.metric(f"Agreement · {r.name}", f"{compare.agreement(ref_ev, ev):.2%}")
+st.download_button("Comparison (CSV)", compare.comparison_csv(chosen, evals), file_name="comparison.csv",
+                   mime="text/csv", key="compare_dl_csv")
+
+st.subheader("Per layer: sparsity, bit-width, clusters, channels")
+st.dataframe(compare.layer_details(chosen), hide_index=True, width="stretch", key="compare_layers")
+
+st.subheader("Per class")
+diffs = {r.name: compare.per_class_difference(ref_ev, ev, data.num_classes) for r, ev in zip(chosen[1:], evals[1:])}
+st.plotly_chart(compare.per_class_figure(diffs, data.classes, ref.name), key="compare_per_class")
+names = {r.id: r.name for r in chosen}
+target_id = st.selectbox("Compare the reference with", pick[1:], key="compare_target",
+                         format_func=lambda i: names[i])
+k = pick.index(target_id)
+other, other_ev = chosen[k], evals[k]
+st.plotly_chart(compare.confusion_difference_figure(compare.confusion_difference(ref_ev, other_ev, data.num_classes),
+                                                    data.classes, f"Confusion of {other.name} minus {ref.name}"),
+                key="compare_confusion")
+
+st.subheader("Samples whose prediction changed")
+items = compare.changed_samples(ref_ev, other_ev)
+st.caption(f"{len(items)} test samples change their predicted class between **{ref.name}** and **{other.name}** "
+           "(broken ones — right before, wrong after — first).")
+if items:
+    limit = st.slider("Show", 1, min(60, len(items)), min(18, len(items)), key="compare_gallery_n")
+    scale = display_scale(data.input_shape[1], 72)
+    ncol = 6
+    for row in range(0, limit, ncol):
+        cs = st.columns(ncol)
+        for c, it in zip(cs, items[row:row + ncol]):
+            c.image(as_image(data.x_test[it["index"]], scale),
+                    caption=(f"#{it['index']} · true {data.classes[it['label']]}\n"
+                             f"{data.classes[it['pred_a']]} ({it['conf_a']:.0%}) → "
+                             f"{data.classes[it['pred_b']]} ({it['conf_b']:.0%})"))
+    st.download_button("Changed sample indices (CSV)", pd.DataFrame(items).to_csv(index=False),
+                       file_name="changed.csv", mime="text/csv", key="compare_dl_changed")
+
+st.subheader("Weights and activations")
+torch_models = [(r, m) for r, m in zip(chosen, models) if not compare.runs_outside_pytorch(m)]
+skipped = [r.name for r, m in zip(chosen, models) if compare.runs_outside_pytorch(m)]
+if skipped:
+    st.caption("Runs in ONNX Runtime (its weights and activations are not PyTorch tensors): " + ", ".join(skipped))
+if torch_models:
+    layers = [n for n in compare.weighted_layers(torch_models[0][1])
+              if all(n in dict(m.named_modules()) for _, m in torch_models)]
+    if layers:
+        h1, h2 = st.columns(2)
+        layer = h1.selectbox("Layer", layers, key="compare_layer")
+        log_y = h2.checkbox("Log counts", key="compare_log", value=True)
+        w1, w2 = st.columns(2)
+        w1.plotly_chart(compare.histogram_figure({r.name: compare.weight_values(m, layer) for r, m in torch_models},
+                                                 f"Weights of {layer}", log_y=log_y), key="compare_weights")
+        try:
+            from diagnostics.activations import activation_stats
+        except Exception as exc:  # noqa: BLE001 - the look-inside module is optional here
+            w2.caption(f"Activation histograms are not available: {exc}")
+        else:
+            x = data.tensors("test", np.arange(min(256, len(data.y_test))))[0]
+            hists = {}
+            for r, m in torch_models:
+                stats = activation_stats(m, x, layers=[layer])
+                if stats:
+                    hists[r.name] = (stats[0].counts, stats[0].edges)
+            w2.plotly_chart(compare.binned_figure(hists, f"Outputs of {layer} (256 test images)", log_y=log_y),
+                            key="compare_activations")
+    else:
+        st.caption("The chosen models share no Conv/Linear layer name.")
+
+st.subheader("Downloads")
+dl = st.selectbox("Model", pick, key="compare_dl_pick", format_func=lambda i: names[i])
+rec = records[dl]
+m = models[pick.index(dl)]
+e1, e2, e3, e4 = st.columns(4)
+e1.download_button("Record (JSON)", export.record_json(rec), file_name=f"{rec.id}.json", mime="application/json",
+                   key="compare_dl_record")
+try:
+    blob, fname = export.artifact_bytes(ws, rec)
+    e2.download_button(f"Artifact ({rec.artifact_format})", blob, file_name=fname, key="compare_dl_artifact")
+except export.ExportError as exc:
+    e2.caption(str(exc))
+if not compare.runs_outside_pytorch(m):
+    e3.download_button("ONNX (float)", lambda: export.onnx_bytes(m, data.input_shape), file_name=f"{rec.id}.onnx",
+                       key="compare_dl_onnx")
+    e4.download_button("State dict (safetensors)", lambda: export.state_dict_bytes(m),
+                       file_name=f"{rec.id}.safetensors", key="compare_dl_state")

@@ -1,5 +1,306 @@
-"""Placeholder until this page lands."""
+"""Compression lab: pick a method or build a pipeline, run it in the background, manage the variants."""
 
+from __future__ import annotations
+
+import uuid
+
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-st.info("This page is being built.")
+import compression
+from compression import export, jobs
+from compression.compare import weight_sparsity
+from compression.registry import get_method, list_methods
+from nnlab import session
+from nnlab.workspace import WorkspaceError
+
+# Lighter settings than the registry defaults where a method trains, so a first click answers in seconds.
+DEMO_DEFAULTS: dict[str, dict] = {"distill": {"epochs": 3}, "prune-iterative": {"rounds": 2, "epochs": 1}}
+
+st.title("nnlab · Compression lab")
+cur = session.current()
+ws = session.workspace()
+jobs.prune_finished(6 * 3600)  # the registry keeps finished jobs for a while, not forever
+st.session_state.setdefault("lab_owner", uuid.uuid4().hex[:12])
+st.session_state.setdefault("lab_jobs", [])
+st.session_state.setdefault("lab_steps", [])
+owner = st.session_state["lab_owner"]
+variants = ws.list_variants()
+
+st.caption(f"Model **{cur.record.name}** (`{cur.model_id}`) on **{cur.data.name}**: accuracy "
+           f"{cur.record.accuracy:.2%}, {cur.record.size_bytes / 1024:.0f} KiB. Runs happen in the background: "
+           "the page stays usable and other sessions are not blocked.")
+if compression.IMPORT_ERRORS:
+    st.caption("Not available: " + "; ".join(f"{k} ({v})" for k, v in compression.IMPORT_ERRORS.items()))
+
+methods = list_methods()
+if not methods:
+    st.error("No compression method is registered (the compression engine failed to import).")
+    st.stop()
+
+
+def param_widgets(cls: type, prefix: str) -> dict:
+    """One widget per config field, with its one-line help and formula; returns the values."""
+    values = {}
+    over = DEMO_DEFAULTS.get(cls.method, {})
+    for fi in cls.fields_info():
+        key, label = f"{prefix}_{fi.name}", fi.name.replace("_", " ")
+        default = over.get(fi.name, fi.default)
+        tip = fi.help + (f" — formula: {fi.formula}" if fi.formula else "")
+        preset = key in st.session_state  # set by a callback (e.g. the sensitivity suggestion)
+        if fi.type == "bool":
+            values[fi.name] = st.checkbox(label, **({} if preset else {"value": bool(default)}), key=key, help=tip)
+        elif fi.choices:
+            opts = list(fi.choices)
+            idx = {} if preset else {"index": opts.index(default) if default in opts else 0}
+            values[fi.name] = st.selectbox(label, opts, **idx, key=key, help=tip)
+        elif fi.type == "int":
+            values[fi.name] = st.number_input(label, **({} if preset else {"value": int(default)}), step=1, key=key,
+                                              help=tip, min_value=None if fi.min is None else int(fi.min),
+                                              max_value=None if fi.max is None else int(fi.max))
+        elif fi.type == "float":
+            lo, hi = fi.min, fi.max
+            wide = lo is not None and hi is not None and lo > 0 and hi / lo >= 1000
+            step = float(default) / 2 if wide and default else (0.05 if hi is not None and hi <= 1 else 0.1)
+            values[fi.name] = st.number_input(label, **({} if preset else {"value": float(default)}), step=step,
+                                              key=key, help=tip, min_value=None if lo is None else float(lo),
+                                              max_value=None if hi is None else float(hi),
+                                              format="%.1e" if wide else "%.3f")
+        else:
+            shown = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+            values[fi.name] = st.text_input(label, **({} if preset else {"value": shown}), key=key, help=tip)
+        st.caption(fi.help + (f" · ${fi.formula}$" if fi.formula else ""))
+    return values
+
+
+def build(method: str, values: dict):
+    try:
+        return get_method(method).from_dict(values), None
+    except (ValueError, TypeError) as exc:
+        return None, str(exc)
+
+
+def start(configs: list, name: str) -> None:
+    job = jobs.start_variant(cur.model, cur.model_id, cur.arch, configs, cur.data, ws, name=name or None,
+                             owner=owner)
+    st.session_state["lab_jobs"].append(job.id)
+
+
+def variant_line(rec) -> str:
+    return f"{rec.name} · {rec.accuracy:.2%} · {rec.size_bytes / 1024:.0f} KiB"
+
+
+left, right = st.columns([2, 3], gap="large")
+with left:
+    st.subheader("Method")
+    mode = st.radio("Build", ["One method", "Pipeline"], key="lab_mode", horizontal=True,
+                    help="A pipeline applies its steps in order, each to the previous step's model.")
+    by_key = {c.method: c for c in methods}
+    method = st.selectbox("Method", list(by_key), key="lab_method",
+                          format_func=lambda k: f"{by_key[k].family} · {by_key[k].label}")
+    cls = by_key[method]
+    if cls.description:
+        st.caption(cls.description)
+    values = param_widgets(cls, f"lab_{method}")
+    cfg, problem = build(method, values)
+    if problem:
+        st.error(problem)
+    name = st.text_input("Variant name (optional)", key="lab_name", max_chars=120)
+    if mode == "One method":
+        if st.button("Run", key="lab_run", type="primary", disabled=cfg is None):
+            start([cfg], name)
+    else:
+        if st.button("Add step", key="lab_add", disabled=cfg is None):
+            st.session_state["lab_steps"].append(cfg.to_dict())
+        steps = st.session_state["lab_steps"]
+        if not steps:
+            st.info("The pipeline is empty: set a method above and press *Add step*.")
+        for i, step in enumerate(list(steps)):
+            c1, c2, c3, c4 = st.columns([6, 1, 1, 1])
+            shown = ", ".join(f"{k}={v}" for k, v in step.items() if k != "method")
+            c1.markdown(f"**{i + 1}. {step['method']}** <small>{shown}</small>", unsafe_allow_html=True)
+            if c2.button("↑", key=f"lab_up_{i}", disabled=i == 0, help="Move up"):
+                steps[i - 1], steps[i] = steps[i], steps[i - 1]
+                st.rerun()
+            if c3.button("↓", key=f"lab_down_{i}", disabled=i == len(steps) - 1, help="Move down"):
+                steps[i + 1], steps[i] = steps[i], steps[i + 1]
+                st.rerun()
+            if c4.button("✕", key=f"lab_rm_{i}", help="Remove"):
+                steps.pop(i)
+                st.rerun()
+        if st.button(f"Run pipeline ({len(steps)} steps)", key="lab_run_pipeline", type="primary",
+                     disabled=not steps):
+            try:
+                from compression.registry import config_from_dict
+
+                start([config_from_dict(s) for s in steps], name)
+            except ValueError as exc:
+                st.error(f"The pipeline is invalid: {exc}")
+
+with right:
+    mine = [j for j in (jobs.get(i) for i in st.session_state["lab_jobs"]) if j is not None]
+    polling = any(j.active for j in mine)
+    # jobs whose end this full run already shows; a fragment rerun that sees another one reruns the page
+    st.session_state["lab_seen"] = {j.id for j in mine if not j.active}
+
+    @st.fragment(run_every=1 if polling else None)
+    def progress_panel() -> None:
+        shown = [j for j in (jobs.get(i) for i in st.session_state["lab_jobs"]) if j is not None][-4:]
+        if not shown:
+            return
+        st.subheader("Runs")
+        for job in reversed(shown):
+            s = job.snapshot()
+            if job.active:
+                st.progress(s["fraction"], text=f"{s['label']}: {s['message']} ({s['elapsed']:.0f} s)")
+                st.button("Cancel", key=f"lab_cancel_{job.id}", on_click=job.cancel,
+                          disabled=s["cancel_requested"])
+            elif job.status == jobs.DONE:
+                rec = job.result
+                st.success(f"Done in {s['elapsed']:.1f} s: **{rec.name}** — accuracy {rec.accuracy:.2%}, "
+                           f"{rec.size_bytes / 1024:.0f} KiB, weight sparsity {weight_sparsity(rec):.1%}")
+            elif job.status == jobs.CANCELLED:
+                st.warning(f"{s['label']}: cancelled; nothing was stored.")
+            else:
+                st.error(f"{s['label']} failed: {s['error']}")
+                with st.expander("Details"):
+                    st.code(job.detail)
+        if any(not j.active and j.id not in st.session_state["lab_seen"] for j in shown):
+            st.rerun(scope="app")  # the new variant appears in the list at once; polling stops
+
+    progress_panel()
+
+    st.subheader("Variants")
+    here = [v for v in variants if v.dataset == cur.data.id]
+    if ws.errors:
+        st.warning("Some variants could not be read: " + "; ".join(ws.errors))
+    if not here:
+        st.info("No variant yet for this dataset: run a method.")
+    else:
+        base_size = cur.record.size_bytes
+        table = pd.DataFrame([{"id": v.id, "name": v.name, "method": v.method, "accuracy": v.accuracy,
+                               "Δ points": 100 * (v.accuracy - cur.record.accuracy),
+                               "size (KiB)": v.size_bytes / 1024,
+                               "× smaller": base_size / v.size_bytes if v.size_bytes and base_size else None,
+                               "weight sparsity": weight_sparsity(v), "latency b1 (ms)": v.latency_ms(1),
+                               "format": v.artifact_format, "seconds": v.extra.get("seconds"),
+                               "parent": v.parent} for v in reversed(here)])
+        st.dataframe(table, hide_index=True, width="stretch", key="lab_variants_table",
+                     column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+                                    "weight sparsity": st.column_config.NumberColumn(format="percent")})
+        ids = [v.id for v in reversed(here)]
+        names = {v.id: variant_line(v) for v in here}
+        pick = st.selectbox("Variant", ids, key="lab_variant", format_func=lambda i: names.get(i, i))
+        rec = next(v for v in here if v.id == pick)
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        new_name = c1.text_input("New name", value=rec.name, key=f"lab_rename_to_{pick}", max_chars=120)
+        if c2.button("Rename", key="lab_rename"):
+            try:
+                ws.rename_variant(pick, new_name)
+                st.rerun()
+            except WorkspaceError as exc:
+                st.error(str(exc))
+        d1, d2 = st.columns([3, 1], vertical_alignment="bottom")
+        sure = d1.checkbox("Yes, delete this variant and its artifact", key="lab_delete_confirm")
+        if d2.button("Delete", key="lab_delete", disabled=not sure):
+            ws.delete_variant(pick)
+            st.session_state.pop("lab_delete_confirm", None)
+            st.rerun()
+        e1, e2, e3 = st.columns(3)
+        try:
+            blob, fname = export.artifact_bytes(ws, rec)
+            e1.download_button(f"Artifact ({rec.artifact_format})", blob, file_name=fname, key="lab_dl_artifact")
+        except export.ExportError as exc:
+            e1.caption(str(exc))
+        e2.download_button("Record (JSON)", export.record_json(rec), file_name=f"{rec.id}.json",
+                           mime="application/json", key="lab_dl_record")
+        if rec.artifact_format != "onnx-int8":
+            def _state() -> bytes:
+                from compression.variant import load_variant_model
+
+                return export.state_dict_bytes(load_variant_model(ws, rec))
+
+            e3.download_button("State dict (safetensors)", _state, file_name=f"{rec.id}.safetensors",
+                               key="lab_dl_state")
+
+st.divider()
+with st.expander("Sensitivity analysis: one layer at a time", expanded=False):
+    try:
+        from compression import sensitivity
+    except Exception as exc:  # noqa: BLE001 - the analysis module is optional
+        st.info(f"Sensitivity analysis is not available: {exc}")
+    else:
+        kinds = list(sensitivity.TRANSFORMS)
+        s1, s2, s3 = st.columns(3)
+        kind = s1.radio("Compress each layer by", kinds, key="lab_sens_kind", horizontal=True,
+                        format_func=lambda k: {"prune": "pruning (sparsity)", "quantize": "quantization (bits)"}
+                        .get(k, k))
+        samples = s2.number_input("Validation samples", 100, 5000, 500, step=100, key="lab_sens_samples",
+                                  help="Held-out training samples scored at each point (the test split stays unseen).")
+        run_key = f"sens-{kind}-{cur.model_id}"
+        if s3.button("Run analysis", key="lab_sens_run"):
+            model, data = cur.model, cur.data
+
+            def analyse(progress, cancel, kind=kind, samples=int(samples), key=run_key):
+                table = sensitivity.layer_sensitivity(model, data, kind, max_samples=samples, progress=progress,
+                                                      cancel=cancel)
+                ws.save_run(key, table.to_dict())
+                return table
+
+            st.session_state["lab_sens_job"] = jobs.submit(analyse, f"sensitivity ({kind})", "sensitivity",
+                                                           owner).id
+        sjob = jobs.get(st.session_state.get("lab_sens_job", ""))
+        sens_polling = sjob is not None and sjob.active
+
+        @st.fragment(run_every=1 if sens_polling else None)
+        def sens_progress() -> None:
+            j = jobs.get(st.session_state.get("lab_sens_job", ""))
+            if j is None:
+                return
+            if j.active:
+                s = j.snapshot()
+                st.progress(s["fraction"], text=f"{s['message']} ({s['elapsed']:.0f} s)")
+                st.button("Cancel analysis", key="lab_sens_cancel", on_click=j.cancel)
+            elif j.status == jobs.FAILED:
+                st.error(f"The analysis failed: {j.error}")
+            if sens_polling and not j.active:
+                st.rerun(scope="app")
+
+        sens_progress()
+        saved = ws.load_run(run_key)
+        if saved:
+            table = sensitivity.SensitivityTable(saved["kind"], saved["base_accuracy"], saved["rows"],
+                                                 saved.get("split", "validation"))
+            fig = go.Figure()
+            for layer in table.layers():
+                pts = [r for r in table.rows if r["layer"] == layer]
+                fig.add_trace(go.Scatter(x=[r["level"] for r in pts], y=[r["accuracy"] for r in pts],
+                                         mode="lines+markers", name=layer))
+            fig.add_hline(y=table.base_accuracy, line_dash="dot", annotation_text="untouched")
+            fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), yaxis_tickformat=".0%",
+                              xaxis_title="sparsity" if table.kind == "prune" else "bits", yaxis_title="accuracy")
+            if table.kind != "prune":
+                fig.update_xaxes(autorange="reversed")
+            st.plotly_chart(fig, key="lab_sens_fig")
+            budget = st.number_input("Accuracy-drop budget for all layers together (points)", 0.0, 50.0, 1.0,
+                                     step=0.5, key="lab_sens_budget")
+            sug = sensitivity.suggest_levels(table, budget / 100)
+            st.dataframe(pd.DataFrame([{"layer": k, "suggested level": v} for k, v in sug.items()]),
+                         hide_index=True, key="lab_sens_suggest")
+            levels = [v for v in sug.values() if v is not None]
+            if levels:
+                target = {"prune": ("prune-unstructured", "sparsity", min(levels)),
+                          "quantize": ("quantize-weights", "bits", int(max(levels)))}.get(table.kind)
+                if target and target[0] in compression.METHODS:
+                    m, field_name, level = target
+                    st.caption(f"The engine's configs take one level for all layers; the safe uniform choice "
+                               f"is the weakest suggestion: {field_name} = {level:g}.")
+
+                    def use(m=m, field_name=field_name, level=level) -> None:
+                        st.session_state["lab_method"] = m
+                        st.session_state["lab_mode"] = "One method"
+                        st.session_state[f"lab_{m}_{field_name}"] = level
+
+                    st.button(f"Use {m} with {field_name} = {level:g} in the method editor", key="lab_sens_apply",
+                              on_click=use)

@@ -1,5 +1,130 @@
-"""Placeholder until this page lands."""
+"""Pareto: accuracy against size and latency for the base model and its variants; automatic search."""
 
+from __future__ import annotations
+
+import json
+import uuid
+
+import pandas as pd
 import streamlit as st
 
-st.info("This page is being built.")
+from compression import export, jobs, pareto
+from compression import search as csearch
+from nnlab import session
+
+st.title("nnlab · Pareto")
+cur = session.current()
+ws = session.workspace()
+st.session_state.setdefault("lab_owner", uuid.uuid4().hex[:12])
+
+variants = ws.list_variants()
+scope = st.radio("Variants shown", ["of this model", "of this dataset (all parents)"], key="pareto_scope",
+                 horizontal=True)
+if scope == "of this model":
+    shown = [v for v in variants if v.parent == cur.model_id]
+else:
+    shown = [v for v in variants if v.dataset == cur.data.id]
+records = [cur.record, *[v for v in shown if v.status == "ok"]]
+st.caption(f"Base **{cur.record.name}** and {len(records) - 1} variant(s). Bubble area ∝ MACs, colour = method, "
+           "★ = base; the dashed line is the Pareto frontier (no other point is both more accurate and cheaper). "
+           "Select points (click, box or lasso) to compare them.")
+if len(records) == 1:
+    st.info("No variant yet: make some in the Compression lab, or run the automatic search below.")
+
+tab_size, tab_lat, tab_macs = st.tabs(["Accuracy vs size", "Accuracy vs latency", "Accuracy vs MACs"])
+picked: list[str] = []
+figs = {}
+for tab, cost in ((tab_size, "size"), (tab_lat, "latency"), (tab_macs, "macs")):
+    with tab:
+        fig = pareto.pareto_figure(records, cost, base_id=cur.record.id)
+        figs[cost] = fig
+        event = st.plotly_chart(fig, key=f"pareto_fig_{cost}", on_select="rerun", selection_mode=("points", "box",
+                                                                                                  "lasso"))
+        picked += [i for i in pareto.selected_ids(event) if i not in picked]
+        front = pareto.frontier(records, cost)
+        st.markdown(f"**Frontier ({pareto.COSTS[cost].lower()}):** " + " → ".join(
+            f"{r.name} ({r.accuracy:.2%})" for r in front))
+
+if picked:
+    st.session_state["compare_ids"] = picked
+    names = {r.id: r.name for r in records}
+    st.success("Selected: " + ", ".join(names.get(i, i) for i in picked))
+    if st.button("Open the comparison", key="pareto_open_compare", type="primary"):
+        st.switch_page("pages/compress_compare.py")
+
+cost = st.radio("Frontier of the table", list(pareto.COSTS), key="pareto_cost", horizontal=True,
+                format_func=lambda k: pareto.COSTS[k])
+table = pd.DataFrame(pareto.summary_rows(records, cur.record, cost))
+st.dataframe(table, hide_index=True, width="stretch", key="pareto_table",
+             column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+                            "sparsity": st.column_config.NumberColumn(format="percent")})
+d1, d2, d3, d4 = st.columns(4)
+d1.download_button("Figure (HTML)", export.figure_html(figs["size"]), file_name="pareto-size.html",
+                   mime="text/html", key="pareto_dl_html")
+d2.download_button("Latency figure (HTML)", export.figure_html(figs["latency"]), file_name="pareto-latency.html",
+                   mime="text/html", key="pareto_dl_html_lat")
+if export.png_available():
+    d3.download_button("Figure (PNG)", lambda: export.figure_png(figs["size"]), file_name="pareto-size.png",
+                       mime="image/png", key="pareto_dl_png")
+else:
+    d3.caption("PNG export needs the kaleido package (not installed here): save the HTML figure instead.")
+d4.download_button("Records (JSON)", export.records_json(records), file_name="pareto-records.json",
+                   mime="application/json", key="pareto_dl_records")
+
+st.divider()
+st.subheader("Automatic search")
+st.caption("Tries methods and levels (a small grid; *halving* screens them on held-out training samples first and "
+           "measures only the promising ones) and keeps the whole frontier within the accuracy-drop budget.")
+s1, s2, s3, s4 = st.columns(4)
+budget = s1.number_input("Accuracy-drop budget (points)", 0.0, 100.0, 1.0, step=0.5, key="pareto_budget")
+strategy = s2.radio("Strategy", ["grid", "halving"], key="pareto_strategy", horizontal=True)
+s_cost = s3.selectbox("Cost", ["size", "latency", "macs"], key="pareto_search_cost")
+keep_all = s4.checkbox("Keep every variant (not only the frontier)", key="pareto_keep_all")
+grid_text = st.text_area("Candidates (JSON: a list of pipelines, each a list of method configs)",
+                         json.dumps(csearch.default_grid()), key="pareto_grid", height=100)
+try:
+    candidates = json.loads(grid_text)
+    csearch.parse_candidates(candidates)
+    bad = None
+except (ValueError, TypeError, AttributeError) as exc:
+    candidates, bad = None, f"The candidate list is not valid: {exc}"
+if bad:
+    st.error(bad)
+if st.button("Run search", key="pareto_search_run", type="primary", disabled=bad is not None):
+    model, data, base = cur.model, cur.data, cur.record
+
+    def run(progress, cancel, b=budget / 100, s=strategy, c=s_cost, k=keep_all, cand=candidates):
+        return csearch.search(model, base, data, ws, budget=b, candidates=cand, strategy=s, cost=c, keep_all=k,
+                              progress=progress, cancel=cancel)
+
+    st.session_state["pareto_search_job"] = jobs.submit(run, f"search within {budget:g} points", "search",
+                                                        st.session_state["lab_owner"]).id
+sjob = jobs.get(st.session_state.get("pareto_search_job", ""))
+search_polling = sjob is not None and sjob.active  # as of this full run
+
+
+@st.fragment(run_every=1 if search_polling else None)
+def search_panel() -> None:
+    j = jobs.get(st.session_state.get("pareto_search_job", ""))
+    if j is None:
+        return
+    s = j.snapshot()
+    if j.active:
+        st.progress(s["fraction"], text=f"{s['message']} ({s['elapsed']:.0f} s)")
+        st.button("Cancel search", key="pareto_search_cancel", on_click=j.cancel)
+    elif j.status == jobs.DONE:
+        res = j.result
+        st.success(f"Search done in {s['elapsed']:.0f} s: {len(res.within_budget())} variant(s) within "
+                   f"{100 * res.budget:g} points, {len(res.frontier)} point(s) on the frontier: "
+                   + " → ".join(f"{r.name} ({r.accuracy:.2%})" for r in res.frontier))
+        st.dataframe(pd.DataFrame(csearch.result_rows(res)), hide_index=True, width="stretch",
+                     key="pareto_search_table")
+    elif j.status == jobs.CANCELLED:
+        st.warning("Search cancelled; variants measured so far are kept.")
+    else:
+        st.error(f"The search failed: {s['error']}")
+    if search_polling and not j.active:
+        st.rerun(scope="app")  # new variants appear in the plots
+
+
+search_panel()

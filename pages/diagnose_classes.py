@@ -1,5 +1,94 @@
-"""Placeholder until this page lands."""
+"""Errors by class: per-class precision/recall/F1, the confusion matrix (select a cell to see its samples),
+and the most confused pairs."""
 
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-st.info("This page is being built.")
+from diagnostics import errors
+from nnlab import session
+from nnlab.viz import as_image, display_scale, grid
+
+MAX_SHOWN = 60
+
+
+@st.cache_data(max_entries=16)
+def _analysis(model_id: str, dataset_id: str, split: str, _ev, num_classes: int) -> errors.ErrorAnalysis:
+    return errors.analyze(_ev.probs, _ev.losses, _ev.labels, num_classes)
+
+
+st.title("Errors by class")
+cur = session.current()
+data = cur.data
+split = st.radio("Split", ["test", "train"], horizontal=True, key="classes_split")
+ev = session.evaluation(split, cur)
+if len(ev.labels) == 0:
+    st.info("This split is empty.")
+    st.stop()
+an = _analysis(cur.model_id, data.id, split, ev, data.num_classes)
+classes = data.classes
+
+st.caption(f"{len(ev.labels):,} {split} images, error {an.error:.2%}. Precision, recall and F1 are computed as "
+           "scikit-learn does (zero when undefined).")
+macro = an.metrics.macro()
+m1, m2, m3 = st.columns(3)
+m1.metric("Macro precision", f"{macro['precision']:.3f}")
+m2.metric("Macro recall", f"{macro['recall']:.3f}")
+m3.metric("Macro F1", f"{macro['f1']:.3f}")
+st.dataframe(pd.DataFrame(an.metrics.rows(classes)), hide_index=True, width="stretch", key="classes_table",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "f1")})
+
+st.subheader("Confusion matrix")
+norm = st.radio("Show", ["counts", "row-normalised"], horizontal=True, key="classes_norm") == "row-normalised"
+fig = errors.confusion_figure(an.confusion, classes, normalized=norm)
+# an invisible marker per cell makes cells selectable (heatmap traces have no point selection)
+k = len(classes)
+fig.add_trace(go.Scatter(x=[classes[p] for t in range(k) for p in range(k)],
+                         y=[classes[t] for t in range(k) for p in range(k)],
+                         customdata=[[t, p] for t in range(k) for p in range(k)], mode="markers",
+                         marker=dict(symbol="square", size=28, opacity=0.01), hoverinfo="none", showlegend=False))
+event = st.plotly_chart(fig, key="classes_cm", on_select="rerun", selection_mode="points")
+
+pairs = an.pairs
+default_true, default_pred = (pairs[0].true, pairs[0].pred) if pairs else (0, 0)
+points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else (
+    event.selection.points if event is not None and hasattr(event, "selection") else [])
+sel = repr(points)
+if points and st.session_state.get("classes_last_selection") != sel:
+    st.session_state["classes_last_selection"] = sel
+    pt = points[0]
+    cd = pt.get("customdata")
+    if cd is not None and len(cd) == 2:
+        st.session_state["classes_true"], st.session_state["classes_pred"] = int(cd[0]), int(cd[1])
+    elif pt.get("x") in classes and pt.get("y") in classes:
+        st.session_state["classes_true"] = classes.index(pt["y"])
+        st.session_state["classes_pred"] = classes.index(pt["x"])
+st.session_state.setdefault("classes_true", default_true)
+st.session_state.setdefault("classes_pred", default_pred)
+
+st.markdown("**Samples of a cell** (click a cell above, or choose it here)")
+s1, s2 = st.columns(2)
+t = s1.selectbox("True class", range(k), format_func=lambda i: classes[i], key="classes_true")
+p = s2.selectbox("Predicted class", range(k), format_func=lambda i: classes[i], key="classes_pred")
+idx = errors.cell_indices(ev.labels, ev.preds, t, p)
+idx = idx[errors.ranking_scores(ev.probs[idx], ev.losses[idx], ev.labels[idx], "loss").argsort()[::-1]]
+st.write(f"**{len(idx)}** {split} samples of class *{classes[t]}* predicted as *{classes[p]}*"
+         + (f" (showing the {MAX_SHOWN} with the highest loss)" if len(idx) > MAX_SHOWN else ""))
+if len(idx):
+    scale = display_scale(data.input_shape[1], 56)
+    images = data.images(split)
+    st.image(grid([as_image(images[int(i)], scale) for i in idx[:MAX_SHOWN]], ncols=12),
+             caption=f"indices {', '.join(str(int(i)) for i in idx[:12])}{' …' if len(idx) > 12 else ''}")
+else:
+    st.info("No samples in this cell.")
+
+st.subheader("Most confused pairs")
+if pairs:
+    st.dataframe(pd.DataFrame([{"rank": r + 1, "true": classes[q.true], "predicted as": classes[q.pred],
+                                "count": q.count, "share of the true class": f"{q.rate:.1%}"}
+                               for r, q in enumerate(pairs[:20])]), hide_index=True, width="stretch",
+                 key="classes_pairs")
+else:
+    st.success("No confusions at all on this split.")

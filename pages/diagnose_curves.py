@@ -1,5 +1,95 @@
-"""Placeholder until this page lands."""
+"""Learning curves: the base model's per-epoch history, and E_train/E_test against training-set size from
+retraining on 10/25/50/100 % of the training set (cached in the workspace)."""
 
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
-st.info("This page is being built.")
+from diagnostics import curves
+from nnlab import session
+from nnlab.base import demo_config
+from nnlab.models import create_model
+from nnlab.train import Cancelled
+
+st.title("Learning curves")
+cur = session.current()
+data = cur.data
+
+st.subheader("Training history of this model")
+if cur.history:
+    h = pd.DataFrame(cur.history)
+    l1, l2 = st.columns(2)
+    fig = px.line(h, x="epoch", y=["train_loss", "test_loss"], markers=True, labels={"value": "loss"})
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10))
+    l1.plotly_chart(fig, key="curves_hist_loss")
+    fig = px.line(h.assign(train_error=1 - h["train_acc"], test_error=1 - h["test_acc"]), x="epoch",
+                  y=["train_error", "test_error"], markers=True, labels={"value": "error"})
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10))
+    l2.plotly_chart(fig, key="curves_hist_err")
+    last = cur.history[-1]
+    st.caption(f"Last epoch: train loss {last['train_loss']:.3f}, test loss {last['test_loss']:.3f}, "
+               f"E_train {1 - last['train_acc']:.2%}, E_test {1 - last['test_acc']:.2%} "
+               "(train metrics in eval mode over up to 10 000 of the training samples).")
+else:
+    st.info("No per-epoch history for this model (it was not trained by nnlab).")
+
+st.subheader("Error against training-set size")
+st.caption("The lecture's *train on a subset of smaller size*: the architecture is retrained from scratch on nested, "
+           "stratified subsets. If E_test still falls at the largest size, more data should help; if the curve is "
+           "flat, it will not.")
+base = demo_config(data)
+f1, f2 = st.columns([3, 1])
+fractions = f1.multiselect("Fractions of the training set", [0.1, 0.25, 0.5, 1.0], default=[0.1, 0.25, 0.5, 1.0],
+                           format_func=lambda f: f"{f:.0%}", key="curves_fractions")
+epochs = int(f2.number_input("Epochs per subset", min_value=1, max_value=100, value=base.epochs, step=1,
+                             key="curves_epochs"))
+fractions = sorted(fractions)
+ws = session.workspace()
+points = None
+if not fractions:
+    st.info("Choose at least one fraction.")
+else:
+    key = curves.cache_key(cur.model_id, data.id, fractions, epochs)
+    points = curves.load_curve(ws, key)
+    passes = sum(fractions) * epochs
+    if points is None:
+        st.write(f"Not computed yet: {len(fractions)} trainings, {passes:.1f} passes over the "
+                 f"{len(data.y_train):,} training images in all ({session.device_note()}).")
+        if st.button("Train on the subsets", key="curves_run", type="primary"):
+            bar = st.progress(0.0, text="Starting…")
+
+            def report(frac: float, msg: str) -> None:
+                bar.progress(min(1.0, frac), text=msg)
+
+            c, hh, ww = data.input_shape
+            try:
+                points, _ = curves.cached_learning_curve(
+                    ws, key, lambda: create_model(cur.arch, c, data.num_classes, (hh, ww)), data, fractions,
+                    replace(base, epochs=epochs), progress=report)
+            except Cancelled:
+                st.warning("Cancelled.")
+            except (ValueError, RuntimeError, OSError) as exc:
+                st.error(f"The learning curve could not be computed: {exc}")
+    if points is None:
+        cached = curves.cached_curves(ws, cur.model_id, data.id)
+        if cached:
+            st.caption(f"Showing the most recent cached curve `{cached[0][0]}`.")
+            points = cached[0][1]
+
+if points:
+    df = pd.DataFrame([{"fraction": p.fraction, "training samples": p.n_train, "E_train": p.train_error,
+                        "E_test": p.test_error, "seconds": round(p.seconds, 1)} for p in points])
+    fig = px.line(df, x="training samples", y=["E_train", "E_test"], markers=True, log_x=True,
+                  labels={"value": "error"})
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=10, b=10))
+    st.plotly_chart(fig, key="curves_size")
+    st.dataframe(df, hide_index=True, width="stretch", key="curves_table",
+                 column_config={"E_train": st.column_config.NumberColumn(format="%.4f"),
+                                "E_test": st.column_config.NumberColumn(format="%.4f")})
+    slope = curves.error_slope(points)
+    if slope is not None:
+        st.metric("E_test change per doubling of the training set (last two points)", f"{slope:+.2%}")

@@ -1,5 +1,165 @@
-"""Placeholder until this page lands."""
+"""Data checks (the lecture's list): class balance, suspected label errors, train/test mismatch, leakage."""
 
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-st.info("This page is being built.")
+from diagnostics import datacheck, labels
+from diagnostics.mismatch import class_shift, imbalance_ratio
+from nnlab import session
+from nnlab.base import demo_config
+from nnlab.models import create_model
+from nnlab.viz import as_image, display_scale, grid
+
+AUTO_MAX_TRAIN = 10000
+SHOW = 24
+
+
+@st.cache_data(show_spinner="Running the data checks (features, label errors, mismatch, duplicates)…", max_entries=8)
+def _report(model_id: str, dataset_id: str, _model, _data) -> datacheck.DataReport:
+    rep = datacheck.data_report(_model, _data)
+    try:
+        session.workspace().save_run(datacheck.report_key(model_id, dataset_id), rep.summary())
+    except OSError:
+        pass
+    return rep
+
+
+st.title("Data checks")
+cur = session.current()
+data = cur.data
+classes = data.classes
+scale = display_scale(data.input_shape[1], 48)
+
+# --- class balance ---------------------------------------------------------------------------------------
+st.header("Class balance")
+tc, sc = data.class_counts("train"), data.class_counts("test")
+shift = class_shift(tc, sc)
+b1, b2, b3 = st.columns(3)
+ratio = imbalance_ratio(tc)
+b1.metric("Imbalance ratio (train, largest/smallest)", "∞" if not np.isfinite(ratio) else f"{ratio:.2f}")
+b2.metric("Class-frequency shift train→test (TV distance)", f"{shift.tv_distance:.3f}")
+b3.metric("χ² p-value (test counts vs train frequencies)", f"{shift.chi2_p:.3g}")
+fig = go.Figure([go.Bar(name="train", x=classes, y=shift.train_freq),
+                 go.Bar(name="test", x=classes, y=shift.test_freq)])
+fig.update_layout(barmode="group", height=280, yaxis_title="share of the split", margin=dict(l=10, r=10, t=10, b=10))
+fig.update_xaxes(type="category")
+st.plotly_chart(fig, key="data_balance")
+if tc.min() == 0:
+    st.warning(f"Class(es) without training samples: {', '.join(c for c, n in zip(classes, tc) if n == 0)}.")
+
+# --- the feature-based checks ----------------------------------------------------------------------------------
+rep = None
+if len(data.y_train) <= AUTO_MAX_TRAIN or st.session_state.get("data_run_clicked"):
+    try:
+        rep = _report(cur.model_id, data.id, cur.model, data)
+    except ValueError as exc:
+        st.warning(f"The feature-based checks could not run: {exc}")
+else:
+    st.info(f"The label-error, mismatch and duplicate checks extract the model's features for all "
+            f"{len(data.y_train) + len(data.y_test):,} images (about a minute on CPU).")
+    if st.button("Run the data checks", key="data_run", type="primary"):
+        st.session_state["data_run_clicked"] = True
+        st.rerun()
+
+st.header("Suspected label errors")
+if rep is not None:
+    li = rep.labels
+    st.caption(f"Confident learning (Northcutt et al. 2021) on out-of-sample probabilities: {li.method}. The features "
+               "were learned with these labels, so they are only partly out-of-sample; k-fold retraining below is "
+               "exact.")
+    l1, l2 = st.columns(2)
+    l1.metric("Suspected label errors", f"{len(li.indices):,}", help=f"of {li.checked:,} training samples checked")
+    l2.metric("Share of the checked samples", f"{li.fraction:.2%}")
+    if len(li.indices):
+        idx = rep.label_subset[li.indices]
+        st.dataframe(pd.DataFrame({"train index": idx, "given label": [classes[g] for g in li.given],
+                                   "suggested label": [classes[s] for s in li.suggested],
+                                   "p(given label)": li.self_confidence}), hide_index=True, width="stretch",
+                     height=240, key="data_label_table")
+        st.image(grid([as_image(data.x_train[int(i)], scale) for i in idx[:SHOW]], ncols=12),
+                 caption=" · ".join(f"{classes[g]}→{classes[s]}"
+                                    for g, s in zip(li.given[:SHOW], li.suggested[:SHOW])))
+    else:
+        st.success("No suspected label errors.")
+
+with st.expander("Exact check: k-fold retraining of the architecture (slower)"):
+    n_max = int(st.number_input("Training samples to check (stratified subsample)", min_value=100,
+                                max_value=len(data.y_train), value=min(len(data.y_train), 2000), step=100,
+                                key="data_retrain_n"))
+    folds = int(st.number_input("Folds", min_value=2, max_value=10, value=4, key="data_retrain_folds"))
+    run_key = f"labels-retrain_{cur.model_id}_{data.id}_{n_max}_{folds}".replace("/", "_")[:120]
+    ws = session.workspace()
+    cached = ws.load_run(run_key)
+    if cached is None and st.button("Retrain on folds", key="data_retrain_run"):
+        bar = st.progress(0.0, text="Starting…")
+        sub = labels.subsample(data.y_train.numpy(), n_max)
+        c, h, w = data.input_shape
+        try:
+            probs = labels.crossval_probs_retrain(
+                lambda: create_model(cur.arch, c, data.num_classes, (h, w)), data,
+                replace(demo_config(data), eval_test=False), indices=sub, folds=folds,
+                progress=lambda p: bar.progress(min(1.0, p.fraction), text=p.message))
+            res = labels.find_label_issues(data.y_train.numpy()[sub], probs)
+            cached = {"indices": sub[res.indices].tolist(), "given": res.given.tolist(),
+                      "suggested": res.suggested.tolist(), "self_confidence": res.self_confidence.tolist(),
+                      "checked": res.checked}
+            ws.save_run(run_key, cached)
+        except (ValueError, RuntimeError, OSError) as exc:
+            st.error(f"Retraining failed: {exc}")
+    if cached is not None:
+        st.write(f"k-fold retraining flags **{len(cached['indices'])}** of {cached['checked']:,} samples "
+                 f"({len(cached['indices']) / max(1, cached['checked']):.2%}).")
+        if cached["indices"]:
+            st.dataframe(pd.DataFrame({"train index": cached["indices"],
+                                       "given label": [classes[g] for g in cached["given"]],
+                                       "suggested label": [classes[s] for s in cached["suggested"]],
+                                       "p(given label)": cached["self_confidence"]}),
+                         hide_index=True, width="stretch", height=200, key="data_retrain_table")
+
+st.header("Train/test mismatch")
+if rep is not None:
+    px_ = rep.pixels
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Domain-classifier AUC (penultimate features)", f"{rep.domain_auc:.3f}",
+              help="Logistic regression telling test from train, cross-validated. 0.5: no detectable mismatch.")
+    m2.metric("Largest pixel-mean shift (train std)", f"{np.max(np.abs(px_.mean_shift)):.3f}")
+    m3.metric("Intensity-histogram distance (TV)", f"{np.max(px_.hist_distance):.3f}")
+    verdict = ("no detectable mismatch" if rep.domain_auc <= 0.55 else
+               "a clear mismatch" if rep.domain_auc >= 0.6 else "a slight mismatch")
+    st.write(f"The model's features show **{verdict}** between the splits (AUC {rep.domain_auc:.3f}).")
+    st.dataframe(pd.DataFrame({"channel": range(len(px_.train_mean)), "train mean": px_.train_mean,
+                               "test mean": px_.test_mean, "train std": px_.train_std, "test std": px_.test_std,
+                               "mean shift (train std)": px_.mean_shift}), hide_index=True, width="stretch",
+                 key="data_pixels")
+    centres = (px_.bins[:-1] + px_.bins[1:]) / 2
+    fig = go.Figure()
+    for ch in range(len(px_.train_mean)):
+        fig.add_trace(go.Scatter(x=centres, y=px_.train_hist[ch], name=f"train ch{ch}", mode="lines"))
+        fig.add_trace(go.Scatter(x=centres, y=px_.test_hist[ch], name=f"test ch{ch}", mode="lines",
+                                 line=dict(dash="dash")))
+    fig.update_layout(height=280, xaxis_title="intensity (0–1)", yaxis_title="share of pixels", yaxis_type="log",
+                      margin=dict(l=10, r=10, t=10, b=10))
+    st.plotly_chart(fig, key="data_hist")
+
+st.header("Near-duplicates across train and test (leakage)")
+if rep is not None:
+    du = rep.duplicates
+    st.caption(f"A test image counts when one of its 5 nearest training images in feature space has cosine similarity "
+               f"≥ {du.threshold} and differs by at most {du.pixel_threshold:.0%} mean absolute pixel value.")
+    st.metric("Test images with a near-duplicate in train", f"{len(du.test_index):,}",
+              help=f"of {du.checked:,} test images")
+    if len(du.test_index):
+        st.dataframe(pd.DataFrame({"test index": du.test_index, "train index": du.train_index,
+                                   "similarity": du.similarity, "pixel difference": du.pixel_diff,
+                                   "same label": du.same_label}), hide_index=True, width="stretch", height=200,
+                     key="data_dups")
+        pairs = [im for t, r in zip(du.test_index[:SHOW // 2], du.train_index[:SHOW // 2])
+                 for im in (as_image(data.x_test[int(t)], scale), as_image(data.x_train[int(r)], scale))]
+        st.image(grid(pairs, ncols=12), caption="pairs: test image, then its training near-duplicate")
+    st.caption(f"All feature-based checks took {rep.seconds:.1f} s.")

@@ -1,5 +1,81 @@
-"""Placeholder until this page lands."""
+"""Worst errors: a gallery sorted by loss, wrong-prediction confidence or margin, filtered by class, paged."""
 
+from __future__ import annotations
+
+import numpy as np
 import streamlit as st
 
-st.info("This page is being built.")
+from diagnostics import errors
+from nnlab import session
+from nnlab.viz import as_image, display_scale
+
+ATTRIBUTION_PAGE = "pages/inside_attributions.py"
+ANY = -1
+
+
+@st.cache_data(max_entries=64)
+def _order(model_id: str, dataset_id: str, split: str, by: str, true_class: int, pred_class: int,
+           only_wrong: bool, _ev) -> list[int]:
+    order = errors.rank_samples(_ev.probs, _ev.losses, _ev.labels, by,
+                                None if true_class == ANY else true_class, None if pred_class == ANY else pred_class,
+                                only_wrong)
+    return order.tolist()
+
+
+def _inspect(index: int, split: str) -> None:
+    st.session_state["inspect_index"] = index
+    st.session_state["inspect_split"] = split
+    st.switch_page(ATTRIBUTION_PAGE)
+
+
+st.title("Worst errors")
+cur = session.current()
+data = cur.data
+classes = data.classes
+opts = [ANY, *range(data.num_classes)]
+
+c1, c2, c3, c4 = st.columns([1, 2, 2, 2])
+split = c1.radio("Split", ["test", "train"], key="worst_split")
+by = c2.selectbox("Sort by", list(errors.SORTS), format_func=lambda s: errors.SORTS[s], key="worst_sort")
+true_class = c3.selectbox("True class", opts, format_func=lambda i: "any" if i == ANY else classes[i],
+                          key="worst_true")
+pred_class = c4.selectbox("Predicted class", opts, format_func=lambda i: "any" if i == ANY else classes[i],
+                          key="worst_pred")
+o1, o2, _ = st.columns([2, 2, 3])
+only_wrong = o1.checkbox("Misclassified only", value=True, key="worst_only_wrong")
+per_page = o2.select_slider("Per page", [8, 12, 16, 24, 32], value=12, key="worst_per_page")
+
+ev = session.evaluation(split, cur)
+order = _order(cur.model_id, data.id, split, by, int(true_class), int(pred_class), bool(only_wrong), ev)
+n_wrong = int((ev.preds != ev.labels).sum())
+st.caption(f"{len(order):,} samples match ({n_wrong:,} of {len(ev.labels):,} {split} images are misclassified). "
+           f"Sorted by {errors.SORTS[by]}.")
+if not order:
+    st.info("No sample matches these filters.")
+    st.stop()
+
+pages = errors.num_pages(len(order), per_page)
+if st.session_state.get("worst_page", 1) > pages:
+    st.session_state["worst_page"] = pages
+page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1, key="worst_page")
+shown = errors.page_of(np.asarray(order), page - 1, per_page)
+
+images = data.images(split)
+scale = display_scale(data.input_shape[1], 96)
+ncols = 4
+for row_start in range(0, len(shown), ncols):
+    cols = st.columns(ncols)
+    for col, i in zip(cols, shown[row_start:row_start + ncols]):
+        i = int(i)
+        true, pred = int(ev.labels[i]), int(ev.preds[i])
+        with col.container(border=True):
+            st.image(as_image(images[i], scale), caption=f"#{i}")
+            mark = "✅" if true == pred else "❌"
+            st.markdown(f"{mark} true **{classes[true]}** · predicted **{classes[pred]}**  \n"
+                        f"loss {ev.losses[i]:.3f} · p(pred) {ev.probs[i, pred]:.2f} · "
+                        f"p(true) {ev.probs[i, true]:.2f}")
+            st.plotly_chart(errors.topk_figure(classes, ev.probs[i], true), key=f"worst_top5_{split}_{i}",
+                            config={"displayModeBar": False})
+            if st.button("Attributions 🔍", key=f"worst_inspect_{split}_{i}", help="Open this sample in Deconvnet "
+                         "and attributions"):
+                _inspect(i, split)

@@ -1,5 +1,135 @@
-"""Placeholder until this page lands."""
+"""Activations: each layer's output distribution over a batch (dead units, saturation, mean, std, histograms),
+optionally beside a compressed variant of the same model."""
 
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
+from torch import nn
 
-st.info("This page is being built.")
+from diagnostics import activations as A
+from diagnostics.filters import histogram_figure
+from nnlab import session
+from nnlab.data import ImageDataset
+from nnlab.records import Record
+
+st.title("Activations")
+cur = session.current()
+data = cur.data
+
+
+@st.cache_data(max_entries=16, show_spinner="Running the batch through the model…")
+def _stats(model_id: str, data_id: str, split: str, n: int, kind: str, bins: int,
+           _model: nn.Module, _data: ImageDataset) -> list[A.LayerActivation]:
+    x, _ = _data.tensors(split, np.arange(n))
+    return A.activation_stats(_model, x, kind=kind, bins=bins, batch_size=32)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the variant…")
+def _variant_model(variant_id: str, _record: Record) -> nn.Module:
+    from compression.variant import load_variant_model  # written by the compression helper
+
+    return load_variant_model(session.workspace(), _record)
+
+
+def _variants() -> list[Record]:
+    """Saved variants of the current model and dataset, when the compression module is there."""
+    try:
+        from compression.variant import load_variant_model  # noqa: F401
+    except Exception:
+        return []
+    try:
+        recs = session.workspace().list_variants()
+    except Exception:
+        return []
+    return [r for r in recs if r.dataset == data.id and (not r.parent or r.parent == cur.model_id)
+            and not str(r.status).startswith("failed")]
+
+
+c1, c2, c3, c4 = st.columns(4)
+split = c1.selectbox("Split", ["test", "train"], key="acts_split")
+n_max = len(data.labels(split))
+big = cur.record.params > 5_000_000
+choices = sorted({min(n_max, v) for v in (4, 16, 64, 256, 1024)})
+default = min(n_max, 16 if big else 256)
+if st.session_state.get("acts_n") not in choices:
+    st.session_state["acts_n"] = default if default in choices else choices[0]
+if len(choices) > 1:
+    n = int(c2.select_slider("Batch size", choices, key="acts_n",
+                             help="the first N samples of the split; statistics are over all of them"))
+else:
+    n = choices[0]
+    c2.caption(f"Batch: all {n} samples of the split")
+kind = c3.selectbox("Layers", A.KINDS, key="acts_kind",
+                    help="activation modules (ReLU, ReLU6, sigmoid…), conv/linear outputs, or every leaf module")
+bins = int(c4.slider("Bins", 10, 150, 50, key="acts_bins"))
+
+stats = _stats(cur.model_id, data.id, split, n, kind, bins, cur.model, data)
+if not stats and kind == "activations":
+    st.info("No activation modules found (the model may apply its activations functionally); "
+            "showing conv/linear outputs instead.")
+    kind = "conv/linear"
+    stats = _stats(cur.model_id, data.id, split, n, kind, bins, cur.model, data)
+if not stats:
+    st.warning("No layer of this kind produced an output.")
+    st.stop()
+
+variants = _variants()
+other: list[A.LayerActivation] = []
+vrec = None
+if variants:
+    by_id = {r.id: r for r in variants}
+    vid = st.selectbox("Compare with a compressed variant", ["(none)"] + list(by_id), key="acts_variant",
+                       format_func=lambda v: v if v == "(none)" else f"{by_id[v].name} ({by_id[v].method})")
+    if vid != "(none)":
+        vrec = by_id[vid]
+        try:
+            vmodel = _variant_model(vid, vrec)
+            other = _stats(f"variant-{vid}", data.id, split, n, kind, bins, vmodel, data)
+        except Exception as exc:  # a variant that cannot run as an nn.Module here
+            st.warning(f"The variant cannot be analysed: {type(exc).__name__}: {exc}")
+            other = []
+
+rows = [s.row() for s in stats]
+df = pd.DataFrame(rows)
+worst = max(stats, key=lambda s: s.dead_fraction)
+m1, m2, m3 = st.columns(3)
+m1.metric("Layers", len(stats))
+m2.metric("Most dead units", f"{worst.dead_fraction:.1%}", help=f"layer {worst.name}: never positive over {n} samples")
+m3.metric("Mean dead units", f"{np.mean([s.dead_fraction for s in stats]):.1%}")
+pct = st.column_config.NumberColumn(format="percent")
+st.dataframe(df, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(df)),
+             column_config={"dead units": pct, "dead channels": pct, "saturated": pct, "zeros": pct})
+st.caption("Dead unit: an output position (channel, row, column) that is never positive for any sample of the "
+           "batch. Saturated: within 0.1 % of a bounded activation's flat limit (sigmoid/tanh ends, ReLU6 top); "
+           "empty for unbounded layers.")
+
+if other:
+    st.subheader(f"Base vs {vrec.name if vrec else 'variant'}")
+    cmp = pd.DataFrame(A.compare(stats, other))
+    st.dataframe(cmp, hide_index=True, width="stretch")
+    names = [s.name for s in stats if any(o.name == s.name for o in other)]
+    if names:
+        pick = st.selectbox("Overlay the histograms of", names, key="acts_cmp_layer")
+        a = next(s for s in stats if s.name == pick)
+        b = next(s for s in other if s.name == pick)
+        fig = go.Figure()
+        for s, label in ((a, "base"), (b, "variant")):
+            centers = (s.edges[:-1] + s.edges[1:]) / 2
+            fig.add_trace(go.Scatter(x=centers, y=s.counts / max(1, s.counts.sum()), mode="lines", name=label,
+                                     line_shape="hvh"))
+        fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="fraction of values",
+                          title=f"{pick}: output distribution")
+        st.plotly_chart(fig, key="acts_cmp_fig")
+
+st.subheader("Output histograms")
+log_y = st.checkbox("Logarithmic counts", value=True, key="acts_log")
+shown = stats[:24]
+fig = histogram_figure({f"{s.name} ({s.type})": (s.counts, s.edges) for s in shown}, title="")
+if log_y:
+    fig.update_yaxes(type="log")
+st.plotly_chart(fig, key="acts_hist")
+if len(stats) > len(shown):
+    st.caption(f"First {len(shown)} of {len(stats)} layers shown; the table lists all.")

@@ -12,7 +12,7 @@ from diagnostics import features as FM
 from nnlab import session
 from nnlab.data import ImageDataset
 from nnlab.viz import as_image, display_scale, grid
-from pages._inside_input import pick_input, show_input
+from nnlab.widgets import pick_input, show_input
 
 st.title("Feature maps")
 cur = session.current()
@@ -48,7 +48,8 @@ with left:
         show_input(choice, cur)
         probs = _predict(cur.model_id, data.id, choice.token, cur.model, choice.x)
         pred = int(probs.argmax())
-        st.metric("Predicted", data.classes[pred], f"{probs[pred]:.1%} confidence", delta_color="off")
+        st.metric("Predicted", data.classes[pred], f"{probs[pred]:.1%} confidence", delta_color="off",
+                  delta_arrow="off")
 if choice is None:
     st.stop()
 
@@ -59,8 +60,8 @@ if not layers:
 names = [li.name for li in layers]
 info = {li.name: li for li in layers}
 if st.session_state.get("features_layer") not in names:
-    spatial = [li.name for li in layers if len(li.shape) == 3 and li.type not in ("Sequential",)]
-    st.session_state["features_layer"] = spatial[0] if spatial else names[0]
+    convs = [li.name for li in layers if len(li.shape) == 3 and li.type == "Conv2d"]
+    st.session_state["features_layer"] = convs[0] if convs else names[0]
 with right:
     c1, c2, c3 = st.columns([3, 1, 1])
     layer = c1.selectbox("Layer", names, key="features_layer", format_func=lambda n: info[n].label)
@@ -77,9 +78,9 @@ with right:
     order = np.argsort(-max_act, kind="stable") if order_by == "strongest first" else np.arange(n_ch)
     st.image(FM.feature_grid(maps, scale, max_ch, order=order),
              caption=f"{layer}: {min(max_ch, n_ch)} of {n_ch} channels ({'×'.join(map(str, maps.shape))}); "
-                     f"order {', '.join(map(str, order[:12]))}{'…' if n_ch > 12 else ''}")
+                     f"order {', '.join(map(str, order[:12]))}{'…' if n_ch > 12 else ''}", output_format="PNG")
     m1, m2, m3 = st.columns(3)
-    m1.metric("Channels never positive here", f"{int((max_act <= 0).sum())} / {n_ch}")
+    m1.metric("Never-positive channels", f"{int((max_act <= 0).sum())} / {n_ch}")
     m2.metric("Mean activation", f"{float(maps.mean()):.4g}")
     m3.metric("Largest activation", f"{float(maps.max()):.4g}", help=f"channel {int(max_act.argmax())}")
 
@@ -88,13 +89,17 @@ d1, d2, d3, d4 = st.columns(4)
 channel = int(d1.number_input(f"Channel (0–{n_ch - 1})", 0, n_ch - 1, int(order[0]), key="features_channel"))
 split = d2.selectbox("Search in", ["test", "train"], key="features_top_split")
 n_split = len(data.labels(split))
-limit = int(d3.select_slider("Samples scanned", sorted({min(n_split, v) for v in (200, 1000, 2000, 5000, 10000)}),
-                             value=min(n_split, 1000), key="features_top_limit"))
+limits = sorted({min(n_split, v) for v in (200, 1000, 2000, 5000, 10000)})
+if st.session_state.get("features_top_limit") not in limits:
+    st.session_state["features_top_limit"] = min(n_split, 1000)
+limit = (int(d3.select_slider("Samples scanned", limits, key="features_top_limit")) if len(limits) > 1
+         else limits[0])
 reduce = d4.radio("Score", FM.REDUCTIONS, key="features_top_reduce", help="max or mean of the channel's map")
 scores = _scores(cur.model_id, data.id, layer, split, limit, reduce, cur.model, data)
 idx, vals = FM.top_activating(scores, channel, k=12)
 scale_px = display_scale(data.input_shape[1], 72)
 st.image(grid([as_image(data.images(split)[int(i)], scale_px) for i in idx], ncols=12),
-         caption=f"Top {len(idx)} of {limit} {split} samples for channel {channel} of {layer} ({reduce} activation)")
+         caption=f"Top {len(idx)} of {limit} {split} samples for channel {channel} of {layer} ({reduce} activation)",
+         output_format="PNG")
 st.dataframe(pd.DataFrame({"index": idx, "label": [data.classes[int(data.labels(split)[int(i)])] for i in idx],
                            "score": vals}), hide_index=True, width="stretch", height=160)

@@ -63,10 +63,12 @@ else:
     sort = c3.selectbox("Order", ["none", "ascending", "descending"], key="filters_sort",
                         format_func=lambda s: {"none": "layer order", "ascending": "weakest first",
                                                "descending": "strongest first"}[s])
-    max_f = int(c4.slider("Filters shown", 1, ci.out_channels, min(64, ci.out_channels), key="filters_max"))
+    max_f = (int(c4.slider("Filters shown", 1, ci.out_channels, min(64, ci.out_channels), key="filters_max"))
+             if ci.out_channels > 1 else 1)
     g = _grid(cur.model_id, layer, view, channel, scale, norm, sort, max_f, cur.model)
     st.image(g.image, caption=f"{layer}: {len(g.order)} of {ci.out_channels} filters, {g.note}. "
-                              f"Order: {', '.join(map(str, g.order[:16]))}{'…' if len(g.order) > 16 else ''}")
+                              f"Order: {', '.join(map(str, g.order[:16]))}{'…' if len(g.order) > 16 else ''}",
+             output_format="PNG")
     norms = g.norms
     m1, m2, m3, m4 = st.columns(4)
     m1.metric(f"Mean {norm.upper()} norm", f"{norms.mean():.4g}")

@@ -141,3 +141,37 @@ def test_unknown_method_and_target() -> None:
         A.attribute(prep, torch.randn(1, 3, 8, 8), "gradcam", 0)
     with pytest.raises(ValueError, match="outside"):
         A.check_target(3, 3)
+
+
+def test_resnet18_shared_relu_matches_functional_rule() -> None:
+    """ResNet's blocks call one ReLU module twice; Captum's hooks must still apply the rule per call.
+
+    Referee: the same network with every ReLU made functional and the rule applied by autograd.
+    """
+    import copy
+
+    from nnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, 10, (16, 16)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    prep = A.prepare(model, x)
+
+    class FunctionalReLU(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return F.relu(t)
+
+    ref = copy.deepcopy(model).eval()
+    for parent in list(ref.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(parent, name, FunctionalReLU())
+    for method, rule in (("guided_backprop", "guided"), ("deconvnet", "deconv")):
+        xi = x.clone().requires_grad_(True)
+        with A._FunctionalReLUs(rule):
+            out = ref(xi)[0, 3]
+        (expected,) = torch.autograd.grad(out, xi)
+        ours = A.attribute(prep, x, method, 3).values
+        assert float(np.abs(expected[0].double().numpy()).max()) > 0
+        np.testing.assert_allclose(ours, expected[0].double().numpy(), atol=1e-7)
+    assert hook_count(model) == 0 and hook_count(prep.model) == 0

@@ -182,3 +182,18 @@ def test_uploaded_images_converted_as_dataset_expects(digits, tiny_data) -> None
     np.testing.assert_allclose(x.numpy(), (0.2 - 0.5) / 0.25, atol=1e-6)
     with pytest.raises(ValueError):
         feat.input_from_upload(b"not an image", digits)
+
+
+def test_compare_base_and_variant_by_layer_name() -> None:
+    base = nn.Sequential(nn.Linear(2, 4), nn.ReLU()).eval()
+    variant = nn.Sequential(nn.Linear(2, 4), nn.ReLU()).eval()
+    with torch.no_grad():
+        base[0].weight.zero_()
+        base[0].bias[:] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        variant[0].weight.zero_()
+        variant[0].bias[:] = torch.tensor([1.0, 2.0, 0.0, -4.0])  # two units pruned dead
+    x = torch.randn(5, 2)
+    rows = act.compare(act.activation_stats(base, x), act.activation_stats(variant, x))
+    assert len(rows) == 1 and rows[0]["layer"] == "1"
+    assert rows[0]["dead_fraction (base)"] == 0.0 and rows[0]["dead_fraction (variant)"] == 0.5
+    assert rows[0]["Δ mean"] == pytest.approx(0.75 - 2.5)

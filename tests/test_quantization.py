@@ -146,7 +146,7 @@ def test_fake_quant_straight_through_gradient_matches_torch() -> None:
     assert torch.allclose(ours_x.grad[~clipped], weight[~clipped], rtol=1e-6, atol=0)
     assert torch.all(ours_x.grad[clipped] == 0)  # nothing through the clamp
     agree = torch.isclose(ours_x.grad, ref_x.grad, rtol=1e-6, atol=0).float().mean()
-    assert agree >= 0.97
+    assert agree >= 0.99
 
 
 @pytest.mark.parametrize("bits, scheme, granularity", [(8, "asymmetric", "per-channel"),
@@ -164,6 +164,8 @@ def test_handler_artifact_is_packed_and_loads_back(demo, digits, tmp_path, bits:
     # every conv/linear weight takes at most 2^b distinct values (per channel)
     for row in res.layers:
         assert row["levels_used"] <= 2**bits
+        if bits >= 2:  # the recorded error is real and within s/2
+            assert 0 < row["max_abs_error"] <= row["half_step"] * (1 + 1e-5)
     conv = res.model.features[4].weight.detach()
     for c in range(conv.shape[0]):
         assert torch.unique(conv[c]).numel() <= 2**bits

@@ -1,5 +1,5 @@
-"""Shared widgets of the Look-inside pages: pick an input (dataset sample or upload) and show it as the model
-sees it. Not a page itself (app.py does not register it)."""
+"""Shared widgets of the Look-inside pages (streamlit glue): pick an input (a dataset sample or an upload) and
+show it as the model sees it."""
 
 from __future__ import annotations
 
@@ -77,4 +77,4 @@ def show_input(choice: Choice, cur: Current, target: int = 112) -> None:
     """The input as the model sees it (after resizing and channel conversion)."""
     c, h, w = cur.data.input_shape
     st.image(as_image(choice.x8[0], display_scale(h, target)),
-             caption=f"{choice.caption} · as the model sees it ({c}×{h}×{w})")
+             caption=f"{choice.caption} · as the model sees it ({c}×{h}×{w})", output_format="PNG")

@@ -1,0 +1,102 @@
+"""Downloads: a model as ONNX or a state dict, a variant's stored artifact, records as JSON, figures.
+
+Each function returns ``bytes`` or ``str`` (for ``st.download_button``) and raises :class:`ExportError`
+with a message a user can act on when the export is impossible.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import plotly.graph_objects as go
+from safetensors.torch import save as st_save
+from torch import nn
+
+from nnlab.records import Record
+from nnlab.workspace import Workspace
+
+ONNX_ARTIFACT_FORMATS = ("onnx-int8",)
+
+
+class ExportError(RuntimeError):
+    """This export cannot be produced (the message says why)."""
+
+
+def state_dict_bytes(model: nn.Module) -> bytes:
+    """The model's weights as safetensors bytes (dense; runtime-backed int8 models have none)."""
+    if getattr(model, "runner", None) is not None:
+        raise ExportError("this variant runs in an int8 runtime; download its artifact (ONNX) instead")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if not state:
+        raise ExportError("the model has no weights to export")
+    return st_save(state)
+
+
+def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """The float model exported to ONNX (dynamic batch axis), read back as bytes."""
+    if getattr(model, "runner", None) is not None:
+        raise ExportError("this variant is already an ONNX int8 graph: download its artifact")
+    from compression.int8 import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="nnlab-export-") as d:
+        path = Path(d) / "model.onnx"
+        try:
+            export_onnx(model, tuple(input_shape), path)
+        except Exception as exc:  # noqa: BLE001 - both exporters failed: say so
+            raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return path.read_bytes()
+
+
+def artifact_bytes(ws: Workspace, record: Record) -> tuple[bytes, str]:
+    """The stored artifact of a record (packed, safetensors, int8 ONNX …) and a file name for it."""
+    if not record.artifact:
+        raise ExportError(f"{record.name} has no stored artifact")
+    path = ws.root / record.artifact
+    if not path.is_file():
+        raise ExportError(f"the artifact of {record.name} is missing ({record.artifact})")
+    return path.read_bytes(), f"{record.id}-{path.name}"
+
+
+def record_json(record: Record) -> str:
+    return record.to_json()
+
+
+def records_json(records: list[Record]) -> str:
+    return json.dumps([r.to_dict() for r in records], indent=2, sort_keys=True, allow_nan=False)
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A standalone HTML page of the figure (plotly.js from the CDN)."""
+    return fig.to_html(include_plotlyjs="cdn", full_html=True)
+
+
+def png_available() -> bool:
+    """True when Plotly can render static images (it needs the ``kaleido`` package)."""
+    return importlib.util.find_spec("kaleido") is not None
+
+
+def figure_png(fig: go.Figure, width: int = 1100, height: int = 600) -> bytes:
+    """The figure as PNG; :class:`ExportError` when kaleido is not installed."""
+    if not png_available():
+        raise ExportError("PNG export needs the kaleido package, which is not installed here; "
+                          "download the HTML figure instead (it can be saved as PNG from the browser)")
+    buf = io.BytesIO()
+    fig.write_image(buf, format="png", width=width, height=height)
+    return buf.getvalue()
+
+
+def safe_filename(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.strip())
+    return keep.strip("-.")[:80] or "model"
+
+
+def model_exports(model: nn.Module) -> dict[str, str]:
+    """Which exports make sense for a model: format key → label."""
+    if getattr(model, "runner", None) is not None:
+        return {"artifact": "int8 ONNX artifact"}
+    return {"artifact": "stored artifact", "onnx": "ONNX (float)", "state_dict": "state dict (safetensors)"}
+

@@ -1,0 +1,160 @@
+"""The Pareto frontier over result records (maximise accuracy, minimise a cost) and its Plotly figures.
+
+A record is on the frontier when no other record is at least as accurate *and* at most as costly while
+being strictly better in one of the two. Records whose accuracy or cost is unknown (NaN, or a size of 0
+for a model held only in memory) are plotted nowhere and never on the frontier.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+
+from nnlab.records import Record
+
+COSTS: dict[str, str] = {
+    "size": "Size on disk (bytes)",
+    "size_gzip": "Size gzipped (bytes)",
+    "latency": "Latency, batch 1 (ms)",
+    "latency32": "Latency, batch 32 (ms)",
+    "macs": "MACs per image",
+}
+
+
+def cost_of(record: Record, cost: str = "size") -> float:
+    """The record's cost on one axis (NaN when unknown)."""
+    if cost == "size":
+        v = float(record.size_bytes)
+    elif cost == "size_gzip":
+        v = float(record.size_gzip_bytes)
+    elif cost == "latency":
+        v = record.latency_ms(1)
+    elif cost == "latency32":
+        v = record.latency_ms(32)
+    elif cost == "macs":
+        v = float(record.macs)
+    else:
+        raise ValueError(f"unknown cost {cost!r}; one of {', '.join(COSTS)}")
+    return v if v > 0 and math.isfinite(v) else float("nan")
+
+
+def pareto_mask(accuracy: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated points (maximise ``accuracy``, minimise ``cost``).
+
+    Identical points are all kept; points with a NaN coordinate are never on the frontier.
+    """
+    acc = np.asarray(accuracy, dtype=float)
+    c = np.asarray(cost, dtype=float)
+    if acc.shape != c.shape:
+        raise ValueError("accuracy and cost need the same length")
+    ok = np.isfinite(acc) & np.isfinite(c)
+    mask = np.zeros(len(acc), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = ok.copy()
+        others[i] = False
+        dominated = others & (acc >= acc[i]) & (c <= c[i]) & ((acc > acc[i]) | (c < c[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+def frontier(records: list[Record], cost: str = "size") -> list[Record]:
+    """The records on the frontier, cheapest first."""
+    mask = pareto_mask(np.array([r.accuracy for r in records], float),
+                       np.array([cost_of(r, cost) for r in records], float))
+    on = [r for r, m in zip(records, mask) if m]
+    return sorted(on, key=lambda r: (cost_of(r, cost), -r.accuracy))
+
+
+def frontier_ids(records: list[Record], cost: str = "size") -> set[str]:
+    return {r.id for r in frontier(records, cost)}
+
+
+def summary_rows(records: list[Record], base: Record | None = None, cost: str = "size") -> list[dict]:
+    """One row per record: accuracy, drop vs ``base``, size and ratio, latency, MACs, sparsity, on frontier."""
+    on = frontier_ids(records, cost)
+    rows = []
+    for r in records:
+        row = {"id": r.id, "name": r.name, "method": r.method, "accuracy": r.accuracy,
+               "size (KiB)": r.size_bytes / 1024 if r.size_bytes else float("nan"),
+               "latency b1 (ms)": r.latency_ms(1), "latency b32 (ms)": r.latency_ms(32),
+               "MACs (M)": r.macs / 1e6, "sparsity": r.sparsity, "frontier": r.id in on}
+        if base is not None:
+            row["drop (points)"] = 100 * (base.accuracy - r.accuracy)
+            row["size ×smaller"] = (base.size_bytes / r.size_bytes if r.size_bytes and base.size_bytes
+                                    else float("nan"))
+        rows.append(row)
+    return rows
+
+
+def _hover(r: Record) -> str:
+    lat = r.latency_ms(1)
+    size = f"{r.size_bytes / 1024:.1f} KiB" if r.size_bytes else "in memory"
+    return (f"<b>{r.name}</b><br>id {r.id}<br>method {r.method}<br>accuracy {r.accuracy:.2%}<br>size {size}"
+            f" (gzip {r.size_gzip_bytes / 1024:.1f} KiB)<br>latency b1 {lat:.3f} ms<br>MACs {r.macs / 1e6:.2f} M"
+            f"<br>sparsity {r.sparsity:.1%}")
+
+
+def bubble_sizes(macs: np.ndarray, smallest: float = 10.0, largest: float = 40.0) -> np.ndarray:
+    """Marker diameters growing with the square root of MACs (so the area is proportional)."""
+    m = np.sqrt(np.clip(np.asarray(macs, float), 0, None))
+    if len(m) == 0 or not np.isfinite(m).any() or m.max() <= 0:
+        return np.full(len(m), (smallest + largest) / 2)
+    return smallest + (largest - smallest) * m / m.max()
+
+
+def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None = None,
+                  log_x: bool | None = None, height: int = 480) -> go.Figure:
+    """Accuracy against ``cost``: one trace per method (colour), bubbles sized by MACs, the frontier drawn.
+
+    Every marker carries its record id as ``customdata[0]`` (for selections). ``log_x`` defaults to True
+    when the costs span more than a factor 10.
+    """
+    pts = [(r, cost_of(r, cost)) for r in records]
+    pts = [(r, c) for r, c in pts if math.isfinite(c) and math.isfinite(r.accuracy)]
+    fig = go.Figure()
+    if not pts:
+        fig.update_layout(title="No record has both an accuracy and this cost", height=height)
+        return fig
+    sizes = dict(zip([r.id for r, _ in pts], bubble_sizes(np.array([r.macs for r, _ in pts]))))
+    methods = list(dict.fromkeys(r.method for r, _ in pts))
+    for m in methods:
+        group = [(r, c) for r, c in pts if r.method == m]
+        fig.add_trace(go.Scatter(
+            x=[c for _, c in group], y=[r.accuracy for r, _ in group], mode="markers", name=m,
+            customdata=[[r.id] for r, _ in group], hovertext=[_hover(r) for r, _ in group],
+            hovertemplate="%{hovertext}<extra></extra>",
+            marker=dict(size=[sizes[r.id] for r, _ in group], opacity=0.75, line=dict(width=1, color="#333"),
+                        symbol=["star" if r.id == base_id else "circle" for r, _ in group])))
+    front = frontier([r for r, _ in pts], cost)
+    fig.add_trace(go.Scatter(x=[cost_of(r, cost) for r in front], y=[r.accuracy for r in front],
+                             mode="lines", line=dict(shape="hv", dash="dash", color="#444"), name="Pareto frontier",
+                             hoverinfo="skip"))
+    xs = [c for _, c in pts]
+    if log_x is None:
+        log_x = max(xs) / min(xs) > 10
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="method",
+                      xaxis_title=COSTS[cost] + (" — log scale" if log_x else ""), yaxis_title="test accuracy",
+                      yaxis_tickformat=".1%", title=f"Accuracy vs {COSTS[cost].split(' (')[0].lower()}")
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def selected_ids(selection: object) -> list[str]:
+    """Record ids from a Streamlit/Plotly selection state (``customdata[0]`` of each selected point)."""
+    points = []
+    if isinstance(selection, dict):
+        points = (selection.get("selection") or selection).get("points", []) or []
+    else:
+        sel = getattr(selection, "selection", None)
+        points = (getattr(sel, "points", None) if sel is not None else None) or []
+    out = []
+    for p in points:
+        cd = p.get("customdata") if isinstance(p, dict) else None
+        if cd:
+            v = cd[0] if isinstance(cd, (list, tuple)) else cd
+            if isinstance(v, str) and v not in out:
+                out.append(v)
+    return out

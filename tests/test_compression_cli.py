@@ -1,0 +1,103 @@
+"""The command line: --help lists methods and parameters; apply prints a record; sweep writes one per variant."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import compression  # noqa: F401
+from compression.cli import main
+from compression.registry import list_methods
+from nnlab.records import Record
+from nnlab.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_method_and_its_parameters():
+    out = subprocess.run([sys.executable, "-m", "compression", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for cls in list_methods():
+        assert cls.method in out.stdout
+        for fi in cls.fields_info():
+            assert f"{fi.name}=" in out.stdout, (cls.method, fi.name)
+
+
+@pytest.fixture()
+def state_file(demo, tmp_path) -> Path:
+    path = tmp_path / "demo.pt"
+    torch.save(demo[0].state_dict(), path)
+    return path
+
+
+def test_apply_prints_the_record_json(state_file, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    rc = main(["apply", "--model", str(state_file), "--arch", "demo-cnn", "--dataset", "digits", "--workspace",
+               str(ws), "--method", "prune-unstructured", "--set", "sparsity=0.5", "--repeats", "3", "--quiet"])
+    assert rc == 0
+    rec = Record.from_json(capsys.readouterr().out)
+    assert rec.method == "prune-unstructured" and rec.config["sparsity"] == 0.5 and rec.parent == "demo"
+    assert rec.accuracy > 0.9 and 0.45 < rec.sparsity < 0.5
+    assert Workspace(ws).load_variant(rec.id).to_dict() == rec.to_dict()
+
+
+def test_apply_a_pipeline(state_file, tmp_path, capsys):
+    rc = main(["apply", "--model", str(state_file), "--dataset", "digits", "--workspace", str(tmp_path / "ws"),
+               "--method", "prune-unstructured", "--set", "sparsity=0.8", "scope=global",
+               "--method", "cluster", "--set", "k=4", "--repeats", "3", "--quiet"])
+    assert rc == 0
+    rec = Record.from_json(capsys.readouterr().out)
+    assert rec.method == "prune-unstructured+cluster"
+    assert [s["method"] for s in rec.config["steps"]] == ["prune-unstructured", "cluster"]
+    assert rec.config["steps"][0]["scope"] == "global" and rec.config["steps"][1]["k"] == 4
+    assert rec.artifact_format == "nnlab-packed"
+
+
+def test_sweep_writes_one_record_per_variant(state_file, tmp_path, capsys):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""
+model: {state_file}
+arch: demo-cnn
+dataset: digits
+variants:
+  - {{method: prune-unstructured, sparsity: 0.3}}
+  - name: pruned and clustered
+    steps:
+      - {{method: prune-unstructured, sparsity: 0.5}}
+      - {{method: cluster, k: 8}}
+  - [{{method: cluster, k: 2}}]
+""")
+    ws = tmp_path / "ws"
+    rc = main(["sweep", str(sweep), "--workspace", str(ws), "--repeats", "3", "--quiet"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = Workspace(ws).list_variants()
+    assert len(printed) == len(stored) == 3
+    assert sorted(r.method for r in stored) == ["cluster", "prune-unstructured", "prune-unstructured+cluster"]
+    assert any(r.name == "pruned and clustered" for r in stored)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "prune-unstructured", "--set", "sparsity=2"], "sparsity must be between"),
+    (["--method", "no-such-method"], "unknown method"),
+    (["--method", "cluster", "--set", "k"], "key=value"),
+])
+def test_bad_input_gives_a_message_not_a_traceback(args, message, state_file, tmp_path, capsys):
+    rc = main(["apply", "--model", str(state_file), "--dataset", "digits", "--workspace", str(tmp_path / "ws"),
+               "--quiet", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert Workspace(tmp_path / "ws").list_variants() == []
+
+
+def test_bad_sweep_file_is_refused_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"variants": [{"method": "cluster", "k": 999}]}))
+    assert main(["sweep", str(bad), "--workspace", str(tmp_path / "ws"), "--quiet"]) == 2
+    assert "k must be between" in capsys.readouterr().err
