@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from compression.registry import (  # noqa: F401
+from compression.registry import (
     METHODS,
     CompressContext,
     CompressResult,
@@ -20,6 +20,9 @@ from compression.registry import (  # noqa: F401
     list_methods,
     register,
 )
+
+__all__ = ["METHODS", "CompressContext", "CompressResult", "MethodConfig", "apply", "apply_pipeline",
+           "config_from_dict", "list_methods", "register", "IMPORT_ERRORS"]
 
 IMPORT_ERRORS: dict[str, str] = {}
 

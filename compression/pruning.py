@@ -172,6 +172,8 @@ class PruneUnstructuredConfig(MethodConfig):
     finetune_epochs: int = field(default=0, metadata={"help": "Fine-tuning epochs after pruning (masks kept)",
                                                       "min": 0, "max": 50})
     lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate", "min": 1e-6, "max": 1.0})
+    per_layer: str = field(default="", metadata={"help": "Per-layer sparsities 'name=level,...' (e.g. from the "
+                                                         "sensitivity analysis); other layers use `sparsity`"})
 
     def __post_init__(self) -> None:
         check_range(self, "sparsity", 0.0, 0.99)
@@ -179,12 +181,42 @@ class PruneUnstructuredConfig(MethodConfig):
         check_choice(self, "targets", TARGETS)
         check_range(self, "finetune_epochs", 0, 50)
         check_range(self, "lr", 1e-6, 1.0)
+        levels = parse_levels(self.per_layer, self.method)
+        if levels and self.scope == "global":
+            raise ValueError(f"{self.method}: per_layer sparsities need scope='layer'")
+
+
+def parse_levels(text: str, method: str = "per_layer") -> dict[str, float]:
+    """Parse ``"features.0=0.3, classifier.2=0.9"`` into ``{name: level}`` (levels 0–0.99)."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            level = float(value)
+        except ValueError:
+            level = float("nan")
+        if not sep or not name.strip() or not (0.0 <= level <= 0.99):
+            raise ValueError(f"{method}: per_layer entry {part!r} must be name=level with level 0–0.99")
+        out[name.strip()] = level
+    return out
 
 
 @register(PruneUnstructuredConfig)
 def prune_unstructured(model: nn.Module, cfg: PruneUnstructuredConfig, ctx: CompressContext) -> CompressResult:
     ctx.report(f"pruning {cfg.sparsity:.0%} of the weights ({cfg.scope})", 0.0)
-    magnitude_prune(model, cfg.sparsity, cfg.scope, cfg.targets)
+    levels = parse_levels(cfg.per_layer, cfg.method)
+    if levels:
+        names = {n for n, _ in prunable_layers(model, cfg.targets)}
+        unknown = sorted(set(levels) - names)
+        if unknown:
+            raise ValueError(f"{cfg.method}: no prunable layer named {', '.join(unknown)}")
+        for name, mod in prunable_layers(model, cfg.targets):
+            level = levels.get(name, cfg.sparsity)
+            if level > 0:
+                prune.l1_unstructured(mod, "weight", amount=level)
+                prune.remove(mod, "weight")
+    else:
+        magnitude_prune(model, cfg.sparsity, cfg.scope, cfg.targets)
     hist = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, masks=weight_masks(model, cfg.targets), start=0.05)
     ctx.report("pruned", 1.0)
     return CompressResult(model=model, layers=sparsity_rows(model, cfg.targets),

@@ -146,9 +146,12 @@ def ensure_frame() -> None:
     ``st.navigation``; Streamlit then falls back to its legacy ``pages/`` folder mode and runs the page
     alone. Leave that mode and rerun: the rerun goes through app.py, which resolves the same page.
     """
+    from streamlit import config as st_config
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
+    # AppTest resets this flag before every run and would lose a pending button click on the rerun; its
+    # tests preset st.session_state instead of using the sidebar.
+    if PagesManager.uses_pages_directory and not st_config.get_option("global.appTest"):
         PagesManager.uses_pages_directory = False
         st.rerun()
 

@@ -14,7 +14,6 @@ import compression  # noqa: F401
 from compression.pruning import (
     PruneIterativeConfig,
     channel_prune,
-    magnitude_prune,
     penalty_fn,
     prunable_layers,
 )
@@ -235,3 +234,19 @@ def test_sensitivity_rejects_unknown_layers(demo, digits):
         layer_sensitivity(demo[0], digits, "prune", layers=["nope"])
     assert np.isfinite(layer_sensitivity(demo[0], digits, "prune", levels=(0.3,), layers=["features.0"],
                                          max_samples=100).base_accuracy)
+
+
+def test_per_layer_sparsities_from_the_sensitivity_table(digits, tmp_path):
+    model = _model(7)
+    cfg = config_from_dict({"method": "prune-unstructured", "sparsity": 0.2,
+                            "per_layer": "features.4=0.9, classifier.2=0.5"})
+    res = apply(model, cfg, CompressContext(data=digits, workdir=tmp_path))
+    got = {r["name"]: r["weight_sparsity"] for r in res.layers}
+    assert got["features.4"] == pytest.approx(0.9, abs=0.005)
+    assert got["classifier.2"] == pytest.approx(0.5, abs=0.005)
+    assert got["features.0"] == pytest.approx(0.2, abs=0.005)
+    for bad in ("features.4=1.5", "features.4", "x=0.5,=0.2"):
+        with pytest.raises(ValueError, match="per_layer"):
+            config_from_dict({"method": "prune-unstructured", "per_layer": bad})
+    with pytest.raises(ValueError, match="no prunable layer"):
+        apply(model, cfg.replace(per_layer="nope=0.5"), CompressContext(data=digits, workdir=tmp_path))

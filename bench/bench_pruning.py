@@ -1,0 +1,107 @@
+"""Channel pruning at 50 % MACs on the demo CNN: latency ratio and accuracy drop, measured in one run.
+
+The base model is the workspace's demo CNN for Fashion-MNIST (trained and cached by ``ensure_demo`` when
+absent; digits when Fashion-MNIST is not installed), or, with ``--subset N``, a demo CNN trained here on
+the first N training images. It is channel-pruned by L2 filter norm through Torch-Pruning's dependency
+graph until MACs fall to half, then fine-tuned. Latency is eager PyTorch on the CPU with threads fixed,
+base and pruned timed round-robin (each round times both, so load drifts hit both alike), medians over
+the rounds. Prints a markdown table.
+
+    python bench/bench_pruning.py [--threads 1] [--rounds 30] [--finetune-epochs 2] [--subset 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compression.pruning import PruneChannelsConfig  # noqa: E402
+from compression.registry import CompressContext, apply  # noqa: E402
+from nnlab.base import ensure_demo  # noqa: E402
+from nnlab.data import load_fashion_mnist  # noqa: E402
+from nnlab.evaluate import evaluate  # noqa: E402
+from nnlab.measure import count_macs, count_parameters, time_call  # noqa: E402
+from nnlab.models import create_model  # noqa: E402
+from nnlab.train import TrainConfig, train_model  # noqa: E402
+from nnlab.workspace import Workspace  # noqa: E402
+
+
+def side_by_side(models: dict[str, torch.nn.Module], shape: tuple[int, ...], batch: int, rounds: int,
+                 per_round: int) -> dict[str, float]:
+    """Median ms per call of each model, timed round-robin."""
+    x = torch.randn(batch, *shape)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            for _ in range(5):
+                m(x)
+        for _ in range(rounds):
+            for k, m in models.items():
+                times[k].append(statistics.median(time_call(lambda: m(x), warmup=1, repeats=per_round)))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--amount", type=float, default=0.5, help="fraction of MACs removed")
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--subset", type=int, default=0, help="train a fresh base on N images (0: workspace demo)")
+    ap.add_argument("--epochs", type=int, default=3, help="base epochs with --subset")
+    args = ap.parse_args()
+    t0 = time.time()
+    data = load_fashion_mnist(allow_download=False)
+    c, h, w = data.input_shape
+    if args.subset:
+        torch.manual_seed(0)
+        base = create_model("demo-cnn", c, data.num_classes, (h, w))
+        train_model(base, data, TrainConfig(epochs=args.epochs, lr=4e-3, batch_size=128, eval_test=False),
+                    indices=np.arange(min(args.subset, len(data.y_train))))
+        base = base.cpu().eval()
+        origin = f"demo CNN trained here on {min(args.subset, len(data.y_train))} images, {args.epochs} epochs"
+    else:
+        base, rec, _ = ensure_demo(data, Workspace())
+        origin = f"workspace demo model {rec.id}"
+    cfg = PruneChannelsConfig(target="macs", amount=args.amount, norm="l2", scope="layer")
+    ctx = CompressContext(data=data, workdir=Path("/tmp"), arch="demo-cnn")
+    pruned = apply(base, cfg, ctx).model
+    acc_pruned = evaluate(pruned, data).accuracy
+    tuned = apply(base, cfg.replace(finetune_epochs=args.finetune_epochs), ctx).model if args.finetune_epochs \
+        else pruned
+    acc_base, acc_tuned = evaluate(base, data).accuracy, evaluate(tuned, data).accuracy
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        lat = {b: side_by_side({"base": base.eval(), "pruned": tuned.eval()}, data.input_shape, b, args.rounds,
+                               10 if b == 1 else 3) for b in (1, 32)}
+    finally:
+        torch.set_num_threads(old)
+    macs_b, macs_p = count_macs(base, data.input_shape), count_macs(tuned, data.input_shape)
+    params_b, params_p = count_parameters(base)[0], count_parameters(tuned)[0]
+    print(f"### Channel pruning to {1 - args.amount:.0%} MACs ({data.name}, {origin})\n")
+    print("| | MACs | params | top-1 | latency b=1 (ms) | latency b=32 (ms) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| fp32 base | {macs_b:,} | {params_b:,} | {acc_base:.4f} | {lat[1]['base']:.3f} | {lat[32]['base']:.3f} |")
+    print(f"| pruned, no fine-tuning | {macs_p:,} | {params_p:,} | {acc_pruned:.4f} | | |")
+    print(f"| pruned + {args.finetune_epochs} epochs fine-tuning | {macs_p:,} | {params_p:,} | {acc_tuned:.4f} | "
+          f"{lat[1]['pruned']:.3f} | {lat[32]['pruned']:.3f} |")
+    print(f"| **ratio / drop** | **{macs_p / macs_b:.2f}×** | {params_p / params_b:.2f}× | "
+          f"**{100 * (acc_base - acc_tuned):+.2f} pt** | **{lat[1]['pruned'] / lat[1]['base']:.2f}×** | "
+          f"**{lat[32]['pruned'] / lat[32]['base']:.2f}×** |")
+    print(f"\nEager PyTorch on the CPU, {args.threads} thread(s), medians of {args.rounds} round-robin rounds; "
+          f"targets: ≤ 0.6× latency at ≤ 1 point drop. Total {time.time() - t0:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
