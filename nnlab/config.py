@@ -8,22 +8,23 @@ from pathlib import Path
 import torch
 
 
+def _cache_folder(env: str, name: str) -> Path:
+    """``$env`` when set, else ``<XDG cache or ~/.cache>/nnlab/<name>``."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nnlab" / name
+
+
 def workspace_dir() -> Path:
     """The on-disk workspace: ``$NNLAB_WORKSPACE`` or ``~/.cache/nnlab/workspace``."""
-    env = os.environ.get("NNLAB_WORKSPACE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nnlab" / "workspace"
+    return _cache_folder("NNLAB_WORKSPACE", "workspace")
 
 
 def data_dir() -> Path:
     """nnlab's own data folder: ``$NNLAB_DATA`` or ``~/.cache/nnlab/data``."""
-    env = os.environ.get("NNLAB_DATA")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nnlab" / "data"
+    return _cache_folder("NNLAB_DATA", "data")
 
 
 def debian_fashion_mnist_dir() -> Path:
