@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compression.pruning import PruneChannelsConfig  # noqa: E402
 from compression.registry import CompressContext, apply  # noqa: E402
 from nnlab.base import ensure_demo  # noqa: E402
-from nnlab.data import load_fashion_mnist  # noqa: E402
+from nnlab.data import ImageDataset, load_fashion_mnist  # noqa: E402
 from nnlab.evaluate import evaluate  # noqa: E402
 from nnlab.measure import count_macs, count_parameters, time_call  # noqa: E402
 from nnlab.models import create_model  # noqa: E402
@@ -61,13 +60,16 @@ def main() -> int:
     t0 = time.time()
     data = load_fashion_mnist(allow_download=False)
     c, h, w = data.input_shape
-    if args.subset:
+    if args.subset:  # base training and fine-tuning both see the same first N training images
+        n = min(args.subset, len(data.y_train))
+        data = ImageDataset(id=f"{data.id}-first{n}", name=data.name, source=data.source, classes=data.classes,
+                            x_train=data.x_train[:n], y_train=data.y_train[:n], x_test=data.x_test,
+                            y_test=data.y_test, mean=data.mean, std=data.std)
         torch.manual_seed(0)
         base = create_model("demo-cnn", c, data.num_classes, (h, w))
-        train_model(base, data, TrainConfig(epochs=args.epochs, lr=4e-3, batch_size=128, eval_test=False),
-                    indices=np.arange(min(args.subset, len(data.y_train))))
+        train_model(base, data, TrainConfig(epochs=args.epochs, lr=4e-3, batch_size=128, eval_test=False))
         base = base.cpu().eval()
-        origin = f"demo CNN trained here on {min(args.subset, len(data.y_train))} images, {args.epochs} epochs"
+        origin = f"demo CNN trained here on the first {n} images, {args.epochs} epochs"
     else:
         base, rec, _ = ensure_demo(data, Workspace())
         origin = f"workspace demo model {rec.id}"

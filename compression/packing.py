@@ -3,9 +3,10 @@
 Encodings (seed 001, Deep Compression's storage idea):
 
 - ``dense``: raw bytes in the tensor's dtype.
-- ``sparse``: a bitmask of the nonzero positions (1 bit per element) plus the nonzero values (fp32).
+- ``sparse``: the nonzero positions, as a bitmask (1 bit per element) or as run-length codes (2–8 bits
+  per nonzero, Deep Compression's relative indices, whichever is smaller), plus the nonzero values (fp32).
 - ``clustered``: k centroids (fp32) plus each element's centroid index bit-packed at ⌈log2 k⌉ bits;
-  with an optional bitmask when zeros are kept out of the clusters (prune, then cluster).
+  with the nonzero positions (as above) when zeros are kept out of the clusters (prune, then cluster).
 - ``quantized``: integers bit-packed at ``bits`` plus scale and zero-point (per tensor or per channel
   along ``axis``); loads back as ``s·(q − z)`` (seed 000, Algorithm 3). For the quantization methods.
 
@@ -86,6 +87,54 @@ def index_bits(k: int) -> int:
     return max(1, math.ceil(math.log2(max(2, k))))
 
 
+# --- positions of nonzeros: a bitmask, or run lengths (Deep Compression's relative indices) ------------
+
+def encode_gaps(mask: np.ndarray, bits: int) -> np.ndarray:
+    """Relative positions of the True entries as ``bits``-bit codes.
+
+    Code ``g < M`` (``M = 2**bits − 1``) means "skip g zeros, then one element"; code ``M`` means "skip M
+    zeros" (a filler for gaps longer than the code can hold).
+    """
+    pos = np.flatnonzero(mask)
+    gaps = np.diff(np.r_[-1, pos]) - 1
+    big = 2 ** bits - 1
+    n_fill = gaps // big
+    codes = np.full(int(n_fill.sum()) + len(gaps), big, dtype=np.uint32)
+    ends = np.cumsum(n_fill + 1) - 1  # each gap's own code comes after its fillers
+    codes[ends] = gaps % big
+    return codes
+
+
+def decode_gaps(codes: np.ndarray, bits: int, numel: int) -> np.ndarray:
+    """Boolean mask of ``numel`` entries from :func:`encode_gaps` codes."""
+    big = 2 ** bits - 1
+    codes = np.asarray(codes, dtype=np.int64)
+    filler = codes == big
+    advance = np.where(filler, big, codes + 1)
+    pos = np.cumsum(advance)[~filler] - 1
+    mask = np.zeros(numel, bool)
+    mask[pos] = True
+    return mask
+
+
+def encode_positions(mask: np.ndarray) -> tuple[dict, bytes]:
+    """The smaller of a 1-bit-per-element bitmask and 2–8-bit run-length codes."""
+    best = ({"positions": "bitmask"}, np.packbits(mask, bitorder="little").tobytes())
+    if mask.size and mask.mean() < 0.5:
+        for bits in range(2, 9):
+            codes = encode_gaps(mask, bits)
+            if (len(codes) * bits + 7) // 8 < len(best[1]):
+                best = ({"positions": "gaps", "gap_bits": bits, "codes": int(len(codes))},
+                        pack_bits(codes, bits))
+    return best
+
+
+def decode_positions(head: dict, blob: bytes, numel: int) -> np.ndarray:
+    if head.get("positions", "bitmask") == "gaps":
+        return decode_gaps(unpack_bits(blob, head["gap_bits"], head["codes"]), head["gap_bits"], numel)
+    return np.unpackbits(np.frombuffer(blob, np.uint8), bitorder="little", count=numel).astype(bool)
+
+
 # --- encoders ---------------------------------------------------------------------------------------
 
 def _encode_dense(t: torch.Tensor) -> tuple[dict, list[bytes]]:
@@ -97,8 +146,8 @@ def _encode_dense(t: torch.Tensor) -> tuple[dict, list[bytes]]:
 def _encode_sparse(t: torch.Tensor) -> tuple[dict, list[bytes]]:
     flat = t.detach().cpu().float().reshape(-1).numpy()
     mask = flat != 0
-    return {"encoding": "sparse", "nnz": int(mask.sum())}, [np.packbits(mask, bitorder="little").tobytes(),
-                                                            flat[mask].astype(np.float32).tobytes()]
+    head, positions = encode_positions(mask)
+    return {"encoding": "sparse", "nnz": int(mask.sum()), **head}, [positions, flat[mask].astype(np.float32).tobytes()]
 
 
 def _encode_clustered(t: torch.Tensor, keep_zero_mask: bool) -> tuple[dict, list[bytes]]:
@@ -111,7 +160,9 @@ def _encode_clustered(t: torch.Tensor, keep_zero_mask: bool) -> tuple[dict, list
             "count": int(vals.size)}
     blobs = [centroids.astype(np.float32).tobytes(), pack_bits(idx, bits)]
     if keep_zero_mask:
-        blobs.append(np.packbits(mask, bitorder="little").tobytes())
+        pos_head, positions = encode_positions(mask)
+        head.update(pos_head)
+        blobs.append(positions)
     return head, blobs
 
 
@@ -197,7 +248,7 @@ def _decode(e: dict[str, Any], parts: list[bytes]) -> torch.Tensor:
         return torch.frombuffer(bytearray(parts[0]), dtype=torch.uint8).view(dtype).reshape(shape).clone() \
             if numel else torch.zeros(shape, dtype=dtype)
     if enc == "sparse":
-        mask = np.unpackbits(np.frombuffer(parts[0], np.uint8), bitorder="little", count=numel).astype(bool)
+        mask = decode_positions(e, parts[0], numel)
         out = np.zeros(numel, np.float32)
         out[mask] = np.frombuffer(parts[1], np.float32)
     elif enc == "clustered":
@@ -205,8 +256,7 @@ def _decode(e: dict[str, Any], parts: list[bytes]) -> torch.Tensor:
         idx = unpack_bits(parts[1], e["bits"], e["count"])
         out = np.zeros(numel, np.float32)
         if e["masked"]:
-            mask = np.unpackbits(np.frombuffer(parts[2], np.uint8), bitorder="little", count=numel).astype(bool)
-            out[mask] = centroids[idx]
+            out[decode_positions(e, parts[2], numel)] = centroids[idx]
         else:
             out[:] = centroids[idx]
     elif enc == "quantized":

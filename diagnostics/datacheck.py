@@ -3,8 +3,10 @@ near-duplicates, all on one extraction of the model's penultimate features.
 
 Label errors here use the *features* route (a cross-validated logistic regression on the penultimate
 features, on a stratified subsample of at most ``max_label`` training samples): fast on 60 000 images.
-The features were learned with the given labels, so the probabilities are only partly out-of-sample;
-k-fold retraining (:func:`diagnostics.labels.crossval_probs_retrain`) is the exact, slower route.
+The features were learned with the given labels, so the probabilities are only partly out-of-sample: on
+digits with 5 % flipped labels this route found 85 % of them with a demo CNN trained 3 epochs, but only
+27 % after 18 epochs, once the network had memorised the wrong labels. k-fold retraining
+(:func:`diagnostics.labels.crossval_probs_retrain`) is the exact, slower route.
 """
 
 from __future__ import annotations

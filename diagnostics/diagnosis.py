@@ -89,12 +89,22 @@ def default_goal(e_test: float) -> float:
     return round(max(e_test / 2, e_test - 0.03), 4)
 
 
-def diagnose(e_train: float, e_test: float, e_goal: float, facts: Facts = Facts()) -> Diagnosis:
-    """Apply the lecture's rules to (E_train, E_test, E_goal) and attach the measured evidence."""
+def diagnose(e_train: float, e_test: float, e_goal: float, facts: Facts = Facts(), n_test: int = 0) -> Diagnosis:
+    """Apply the lecture's rules to (E_train, E_test, E_goal) and attach the measured evidence.
+
+    With ``n_test`` (the test-set size) a note says when E_test − E_goal is within two standard errors of
+    the test-error estimate, i.e. when the test set is too small to tell.
+    """
     for name, v in (("E_train", e_train), ("E_test", e_test), ("E_goal", e_goal)):
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise ValueError(f"{name} must be an error rate in [0, 1], got {v}")
     notes = _common_notes(e_train, e_test, facts)
+    if n_test > 0:
+        se = math.sqrt(max(e_test * (1 - e_test), 1.0 / n_test) / n_test)
+        if abs(e_test - e_goal) < 2 * se:
+            notes.append(f"E_test − E_goal = {e_test - e_goal:+.2%} is within two standard errors "
+                         f"(±{2 * se:.2%}) of the test error measured on {n_test:,} images: the test set cannot "
+                         "tell these apart.")
     if e_test <= e_goal:
         extra = (" The training error is above the test error, which is unusual (dropout and augmentation "
                  "are active only while training; train error here is measured in eval mode)."

@@ -16,6 +16,7 @@ joint", cleanlab's ``filter_by="confident_learning"``); the tests check it again
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -162,6 +163,7 @@ def crossval_probs_retrain(build: Callable[[], nn.Module], data: ImageDataset, c
 def crossval_probs_features(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
                             c: float = 1.0) -> np.ndarray:
     """Out-of-sample probabilities from a cross-validated logistic regression on ``features``."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -172,7 +174,9 @@ def crossval_probs_features(features: np.ndarray, labels: np.ndarray, folds: int
     for held in _folds(labels, folds, seed):
         train = np.setdiff1d(np.arange(len(labels)), held)
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300))
-        clf.fit(features[train], labels[train])
+        with warnings.catch_warnings():  # an unconverged fit still gives usable probabilities
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(features[train], labels[train])
         probs[np.ix_(held, clf[-1].classes_)] = clf.predict_proba(features[held])
     return probs
 

@@ -141,8 +141,11 @@ def train_model(model: nn.Module, data: ImageDataset, cfg: TrainConfig = TrainCo
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.25)
+    total_steps = cfg.epochs * steps_per_epoch
+    if total_steps >= 8:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
+    else:  # too few steps for a one-cycle schedule (it divides by its phase lengths): constant rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     history: list[EpochStats] = []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()

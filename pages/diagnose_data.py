@@ -73,6 +73,12 @@ if rep is not None:
     st.caption(f"Confident learning (Northcutt et al. 2021) on out-of-sample probabilities: {li.method}. The features "
                "were learned with these labels, so they are only partly out-of-sample; k-fold retraining below is "
                "exact.")
+    e_train = session.evaluation("train", cur).error
+    if e_train < 0.005:
+        st.warning(f"This model fits its training set almost perfectly (E_train = {e_train:.2%}): its features have "
+                   "memorised the given labels, so this fast route misses most label errors (on digits with 5 % "
+                   "flipped labels it found 85 % of them after 3 epochs, 27 % after 18). Use the exact k-fold "
+                   "retraining below.")
     l1, l2 = st.columns(2)
     l1.metric("Suspected label errors", f"{len(li.indices):,}", help=f"of {li.checked:,} training samples checked")
     l2.metric("Share of the checked samples", f"{li.fraction:.2%}")

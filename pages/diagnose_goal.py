@@ -68,7 +68,7 @@ curves = cached_curves(ws, cur.model_id, cur.data.id)
 slope = error_slope(curves[0][1]) if curves else None
 facts = datacheck.facts_from({**_cheap(cur.data.id, cur.data), **(summary or {})}, cur.history, slope)
 try:
-    d = diagnose(e_train, e_test, e_goal, facts)
+    d = diagnose(e_train, e_test, e_goal, facts, n_test=len(ev_test.labels))
 except ValueError as exc:
     st.error(str(exc))
     st.stop()

@@ -232,8 +232,27 @@ def test_packed_encodings_decode_exactly_and_are_small():
     assert enc["sparse"]["encoding"] == "sparse" and enc["clustered"]["encoding"] == "clustered"
     n = sparse.numel()
     nnz = int((sparse != 0).sum())
-    assert enc["sparse"]["bytes"] == (n + 7) // 8 + 4 * nnz  # bitmask + fp32 nonzeros
+    positions = packing.encode_positions((sparse != 0).reshape(-1).numpy())[1]
+    assert len(positions) < 0.6 * (n + 7) // 8  # run lengths beat a bitmask at 90 % zeros
+    assert enc["sparse"]["bytes"] == len(positions) + 4 * nnz  # positions + fp32 nonzeros
     assert enc["clustered"]["bytes"] == 4 * 4 + (clustered.numel() * 2 + 7) // 8  # 4 centroids + 2-bit indices
+
+
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.05, 0.3, 1.0])
+def test_run_length_positions_round_trip_with_fillers(density):
+    g = np.random.default_rng(1)
+    for n in (1, 9, 3000):
+        mask = g.random(n) < density
+        for bits in range(2, 9):
+            codes = packing.encode_gaps(mask, bits)
+            assert np.array_equal(packing.decode_gaps(codes, bits, n), mask)
+            # one code per element plus one filler per full run of 2^bits − 1 zeros
+            pos = np.flatnonzero(mask)
+            gaps = np.diff(np.r_[-1, pos]) - 1
+            assert len(codes) == len(pos) + int((gaps // (2 ** bits - 1)).sum())
+        head, blob = packing.encode_positions(mask)
+        assert np.array_equal(packing.decode_positions(head, blob, n), mask)
+        assert len(blob) <= (n + 7) // 8
 
 
 def test_quantized_entries_dequantize_as_algorithm_3():

@@ -94,6 +94,14 @@ def test_capacity_actions_follow_the_test_loss_history():
     assert _verdicts(unknown)["Reduce the network size"] == NEUTRAL
 
 
+def test_small_test_set_note():
+    # 4 errors in 450: E_test 0.89 %, standard error 0.44 %; a goal of 0.44 % is within two of them
+    d = diagnose(0.0, 4 / 450, 0.0044, n_test=450)
+    assert any("two standard errors" in n for n in d.notes)
+    d = diagnose(0.0, 0.089, 0.044, n_test=10_000)  # ±0.57 %: clearly apart
+    assert not any("two standard errors" in n for n in d.notes)
+
+
 def test_default_goal_and_bad_input():
     assert default_goal(0.10) == pytest.approx(0.07)
     assert default_goal(0.02) == pytest.approx(0.01)

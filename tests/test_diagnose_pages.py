@@ -137,3 +137,16 @@ def test_curves_page_shows_history_and_cached_curve(demo, digits):
     table = at.dataframe[0].value
     assert list(table["training samples"]) == [673, 1347]
     assert _metric(at, "E_test change per doubling of the training set (last two points)") == "-4.00%"
+
+
+def test_data_page_kfold_retraining_on_a_subsample(demo, digits):
+    at = app_test("pages/diagnose_data.py").run()
+    at.number_input(key="data_retrain_n").set_value(100)
+    at.number_input(key="data_retrain_folds").set_value(2).run()
+    at.button(key="data_retrain_run").click().run()
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.markdown if "k-fold retraining flags" in m.value]
+    assert len(shown) == 1 and "of 100 samples" in shown[0]
+    run = Workspace().load_run("labels-retrain_demo-cnn-digits_digits_100_2")
+    assert run is not None and run["checked"] == 100
+    assert all(0 <= i < len(digits.y_train) for i in run["indices"])
