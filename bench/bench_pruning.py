@@ -56,6 +56,8 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--subset", type=int, default=0, help="train a fresh base on N images (0: workspace demo)")
     ap.add_argument("--epochs", type=int, default=3, help="base epochs with --subset")
+    ap.add_argument("--scope", default="layer", choices=("layer", "global"))
+    ap.add_argument("--round-to", type=int, default=1, help="channel counts rounded to multiples of this")
     args = ap.parse_args()
     t0 = time.time()
     data = load_fashion_mnist(allow_download=False)
@@ -73,7 +75,7 @@ def main() -> int:
     else:
         base, rec, _ = ensure_demo(data, Workspace())
         origin = f"workspace demo model {rec.id}"
-    cfg = PruneChannelsConfig(target="macs", amount=args.amount, norm="l2", scope="layer")
+    cfg = PruneChannelsConfig(target="macs", amount=args.amount, norm="l2", scope=args.scope, round_to=args.round_to)
     ctx = CompressContext(data=data, workdir=Path("/tmp"), arch="demo-cnn")
     pruned = apply(base, cfg, ctx).model
     acc_pruned = evaluate(pruned, data).accuracy
@@ -90,7 +92,8 @@ def main() -> int:
         torch.set_num_threads(old)
     macs_b, macs_p = count_macs(base, data.input_shape), count_macs(tuned, data.input_shape)
     params_b, params_p = count_parameters(base)[0], count_parameters(tuned)[0]
-    print(f"### Channel pruning to {1 - args.amount:.0%} MACs ({data.name}, {origin})\n")
+    print(f"### Channel pruning to {1 - args.amount:.0%} MACs ({data.name}, {origin}; {args.scope} L2, "
+          f"channels rounded to {args.round_to})\n")
     print("| | MACs | params | top-1 | latency b=1 (ms) | latency b=32 (ms) |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| fp32 base | {macs_b:,} | {params_b:,} | {acc_base:.4f} | {lat[1]['base']:.3f} | {lat[32]['base']:.3f} |")

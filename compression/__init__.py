@@ -26,7 +26,7 @@ __all__ = ["METHODS", "CompressContext", "CompressResult", "MethodConfig", "appl
 
 IMPORT_ERRORS: dict[str, str] = {}
 
-for _name in ("pruning", "clustering", "distillation", "quantization", "int8", "qat"):
+for _name in ("pruning", "clustering", "distillation", "quantization", "int8", "qat", "halfprec"):
     try:
         importlib.import_module(f"compression.{_name}")
     except Exception as _exc:  # noqa: BLE001 - a module not written yet, or broken: keep the others

@@ -245,8 +245,11 @@ class PruneChannelsConfig(MethodConfig):
                                                           "across layers", "choices": ("layer", "global")})
     finetune_epochs: int = field(default=0, metadata={"help": "Fine-tuning epochs after pruning", "min": 0, "max": 50})
     lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate", "min": 1e-6, "max": 1.0})
+    round_to: int = field(default=1, metadata={"help": "Keep channel counts multiples of this (8 suits SIMD "
+                                                       "kernels)", "min": 1, "max": 64})
 
     def __post_init__(self) -> None:
+        check_range(self, "round_to", 1, 64)
         check_choice(self, "target", ("macs", "params", "channels"))
         check_range(self, "amount", 0.05, 0.95)
         check_choice(self, "norm", ("l1", "l2"))
@@ -256,7 +259,7 @@ class PruneChannelsConfig(MethodConfig):
 
 
 def channel_prune(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, target: str, amount: float,
-                  norm: str = "l2", scope: str = "layer", steps: int = 40) -> dict:
+                  norm: str = "l2", scope: str = "layer", steps: int = 40, round_to: int = 1) -> dict:
     """Remove channels in place until ``target`` (macs/params) falls by ``amount`` (or a channel ratio).
 
     Torch-Pruning's ``MagnitudePruner`` steps through a linear schedule of channel ratios (up to 0.9 per
@@ -275,7 +278,8 @@ def channel_prune(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
     pruner = tp.pruner.MagnitudePruner(model, example, importance=imp, global_pruning=scope == "global",
                                        pruning_ratio=amount if one_shot else 0.9,
                                        iterative_steps=1 if one_shot else steps,
-                                       ignored_layers=classifier_layers(model, num_classes))
+                                       ignored_layers=classifier_layers(model, num_classes),
+                                       round_to=round_to if round_to > 1 else None)
     taken = 0
     for _ in range(1 if one_shot else steps):
         pruner.step()
@@ -304,7 +308,7 @@ def prune_channels(model: nn.Module, cfg: PruneChannelsConfig, ctx: CompressCont
     before = {n: tuple(m.weight.shape) for n, m in prunable_layers(model)}
     ctx.report(f"removing channels: {cfg.amount:.0%} of {cfg.target}", 0.0)
     stats = channel_prune(model, ctx.data.input_shape, ctx.data.num_classes, cfg.target, cfg.amount, cfg.norm,
-                          cfg.scope)
+                          cfg.scope, round_to=cfg.round_to)
     ctx.check_cancel()
     hist = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, start=0.1)
     ctx.report("pruned", 1.0)

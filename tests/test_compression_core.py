@@ -304,3 +304,11 @@ def test_deepcopy_guard_even_when_handler_mutates(digits, tmp_path):
           CompressContext(data=digits, workdir=tmp_path))
     assert all(torch.equal(snapshot[k], v) for k, v in model.state_dict().items())
     assert model.features[0].out_channels == 32
+
+
+def test_every_method_module_imports_and_registers():
+    import compression
+
+    assert compression.IMPORT_ERRORS == {}
+    assert {"prune-unstructured", "prune-channels", "prune-iterative", "cluster", "distill", "quantize-weights",
+            "int8", "qat", "half"} <= set(compression.METHODS)
