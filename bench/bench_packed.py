@@ -31,12 +31,13 @@ from nnlab.workspace import Workspace  # noqa: E402
 def pipelines(epochs: int) -> dict[str, list[dict]]:
     prune = {"method": "prune-unstructured", "scope": "global", "finetune_epochs": epochs}
     cluster = {"method": "cluster", "init": "linear", "finetune_epochs": 0}
+    tuned = {**cluster, "finetune_epochs": 1}
     return {
         "prune 90 % → cluster k=16": [{**prune, "sparsity": 0.9}, {**cluster, "k": 16}],
-        "prune 95 % → cluster k=16": [{**prune, "sparsity": 0.95}, {**cluster, "k": 16}],
-        "prune 95 % → cluster k=8": [{**prune, "sparsity": 0.95}, {**cluster, "k": 8}],
-        "prune 90 % → 4-bit weights": [{**prune, "sparsity": 0.9},
-                                       {"method": "quantize-weights", "bits": 4, "granularity": "channel"}],
+        "prune 90 % → cluster k=16, centroids fine-tuned 1 epoch": [{**prune, "sparsity": 0.9}, {**tuned, "k": 16}],
+        f"prune 90 % ({2 * epochs} epochs) → cluster k=16, centroids fine-tuned": [
+            {**prune, "sparsity": 0.9, "finetune_epochs": 2 * epochs}, {**tuned, "k": 16}],
+        "prune 95 % → cluster k=16, centroids fine-tuned": [{**prune, "sparsity": 0.95}, {**tuned, "k": 16}],
         "cluster k=16 alone": [{**cluster, "k": 16}],
     }
 

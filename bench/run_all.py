@@ -22,7 +22,7 @@ def main(names: list[str]) -> int:
     if names:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in names]
     readme = ROOT / "README.md"
-    text = readme.read_text()
+    blocks: dict[str, str] = {}
     failed = 0
     for script in scripts:
         name = script.stem.removeprefix("bench_")
@@ -31,18 +31,26 @@ def main(names: list[str]) -> int:
         proc = run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
         out = proc.stdout.strip()
-        print(out)
+        print(out, flush=True)
         if proc.returncode != 0:
             failed += 1
             print(proc.stderr[-3000:], file=sys.stderr)
             continue
-        block = f"<!-- bench:{name} -->\n{out}\n\n_(ran in {time.time() - t0:.0f} s on {time.strftime('%Y-%m-%d')})_\n<!-- /bench:{name} -->"
+        blocks[name] = (f"<!-- bench:{name} -->\n{out}\n\n_(ran in {time.time() - t0:.0f} s on "
+                        f"{time.strftime('%Y-%m-%d')})_\n<!-- /bench:{name} -->")
+    text = readme.read_text()  # read now, not before the runs: the README may have been edited meanwhile
+    for name, block in blocks.items():
         pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         if pattern.search(text):
             text = pattern.sub(lambda _: block, text)
-        else:
-            text = text.replace("## Benchmarks\n", f"## Benchmarks\n\n{block}\n", 1) if "## Benchmarks\n" in text \
-                else text + f"\n## Benchmarks\n\n{block}\n"
+        else:  # append at the end of the Benchmarks section
+            start = text.find("## Benchmarks\n")
+            if start < 0:
+                text += f"\n## Benchmarks\n\n{block}\n"
+            else:
+                end = text.find("\n## ", start + 1)
+                end = len(text) if end < 0 else end + 1
+                text = text[:end].rstrip("\n") + f"\n\n{block}\n\n" + text[end:]
     tmp = readme.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(readme)

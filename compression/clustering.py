@@ -127,6 +127,10 @@ class ClusterConfig(MethodConfig):
 @register(ClusterConfig)
 def cluster(model: nn.Module, cfg: ClusterConfig, ctx: CompressContext) -> CompressResult:
     layers = prunable_layers(model, cfg.targets)
+    smallest = min(layers, key=lambda item: item[1].weight.numel(), default=None)
+    if smallest is not None and cfg.k > smallest[1].weight.numel():
+        raise ValueError(f"{cfg.method}: k={cfg.k} is more than the {smallest[1].weight.numel()} weights of layer "
+                         f"{smallest[0]}; choose k ≤ {smallest[1].weight.numel()} or other target layers")
     rows, infos = [], {}
     for i, (name, mod) in enumerate(layers):
         ctx.check_cancel()
