@@ -64,16 +64,6 @@ def parse_candidates(candidates: list[list[dict]] | None) -> list[list[MethodCon
     return out
 
 
-def describe(configs: list[MethodConfig]) -> str:
-    parts = []
-    for c in configs:
-        d = c.to_dict()
-        d.pop("method")
-        main = ", ".join(f"{k}={v}" for k, v in list(d.items())[:1])
-        parts.append(f"{c.method}({main})")
-    return " → ".join(parts)
-
-
 @dataclass
 class SearchResult:
     """What a search produced.
@@ -160,7 +150,7 @@ def search(model: nn.Module, base: Record, data: ImageDataset, ws: Workspace, bu
         cancel: Returns True to stop (raises ``Cancelled``; variants made so far stay).
         **variant_kwargs: Passed to ``make_variant`` (e.g. ``latency_repeats``).
     """
-    from compression.variant import make_variant
+    from compression.variant import describe_configs, make_variant
 
     if not 0 <= budget <= 1:
         raise ValueError(f"the budget is an accuracy drop between 0 and 1, got {budget!r}")
@@ -170,7 +160,8 @@ def search(model: nn.Module, base: Record, data: ImageDataset, ws: Workspace, bu
     cands = parse_candidates(candidates)
     report = progress or (lambda m, f: None)
     stop = cancel or (lambda: False)
-    rows = [{"candidate": describe(c), "configs": [x.to_dict() for x in c], "status": "pending"} for c in cands]
+    rows = [{"candidate": describe_configs(c, settings=1), "configs": [x.to_dict() for x in c], "status": "pending"}
+            for c in cands]
     if strategy == "halving":
         alive = _screen(model, data, cands, budget, base.arch, rows, screen_samples, rungs, seed, report, stop)
         lo = 0.5

@@ -201,7 +201,7 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
              "size_packed_bytes": size if fmt == packing.FORMAT else None}
     if params:
         extra["weights_hash"] = state_dict_hash(model.state_dict())
-    return Record(id=vid, name=name or _default_name(configs), method="+".join(methods), config=cfg_dict,
+    return Record(id=vid, name=name or describe_configs(configs)[:120], method="+".join(methods), config=cfg_dict,
                   parent=parent_id, arch=out_arch, dataset=data.id, accuracy=ev.accuracy,
                   per_class_accuracy=ev.per_class_accuracy(data.num_classes), train_accuracy=tr.accuracy,
                   size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=dense, latency=latency, macs=macs,
@@ -210,14 +210,15 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
                   status="ok", extra=extra)
 
 
-def _default_name(configs: list[MethodConfig]) -> str:
+def describe_configs(configs: list[MethodConfig], settings: int = 2) -> str:
+    """A short name for a pipeline: each method with its first ``settings`` settings, joined by arrows."""
     parts = []
     for cfg in configs:
         d = cfg.to_dict()
         d.pop("method")
-        shown = ", ".join(f"{k}={v}" for k, v in list(d.items())[:2])
+        shown = ", ".join(f"{k}={v}" for k, v in list(d.items())[:settings])
         parts.append(f"{cfg.method}({shown})")
-    return " → ".join(parts)[:120]
+    return " → ".join(parts)
 
 
 def load_variant_result(ws: Workspace, record: Record) -> CompressResult:
