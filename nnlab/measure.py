@@ -107,18 +107,17 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_sizes:
 def _time_batches(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: tuple[int, ...], warmup: int,
                   repeats: int, threads: int, device: torch.device | str, dtype: torch.dtype) -> dict[int, Latency]:
     out: dict[int, Latency] = {}
-    if True:
-        for b in batch_sizes:
-            x = torch.randn(b, *input_shape, device=device, dtype=dtype)
+    for b in batch_sizes:
+        x = torch.randn(b, *input_shape, device=device, dtype=dtype)
 
-            def run() -> None:
-                with torch.inference_mode():
-                    model(x)
-                if str(device).startswith("cuda"):
-                    torch.cuda.synchronize()
+        def run() -> None:
+            with torch.inference_mode():
+                model(x)
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
 
-            reps = repeats if b == 1 else max(5, repeats // 2)
-            out[b] = summarize(time_call(run, warmup, reps), b, threads, f"pytorch-eager-{device}")
+        reps = repeats if b == 1 else max(5, repeats // 2)
+        out[b] = summarize(time_call(run, warmup, reps), b, threads, f"pytorch-eager-{device}")
     return out
 
 
