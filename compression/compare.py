@@ -164,11 +164,11 @@ def comparison_csv(records: list[Record], evals: list[EvalResult] | None = None)
 
 def evaluate_model(model: nn.Module, data: ImageDataset, split: str = "test") -> EvalResult:
     """One evaluation pass (a runtime-backed variant goes through its runner: its own predictions)."""
+    from compression.variant import runner_logits
+
     runner = getattr(model, "runner", None)
     if runner is not None and hasattr(runner, "predict_logits"):
-        outs = [np.asarray(runner.predict_logits(x.numpy()), np.float32) for x, _ in data.batches(split, 256)]
-        logits = np.concatenate(outs) if outs else np.zeros((0, data.num_classes), np.float32)
-        return result_from_logits(logits, data.labels(split).numpy())
+        return result_from_logits(runner_logits(runner, data, split), data.labels(split).numpy())
     return evaluate(model, data, split)
 
 

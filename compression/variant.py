@@ -61,8 +61,9 @@ def write_default_artifact(model: nn.Module, workdir: Path, meta: dict) -> tuple
     return path, "safetensors", []
 
 
-def _runner_logits(runner: Runner, data: ImageDataset, split: str, indices: np.ndarray | None = None,
-                   batch_size: int = 256) -> np.ndarray:
+def runner_logits(runner: Runner, data: ImageDataset, split: str, indices: np.ndarray | None = None,
+                  batch_size: int = 256) -> np.ndarray:
+    """Logits of a split (or ``indices`` of it) computed by a real runtime (ONNX Runtime, int8 FX …)."""
     outs = [np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)
             for x, _ in data.batches(split, batch_size, indices=indices)]
     return np.concatenate(outs) if outs else np.zeros((0, data.num_classes), np.float32)
@@ -172,9 +173,9 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
     threads = threads or torch.get_num_threads()
     runner = result.runner
     if runner is not None:
-        ev = result_from_logits(_runner_logits(runner, data, "test"), data.labels("test").numpy())
+        ev = result_from_logits(runner_logits(runner, data, "test"), data.labels("test").numpy())
         tr_idx = np.arange(min(len(data.y_train), 10000))
-        tr = result_from_logits(_runner_logits(runner, data, "train", tr_idx), data.labels("train").numpy()[tr_idx])
+        tr = result_from_logits(runner_logits(runner, data, "train", tr_idx), data.labels("train").numpy()[tr_idx])
         latency = _runner_latency(runner, data.input_shape, threads, repeats)
     else:
         ev = evaluate(model, data, "test")

@@ -92,7 +92,6 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_sizes:
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[int, Latency]:
     """Latency of ``model`` in eager PyTorch at each batch size, threads fixed for the measurement."""
     model.eval()
-    out: dict[int, Latency] = {}
     with TIMING_LOCK:
         old_threads = torch.get_num_threads()
         threads = threads or old_threads

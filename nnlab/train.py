@@ -15,6 +15,7 @@ from torch import nn
 
 from nnlab import config
 from nnlab.data import ImageDataset
+from nnlab.evaluate import evaluate
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]
@@ -92,22 +93,20 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     return nn.functional.cross_entropy(model(x), y)
 
 
-@torch.no_grad()
 def quick_eval(model: nn.Module, data: ImageDataset, split: str, indices: np.ndarray | None = None,
                device: torch.device | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split`` (or ``indices`` of it), in eval mode."""
-    device = device or next(model.parameters()).device
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (or ``indices`` of it), in eval mode.
+
+    One pass of :func:`nnlab.evaluate.evaluate`; the model's train/eval mode is restored afterwards.
+    """
+    if indices is not None and len(indices) == 0:
+        return 0.0, 0.0
     was_training = model.training
-    model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    for x, y in data.batches(split, 1024, indices=indices):
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        total_loss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        count += len(y)
-    model.train(was_training)
-    return total_loss / max(1, count), correct / max(1, count)
+    try:
+        ev = evaluate(model, data, split, batch_size=1024, indices=indices, device=device)
+    finally:
+        model.train(was_training)
+    return float(ev.losses.mean()), ev.accuracy
 
 
 def train_model(model: nn.Module, data: ImageDataset, cfg: TrainConfig = TrainConfig(),

@@ -9,15 +9,11 @@ from compression.pareto import frontier
 from nnlab.workspace import Workspace
 from tests.browser import browser_page, no_exception, server
 
-# Streamlit's file watcher re-reads pages/ when any file there changes and then swaps app.py's navigation
-# for the legacy folder listing; the server under test must not see edits made meanwhile.
-NO_WATCHER = {"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none", "STREAMLIT_SERVER_RUN_ON_SAVE": "false"}
-
 
 def test_lab_pareto_compare_in_browser(demo, tmp_path):
     _, base, _ = demo
     before = {r.id for r in Workspace().list_variants()}
-    with server(env=NO_WATCHER) as url, browser_page() as page:
+    with server() as url, browser_page() as page:  # server() runs with no file watcher
         page.goto(url)
         page.get_by_role("link", name="Compression lab").click()  # in-app navigation, one browser session
         run = page.get_by_role("button", name="Run", exact=True)
