@@ -43,6 +43,7 @@ from compression.registry import (
     register_loader,
 )
 from nnlab.data import ImageDataset
+from nnlab.measure import counting_macs
 from nnlab.workspace import atomic_path
 
 BACKENDS = ("onnxruntime", "torch-fx")
@@ -135,7 +136,7 @@ class RuntimeModule(nn.Module):
     """A module whose forward runs a real runtime (int8 ONNX Runtime or FX); ``float_model`` is kept for counts.
 
     Its outputs are the runtime's; it cannot be trained. ``runner`` is the object used for latency. Under
-    ``torch.utils.flop_counter.FlopCounterMode`` (MAC counting) the float model runs instead: the int8 graph
+    :func:`nnlab.measure.count_macs` the float model runs instead: the int8 graph
     performs the same multiply-accumulates, and the runtime's kernels are invisible to PyTorch's counter.
     """
 
@@ -145,15 +146,13 @@ class RuntimeModule(nn.Module):
         self.float_model = float_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.float_model is not None and _counting_flops():
+        if self.float_model is not None and counting_macs():
             return self.float_model(x)
         return torch.from_numpy(np.asarray(self.runner.predict_logits(x), np.float32)).to(x.device)
 
-
-def _counting_flops() -> bool:
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
-    return any("FlopCounter" in type(m).__name__ for m in _get_current_dispatch_mode_stack())
+    def __deepcopy__(self, memo: dict) -> RuntimeModule:
+        """Copies share the runner (a read-only inference session) and copy the float model."""
+        return RuntimeModule(self.runner, copy.deepcopy(self.float_model, memo))
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------------------

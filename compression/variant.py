@@ -188,7 +188,7 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
     except Exception:  # noqa: BLE001 - a wrapper running outside eager PyTorch
         macs = 0
     if macs == 0:  # e.g. an int8 runtime wrapper: the same multiply-accumulates as the float graph
-        macs = count_macs(parent.cpu(), data.input_shape)
+        macs = count_macs(parent, data.input_shape)
     dense = dense_fp32_bytes(model) if params else dense_fp32_bytes(parent)
     rows = layer_rows(model, data.input_shape, result.layers)
     enc = {r["name"]: r for r in packed_rows}

@@ -6,17 +6,20 @@ p90, with the thread count fixed and recorded.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import gzip
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils.flop_counter import flop_registry
 
 # torch.set_num_threads is process-wide: timed sections take this lock so that two concurrent measurements
 # (two browser sessions, two background jobs) never change each other's thread count mid-measurement.
@@ -32,16 +35,80 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
+class _MacCounter(TorchDispatchMode):
+    """Counts FLOPs of the aten ops run under it, with ``torch.utils.flop_counter``'s formulas.
+
+    Unlike ``FlopCounterMode`` it installs no module hooks: a dispatch mode lives on the calling thread's
+    mode stack only, so forward passes in other threads (other sessions, other jobs) never see it.
+    """
+
+    _METADATA = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+        kwargs = kwargs or {}
+        if _MacCounter._METADATA is None:
+            aten = torch.ops.aten
+            _MacCounter._METADATA = {aten.is_contiguous.default, aten.is_contiguous.memory_format,
+                                     aten.sym_is_contiguous.default, aten.is_strides_like_format.default,
+                                     aten.is_non_overlapping_and_dense.default, aten.size.default,
+                                     aten.sym_size.default, aten.stride.default, aten.sym_stride.default,
+                                     aten.storage_offset.default, aten.sym_storage_offset.default,
+                                     aten.numel.default, aten.sym_numel.default, aten.dim.default,
+                                     torch.ops.prim.layout.default}
+        if func in _MacCounter._METADATA:
+            return NotImplemented
+        packet = func._overloadpacket
+        if packet not in flop_registry and func is not torch.ops.prim.device.default:
+            with self:
+                r = func.decompose(*args, **kwargs)
+                if r is not NotImplemented:
+                    return r
+        out = func(*args, **kwargs)
+        if packet in flop_registry:
+            self.flops += int(flop_registry[packet](*args, **kwargs, out_val=out))
+        return out
+
+
+def counting_macs() -> bool:
+    """True inside :func:`count_macs` on this thread (runtime wrappers then run their float model instead)."""
+    return any(isinstance(m, _MacCounter) for m in _get_current_dispatch_mode_stack())
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
-    """Multiply-accumulates of one forward pass on a single input of ``input_shape`` (``C, H, W``)."""
+    """Multiply-accumulates of one forward pass on a single input of ``input_shape`` (``C, H, W``).
+
+    Counts on a private copy of the model (the caller's model, possibly shared by every session, is not
+    touched: not even its train/eval mode) with a thread-local counter (no global module hooks).
+    """
+    work = copy.deepcopy(model).to(device).eval()
     x = torch.zeros(1, *input_shape, device=device)
-    was = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    model.train(was)
-    return int(counter.get_total_flops() // 2)
+    counter = _MacCounter()
+    with torch.no_grad(), counter:
+        work(x)
+    return counter.flops // 2
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run a block with PyTorch's intra-op thread count set to ``threads`` (None: leave as is).
+
+    ``torch.set_num_threads`` is process-wide, so the block holds :data:`TIMING_LOCK`: no two blocks (two
+    measurements, two sessions, two jobs) ever change each other's thread count halfway. Yields the count.
+    """
+    with TIMING_LOCK:
+        old = torch.get_num_threads()
+        n = int(threads or old)
+        if n != old:
+            torch.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            if torch.get_num_threads() != old:
+                torch.set_num_threads(old)
 
 
 def file_sizes(path: str | Path) -> tuple[int, int]:
@@ -92,15 +159,8 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_sizes:
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[int, Latency]:
     """Latency of ``model`` in eager PyTorch at each batch size, threads fixed for the measurement."""
     model.eval()
-    with TIMING_LOCK:
-        old_threads = torch.get_num_threads()
-        threads = threads or old_threads
-        torch.set_num_threads(threads)
-        try:
-            out = _time_batches(model, input_shape, batch_sizes, warmup, repeats, threads, device, dtype)
-        finally:
-            torch.set_num_threads(old_threads)
-    return out
+    with torch_threads(threads) as n:
+        return _time_batches(model, input_shape, batch_sizes, warmup, repeats, n, device, dtype)
 
 
 def _time_batches(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: tuple[int, ...], warmup: int,
