@@ -6,6 +6,9 @@ import sys
 
 import streamlit as st
 
+import compression.tasks  # noqa: F401 - the job kinds every page may start or rerun (Jobs page)
+import diagnostics.tasks  # noqa: F401
+import nnlab.tasks  # noqa: F401
 from nnlab import config, session
 
 config.apply_cli_args(sys.argv[1:])
@@ -32,6 +35,7 @@ PAGES = {
         st.Page("pages/compress_pareto.py", title="Pareto", icon=":material/scatter_plot:"),
         st.Page("pages/compress_compare.py", title="Side by side", icon=":material/compare:"),
     ],
+    "Jobs": [st.Page("pages/jobs.py", title="Jobs", icon=":material/pending_actions:")],
 }
 
 nav = st.navigation(PAGES, expanded=True)

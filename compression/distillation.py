@@ -21,6 +21,7 @@ from compression.pruning import batch_size_for
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
 from nnlab.models import create_model, list_models
 from nnlab.train import Progress, TrainConfig, train_model
+from nnlab.seeding import seeded_init
 
 
 def distillation_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, alpha: float, beta: float,
@@ -74,8 +75,9 @@ def train_student(teacher: nn.Module | None, cfg: DistillConfig, ctx: CompressCo
     data = ctx.data
     c, h, w = data.input_shape
     device = torch.device(ctx.device) if isinstance(ctx.device, str) else ctx.device
-    torch.manual_seed(ctx.seed)
     student = create_model(cfg.student, c, data.num_classes, (h, w), pretrained=cfg.pretrained_student)
+    if not cfg.pretrained_student:
+        seeded_init(student, ctx.seed)  # reproducible initial weights without the global RNG
     was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher = teacher.to(device).eval()  # forward passes under no_grad: its weights never change

@@ -6,6 +6,8 @@ with a message a user can act on when the export is impossible.
 
 from __future__ import annotations
 
+import copy
+
 import importlib.util
 import io
 import json
@@ -45,7 +47,7 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="nnlab-export-") as d:
         path = Path(d) / "model.onnx"
         try:
-            export_onnx(model, tuple(input_shape), path)
+            export_onnx(copy.deepcopy(model), tuple(input_shape), path)  # the exporter traces: never the shared one
         except Exception as exc:  # noqa: BLE001 - both exporters failed: say so
             raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
         return path.read_bytes()

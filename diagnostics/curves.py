@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
 
 from nnlab.data import ImageDataset
 from nnlab.train import Progress, TrainConfig, train_model
 from nnlab.workspace import Workspace
+from nnlab.seeding import seeded_init
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
@@ -91,8 +91,7 @@ def learning_curve(build: Callable[[], nn.Module], data: ImageDataset, fractions
                          f"{f:.0%} of the training set ({len(subsets[i]):,} samples): {p.message}")
 
         t0 = time.perf_counter()
-        torch.manual_seed(seed * 1000 + i)  # the initial weights, reproducibly
-        model = build()
+        model = seeded_init(build(), seed * 1000 + i)  # the initial weights, reproducibly
         hist = train_model(model, data, cfg, indices=idx, progress=report, cancel=cancel)
         last = hist[-1]
         points.append(CurvePoint(float(f), int(len(idx)), 1.0 - last.train_acc, 1.0 - last.test_acc,

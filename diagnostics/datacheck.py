@@ -12,8 +12,10 @@ digits with 5 % flipped labels this route found 85 % of them with a demo CNN tra
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,6 +43,37 @@ class DataReport:
     duplicates: Duplicates
     seconds: float
 
+    def to_dict(self) -> dict:
+        """Everything, as JSON-able values (arrays as lists), for the workspace."""
+        return _jsonable(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataReport:
+        """Rebuild a report stored with :meth:`to_dict`."""
+        def arr(v: object, dtype: object = None) -> np.ndarray:
+            if isinstance(v, dict) and "__nd__" in v:
+                return np.asarray(v["__nd__"], dtype=v["dtype"])
+            return np.asarray(v, dtype=dtype)
+
+        lab, sh, px, du = d["labels"], d["shift"], d["pixels"], d["duplicates"]
+        return cls(train_counts=arr(d["train_counts"]), test_counts=arr(d["test_counts"]),
+                   imbalance=float(d["imbalance"]),
+                   shift=ClassShift(arr(sh["train_freq"]), arr(sh["test_freq"]), float(sh["tv_distance"]),
+                                    float(sh["chi2_p"])),
+                   pixels=PixelStats(**{k: arr(v) for k, v in px.items()}),
+                   labels=LabelIssues(indices=arr(lab["indices"], dtype=np.int64), given=arr(lab["given"], np.int64),
+                                      suggested=arr(lab["suggested"], np.int64),
+                                      self_confidence=arr(lab["self_confidence"], np.float64),
+                                      thresholds=arr(lab["thresholds"]), confident_joint=arr(lab["confident_joint"]),
+                                      checked=int(lab["checked"]), method=lab.get("method", "")),
+                   label_subset=arr(d["label_subset"], np.int64), domain_auc=float(d["domain_auc"]),
+                   duplicates=Duplicates(test_index=arr(du["test_index"], np.int64),
+                                         train_index=arr(du["train_index"], np.int64),
+                                         similarity=arr(du["similarity"]), pixel_diff=arr(du["pixel_diff"]),
+                                         same_label=arr(du["same_label"], bool), threshold=float(du["threshold"]),
+                                         pixel_threshold=float(du["pixel_threshold"]), checked=int(du["checked"])),
+                   seconds=float(d["seconds"]))
+
     def summary(self) -> dict:
         """Plain numbers for the workspace cache and the diagnosis."""
         return {"imbalance_ratio": self.imbalance, "class_shift": self.shift.tv_distance,
@@ -52,7 +85,9 @@ class DataReport:
 
 
 def data_report(model: nn.Module, data: ImageDataset, max_label: int = 20000, max_domain: int = 5000,
-                dup_threshold: float = 0.98, dup_pixel_threshold: float = 0.02, seed: int = 0) -> DataReport:
+                dup_threshold: float = 0.98, dup_pixel_threshold: float = 0.02, seed: int = 0,
+                progress: Callable[[str, float], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> DataReport:
     """Run every data check for ``model`` on ``data``.
 
     The feature hook goes on a private copy: the given model may be shared by other sessions running it
@@ -60,8 +95,18 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int = 20000, ma
     """
     t0 = time.perf_counter()
     model = copy.deepcopy(model)
-    f_train, _ = features_and_logits(model, data, "train")
-    f_test, _ = features_and_logits(model, data, "test")
+    n_tr, n_te = len(data.y_train), len(data.y_test)
+    share = n_tr / max(1, n_tr + n_te) * 0.8
+
+    def part(start: float, end: float) -> Callable[[str, float], None] | None:
+        if progress is None:
+            return None
+        return lambda m, f: progress(m, start + (end - start) * f)
+
+    f_train, _ = features_and_logits(model, data, "train", progress=part(0.0, share), cancel=cancel)
+    f_test, _ = features_and_logits(model, data, "test", progress=part(share, 0.8), cancel=cancel)
+    if progress is not None:
+        progress("label errors (cross-validated logistic regression), mismatch, near-duplicates", 0.82)
     ytr = data.y_train.numpy()
     sub = subsample(ytr, max_label, seed)
     probs = crossval_probs_features(f_train[sub], ytr[sub], seed=seed)
@@ -74,6 +119,18 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int = 20000, ma
                       domain_auc=domain_auc(f_train, f_test, max_per_split=max_domain, seed=seed),
                       duplicates=near_duplicates(data, f_train, f_test, dup_threshold, dup_pixel_threshold),
                       seconds=time.perf_counter() - t0)
+
+
+def _jsonable(obj: object) -> object:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, np.ndarray):
+        return {"__nd__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if np.isnan(obj) else (1e308 if obj > 0 else -1e308)
+    return obj
 
 
 def cheap_summary(data: ImageDataset) -> dict:

@@ -27,6 +27,7 @@ from torch import nn
 from nnlab.data import ImageDataset
 from nnlab.evaluate import predict_logits
 from nnlab.train import Progress, TrainConfig, train_model
+from nnlab.seeding import seeded_init
 
 _EPS = 1e-6  # cleanlab's fuzzy comparison
 
@@ -146,8 +147,7 @@ def crossval_probs_retrain(build: Callable[[], nn.Module], data: ImageDataset, c
     parts = _folds(y, folds, seed)
     for f, held in enumerate(parts):
         train_part = np.setdiff1d(np.arange(len(idx)), held)
-        torch.manual_seed(seed * 1000 + f)  # the initial weights, reproducibly
-        model = build()
+        model = seeded_init(build(), seed * 1000 + f)  # the initial weights, reproducibly
 
         def report(p: Progress, f: int = f) -> None:
             if progress is not None:

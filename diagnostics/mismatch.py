@@ -7,6 +7,8 @@ that is always removed (``try/finally``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from nnlab.data import ImageDataset
+from nnlab.train import Cancelled
 
 
 # --- penultimate features ---------------------------------------------------------------------------------
@@ -27,7 +30,8 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 
 def features_and_logits(model: nn.Module, data: ImageDataset, split: str, indices: np.ndarray | None = None,
-                        batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 512, progress: Callable[[str, float], None] | None = None,
+                        cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features (flattened input of the last linear layer) and logits, in one pass.
 
     The hook is removed afterwards, also on error, and the train/eval mode is restored. A model shared
@@ -43,11 +47,17 @@ def features_and_logits(model: nn.Module, data: ImageDataset, split: str, indice
     was_training = model.training
     handle = head.register_forward_pre_hook(grab)
     logits = []
+    n = len(indices) if indices is not None else len(data.labels(split))
     try:
         model.eval()
         with torch.inference_mode():
             for x, _ in data.batches(split, batch_size, indices=indices):
+                if cancel is not None and cancel():
+                    raise Cancelled("cancelled by the user")
                 logits.append(model(x.to(device)).float().cpu())
+                if progress is not None:
+                    done = sum(len(t) for t in logits)
+                    progress(f"features of the {split} split: {done:,}/{n:,} images", done / max(1, n))
     finally:
         handle.remove()
         model.train(was_training)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,8 +54,18 @@ def _training_lock(ws: Workspace, model_id: str) -> Iterator[None]:
 
 
 def ensure_demo(data: ImageDataset, ws: Workspace, progress: Callable[[Progress], None] | None = None,
-                arch: str = "demo-cnn") -> tuple[nn.Module, Record, list[dict]]:
-    """Load the demo model for ``data`` from the workspace, training and storing it first if needed."""
+                arch: str = "demo-cnn", cancel: Callable[[], bool] | None = None,
+                measuring: Callable[[str], None] | None = None) -> tuple[nn.Module, Record, list[dict]]:
+    """Load the demo model for ``data`` from the workspace, training and storing it first if needed.
+
+    Args:
+        data: The dataset.
+        ws: The workspace holding ``models/<demo id>/``.
+        progress: Training progress (epoch, batch, loss, accuracy).
+        arch: "demo-cnn" or another registered architecture trained the same way.
+        cancel: Polled between batches; True stops training (nothing is stored).
+        measuring: Told when training is over and the model is being measured.
+    """
     model_id = demo_id(data, arch)
     c, h, w = data.input_shape
     if not ws.has_model(model_id):
@@ -62,8 +73,12 @@ def ensure_demo(data: ImageDataset, ws: Workspace, progress: Callable[[Progress]
             if not ws.has_model(model_id):
                 model = create_model(arch, c, data.num_classes, (h, w))
                 t0 = time.perf_counter()
-                history = train_model(model, data, demo_config(data), progress=progress)
+                print(f"nnlab: training {model_id} ({demo_config(data).epochs} epochs, {len(data.y_train):,} "
+                      "images)", file=sys.stderr, flush=True)
+                history = train_model(model, data, demo_config(data), progress=progress, cancel=cancel)
                 seconds = time.perf_counter() - t0
+                if measuring is not None:
+                    measuring("measuring the trained model (accuracy, latency, MACs)")
                 model = model.cpu().eval()
                 hist = [e.to_dict() for e in history]
                 extra = {"train_seconds": round(seconds, 1), "trained_by": "nnlab"}
@@ -97,12 +112,15 @@ def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str
     if artifact is not None and Path(artifact).is_file():
         size, gz = file_sizes(artifact)
     rows = layer_table(cpu_model, data.input_shape)
+    c, h, w = data.input_shape
+    shape_extra = {"input_shape": [c, h, w], "num_classes": data.num_classes}
     return Record(id=model_id, name=name, method=method, config=cfg or {}, parent=parent, arch=arch, dataset=data.id,
                   accuracy=ev.accuracy, per_class_accuracy=ev.per_class_accuracy(data.num_classes),
                   train_accuracy=train_ev.accuracy, size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=size,
                   latency={str(b): v.to_dict() for b, v in lat.items()}, macs=count_macs(cpu_model, data.input_shape),
                   params=params, nonzero_params=nonzero, layers=rows, artifact_format="safetensors",
-                  created=time.time(), extra={**(extra or {}), "weights_hash": state_dict_hash(model.state_dict())})
+                  created=time.time(), extra={**shape_extra, **(extra or {}),
+                                                 "weights_hash": state_dict_hash(model.state_dict())})
 
 
 def history_as_stats(history: list[dict]) -> list[EpochStats]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,14 +48,29 @@ class EvalResult:
 
 
 def predict_logits(model: nn.Module, data: ImageDataset, split: str, batch_size: int = 512,
-                   indices: np.ndarray | None = None, device: torch.device | None = None) -> np.ndarray:
-    """Logits of ``model`` over a split (or ``indices`` of it), batched, in inference mode."""
+                   indices: np.ndarray | None = None, device: torch.device | None = None,
+                   progress: Callable[[str, float], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """Logits of ``model`` over a split (or ``indices`` of it), batched, in inference mode.
+
+    ``progress(message, fraction)`` hears about every batch; ``cancel()`` returning True stops the pass
+    (raising :class:`nnlab.train.Cancelled`).
+    """
     device = device or _model_device(model)
     model.eval()
     outs = []
+    n = len(indices) if indices is not None else len(data.labels(split))
+    done = 0
     with torch.inference_mode():
         for x, _ in data.batches(split, batch_size, indices=indices):
+            if cancel is not None and cancel():
+                from nnlab.train import Cancelled
+
+                raise Cancelled("cancelled by the user")
             outs.append(model(x.to(device)).float().cpu())
+            done += len(x)
+            if progress is not None:
+                progress(f"evaluating the {split} split: {done:,}/{n:,} images", done / max(1, n))
     return torch.cat(outs).numpy() if outs else np.zeros((0, data.num_classes), np.float32)
 
 

@@ -1,33 +1,39 @@
-"""Streamlit glue shared by every page: the sidebar pickers, cached dataset/model loading, the shared
-evaluation pass. The only module of :mod:`nnlab` that imports streamlit.
+"""Streamlit glue shared by every page: the sidebar pickers, the selected dataset and model, following jobs.
+The only module of :mod:`nnlab` (with :mod:`nnlab.widgets`) that imports streamlit.
 
-Pages call :func:`current` for the selected dataset and model, and :func:`evaluation` for the one cached
-pass over a split. Cached models are shared by every browser session: never mutate them (deep-copy first).
+Pages call :func:`current` for the selected dataset and model, :func:`evaluation` for the one stored pass over a
+split, and :func:`follow` / :func:`run_job` to show a background job's live progress with a Cancel button. Long
+work never runs in a page script: it is a job (:mod:`nnlab.jobs`) that survives reruns, navigation and closed
+tabs, shared by every session that asks for the same thing. Models and datasets are shared by every session:
+never mutate them (deep-copy first).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import time
+import uuid
 from dataclasses import dataclass
 
 import streamlit as st
 import torch
 from torch import nn
 
-from nnlab import config
-from nnlab.base import demo_id, ensure_demo, profile_model
-from nnlab.data import DATASETS, DatasetError, ImageDataset, load_dataset
-from nnlab.evaluate import EvalResult, evaluate
-from nnlab.models import ARCHITECTURES, CheckpointError, create_model, load_into, output_shape_ok, read_state_dict
+import nnlab.tasks  # noqa: F401 - registers the foundation's job kinds
+from nnlab import config, jobs, refs
+from nnlab.base import demo_id
+from nnlab.data import DATASETS, DatasetError, ImageDataset
+from nnlab.evaluate import EvalResult
+from nnlab.models import ARCHITECTURES, CheckpointError
 from nnlab.records import Record
-from nnlab.train import Progress
-from nnlab.workspace import Workspace
+from nnlab.tasks import check_upload, load_evaluation, stash_upload, user_model_id
+from nnlab.workspace import Workspace, WorkspaceError
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
 PRETRAINED = "torchvision pretrained weights"
 RANDOM = "Random weights (untrained)"
 NNLAB_TRAINED = "Trained by nnlab"
+_SOURCE = {UPLOAD: "upload", PRETRAINED: "pretrained", RANDOM: "random"}
 
 
 @dataclass(eq=False)
@@ -41,6 +47,7 @@ class Current:
         arch: Architecture key.
         record: The model's measured record.
         history: Per-epoch training history (empty when unknown).
+        data_ref: The dataset's reference (what jobs receive instead of the dataset).
     """
 
     data: ImageDataset
@@ -49,6 +56,7 @@ class Current:
     arch: str
     record: Record
     history: list[dict]
+    data_ref: dict
 
 
 def workspace() -> Workspace:
@@ -59,39 +67,96 @@ def default_dataset() -> str:
     return os.environ.get("NNLAB_DEFAULT_DATASET", "fashion-mnist")
 
 
-@st.cache_resource(show_spinner="Loading the dataset…", max_entries=4)
-def load_data(key: str, path: str = "") -> ImageDataset:
-    """Cached dataset by registry key (and folder path for ImageFolder)."""
-    return load_dataset(key, path=path) if DATASETS[key].needs_path else load_dataset(key)
+def owner() -> str:
+    """This browser session's id (recorded on the jobs it asks for)."""
+    return st.session_state.setdefault("nnlab_owner", uuid.uuid4().hex[:12])
 
 
-@st.cache_resource(show_spinner="Loading the demo model…", max_entries=8)
-def _load_demo(dataset_key: str, dataset_path: str, model_id: str, arch: str) -> tuple[nn.Module, Record, list[dict]]:
-    data = load_data(dataset_key, dataset_path)
-    model, record, history = ensure_demo(data, workspace(), arch=arch)
-    return model, record, history
+# --- following jobs ---------------------------------------------------------------------------------------
+
+def _fmt_seconds(s: float) -> str:
+    s = max(0.0, float(s))
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
-@st.cache_resource(show_spinner="Measuring the model…", max_entries=8)
-def _load_user_model(dataset_key: str, dataset_path: str, arch: str, weights: str, content_hash: str,
-                     _data_bytes: bytes | None, filename: str) -> tuple[nn.Module, Record]:
-    data = load_data(dataset_key, dataset_path)
-    c, h, w = data.input_shape
-    model = create_model(arch, c, data.num_classes, (h, w), pretrained=(weights == PRETRAINED))
-    if _data_bytes is not None:
-        load_into(model, read_state_dict(_data_bytes, filename))
-    model.eval()
-    output_shape_ok(model, data.input_shape, data.num_classes)
-    model_id = f"{arch}-{data.id}-{content_hash}"
-    record = profile_model(model, data, model_id, f"{ARCHITECTURES[arch].label} ({weights.split(' (')[0]})",
-                           arch, None, latency_repeats=5)
-    return model, record
+def progress_text(snap: dict) -> str:
+    """One line: percent, message, metrics, elapsed and estimated remaining time (plain text, no emoji)."""
+    parts = [f"{snap['fraction']:.0%}", snap["message"]]
+    m = snap.get("metrics") or {}
+    for name in ("loss", "accuracy"):
+        v = m.get(name)
+        if isinstance(v, (int, float)):
+            parts.append(f"{name} {v:.3f}" if name == "loss" else f"{name} {v:.1%}")
+    if snap["status"] == jobs.QUEUED:
+        parts.append("queued: waiting for a free worker")
+    elif snap["elapsed"]:
+        eta = snap.get("eta")
+        parts.append(f"{_fmt_seconds(snap['elapsed'])} elapsed" + (f", about {_fmt_seconds(eta)} left" if eta else ""))
+    return " · ".join(p for p in parts if p)
 
 
-@st.cache_data(show_spinner="Evaluating the model…", max_entries=32)
-def _evaluation(model_id: str, dataset_id: str, split: str, _model: nn.Module, _data: ImageDataset) -> EvalResult:
-    return evaluate(_model, _data, split)
+def follow(job: jobs.Job, title: str = "", poll: float = 0.3) -> jobs.Job:
+    """Show a job's live progress and a Cancel button until it ends; returns the job (then finished).
 
+    The page script waits here while the work runs in the job's own thread: a click elsewhere, or a closed
+    tab, stops this script, not the job, and any page that asks for the same job follows it again.
+    """
+    if not job.active:
+        return job
+    slot = st.empty()
+    with slot.container(border=True):
+        if title:
+            st.markdown(title)
+        bar = st.progress(0.0, text="starting…")
+        if st.button("Cancel", key=f"cancel_{job.key}", help="Stop this job (for every session that waits on it)"):
+            job.cancel()
+    while job.active:
+        snap = job.snapshot()
+        text = progress_text(snap) + (" · cancelling…" if snap["cancel_requested"] else "")
+        bar.progress(min(1.0, snap["fraction"]), text=text)
+        job.wait(poll)
+    slot.empty()
+    return job
+
+
+def show_outcome(job: jobs.Job, what: str) -> bool:
+    """Say why a job did not finish (failed, cancelled, interrupted), with a button to run it again.
+
+    Returns True when the job finished well.
+    """
+    if job.status == jobs.DONE:
+        return True
+    if job.status == jobs.CANCELLED:
+        st.warning(f"{what}: cancelled; nothing was stored.")
+    elif job.status == jobs.INTERRUPTED:
+        st.warning(f"{what}: interrupted ({job.error}).")
+    else:
+        st.error(f"{what} failed: {job.error}")
+        if job.detail and not job.error.startswith(("CheckpointError", "DatasetError", "ValueError")):
+            with st.expander("Details"):
+                st.code(job.detail)
+    if st.button("Run again", key=f"rerun_{job.key}"):
+        jobs.manager().rerun(job.key, owner=owner())
+        st.rerun()
+    return False
+
+
+def run_job(kind: str, params: dict, title: str = "", what: str = "", retry: bool = False) -> jobs.Job:
+    """Submit (or join) the job of ``kind`` on ``params``, follow it, and stop the page unless it succeeded.
+
+    A job that failed, was cancelled or interrupted earlier is not re-run by merely opening the page again
+    (its reason is shown with a "Run again" button) unless ``retry`` (the user clicked to run it).
+    """
+    old = jobs.find(kind, params)
+    stuck = old is not None and old.status in (jobs.FAILED, jobs.INTERRUPTED, jobs.CANCELLED)
+    job = old if stuck and not retry else jobs.submit(kind, params, owner=owner())
+    job = follow(job, title)
+    if not show_outcome(job, what or job.label):
+        st.stop()
+    return job
+
+
+# --- the selection ----------------------------------------------------------------------------------------
 
 def sidebar() -> None:
     """Render the dataset and model pickers; their values live in ``st.session_state``."""
@@ -114,29 +179,24 @@ def sidebar() -> None:
     if st.session_state["weights"] == UPLOAD:
         st.sidebar.file_uploader("Checkpoint (state dict only; never run as code)",
                                  type=["pt", "pth", "safetensors", "bin"], key="checkpoint")
+    jobs_summary()
+
+
+def jobs_summary() -> None:
+    """A line in the sidebar: how many jobs run and wait, with a link to the Jobs page."""
+    counts = jobs.manager().counts()
+    running, queued = counts.get(jobs.RUNNING, 0), counts.get(jobs.QUEUED, 0)
+    text = f"Jobs: {running} running, {queued} queued" if running or queued else "Jobs: none running"
+    try:
+        st.sidebar.page_link("pages/jobs.py", label=text, icon=":material/pending_actions:")
+    except Exception:  # noqa: BLE001 - a page run alone (AppTest of one page) has no navigation to link into
+        st.sidebar.caption(text)
 
 
 @st.cache_data(ttl=30, show_spinner=False)
 def workspace_writable(root: str) -> bool:
     """Whether the workspace accepts writes now (checked at most every 30 s)."""
     return Workspace(root).writable()
-
-
-def _train_demo_with_progress(data: ImageDataset, arch: str) -> None:
-    """First start: train the demo model with a visible progress bar (epoch, loss, accuracy)."""
-    ws = workspace()
-    if ws.has_model(demo_id(data, arch)) or not workspace_writable(str(ws.root)):
-        return  # cached already, or read-only: the cached loader trains in memory under a spinner
-    st.info(f"First start: nnlab is training its demo CNN on {data.name} "
-            f"({len(data.y_train):,} images). It is cached on disk, so this happens once.")
-    bar = st.progress(0.0, text="Starting…")
-
-    def report(p: Progress) -> None:
-        acc = "" if p.accuracy != p.accuracy else f", test accuracy {p.accuracy:.1%}"
-        bar.progress(p.fraction, text=f"{p.message}{acc}")
-
-    ensure_demo(data, ws, progress=report, arch=arch)
-    bar.progress(1.0, text="Demo model trained and saved.")
 
 
 def ensure_frame() -> None:
@@ -156,52 +216,108 @@ def ensure_frame() -> None:
         st.rerun()
 
 
-def current() -> Current:
-    """The selected dataset and model; on a problem, show a clear message and stop the page."""
-    ensure_frame()
+def _dataset() -> ImageDataset:
     key = st.session_state.get("dataset", default_dataset())
     path = st.session_state.get("dataset_path", "") or ""
     if DATASETS[key].needs_path and not path:
         st.info("Type the path of a folder of class subfolders in the sidebar.")
         st.stop()
     try:
-        data = load_data(key, path)
+        with st.spinner("Loading the dataset…"):
+            data = refs.load_data(refs.data_ref(key, path))
     except (DatasetError, OSError) as exc:
         st.error(f"The dataset cannot be used: {exc}")
         st.stop()
     if data.fallback_reason:
-        st.warning(data.fallback_reason, icon="⚠️")
-    ws_root = str(workspace().root)
+        st.warning(data.fallback_reason, icon=":material/warning:")
+    return data
+
+
+def current() -> Current:
+    """The selected dataset and model; on a problem, show a clear message and stop the page.
+
+    A model that is not in the workspace yet (the demo model on first start, an uploaded checkpoint, random
+    or pretrained weights) is made by a job: the page shows its progress, and so does every other page and
+    session that asks for the same model meanwhile.
+    """
+    ensure_frame()
+    data = _dataset()
+    ws = workspace()
+    ws_root = str(ws.root)
     if not workspace_writable(ws_root):
         st.warning(f"The workspace {ws_root} is not writable (read-only or disk full). nnlab keeps running "
-                   "read-only: nothing new (trained models, variants) will be saved.", icon="🔒")
+                   "read-only: nothing new (trained models, variants) will be saved.", icon=":material/lock:")
+    key = st.session_state.get("dataset", default_dataset())
+    dref = refs.data_ref(key, st.session_state.get("dataset_path", "") or "")
     arch = st.session_state.get("arch", "demo-cnn")
     weights = st.session_state.get("weights", NNLAB_TRAINED if arch.startswith("demo") else RANDOM)
-    try:
-        if weights == NNLAB_TRAINED:
-            _train_demo_with_progress(data, arch)
-            model, record, history = _load_demo(key, path, demo_id(data, arch), arch)
-            return Current(data, model, demo_id(data, arch), arch, record, history)
-        blob, filename = None, ""
+    if weights == NNLAB_TRAINED:
+        model_id = demo_id(data, arch)
+        if not refs.has_model(model_id):
+            run_job("train-demo", {"data": dref, "arch": arch},
+                    title=f"**First start:** nnlab is training its demo model on {data.name} "
+                          f"({len(data.y_train):,} images). It is stored in the workspace, so this happens "
+                          "once; you may open other pages or close the tab meanwhile.",
+                    what="Training the demo model")
+    else:
+        source: dict = {"kind": _SOURCE[weights]}
         if weights == UPLOAD:
             up = st.session_state.get("checkpoint")
             if up is None:
                 st.info("Upload a checkpoint in the sidebar (a state dict saved with `torch.save(model.state_dict())` "
                         "or safetensors).")
                 st.stop()
-            blob, filename = up.getvalue(), up.name
-        digest = hashlib.sha1(blob).hexdigest()[:12] if blob is not None else weights.split()[0].lower()
-        model, record = _load_user_model(key, path, arch, weights, digest, blob, filename)
-        return Current(data, model, record.id, arch, record, [])
-    except (CheckpointError, DatasetError, ValueError, RuntimeError) as exc:
+            blob = up.getvalue()
+            try:  # refuse a bad file at once, before anything is stored or a job starts
+                check_upload(blob, up.name, arch, data)
+            except (CheckpointError, ValueError, RuntimeError) as exc:
+                st.error(f"The model cannot be used: {exc}")
+                st.stop()
+            try:
+                source["file"], token = stash_upload(ws, blob, up.name)
+            except WorkspaceError:
+                st.error("The workspace is not writable, so the checkpoint cannot be stored for measuring.")
+                st.stop()
+        elif weights == RANDOM:
+            source["seed"], token = 0, "s0"
+        else:
+            token = "default"
+        model_id = user_model_id(arch, data, source["kind"], token)
+        if not refs.has_model(model_id):
+            run_job("register-model", {"data": dref, "arch": arch, "source": source, "model_id": model_id},
+                    title=f"Loading and measuring **{ARCHITECTURES[arch].label}**…", what="The model")
+    try:
+        model, record = refs.load_model(model_id, ws.root)
+    except (KeyError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
         st.error(f"The model cannot be used: {exc}")
         st.stop()
+    history = ws.load_history(model_id)
+    return Current(data, model, model_id, arch, record, history, dref)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _stored_evaluation(root: str, model_id: str, data_id: str, split: str, stamp: float) -> EvalResult | None:
+    return load_evaluation(Workspace(root), model_id, data_id, split)
 
 
 def evaluation(split: str = "test", cur: Current | None = None) -> EvalResult:
-    """The one cached evaluation pass of the current model over ``split``."""
+    """The one stored evaluation pass of the current model over ``split`` (run as a job the first time)."""
     cur = cur or current()
-    return _evaluation(cur.model_id, cur.data.id, split, cur.model, cur.data)
+    ws = workspace()
+    path = ws.result_path(nnlab.tasks.eval_key(cur.model_id, cur.data.id, split))
+    stamp = path.stat().st_mtime if path.is_file() else 0.0
+    res = _stored_evaluation(str(ws.root), cur.model_id, cur.data.id, split, stamp) if stamp else \
+        load_evaluation(ws, cur.model_id, cur.data.id, split)
+    if res is None:
+        run_job("evaluate", {"model_id": cur.model_id, "data": cur.data_ref, "split": split},
+                title=f"Evaluating the model on the {split} split…", what="The evaluation")
+        stamp = path.stat().st_mtime if path.is_file() else time.time()
+        res = _stored_evaluation(str(ws.root), cur.model_id, cur.data.id, split, stamp) if path.is_file() else \
+            load_evaluation(ws, cur.model_id, cur.data.id, split)
+        if res is None:
+            st.error("The evaluation finished but its results cannot be read.")
+            st.stop()
+    return res
 
 
 def device_note() -> str:

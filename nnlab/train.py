@@ -16,6 +16,7 @@ from torch import nn
 from nnlab import config
 from nnlab.data import ImageDataset
 from nnlab.evaluate import evaluate
+from nnlab.seeding import seeded_dropout
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]
@@ -132,8 +133,8 @@ def train_model(model: nn.Module, data: ImageDataset, cfg: TrainConfig = TrainCo
         The per-epoch history.
     """
     device = device or config.device()
-    torch.manual_seed(cfg.seed)
     model.to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # dropout masks: this run's own RNG
     n = len(indices) if indices is not None else len(data.labels("train"))
     if n == 0:
         raise ValueError("no training samples")
@@ -145,6 +146,15 @@ def train_model(model: nn.Module, data: ImageDataset, cfg: TrainConfig = TrainCo
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
     else:  # too few steps for a one-cycle schedule (it divides by its phase lengths): constant rate
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    with seeded_dropout(model, generator):
+        return _epochs(model, data, cfg, indices, loss_fn, after_step, progress, cancel, device, opt, sched,
+                       steps_per_epoch, n)
+
+
+def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.ndarray | None, loss_fn: LossFn,
+            after_step: StepHook | None, progress: Callable[[Progress], None] | None,
+            cancel: Callable[[], bool] | None, device: torch.device, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LRScheduler, steps_per_epoch: int, n: int) -> list[EpochStats]:
     history: list[EpochStats] = []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()

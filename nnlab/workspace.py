@@ -5,6 +5,8 @@ Layout::
     <root>/models/<model_id>/{model.safetensors, record.json, history.json}
     <root>/variants/<variant_id>/{artifact…, record.json}
     <root>/runs/<key>.json            (cached derived results, e.g. learning curves)
+    <root>/results/<key>.npz          (per-sample arrays: logits, features …)
+    <root>/jobs/<key>.json            (the job system's state, see nnlab.jobs)
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a reader never
 sees a half-written file. A record that fails to parse is reported and skipped, never fatal.
@@ -13,6 +15,7 @@ sees a half-written file. A record that fails to parse is reported and skipped, 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -22,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -211,6 +215,29 @@ class Workspace:
         except (OSError, ValueError):
             return None
 
+    # per-sample arrays (evaluation logits, features): one .npz per key, written atomically
+    def result_path(self, key: str) -> Path:
+        return self.root / "results" / f"{check_id(key)}.npz"
+
+    def save_arrays(self, key: str, **arrays: np.ndarray) -> Path:
+        """Store named arrays under ``key`` (uncompressed .npz, atomic)."""
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        path = self.result_path(key)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def load_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        """The arrays stored under ``key`` (None when absent or unreadable)."""
+        path = self.result_path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError):
+            return None
+
     def _read_record(self, path: Path) -> Record | None:
         if not path.is_file():
             return None
@@ -219,6 +246,17 @@ class Workspace:
         except (OSError, ValueError, TypeError) as exc:
             self.errors.append(f"{path.parent.name}: unreadable record ({type(exc).__name__})")
             return None
+
+
+def safe_key(*parts: str) -> str:
+    """A filesystem-safe workspace key made of ``parts`` (long ones keep a prefix and gain a hash)."""
+    import hashlib
+
+    raw = "_".join(str(p) for p in parts)
+    key = re.sub(r"[^A-Za-z0-9._-]", "_", raw).lstrip("._-") or "x"
+    if len(key) > 100:
+        key = f"{key[:80]}-{hashlib.sha1(raw.encode()).hexdigest()[:12]}"
+    return key
 
 
 def new_id(prefix: str) -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
+import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import compare, export
 from compression.variant import load_variant_model
 from nnlab import session
 from nnlab.evaluate import EvalResult
+from nnlab.tasks import eval_key, load_evaluation
 from nnlab.viz import as_image, display_scale
 
 st.title("nnlab · Side by side")
@@ -23,9 +24,27 @@ def _variant_model(root: str, record_id: str, created: float, _rec):
     return load_variant_model(ws, _rec)
 
 
-@st.cache_data(max_entries=16, show_spinner="Evaluating the variant…")
-def _variant_eval(root: str, record_id: str, created: float, dataset_id: str, _model, _data) -> EvalResult:
-    return compare.evaluate_model(_model, _data, "test")
+@st.cache_data(max_entries=16, show_spinner=False)
+def _stored_eval(root: str, record_id: str, dataset_id: str, stamp: float) -> EvalResult | None:
+    return load_evaluation(ws, record_id, dataset_id, "test")
+
+
+def _variant_eval(rec) -> EvalResult:
+    """The variant's stored test-split predictions (one evaluation job the first time, shared by sessions)."""
+    path = ws.result_path(eval_key(rec.id, data.id, "test"))
+    if not path.is_file():
+        session.run_job("evaluate-variant", {"variant_id": rec.id, "data": cur.data_ref, "split": "test"},
+                        title=f"Evaluating **{rec.name}** on the test split…", what="The variant's evaluation")
+    res = _stored_eval(str(ws.root), rec.id, data.id, path.stat().st_mtime) if path.is_file() else None
+    if res is None:
+        st.error(f"The predictions of {rec.name} cannot be read.")
+        st.stop()
+    return res
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _activation_hist(root: str, record_id: str, created: float, layer: str, dataset_id: str, _model, _data):
+    return compare.activation_histogram(_model, _data, layer)
 
 
 variants = [v for v in ws.list_variants() if v.dataset == data.id and v.status == "ok"]
@@ -62,7 +81,7 @@ try:
         else:
             m = _variant_model(str(ws.root), r.id, r.created, r)
             models.append(m)
-            evals.append(_variant_eval(str(ws.root), r.id, r.created, data.id, m, data))
+            evals.append(_variant_eval(r))
 except (OSError, ValueError, RuntimeError) as exc:
     st.error(f"A variant cannot be loaded: {exc}")
     st.stop()
@@ -131,19 +150,13 @@ if torch_models:
         w1, w2 = st.columns(2)
         w1.plotly_chart(compare.histogram_figure({r.name: compare.weight_values(m, layer) for r, m in torch_models},
                                                  f"Weights of {layer}", log_y=log_y), key="compare_weights")
-        try:
-            from diagnostics.activations import activation_stats
-        except Exception as exc:  # noqa: BLE001 - the look-inside module is optional here
-            w2.caption(f"Activation histograms are not available: {exc}")
-        else:
-            x = data.tensors("test", np.arange(min(256, len(data.y_test))))[0]
-            hists = {}
-            for r, m in torch_models:
-                stats = activation_stats(m, x, layers=[layer])
-                if stats:
-                    hists[r.name] = (stats[0].counts, stats[0].edges)
-            w2.plotly_chart(compare.binned_figure(hists, f"Outputs of {layer} (256 test images)", log_y=log_y),
-                            key="compare_activations")
+        hists = {}
+        for r, m in torch_models:
+            h = _activation_hist(str(ws.root), r.id, r.created, layer, data.id, m, data)
+            if h is not None:
+                hists[r.name] = h
+        w2.plotly_chart(compare.binned_figure(hists, f"Outputs of {layer} (256 test images)", log_y=log_y),
+                        key="compare_activations")
     else:
         st.caption("The chosen models share no Conv/Linear layer name.")
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 import compression
-from compression import export, jobs
+import compression.tasks  # noqa: F401 - registers the compression job kinds
+from compression import export
 from compression.compare import weight_sparsity
 from compression.registry import get_method, list_methods
-from nnlab import session
+from nnlab import jobs, session
 from nnlab.workspace import WorkspaceError
 
 # Lighter settings than the registry defaults where a method trains, so a first click answers in seconds.
@@ -21,11 +20,9 @@ DEMO_DEFAULTS: dict[str, dict] = {"distill": {"epochs": 3}, "prune-iterative": {
 st.title("nnlab · Compression lab")
 cur = session.current()
 ws = session.workspace()
-jobs.prune_finished(6 * 3600)  # the registry keeps finished jobs for a while, not forever
-st.session_state.setdefault("lab_owner", uuid.uuid4().hex[:12])
 st.session_state.setdefault("lab_jobs", [])
 st.session_state.setdefault("lab_steps", [])
-owner = st.session_state["lab_owner"]
+owner = session.owner()
 variants = ws.list_variants()
 
 st.caption(f"Model **{cur.record.name}** (`{cur.model_id}`) on **{cur.data.name}**: accuracy "
@@ -82,9 +79,15 @@ def build(method: str, values: dict):
 
 
 def start(configs: list, name: str) -> None:
-    job = jobs.start_variant(cur.model, cur.model_id, cur.arch, configs, cur.data, ws, name=name or None,
-                             owner=owner)
-    st.session_state["lab_jobs"].append(job.id)
+    """Submit the variant job (the same pipeline on the same model is one shared job)."""
+    params = {"model_id": cur.model_id, "data": cur.data_ref, "configs": [c.to_dict() for c in configs],
+              "name": name or ""}
+    job = jobs.submit("variant", params, owner=owner)
+    if job.status == jobs.DONE and ws.load_variant((job.result or {}).get("variant_id", "")) is None:
+        job = jobs.submit("variant", params, owner=owner, rerun=True)  # the earlier result was deleted
+    if job.key in st.session_state["lab_jobs"]:
+        st.session_state["lab_jobs"].remove(job.key)
+    st.session_state["lab_jobs"].append(job.key)
 
 
 def variant_line(rec) -> str:
@@ -142,7 +145,7 @@ with right:
     mine = [j for j in (jobs.get(i) for i in st.session_state["lab_jobs"]) if j is not None]
     polling = any(j.active for j in mine)
     # jobs whose end this full run already shows; a fragment rerun that sees another one reruns the page
-    st.session_state["lab_seen"] = {j.id for j in mine if not j.active}
+    st.session_state["lab_seen"] = {j.key for j in mine if not j.active}
 
     @st.fragment(run_every=1 if polling else None)
     def progress_panel() -> None:
@@ -153,20 +156,23 @@ with right:
         for job in reversed(shown):
             s = job.snapshot()
             if job.active:
-                st.progress(s["fraction"], text=f"{s['label']}: {s['message']} ({s['elapsed']:.0f} s)")
-                st.button("Cancel", key=f"lab_cancel_{job.id}", on_click=job.cancel,
+                st.progress(s["fraction"], text=f"{s['label']}: {session.progress_text(s)}")
+                st.button("Cancel", key=f"lab_cancel_{job.key}", on_click=job.cancel,
                           disabled=s["cancel_requested"])
             elif job.status == jobs.DONE:
-                rec = job.result
-                st.success(f"Done in {s['elapsed']:.1f} s: **{rec.name}** — accuracy {rec.accuracy:.2%}, "
-                           f"{rec.size_bytes / 1024:.0f} KiB, weight sparsity {weight_sparsity(rec):.1%}")
+                r = job.result or {}
+                runtime = f", runs in {r['runtime']}" if r.get("runtime") else ""
+                st.success(f"Done in {s['elapsed']:.1f} s: **{r.get('name', '')}** — accuracy "
+                           f"{r.get('accuracy', float('nan')):.2%}, {r.get('size_bytes', 0) / 1024:.0f} KiB, "
+                           f"weight sparsity {r.get('weight_sparsity', 0.0):.1%}{runtime}")
             elif job.status == jobs.CANCELLED:
                 st.warning(f"{s['label']}: cancelled; nothing was stored.")
             else:
-                st.error(f"{s['label']} failed: {s['error']}")
-                with st.expander("Details"):
-                    st.code(job.detail)
-        if any(not j.active and j.id not in st.session_state["lab_seen"] for j in shown):
+                st.error(f"{s['label']} {job.status}: {s['error']}")
+                if job.detail:
+                    with st.expander("Details"):
+                        st.code(job.detail)
+        if any(not j.active and j.key not in st.session_state["lab_seen"] for j in shown):
             st.rerun(scope="app")  # the new variant appears in the list at once; polling stops
 
     progress_panel()
@@ -238,32 +244,25 @@ with st.expander("Sensitivity analysis: one layer at a time", expanded=False):
                         .get(k, k))
         samples = s2.number_input("Validation samples", 100, 5000, 500, step=100, key="lab_sens_samples",
                                   help="Held-out training samples scored at each point (the test split stays unseen).")
-        run_key = f"sens-{kind}-{cur.model_id}"
+        sens_params = {"model_id": cur.model_id, "data": cur.data_ref, "kind": kind, "samples": int(samples)}
+        run_key = compression.tasks.sensitivity_key(cur.model_id, kind, int(samples))
         if s3.button("Run analysis", key="lab_sens_run"):
-            model, data = cur.model, cur.data
-
-            def analyse(progress, cancel, kind=kind, samples=int(samples), key=run_key):
-                table = sensitivity.layer_sensitivity(model, data, kind, max_samples=samples, progress=progress,
-                                                      cancel=cancel)
-                ws.save_run(key, table.to_dict())
-                return table
-
-            st.session_state["lab_sens_job"] = jobs.submit(analyse, f"sensitivity ({kind})", "sensitivity",
-                                                           owner).id
-        sjob = jobs.get(st.session_state.get("lab_sens_job", ""))
+            st.session_state["lab_sens_job"] = jobs.submit("sensitivity", sens_params, owner=owner,
+                                                           rerun=ws.load_run(run_key) is None).key
+        sjob = jobs.get(st.session_state.get("lab_sens_job", "")) or jobs.find("sensitivity", sens_params)
         sens_polling = sjob is not None and sjob.active
 
         @st.fragment(run_every=1 if sens_polling else None)
         def sens_progress() -> None:
-            j = jobs.get(st.session_state.get("lab_sens_job", ""))
+            j = jobs.get(st.session_state.get("lab_sens_job", "")) or jobs.find("sensitivity", sens_params)
             if j is None:
                 return
             if j.active:
                 s = j.snapshot()
-                st.progress(s["fraction"], text=f"{s['message']} ({s['elapsed']:.0f} s)")
+                st.progress(s["fraction"], text=session.progress_text(s))
                 st.button("Cancel analysis", key="lab_sens_cancel", on_click=j.cancel)
-            elif j.status == jobs.FAILED:
-                st.error(f"The analysis failed: {j.error}")
+            elif j.status in (jobs.FAILED, jobs.INTERRUPTED):
+                st.error(f"The analysis {j.status}: {j.error}")
             if sens_polling and not j.active:
                 st.rerun(scope="app")
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pandas as pd
 import streamlit as st
 
-from compression import export, jobs, pareto
+import compression.tasks  # noqa: F401 - registers the compression job kinds
+from compression import export, pareto
 from compression import search as csearch
-from nnlab import session
+from nnlab import jobs, session
 
 st.title("nnlab · Pareto")
 cur = session.current()
 ws = session.workspace()
-st.session_state.setdefault("lab_owner", uuid.uuid4().hex[:12])
 
 variants = ws.list_variants()
 scope = st.radio("Variants shown", ["of this model", "of this dataset (all parents)"], key="pareto_scope",
@@ -90,15 +89,11 @@ except (ValueError, TypeError, AttributeError) as exc:
     candidates, bad = None, f"The candidate list is not valid: {exc}"
 if bad:
     st.error(bad)
+search_params = {"model_id": cur.model_id, "data": cur.data_ref, "budget": budget / 100, "strategy": strategy,
+                 "cost": s_cost, "keep_all": bool(keep_all), "candidates": candidates}
 if st.button("Run search", key="pareto_search_run", type="primary", disabled=bad is not None):
-    model, data, base = cur.model, cur.data, cur.record
-
-    def run(progress, cancel, b=budget / 100, s=strategy, c=s_cost, k=keep_all, cand=candidates):
-        return csearch.search(model, base, data, ws, budget=b, candidates=cand, strategy=s, cost=c, keep_all=k,
-                              progress=progress, cancel=cancel)
-
-    st.session_state["pareto_search_job"] = jobs.submit(run, f"search within {budget:g} points", "search",
-                                                        st.session_state["lab_owner"]).id
+    st.session_state["pareto_search_job"] = jobs.submit("search", search_params, owner=session.owner(),
+                                                        rerun=True).key
 sjob = jobs.get(st.session_state.get("pareto_search_job", ""))
 search_polling = sjob is not None and sjob.active  # as of this full run
 
@@ -110,19 +105,18 @@ def search_panel() -> None:
         return
     s = j.snapshot()
     if j.active:
-        st.progress(s["fraction"], text=f"{s['message']} ({s['elapsed']:.0f} s)")
+        st.progress(s["fraction"], text=session.progress_text(s))
         st.button("Cancel search", key="pareto_search_cancel", on_click=j.cancel)
     elif j.status == jobs.DONE:
-        res = j.result
-        st.success(f"Search done in {s['elapsed']:.0f} s: {len(res.within_budget())} variant(s) within "
-                   f"{100 * res.budget:g} points, {len(res.frontier)} point(s) on the frontier: "
-                   + " → ".join(f"{r.name} ({r.accuracy:.2%})" for r in res.frontier))
-        st.dataframe(pd.DataFrame(csearch.result_rows(res)), hide_index=True, width="stretch",
-                     key="pareto_search_table")
+        res = j.result or {}
+        st.success(f"Search done in {s['elapsed']:.0f} s: {len(res.get('within_budget', []))} variant(s) within "
+                   f"{100 * res.get('budget', 0):g} points, {len(res.get('frontier', []))} point(s) on the frontier: "
+                   + " → ".join(f"{r['name']} ({r['accuracy']:.2%})" for r in res.get("frontier", [])))
+        st.dataframe(pd.DataFrame(res.get("rows", [])), hide_index=True, width="stretch", key="pareto_search_table")
     elif j.status == jobs.CANCELLED:
         st.warning("Search cancelled; variants measured so far are kept.")
     else:
-        st.error(f"The search failed: {s['error']}")
+        st.error(f"The search {j.status}: {s['error']}")
     if search_polling and not j.active:
         st.rerun(scope="app")  # new variants appear in the plots
 

@@ -3,17 +3,14 @@ retraining on 10/25/50/100 % of the training set (cached in the workspace)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from diagnostics import curves
-from nnlab import session
+from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostics' job kinds
+from nnlab import jobs, session
 from nnlab.base import demo_config
-from nnlab.models import create_model
-from nnlab.train import Cancelled
 
 st.title("Learning curves")
 cur = session.current()
@@ -56,24 +53,18 @@ else:
     key = curves.cache_key(cur.model_id, data.id, fractions, epochs)
     points = curves.load_curve(ws, key)
     passes = sum(fractions) * epochs
+    curve_params = {"model_id": cur.model_id, "data": cur.data_ref, "fractions": fractions, "epochs": epochs}
+    cjob = jobs.find("learning-curve", curve_params)
     if points is None:
         st.write(f"Not computed yet: {len(fractions)} trainings, {passes:.1f} passes over the "
-                 f"{len(data.y_train):,} training images in all ({session.device_note()}).")
-        if st.button("Train on the subsets", key="curves_run", type="primary"):
-            bar = st.progress(0.0, text="Starting…")
-
-            def report(frac: float, msg: str) -> None:
-                bar.progress(min(1.0, frac), text=msg)
-
-            c, hh, ww = data.input_shape
-            try:
-                points, _ = curves.cached_learning_curve(
-                    ws, key, lambda: create_model(cur.arch, c, data.num_classes, (hh, ww)), data, fractions,
-                    replace(base, epochs=epochs), progress=report)
-            except Cancelled:
-                st.warning("Cancelled.")
-            except (ValueError, RuntimeError, OSError) as exc:
-                st.error(f"The learning curve could not be computed: {exc}")
+                 f"{len(data.y_train):,} training images in all ({session.device_note()}); it runs as a background "
+                 "job, so you may leave the page.")
+        if cjob is not None and cjob.active or st.button("Train on the subsets", key="curves_run", type="primary"):
+            session.run_job("learning-curve", curve_params, title="Retraining on the subsets…",
+                            what="The learning curve", retry=not (cjob is not None and cjob.active))
+            points = curves.load_curve(ws, key)
+        elif cjob is not None:
+            session.show_outcome(cjob, "The learning curve")
     if points is None:
         cached = curves.cached_curves(ws, cur.model_id, data.id)
         if cached:

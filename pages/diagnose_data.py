@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from diagnostics import datacheck, labels
+from diagnostics import tasks as dtasks
 from diagnostics.mismatch import class_shift, imbalance_ratio
-from nnlab import session
-from nnlab.base import demo_config
-from nnlab.models import create_model
+from nnlab import jobs, session
 from nnlab.viz import as_image, display_scale, grid
 
 AUTO_MAX_TRAIN = 10000
 SHOW = 24
 
 
-@st.cache_data(show_spinner="Running the data checks (features, label errors, mismatch, duplicates)…", max_entries=8)
-def _report(model_id: str, dataset_id: str, _model, _data) -> datacheck.DataReport:
-    rep = datacheck.data_report(_model, _data)
-    try:
-        session.workspace().save_run(datacheck.report_key(model_id, dataset_id), rep.summary())
-    except OSError:
-        pass
-    return rep
+@st.cache_data(show_spinner=False, max_entries=8)
+def _report(root: str, model_id: str, dataset_id: str, stamp: float):
+    return dtasks.load_data_report(session.workspace(), model_id, dataset_id)
 
 
 st.title("Data checks")
@@ -53,19 +44,28 @@ st.plotly_chart(fig, key="data_balance")
 if tc.min() == 0:
     st.warning(f"Class(es) without training samples: {', '.join(c for c, n in zip(classes, tc) if n == 0)}.")
 
-# --- the feature-based checks ----------------------------------------------------------------------------------
-rep = None
-if len(data.y_train) <= AUTO_MAX_TRAIN or st.session_state.get("data_run_clicked"):
-    try:
-        rep = _report(cur.model_id, data.id, cur.model, data)
-    except ValueError as exc:
-        st.warning(f"The feature-based checks could not run: {exc}")
-else:
-    st.info(f"The label-error, mismatch and duplicate checks extract the model's features for all "
-            f"{len(data.y_train) + len(data.y_test):,} images (about a minute on CPU).")
-    if st.button("Run the data checks", key="data_run", type="primary"):
-        st.session_state["data_run_clicked"] = True
+# --- the feature-based checks (a shared job; its report is stored in the workspace) ---------------------------
+ws = session.workspace()
+check_params = {"model_id": cur.model_id, "data": cur.data_ref}
+report_path = ws.run_path(dtasks.data_checks_key(cur.model_id, data.id))
+rep = _report(str(ws.root), cur.model_id, data.id, report_path.stat().st_mtime) if report_path.is_file() else None
+if rep is None:
+    job = jobs.find("data-checks", check_params)
+    small = len(data.y_train) <= AUTO_MAX_TRAIN
+    clicked = bool(st.session_state.pop("data_run_clicked", None))
+    if job is not None and job.active or small or clicked:
+        job = session.run_job("data-checks", check_params, retry=clicked,
+                              title="Running the data checks (features of both splits, label errors, mismatch, "
+                                    "near-duplicates)…", what="The data checks")
         st.rerun()
+    elif job is not None and job.status in (jobs.FAILED, jobs.CANCELLED, jobs.INTERRUPTED):
+        session.show_outcome(job, "The data checks")
+    else:
+        st.info(f"The label-error, mismatch and duplicate checks extract the model's features for all "
+                f"{len(data.y_train) + len(data.y_test):,} images (a background job: you may leave the page).")
+        if st.button("Run the data checks", key="data_run", type="primary"):
+            st.session_state["data_run_clicked"] = True
+            st.rerun()
 
 st.header("Suspected label errors")
 if rep is not None:
@@ -99,25 +99,15 @@ with st.expander("Exact check: k-fold retraining of the architecture (slower)"):
                                 max_value=len(data.y_train), value=min(len(data.y_train), 2000), step=100,
                                 key="data_retrain_n"))
     folds = int(st.number_input("Folds", min_value=2, max_value=10, value=4, key="data_retrain_folds"))
-    run_key = f"labels-retrain_{cur.model_id}_{data.id}_{n_max}_{folds}".replace("/", "_")[:120]
-    ws = session.workspace()
-    cached = ws.load_run(run_key)
-    if cached is None and st.button("Retrain on folds", key="data_retrain_run"):
-        bar = st.progress(0.0, text="Starting…")
-        sub = labels.subsample(data.y_train.numpy(), n_max)
-        c, h, w = data.input_shape
-        try:
-            probs = labels.crossval_probs_retrain(
-                lambda: create_model(cur.arch, c, data.num_classes, (h, w)), data,
-                replace(demo_config(data), eval_test=False), indices=sub, folds=folds,
-                progress=lambda p: bar.progress(min(1.0, p.fraction), text=p.message))
-            res = labels.find_label_issues(data.y_train.numpy()[sub], probs)
-            cached = {"indices": sub[res.indices].tolist(), "given": res.given.tolist(),
-                      "suggested": res.suggested.tolist(), "self_confidence": res.self_confidence.tolist(),
-                      "checked": res.checked}
-            ws.save_run(run_key, cached)
-        except (ValueError, RuntimeError, OSError) as exc:
-            st.error(f"Retraining failed: {exc}")
+    retrain_params = {"model_id": cur.model_id, "data": cur.data_ref, "n": n_max, "folds": folds}
+    cached = ws.load_run(dtasks.retrain_key(cur.model_id, data.id, n_max, folds))
+    rjob = jobs.find("label-retrain", retrain_params)
+    if cached is None and (rjob is not None and rjob.active or st.button("Retrain on folds", key="data_retrain_run")):
+        session.run_job("label-retrain", retrain_params, title="k-fold retraining…", what="The retraining",
+                        retry=not (rjob is not None and rjob.active))
+        cached = ws.load_run(dtasks.retrain_key(cur.model_id, data.id, n_max, folds))
+    elif cached is None and rjob is not None and not rjob.active:
+        session.show_outcome(rjob, "The retraining")
     if cached is not None:
         st.write(f"k-fold retraining flags **{len(cached['indices'])}** of {cached['checked']:,} samples "
                  f"({len(cached['indices']) / max(1, cached['checked']):.2%}).")

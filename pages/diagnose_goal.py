@@ -7,23 +7,14 @@ import streamlit as st
 from diagnostics import datacheck
 from diagnostics.curves import cached_curves, error_slope
 from diagnostics.diagnosis import CONTRADICTED, NEUTRAL, SUPPORTED, UNMEASURED, default_goal, diagnose
-from nnlab import session
+from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostics' job kinds
+from nnlab import jobs, session
 
 AUTO_DATA_CHECK_MAX_TRAIN = 10000  # below this many training images the data checks run without asking
 TITLES = {"pages/diagnose_data.py": "Data checks", "pages/diagnose_curves.py": "Learning curves",
           "pages/diagnose_worst.py": "Worst errors", "pages/diagnose_classes.py": "Errors by class"}
 ICONS = {SUPPORTED: ":green[:material/check_circle:]", CONTRADICTED: ":red[:material/block:]",
          NEUTRAL: ":gray[:material/remove:]", UNMEASURED: ":orange[:material/help:]"}
-
-
-@st.cache_data(show_spinner="Running the data checks (features, label errors, mismatch)…", max_entries=8)
-def _data_summary(model_id: str, dataset_id: str, _model, _data) -> dict:
-    summary = datacheck.data_report(_model, _data).summary()
-    try:
-        session.workspace().save_run(datacheck.report_key(model_id, dataset_id), summary)
-    except OSError:
-        pass
-    return summary
 
 
 @st.cache_data(max_entries=8)
@@ -54,12 +45,14 @@ c4.metric("E_test − E_goal", f"{e_test - e_goal:+.2%}", delta_color="inverse")
 ws = session.workspace()
 summary = ws.load_run(datacheck.report_key(cur.model_id, cur.data.id))
 if summary is None:
-    if len(cur.data.y_train) <= AUTO_DATA_CHECK_MAX_TRAIN or st.button("Measure the data evidence now",
-                                                                         key="goal_measure_data"):
-        try:
-            summary = _data_summary(cur.model_id, cur.data.id, cur.model, cur.data)
-        except ValueError as exc:
-            st.warning(f"The data checks could not run: {exc}")
+    check_params = {"model_id": cur.model_id, "data": cur.data_ref}
+    djob = jobs.find("data-checks", check_params)
+    clicked = False
+    if len(cur.data.y_train) <= AUTO_DATA_CHECK_MAX_TRAIN or (djob is not None and djob.active) or (
+            clicked := st.button("Measure the data evidence now", key="goal_measure_data")):
+        session.run_job("data-checks", check_params, retry=clicked, what="The data checks",
+                        title="Measuring the data evidence (label errors, train/test mismatch)…")
+        summary = ws.load_run(datacheck.report_key(cur.model_id, cur.data.id))
     else:
         st.info("Label errors and the train/test mismatch are not measured yet for this model "
                 f"({len(cur.data.y_train):,} training images: about a minute). Press the button above, or open "

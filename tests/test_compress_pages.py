@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from compression import jobs
+import compression.tasks  # noqa: F401
+from nnlab import jobs
 from compression.pareto import frontier_ids, pareto_mask
 from compression.variant import load_variant_model
 from nnlab.evaluate import evaluate
@@ -46,7 +47,14 @@ def lab(demo):
     int8 = run_from_lab(at, "int8")
     assert prune.status == jobs.DONE, prune.error
     assert int8.status == jobs.DONE, int8.error
-    return at, prune.result, int8.result
+    return at, variant_of(prune), variant_of(int8)
+
+
+def variant_of(job) -> Record:
+    """The variant record a finished lab job stored."""
+    rec = Workspace().load_variant(job.result["variant_id"])
+    assert rec is not None
+    return rec
 
 
 def table_with(at, column: str):
@@ -186,7 +194,7 @@ def test_pipeline_editor_add_reorder_remove_and_run(lab):
     job = jobs.wait(at.session_state["lab_jobs"][-1], 240)
     at.run()
     assert job.status == jobs.DONE, job.error
-    rec = job.result
+    rec = variant_of(job)
     assert rec.method == "prune-unstructured+quantize-weights"
     assert [s["method"] for s in rec.config["steps"]] == ["prune-unstructured", "quantize-weights"]
     assert rec.id in set(table_with(at, "× smaller")["id"])
@@ -232,8 +240,8 @@ def test_cancel_stops_the_run_and_stores_nothing(demo):
     job = jobs.get(at.session_state["lab_jobs"][-1])
     assert job.active
     at.run()
-    at.button(key=f"lab_cancel_{job.id}").click().run()
-    jobs.wait(job.id, 60)
+    at.button(key=f"lab_cancel_{job.key}").click().run()
+    jobs.wait(job.key, 60)
     at.run()
     assert job.status == jobs.CANCELLED
     assert {r.id for r in Workspace().list_variants()} == before
@@ -257,7 +265,10 @@ def test_sensitivity_panel_runs_and_suggests_a_config(demo):
     assert job.status == jobs.DONE, job.error
     at.run()
     assert not at.exception, at.exception
-    table = job.result
+    from compression.sensitivity import SensitivityTable
+
+    saved = Workspace().load_run(job.result["run"])
+    table = SensitivityTable(saved["kind"], saved["base_accuracy"], saved["rows"], saved.get("split", "validation"))
     assert len(table.layers()) == 5 and len(table.rows) == 5 * len(table.levels())
     at.number_input(key="lab_sens_budget").set_value(50.0).run()  # a generous budget: every layer gets a level
     sug = table_with(at, "suggested level")
@@ -281,14 +292,14 @@ def test_pareto_page_runs_the_automatic_search(demo):
     at.run()
     assert not at.exception, at.exception
     res = job.result
-    assert res.budget == pytest.approx(0.02) and len(res.tried) == 1  # the unknown method is skipped
-    row = res.tried[0]
+    assert res["budget"] == pytest.approx(0.02) and len(res["tried"]) == 1  # the unknown method is skipped
+    row = res["tried"][0]
     assert row["status"] == "within budget" and row["drop"] <= 0.02  # 8-bit weights cost < 2 points
     mask = pareto_mask(np.array([base.accuracy, row["accuracy"]]), np.array([base.size_bytes, row["cost"]]))
-    assert {r.id for r in res.frontier} == {i for i, m in zip([base.id, row["record_id"]], mask) if m}
+    assert {r["id"] for r in res["frontier"]} == {i for i, m in zip([base.id, row["record_id"]], mask) if m}
     assert any("Search done" in s.value for s in at.success)
     table = table_with(at, "frontier")
-    assert {r.id for r in res.records} <= set(table["id"])  # the kept variants are plotted at once
+    assert set(res["records"]) <= set(table["id"])  # the kept variants are plotted at once
     at.text_area(key="pareto_grid").set_value("[[{]").run()
     assert not at.exception and any("not valid" in e.value for e in at.error)
 

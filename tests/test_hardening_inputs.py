@@ -77,9 +77,18 @@ CHECKPOINTS = [
 ]
 
 
+def _files() -> set[str]:
+    """Every stored file of the workspace (the writability probe and other jobs' state excluded)."""
+    root = Path(os.environ["NNLAB_WORKSPACE"])
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".write-test"
+            and not p.name.endswith(".tmp") and p.parent.name != "jobs"}
+
+
 @pytest.mark.parametrize("case, filename, make, message", CHECKPOINTS, ids=[c[0] for c in CHECKPOINTS])
 def test_bad_checkpoint_gets_clear_message(demo, case, filename, make, message):
-    before = sorted(p.name for p in Path(os.environ["NNLAB_WORKSPACE"]).rglob("*"))
+    from nnlab import jobs
+
+    before, registered = _files(), len(jobs.manager().list(kind="register-model"))
     at = app_test()
     at.session_state["weights"] = UPLOAD  # the first run goes through app.py's frame, which shows the uploader
     at.run()
@@ -91,8 +100,8 @@ def test_bad_checkpoint_gets_clear_message(demo, case, filename, make, message):
 
     assert re.search(message, errors), errors
     assert not MARK.exists(), "uploaded code ran"
-    after = sorted(p.name for p in Path(os.environ["NNLAB_WORKSPACE"]).rglob("*"))
-    assert after == before, "a bad upload wrote to the workspace"
+    assert _files() - before == set(), "a bad upload wrote to the workspace"
+    assert len(jobs.manager().list(kind="register-model")) == registered, "a bad upload started a job"
 
 
 def test_good_checkpoint_is_accepted(demo):

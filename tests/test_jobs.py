@@ -1,140 +1,207 @@
-"""The background-job runner: progress, results, failures, cancellation, concurrency, registry."""
+"""The one job system: keyed by inputs, shared, progress and metrics, cancel, queue, persistence, interruption."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from compression import jobs
+from nnlab import jobs
+from nnlab.jobs import JobContext, JobManager, job_key, job_kind
 from nnlab.train import Cancelled
 
-
-def _counting(n: int, gate: threading.Event | None = None, sleep: float = 0.0):
-    def fn(progress, cancel):
-        for i in range(n):
-            if gate is not None:
-                gate.wait(5)
-            if cancel():
-                raise Cancelled("stop")
-            progress(f"step {i + 1}", (i + 1) / n)
-            time.sleep(sleep)
-        return sum(range(n))
-    return fn
+GATES: dict[str, threading.Event] = {}
+CALLS: list[str] = []
 
 
-def test_job_runs_reports_progress_and_returns_result():
+@job_kind("test-count", label=lambda p: f"count to {p['n']}")
+def _count(params: dict, ctx: JobContext) -> dict:
+    CALLS.append(ctx.key)
+    gate = GATES.get(params.get("gate", ""))
+    for i in range(params["n"]):
+        if gate is not None:
+            gate.wait(10)
+        ctx.check_cancel()
+        ctx.progress(f"step {i + 1}", (i + 1) / params["n"], loss=1.0 / (i + 1))
+        time.sleep(params.get("sleep", 0.0))
+    return {"sum": sum(range(params["n"]))}
+
+
+@job_kind("test-fail")
+def _fail(params: dict, ctx: JobContext) -> None:
+    raise ValueError("absurd sparsity 7")
+
+
+@job_kind("test-light", heavy=False)
+def _light(params: dict, ctx: JobContext) -> str:
+    return "light"
+
+
+@pytest.fixture()
+def mgr(tmp_path, monkeypatch) -> JobManager:
+    monkeypatch.setenv("NNLAB_MAX_JOBS", "1")
+    return JobManager(tmp_path / "ws")
+
+
+def test_runs_reports_progress_metrics_and_result(mgr):
+    job = mgr.submit("test-count", {"n": 4}, owner="s1")
+    assert job.wait(10) and job.status == jobs.DONE
+    assert job.result == {"sum": 6} and job.fraction == 1.0 and job.metrics["loss"] == 0.25
+    assert job.key == job_key("test-count", {"n": 4}) and job.label == "count to 4"
+    snap = job.snapshot()
+    assert snap["status"] == "done" and snap["owners"] == ["s1"] and snap["elapsed"] >= 0
+
+
+def test_same_inputs_share_one_job_and_done_is_not_rerun(mgr):
+    GATES["share"] = threading.Event()
+    calls = len(CALLS)
+    a = mgr.submit("test-count", {"n": 2, "gate": "share"}, owner="s1")
+    b = mgr.submit("test-count", {"gate": "share", "n": 2}, owner="s2")  # same params, other key order
+    assert a is b and a.owners == ["s1", "s2"]
+    GATES["share"].set()
+    assert a.wait(10) and a.status == jobs.DONE
+    assert mgr.submit("test-count", {"n": 2, "gate": "share"}) is a  # done: the result is reused
+    assert len(CALLS) == calls + 1
+    again = mgr.submit("test-count", {"n": 2, "gate": "share"}, rerun=True)
+    assert again is not a and again.wait(10) and again.runs == 2 and len(CALLS) == calls + 2
+
+
+def test_cancel_from_any_owner_stops_it_and_a_failure_is_recorded(mgr):
+    GATES["cancel"] = threading.Event()
+    job = mgr.submit("test-count", {"n": 3, "gate": "cancel"}, owner="s1")
+    time.sleep(0.3)
+    assert job.status == jobs.RUNNING
+    mgr.submit("test-count", {"n": 3, "gate": "cancel"}, owner="s2").cancel()  # the second session cancels
+    GATES["cancel"].set()
+    assert job.wait(10) and job.status == jobs.CANCELLED and job.result is None
+    bad = mgr.submit("test-fail", {})
+    assert bad.wait(10) and bad.status == jobs.FAILED
+    assert "absurd sparsity 7" in bad.error and "Traceback" in bad.detail
+
+
+def test_one_heavy_job_at_a_time_light_jobs_do_not_queue(mgr):
+    GATES["slot"] = threading.Event()
+    a = mgr.submit("test-count", {"n": 1, "gate": "slot"})
+    b = mgr.submit("test-count", {"n": 2})
+    light = mgr.submit("test-light", {})
+    assert light.wait(5) and light.result == "light"  # did not wait for the heavy slot
+    time.sleep(0.4)
+    assert a.status == jobs.RUNNING and b.status == jobs.QUEUED
+    GATES["slot"].set()
+    assert a.wait(10) and b.wait(10)
+    assert b.started >= a.finished - 1e-3
+
+
+def test_queued_job_can_be_cancelled_before_it_starts(mgr):
+    GATES["q"] = threading.Event()
+    a = mgr.submit("test-count", {"n": 1, "gate": "q"})
+    b = mgr.submit("test-count", {"n": 5})
+    time.sleep(0.3)
+    b.cancel()
+    assert b.wait(5) and b.status == jobs.CANCELLED and b.metrics == {}  # it never ran a step
+    GATES["q"].set()
+    assert a.wait(10)
+
+
+def test_state_persists_and_a_new_process_lists_it(mgr, tmp_path):
+    job = mgr.submit("test-count", {"n": 2})
+    assert job.wait(10)
+    saved = json.loads((tmp_path / "ws" / "jobs" / f"{job.key}.json").read_text())
+    assert saved["status"] == "done" and saved["result"] == {"sum": 1}
+    again = JobManager(tmp_path / "ws")  # what a restarted server reads
+    old = again.get(job.key)
+    assert old is not None and old.status == jobs.DONE and old.result == {"sum": 1} and not old.active
+
+
+def test_jobs_of_a_killed_process_show_as_interrupted_and_can_run_again(tmp_path):
+    ws = tmp_path / "ws"
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from tests.test_jobs import *  # registers the kinds
+from nnlab.jobs import JobManager
+m = JobManager({str(ws)!r})
+m.submit("test-count", {{"n": 30, "sleep": 0.1}})
+time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "NNLAB_MAX_JOBS": "1"})
+    try:
+        key = job_key("test-count", {"n": 30, "sleep": 0.1})
+        path = ws / "jobs" / f"{key}.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if path.is_file() and json.loads(path.read_text())["status"] == "running":
+                break
+            time.sleep(0.2)
+        assert json.loads(path.read_text())["status"] == "running"
+        # while that process lives, another one does not call its job interrupted
+        assert JobManager(ws).get(key).status == jobs.RUNNING
+    finally:
+        proc.kill()
+        proc.wait()
+    restarted = JobManager(ws)
+    job = restarted.get(key)
+    assert job.status == jobs.INTERRUPTED and "stopped" in job.error
+    assert json.loads(path.read_text())["status"] == "interrupted"
+    again = restarted.rerun(key)
+    assert again.wait(30) and again.status == jobs.DONE and again.runs == 2
+
+
+def test_forget_and_unknown_kind(mgr):
+    job = mgr.submit("test-count", {"n": 1})
+    assert job.wait(5)
+    mgr.forget(job.key)
+    assert mgr.get(job.key) is None
+    with pytest.raises(KeyError):
+        mgr.submit("no-such-kind", {})
+
+
+def test_progress_never_goes_backward(mgr):
+    @job_kind("test-backward")
+    def back(params: dict, ctx: JobContext) -> None:
+        ctx.progress("a", 0.6)
+        ctx.progress("b", 0.2)
+
+    job = mgr.submit("test-backward", {})
+    assert job.wait(5) and job.status == jobs.DONE
+    assert job.message == "done" and job.fraction == 1.0
+
+
+def test_cancelled_is_raised_inside_the_function(mgr):
     seen = []
 
-    def fn(progress, cancel):
-        for i in range(4):
-            progress(f"step {i}", (i + 1) / 4)
-            seen.append(i)
-        return 42
+    @job_kind("test-sees-cancel")
+    def sees(params: dict, ctx: JobContext) -> None:
+        ctx._job.cancel()
+        try:
+            ctx.check_cancel()
+        except Cancelled:
+            seen.append(True)
+            raise
 
-    job = jobs.submit(fn, "answer", kind="unit", owner="s1")
-    assert jobs.wait(job.id, 10) is job
-    assert job.status == jobs.DONE and job.result == 42 and job.fraction == 1.0
-    assert seen == [0, 1, 2, 3]
-    assert jobs.get(job.id) is job
-    assert job in jobs.list_jobs(kind="unit", owner="s1")
-    assert job not in jobs.list_jobs(owner="someone else")
-    assert job.elapsed >= 0 and not job.active
-    snap = job.snapshot()
-    assert snap["status"] == "done" and snap["label"] == "answer"
+    job = mgr.submit("test-sees-cancel", {})
+    assert job.wait(5) and job.status == jobs.CANCELLED and seen == [True]
 
 
-def test_progress_is_visible_while_running_and_cancel_stops_it():
-    gate = threading.Event()
-    started = threading.Event()
-
-    def fn(progress, cancel):
-        progress("half", 0.5)
-        started.set()
-        gate.wait(10)
-        if cancel():
-            raise Cancelled("stop")
-        return "not reached"
-
-    job = jobs.submit(fn, "cancel me", kind="unit")
-    assert started.wait(10)
-    snap = job.snapshot()
-    assert snap["status"] == "running" and snap["fraction"] == 0.5 and snap["message"] == "half"
-    assert jobs.cancel(job.id)
-    gate.set()
-    jobs.wait(job.id, 10)
-    assert job.status == jobs.CANCELLED and job.result is None
-    assert not jobs.cancel("no-such-job")
-
-
-def test_failure_is_recorded_with_message_not_raised():
-    def fn(progress, cancel):
-        raise ValueError("absurd sparsity 7")
-
-    job = jobs.submit(fn, "bad", kind="unit")
-    jobs.wait(job.id, 10)
-    assert job.status == jobs.FAILED
-    assert "ValueError: absurd sparsity 7" in job.error and "Traceback" in job.detail
-
-
-def test_concurrency_limit_queues_and_queued_job_can_be_cancelled(monkeypatch):
-    monkeypatch.setenv("NNLAB_MAX_JOBS", "1")
-    gate = threading.Event()
-    a = jobs.submit(_counting(2, gate), "a", kind="unit")
-    b = jobs.submit(_counting(2), "b", kind="unit")
-    time.sleep(0.5)
-    assert a.status == jobs.RUNNING and b.status == jobs.QUEUED
-    b.cancel()
-    jobs.wait(b.id, 5)
-    assert b.status == jobs.CANCELLED
-    c = jobs.submit(_counting(3), "c", kind="unit")
-    gate.set()
-    jobs.wait(a.id, 10)
-    jobs.wait(c.id, 10)
-    assert (a.result, c.result) == (1, 3)
-    assert c.started >= a.finished - 1e-3  # c waited for a's slot
-
-
-def test_two_jobs_run_at_once_with_two_slots(monkeypatch):
-    monkeypatch.setenv("NNLAB_MAX_JOBS", "2")
-    both = threading.Barrier(2, timeout=5)
-
-    def fn(progress, cancel):
-        both.wait()  # deadlocks (BrokenBarrierError) unless both run concurrently
-        return "ok"
-
-    a = jobs.submit(fn, "a", kind="unit")
-    b = jobs.submit(fn, "b", kind="unit")
-    jobs.wait(a.id, 10)
-    jobs.wait(b.id, 10)
-    assert a.result == b.result == "ok"
-
-
-def test_forget_and_duplicate_ids():
-    job = jobs.submit(lambda p, c: 1, "x", kind="unit", job_id="fixed-id-1")
-    with pytest.raises(ValueError):
-        jobs.submit(lambda p, c: 1, "x", job_id="fixed-id-1")
-    jobs.wait(job.id, 5)
-    jobs.forget(job.id)
-    assert jobs.get(job.id) is None
-    with pytest.raises(KeyError):
-        jobs.wait("fixed-id-1")
-
-
-def test_start_variant_runs_make_variant(demo, digits, tmp_path):
-    from compression.registry import config_from_dict
+def test_start_variant_job_keeps_the_parent_untouched(demo, digits):
+    import compression.tasks  # noqa: F401
+    from nnlab import refs
+    from nnlab.models import model_hash
     from nnlab.workspace import Workspace
 
     model, rec, _ = demo
-    ws = Workspace(tmp_path / "ws")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    job = jobs.start_variant(model, rec.id, rec.arch, [config_from_dict({"method": "prune-unstructured",
-                                                                         "sparsity": 0.5})], digits, ws,
-                             latency_repeats=3)
-    jobs.wait(job.id, 120)
-    assert job.status == jobs.DONE, job.error
-    out = job.result
-    assert [r.id for r in ws.list_variants()] == [out.id]
-    assert out.parent == rec.id and out.method == "prune-unstructured"
-    assert all((model.state_dict()[k] == v).all() for k, v in before.items())  # parent untouched
+    shared, _ = refs.load_model(rec.id)
+    before = model_hash(shared)
+    params = {"model_id": rec.id, "data": refs.data_ref("digits"), "latency_repeats": 3,
+              "configs": [{"method": "prune-unstructured", "sparsity": 0.5}], "name": ""}
+    job = jobs.submit("variant", params)
+    assert job.wait(120) and job.status == jobs.DONE, job.error
+    out = Workspace().load_variant(job.result["variant_id"])
+    assert out is not None and out.parent == rec.id and out.method == "prune-unstructured"
+    assert model_hash(shared) == before  # the model every session shares was not touched

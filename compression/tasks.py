@@ -1,0 +1,104 @@
+"""The compression engine's job kinds: a variant, a sensitivity analysis, a search.
+
+Parameters are JSON (the base model by workspace id, the dataset by reference, method configs as dicts), so a
+job is keyed by what it computes: two sessions asking for the same variant share one run. Each job writes its
+results to the workspace (a variant's record last; a sensitivity table as a run) and returns a summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import compression  # noqa: F401 - registers the methods
+from compression.registry import config_from_dict
+from nnlab import refs
+from nnlab.jobs import JobContext, job_kind
+from nnlab.workspace import Workspace, safe_key
+
+
+def _model_and_data(params: dict, root: Path) -> tuple[Any, Any, Any]:
+    model, record = refs.load_model(params["model_id"], root)
+    return model, record, refs.load_data(params["data"])
+
+
+def _steps(params: dict) -> str:
+    return " → ".join(s.get("method", "?") for s in params.get("configs", [])) or "(empty)"
+
+
+@job_kind("variant", label=lambda p: f"Compress {p['model_id']}: {_steps(p)}")
+def variant_job(params: dict, ctx: JobContext) -> dict:
+    """Apply a pipeline of method configs to a base model and store the measured variant."""
+    from compression.variant import make_variant
+
+    model, record, data = _model_and_data(params, ctx.workspace)
+    configs = [config_from_dict(c) for c in params["configs"]]
+    rec = make_variant(model, record.id, record.arch, configs, data, Workspace(ctx.workspace),
+                       name=params.get("name") or None, progress=ctx.progress, cancel=ctx.cancelled,
+                       latency_repeats=int(params.get("latency_repeats", 20)))
+    return {"variant_id": rec.id, "name": rec.name, "accuracy": rec.accuracy, "size_bytes": rec.size_bytes,
+            "runtime": rec.extra.get("runtime", ""), "weight_sparsity": _weight_sparsity(rec),
+            "seconds": rec.extra.get("seconds")}
+
+
+def _weight_sparsity(rec: Any) -> float:
+    from compression.compare import weight_sparsity
+
+    return float(weight_sparsity(rec))
+
+
+def sensitivity_key(model_id: str, kind: str, samples: int) -> str:
+    return safe_key("sens", kind, model_id, str(samples))
+
+
+@job_kind("sensitivity", label=lambda p: f"Sensitivity ({p['kind']}) of {p['model_id']}")
+def sensitivity_job(params: dict, ctx: JobContext) -> dict:
+    """Compress one layer at a time over a grid of levels; the table goes to the workspace's runs."""
+    from compression import sensitivity
+
+    model, _, data = _model_and_data(params, ctx.workspace)
+    table = sensitivity.layer_sensitivity(model, data, params["kind"], max_samples=int(params["samples"]),
+                                          progress=ctx.progress, cancel=ctx.cancelled)
+    key = sensitivity_key(params["model_id"], params["kind"], int(params["samples"]))
+    Workspace(ctx.workspace).save_run(key, table.to_dict())
+    return {"run": key, "layers": len(table.layers())}
+
+
+@job_kind("search", label=lambda p: f"Search within {100 * p['budget']:g} points ({p['strategy']}) on "
+                                    f"{p['model_id']}")
+def search_job(params: dict, ctx: JobContext) -> dict:
+    """Try candidate pipelines and keep the frontier within the accuracy-drop budget."""
+    from compression import search as csearch
+
+    model, record, data = _model_and_data(params, ctx.workspace)
+    res = csearch.search(model, record, data, Workspace(ctx.workspace), budget=float(params["budget"]),
+                         candidates=params.get("candidates"), strategy=params["strategy"], cost=params["cost"],
+                         keep_all=bool(params.get("keep_all")), progress=ctx.progress, cancel=ctx.cancelled)
+    return {"budget": res.budget, "tried": res.tried, "records": [r.id for r in res.records],
+            "within_budget": [r.id for r in res.within_budget()],
+            "frontier": [{"id": r.id, "name": r.name, "accuracy": r.accuracy} for r in res.frontier],
+            "rows": csearch.result_rows(res)}
+
+
+@job_kind("evaluate-variant", label=lambda p: f"Evaluate variant {p['variant_id']} on the {p['split']} split")
+def evaluate_variant_job(params: dict, ctx: JobContext) -> dict:
+    """One pass of a stored variant (in the runtime that executes it) over a split; logits to the workspace."""
+    import numpy as np
+
+    from compression.compare import evaluate_model
+    from compression.variant import load_variant_model
+    from nnlab.tasks import eval_key
+
+    ws = Workspace(ctx.workspace)
+    rec = ws.load_variant(params["variant_id"])
+    if rec is None:
+        raise ValueError(f"no variant {params['variant_id']!r} in the workspace")
+    data = refs.load_data(params["data"])
+    ctx.progress("loading the variant", 0.05)
+    model = load_variant_model(ws, rec)
+    ctx.check_cancel()
+    ctx.progress(f"evaluating on the {params['split']} split", 0.1)
+    ev = evaluate_model(model, data, params["split"])
+    key = eval_key(rec.id, data.id, params["split"])
+    ws.save_arrays(key, logits=ev.logits.astype(np.float32), labels=ev.labels.astype(np.int64))
+    return {"key": key, "accuracy": ev.accuracy}

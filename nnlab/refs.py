@@ -1,0 +1,174 @@
+"""References to datasets and models, and the one process-wide cache that resolves them.
+
+Jobs, Ray tasks and pages never hand each other live objects: a dataset travels as a small dict
+(:func:`data_ref`) and a model as its workspace id. Resolving a reference goes through a process-wide,
+thread-safe cache, so every session and every job of a server shares one copy of each dataset and base model.
+The objects returned are shared: never mutate them (compression deep-copies; hooks go on private copies).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nnlab import config
+from nnlab.data import DATASETS, ImageDataset, load_dataset
+from nnlab.models import create_model, load_into
+from nnlab.records import Record
+from nnlab.workspace import Workspace
+
+DataRef = dict[str, Any]
+
+
+def data_ref(key: str, path: str = "", preprocessing: dict | None = None) -> DataRef:
+    """The reference of a registered dataset (``path`` for folder datasets)."""
+    ref: DataRef = {"key": key, "path": path or ""}
+    if preprocessing:
+        ref["preprocessing"] = preprocessing
+    return ref
+
+
+class _LRU:
+    """A small thread-safe LRU of loaded objects; loading happens outside the lock, once per key."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, key: str, load: Any) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:  # one loader per key; the others wait and then read the result
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            try:
+                value = load()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                self._items[key] = value
+                self._items.move_to_end(key)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            return value
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_DATA = _LRU(4)
+_MODELS = _LRU(8)
+
+
+def _data_cache_key(ref: DataRef) -> str:
+    import json
+
+    return json.dumps(ref, sort_keys=True)
+
+
+def load_data(ref: DataRef) -> ImageDataset:
+    """The dataset a reference names (loaded once per process)."""
+    key = ref["key"]
+
+    def load() -> ImageDataset:
+        if DATASETS[key].needs_path:
+            return load_dataset(key, path=ref.get("path", ""))
+        return load_dataset(key)
+
+    if key not in DATASETS:
+        from nnlab.data import DatasetError
+
+        raise DatasetError(f"unknown dataset {key!r}")
+    return _DATA.get(_data_cache_key(ref), load)
+
+
+def _root(root: str | Path | None) -> Path:
+    return Path(root) if root is not None else config.workspace_dir()
+
+
+def model_key(model_id: str, root: str | Path | None = None) -> str:
+    return f"{_root(root).resolve()}::{model_id}"
+
+
+def load_model(model_id: str, root: str | Path | None = None) -> tuple[nn.Module, Record]:
+    """A base model stored in the workspace, in eval mode, with its record (loaded once per process).
+
+    Raises:
+        KeyError: no complete model (weights and record) with that id.
+    """
+    ws = Workspace(_root(root))
+
+    def load() -> tuple[nn.Module, Record]:
+        if not ws.has_model(model_id):
+            raise KeyError(f"no model {model_id!r} in the workspace {ws.root}")
+        record = ws.load_model_record(model_id)
+        if record is None:
+            raise KeyError(f"the record of {model_id!r} cannot be read")
+        c, h, w = model_input_shape(record)
+        model = create_model(record.arch, c, model_num_classes(record), (h, w))
+        load_into(model, ws.load_model_state(model_id))
+        return model.eval(), record
+
+    return _MODELS.get(model_key(model_id, root), load)
+
+
+def remember_model(model_id: str, model: nn.Module, record: Record, root: str | Path | None = None) -> None:
+    """Keep a model in the process cache (a read-only workspace could not store it)."""
+    _MODELS.put(model_key(model_id, root), (model.eval(), record))
+
+
+def forget_model(model_id: str, root: str | Path | None = None) -> None:
+    _MODELS.drop(model_key(model_id, root))
+
+
+def has_model(model_id: str, root: str | Path | None = None) -> bool:
+    """Whether the model can be loaded (stored in the workspace, or kept in memory)."""
+    key = model_key(model_id, root)
+    with _MODELS._lock:
+        if key in _MODELS._items:
+            return True
+    return Workspace(_root(root)).has_model(model_id)
+
+
+def model_input_shape(record: Record) -> tuple[int, int, int]:
+    """``(C, H, W)`` a stored model takes (from its record; older records: from its dataset)."""
+    shape = record.extra.get("input_shape")
+    if shape:
+        return tuple(int(v) for v in shape)  # type: ignore[return-value]
+    return load_data(data_ref(record.dataset)).input_shape
+
+
+def model_num_classes(record: Record) -> int:
+    n = record.extra.get("num_classes")
+    if n:
+        return int(n)
+    if record.per_class_accuracy:
+        return len(record.per_class_accuracy)
+    return load_data(data_ref(record.dataset)).num_classes
+
+
+def clear() -> None:
+    """Forget every cached dataset and model (tests)."""
+    _DATA.clear()
+    _MODELS.clear()

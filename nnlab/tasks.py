@@ -1,0 +1,171 @@
+"""The foundation's job kinds: training the demo model, registering a user's model, the evaluation pass.
+
+Each is registered with :func:`nnlab.jobs.job_kind` and takes JSON parameters (dataset references and model
+ids, see :mod:`nnlab.refs`), so it can be shared by sessions, re-run after a restart, and run anywhere.
+Results go to the workspace; the job's own result is a small summary naming them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from nnlab import refs
+from nnlab.base import demo_id, ensure_demo, profile_model
+from nnlab.data import ImageDataset
+from nnlab.evaluate import EvalResult, predict_logits, result_from_logits
+from nnlab.jobs import JobContext, job_kind
+from nnlab.models import ARCHITECTURES, CheckpointError, create_model, load_into, output_shape_ok, read_state_dict_file
+from nnlab.workspace import Workspace, WorkspaceError, atomic_write_bytes, safe_key
+
+SOURCES = ("upload", "pretrained", "random")
+
+
+def _label(params: dict) -> str:
+    d = params.get("data", {})
+    return d.get("key", "?") + (f" ({Path(d['path']).name})" if d.get("path") else "")
+
+
+# --- the demo model -------------------------------------------------------------------------------------
+
+@job_kind("train-demo", label=lambda p: f"Train the demo model on {_label(p)}")
+def train_demo(params: dict, ctx: JobContext) -> dict:
+    """Train (once) and store the demo model of a dataset; returns its id and accuracy."""
+    data = refs.load_data(params["data"])
+    ws = Workspace(ctx.workspace)
+    arch = params.get("arch", "demo-cnn")
+    model, record, _ = ensure_demo(data, ws, progress=ctx.train_progress(0.0, 0.9), arch=arch,
+                                   cancel=ctx.cancelled, measuring=lambda m: ctx.progress(m, 0.92))
+    if not ws.has_model(record.id):  # a read-only workspace: keep it in this process
+        refs.remember_model(record.id, model, record, ws.root)
+    return {"model_id": record.id, "accuracy": record.accuracy}
+
+
+# --- a user's model ---------------------------------------------------------------------------------------
+
+def user_model_id(arch: str, data: ImageDataset, source: str, token: str) -> str:
+    """The workspace id of a user model: architecture, dataset, where the weights came from, and a token
+    (the checkpoint's content hash, or the seed of random weights)."""
+    return safe_key(arch, data.id, source, token)
+
+
+def stash_upload(ws: Workspace, blob: bytes, filename: str) -> tuple[str, str]:
+    """Store an uploaded checkpoint in the workspace (content-addressed); returns ``(relative path, sha)``."""
+    sha = hashlib.sha1(blob).hexdigest()[:16]
+    suffix = Path(filename).suffix.lower() if Path(filename).suffix.lower() in (
+        ".pt", ".pth", ".bin", ".safetensors") else ".pt"
+    rel = f"uploads/{sha}{suffix}"
+    path = ws.root / rel
+    if not path.is_file():
+        atomic_write_bytes(path, blob)
+    return rel, sha
+
+
+def check_upload(blob: bytes, filename: str, arch: str, data: ImageDataset) -> None:
+    """Refuse a checkpoint that cannot be this architecture's weights for this data (a clear message).
+
+    Reads the state dict without running code and checks every tensor against the architecture; cheap enough to
+    run before the upload is stored and the measuring job starts.
+    """
+    from nnlab.models import check_state_dict, read_state_dict
+
+    c, h, w = data.input_shape
+    check_state_dict(create_model(arch, c, data.num_classes, (h, w)), read_state_dict(blob, filename))
+
+
+@job_kind("register-model", label=lambda p: f"Load and measure {p.get('arch')} ({p.get('source', {}).get('kind')}) "
+                                            f"on {_label(p)}")
+def register_model(params: dict, ctx: JobContext) -> dict:
+    """Build a user's model (uploaded weights, pretrained, or seeded random), check it fits the data, measure
+    it and store it in the workspace under ``params["model_id"]``."""
+    data = refs.load_data(params["data"])
+    ws = Workspace(ctx.workspace)
+    arch, source, model_id = params["arch"], params["source"], params["model_id"]
+    kind = source.get("kind")
+    if kind not in SOURCES:
+        raise ValueError(f"unknown weights source {kind!r}")
+    c, h, w = data.input_shape
+    ctx.progress("building the model", 0.05)
+    model = create_model(arch, c, data.num_classes, (h, w), pretrained=(kind == "pretrained"))
+    if kind == "upload":
+        load_into(model, read_state_dict_file(ws.root / source["file"]))
+    elif kind == "random":
+        _seeded(model, int(source.get("seed", 0)))
+    model.eval()
+    output_shape_ok(model, data.input_shape, data.num_classes)
+    ctx.check_cancel()
+    ctx.progress("measuring the model (accuracy, latency, MACs)", 0.2)
+    label = ARCHITECTURES[arch].label if arch in ARCHITECTURES else arch
+    name = params.get("name") or f"{label} ({ {'upload': 'your weights', 'pretrained': 'pretrained', 'random': 'random weights'}[kind] })"
+    record = profile_model(model, data, model_id, name, arch, None, latency_repeats=5,
+                           extra={"source": source})
+    ctx.check_cancel()
+    try:
+        path = ws.save_model(model_id, model.state_dict())
+        record.size_bytes = record.size_dense_bytes = path.stat().st_size
+        ws.save_model_record(model_id, record)
+    except WorkspaceError:
+        refs.remember_model(model_id, model, record, ws.root)
+    return {"model_id": model_id, "accuracy": record.accuracy}
+
+
+def _seeded(model: nn.Module, seed: int) -> None:
+    """Reproducible random weights without touching the global RNG (see ``nnlab.models.seeded_init``)."""
+    try:
+        from nnlab.models import seeded_init  # type: ignore[attr-defined]
+    except ImportError:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.numel() > 1 and float(p.std()) > 0:
+                    p.copy_(torch.randn(p.shape, generator=g) * p.std() + p.mean())
+        return
+    seeded_init(model, seed)
+
+
+# --- the one evaluation pass ------------------------------------------------------------------------------
+
+def eval_key(model_id: str, data_id: str, split: str) -> str:
+    """Workspace key of a model's stored per-sample results on a split."""
+    return safe_key("eval", model_id, data_id, split)
+
+
+@job_kind("evaluate", label=lambda p: f"Evaluate {p['model_id']} on the {p['split']} split")
+def evaluate_job(params: dict, ctx: JobContext) -> dict:
+    """One pass of a stored model over a split; per-sample logits go to the workspace."""
+    data = refs.load_data(params["data"])
+    model, _ = refs.load_model(params["model_id"], ctx.workspace)
+    split = params["split"]
+    logits = predict_logits(model, data, split, progress=ctx.progress, cancel=ctx.cancelled)
+    labels = data.labels(split).numpy()
+    ws = Workspace(ctx.workspace)
+    key = eval_key(params["model_id"], data.id, split)
+    try:
+        ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
+    except WorkspaceError:
+        _MEMORY[key] = (logits, labels)
+    res = result_from_logits(logits, labels)
+    return {"key": key, "accuracy": res.accuracy, "samples": int(len(labels))}
+
+
+_MEMORY: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> EvalResult | None:
+    """The stored per-sample results of a model on a split (None when not computed yet)."""
+    key = eval_key(model_id, data_id, split)
+    arrays = ws.load_arrays(key)
+    if arrays is not None and "logits" in arrays:
+        return result_from_logits(arrays["logits"], arrays["labels"])
+    if key in _MEMORY:
+        return result_from_logits(*_MEMORY[key])
+    return None
+
+
+__all__ = ["train_demo", "register_model", "evaluate_job", "load_evaluation", "eval_key", "user_model_id",
+           "stash_upload", "demo_id", "CheckpointError"]

@@ -1,0 +1,61 @@
+"""Jobs: every background job of this server (all sessions): queued, running, finished, failed, interrupted."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from nnlab import jobs, session
+
+st.title("Jobs")
+session.ensure_frame()
+mgr = jobs.manager()
+st.caption(f"Long work runs here, shared by every browser session: at most {jobs.max_heavy()} heavy job(s) at once "
+           "(`NNLAB_MAX_JOBS`), the others wait in the queue. Jobs survive page changes and closed tabs; after a "
+           "restart, jobs that were running show as interrupted and can be run again.")
+
+all_jobs = mgr.list()
+active = [j for j in all_jobs if j.active]
+finished = [j for j in all_jobs if not j.active]
+
+
+@st.fragment(run_every=1.0 if active else None)
+def live() -> None:
+    now_active = [j for j in mgr.list() if j.active]
+    st.subheader(f"Running and queued ({len(now_active)})")
+    if not now_active:
+        st.caption("Nothing is running.")
+    for job in now_active:
+        snap = job.snapshot()
+        c1, c2 = st.columns([6, 1], vertical_alignment="center")
+        c1.progress(min(1.0, snap["fraction"]), text=f"**{snap['label']}** · {session.progress_text(snap)}")
+        c2.button("Cancel", key=f"jobs_cancel_{job.key}", on_click=job.cancel, disabled=snap["cancel_requested"])
+    if len(now_active) != len(active):
+        st.rerun(scope="app")
+
+
+live()
+
+st.subheader(f"Finished ({len(finished)})")
+if not finished:
+    st.caption("No finished job yet.")
+else:
+    rows = [{"job": j.label, "status": j.status, "took (s)": round(j.elapsed, 1),
+             "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.finished)) if j.finished else "",
+             "runs": j.runs, "reason": j.error, "key": j.key} for j in finished]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table")
+    again = [j for j in finished if j.status in (jobs.INTERRUPTED, jobs.FAILED, jobs.CANCELLED)]
+    if again:
+        st.subheader("Run again")
+        for job in again[:20]:
+            c1, c2 = st.columns([6, 1], vertical_alignment="center")
+            c1.write(f"**{job.label}** — {job.status}" + (f": {job.error}" if job.error else ""))
+            if c2.button("Run again", key=f"jobs_rerun_{job.key}"):
+                mgr.rerun(job.key, owner=session.owner())
+                st.rerun()
+    if st.button("Clear finished jobs from this list", key="jobs_clear"):
+        for job in finished:
+            mgr.forget(job.key)
+        st.rerun()
