@@ -38,6 +38,10 @@ PAGES = {
     "Jobs": [st.Page("pages/jobs.py", title="Jobs", icon=":material/pending_actions:")],
 }
 
-nav = st.navigation(PAGES, expanded=True)
+# Streamlit's own menu is off (client.showSidebarNavigation = false, so the legacy pages/ folder listing never
+# shows either); the frame draws the menu itself with st.page_link, the documented way to customise navigation.
+nav = st.navigation(PAGES, position="hidden")
+session.navigation_menu(PAGES)
 session.sidebar()
-nav.run()
+with session.frame():
+    nav.run()

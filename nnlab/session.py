@@ -10,10 +10,15 @@ never mutate them (deep-copy first).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+import runpy
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -199,21 +204,41 @@ def workspace_writable(root: str) -> bool:
     return Workspace(root).writable()
 
 
+_IN_FRAME: contextvars.ContextVar[bool] = contextvars.ContextVar("nnlab_in_frame", default=False)
+APP = Path(__file__).resolve().parents[1] / "app.py"
+
+
+@contextlib.contextmanager
+def frame() -> Iterator[None]:
+    """app.py runs the selected page inside this block: the page then knows it has the app's frame."""
+    token = _IN_FRAME.set(True)
+    try:
+        yield
+    finally:
+        _IN_FRAME.reset(token)
+
+
+def navigation_menu(pages: dict[str, list]) -> None:
+    """The sidebar menu: one caption per section, one link per page (Streamlit's own menu is switched off)."""
+    with st.sidebar:
+        for section, entries in pages.items():
+            st.caption(section)
+            for page in entries:
+                st.page_link(page)
+
+
 def ensure_frame() -> None:
-    """Make sure the page runs inside app.py's frame (navigation and sidebar pickers).
+    """Make sure the page runs inside app.py's frame (navigation menu and sidebar pickers).
 
-    On a fresh server, a deep link (``/inside_filters``) reaches Streamlit before app.py ever called
-    ``st.navigation``; Streamlit then falls back to its legacy ``pages/`` folder mode and runs the page
-    alone. Leave that mode and rerun: the rerun goes through app.py, which resolves the same page.
+    A deep link (``/inside_filters``) opened first on a fresh server reaches Streamlit before any session ran
+    app.py, so Streamlit serves the page from its legacy ``pages/`` folder mode, alone. The page then runs the
+    router itself: app.py's ``st.navigation`` switches the whole server to the app's navigation (Streamlit's
+    documented behaviour) and runs this same page inside the frame; the frameless run stops here.
     """
-    from streamlit import config as st_config
-    from streamlit.runtime.pages_manager import PagesManager
-
-    # AppTest resets this flag before every run and would lose a pending button click on the rerun; its
-    # tests preset st.session_state instead of using the sidebar.
-    if PagesManager.uses_pages_directory and not st_config.get_option("global.appTest"):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    if _IN_FRAME.get():
+        return
+    runpy.run_path(str(APP), run_name="__main__")
+    st.stop()
 
 
 def _dataset() -> ImageDataset:

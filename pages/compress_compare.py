@@ -13,6 +13,7 @@ from nnlab.evaluate import EvalResult
 from nnlab.tasks import eval_key, load_evaluation
 from nnlab.viz import as_image, display_scale
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Side by side")
 cur = session.current()
 ws = session.workspace()

@@ -17,6 +17,7 @@ from nnlab.workspace import WorkspaceError
 # Lighter settings than the registry defaults where a method trains, so a first click answers in seconds.
 DEMO_DEFAULTS: dict[str, dict] = {"distill": {"epochs": 3}, "prune-iterative": {"rounds": 2, "epochs": 1}}
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Compression lab")
 cur = session.current()
 ws = session.workspace()

@@ -12,6 +12,7 @@ from compression import export, pareto
 from compression import search as csearch
 from nnlab import jobs, session
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Pareto")
 cur = session.current()
 ws = session.workspace()

@@ -19,6 +19,7 @@ def _analysis(model_id: str, dataset_id: str, split: str, _ev, num_classes: int)
     return errors.analyze(_ev.probs, _ev.losses, _ev.labels, num_classes)
 
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Errors by class")
 cur = session.current()
 data = cur.data

@@ -12,6 +12,7 @@ from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostic
 from nnlab import jobs, session
 from nnlab.base import demo_config
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Learning curves")
 cur = session.current()
 data = cur.data

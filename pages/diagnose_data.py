@@ -21,6 +21,7 @@ def _report(root: str, model_id: str, dataset_id: str, stamp: float):
     return dtasks.load_data_report(session.workspace(), model_id, dataset_id)
 
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Data checks")
 cur = session.current()
 data = cur.data

@@ -22,6 +22,7 @@ def _cheap(dataset_id: str, _data) -> dict:
     return datacheck.cheap_summary(_data)
 
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Error against a goal")
 cur = session.current()
 ev_test = session.evaluation("test", cur)

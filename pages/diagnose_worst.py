@@ -28,6 +28,7 @@ def _inspect(index: int, split: str) -> None:
     st.switch_page(ATTRIBUTION_PAGE)
 
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Worst errors")
 cur = session.current()
 data = cur.data

@@ -15,6 +15,7 @@ from nnlab import session
 from nnlab.data import ImageDataset
 from nnlab.records import Record
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Activations")
 cur = session.current()
 data = cur.data

@@ -15,6 +15,7 @@ from nnlab import session
 from nnlab.viz import as_image, display_scale
 from nnlab.widgets import pick_input, show_input
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Deconvnet and attributions")
 cur = session.current()
 data = cur.data

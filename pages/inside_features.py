@@ -14,6 +14,7 @@ from nnlab.data import ImageDataset
 from nnlab.viz import as_image, display_scale, grid
 from nnlab.widgets import pick_input, show_input
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Feature maps")
 cur = session.current()
 data = cur.data

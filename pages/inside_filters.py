@@ -10,6 +10,7 @@ from torch import nn
 from diagnostics import filters as F
 from nnlab import session
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Filters and weights")
 cur = session.current()
 

@@ -9,8 +9,8 @@ import streamlit as st
 
 from nnlab import jobs, session
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Jobs")
-session.ensure_frame()
 mgr = jobs.manager()
 st.caption(f"Long work runs here, shared by every browser session: at most {jobs.max_heavy()} heavy job(s) at once "
            "(`NNLAB_MAX_JOBS`), the others wait in the queue. Jobs survive page changes and closed tabs; after a "

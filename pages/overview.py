@@ -10,6 +10,7 @@ import streamlit as st
 from nnlab import session
 from nnlab.viz import as_image, display_scale, grid
 
+session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Overview")
 cur = session.current()
 data, rec = cur.data, cur.record
