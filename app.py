@@ -16,7 +16,8 @@ config.apply_cli_args(sys.argv[1:])
 st.set_page_config(page_title="nnlab", page_icon=":material/biotech:", layout="wide")
 
 PAGES = {
-    "Overview": [st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True)],
+    "Overview": [st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+                 st.Page("pages/train.py", title="Train or fine-tune", icon=":material/model_training:")],
     "Diagnose": [
         st.Page("pages/diagnose_goal.py", title="Error vs goal", icon=":material/track_changes:"),
         st.Page("pages/diagnose_classes.py", title="Errors by class", icon=":material/grid_on:"),

@@ -8,6 +8,7 @@ job running at the same time. Instead, initial weights are redrawn from a job's 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -15,23 +16,26 @@ from torch import nn
 
 
 def seeded_init(model: nn.Module, seed: int) -> nn.Module:
-    """Redraw every random-looking parameter from a generator seeded with ``seed`` (in place; returns the model).
+    """Redraw every random parameter from a generator seeded with ``seed`` (in place; returns the model).
 
-    Each floating parameter with more than one value and a nonzero spread is replaced by normal samples with its
-    own mean and standard deviation (so the architecture's init scale is kept); constant parameters (norm
-    weights of 1, zero biases) stay as built. The same architecture and seed always give the same weights.
+    The result depends only on the architecture and the seed, never on the global RNG or on the values the
+    constructor happened to draw: a parameter the constructor set to a constant (norm weights of 1, zero biases,
+    zero-initialised gates) stays; every other one is drawn from PyTorch's default for Conv/Linear layers,
+    ``U(−1/√fan_in, 1/√fan_in)`` (kaiming-uniform with a = √5), where ``fan_in`` is the size of one output unit of
+    the layer's weight. Architectures whose own init differs (e.g. ResNet's kaiming-normal) start from this scale.
     """
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
-        for p in model.parameters():
-            if not p.is_floating_point() or p.numel() < 2:
-                continue
-            std = float(p.detach().float().std())
-            if std <= 0 or std != std:
-                continue
-            mean = float(p.detach().float().mean())
-            draw = torch.randn(p.shape, generator=g, dtype=torch.float32) * std + mean
-            p.copy_(draw.to(dtype=p.dtype, device=p.device))
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            unit = int(weight[0].numel()) if isinstance(weight, torch.Tensor) and weight.ndim >= 2 else 0
+            for _, p in sorted(module.named_parameters(recurse=False)):
+                if not p.is_floating_point() or p.numel() < 2 or bool((p == p.flatten()[0]).all()):
+                    continue
+                fan_in = int(p[0].numel()) if p.ndim >= 2 else (unit or p.numel())
+                bound = 1.0 / math.sqrt(max(1, fan_in))
+                draw = torch.empty(p.shape, dtype=torch.float32).uniform_(-bound, bound, generator=g)
+                p.copy_(draw.to(dtype=p.dtype, device=p.device))
     return model
 
 

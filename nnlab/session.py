@@ -38,6 +38,7 @@ UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
 PRETRAINED = "torchvision pretrained weights"
 RANDOM = "Random weights (untrained)"
 NNLAB_TRAINED = "Trained by nnlab"
+TRAINED = "Your models trained in nnlab"
 _SOURCE = {UPLOAD: "upload", PRETRAINED: "pretrained", RANDOM: "random"}
 
 
@@ -108,18 +109,21 @@ def follow(job: jobs.Job, title: str = "", poll: float = 0.3) -> jobs.Job:
     """
     if not job.active:
         return job
+    def line(snap: dict) -> str:
+        return f"{snap['label']}: {progress_text(snap)}" + (" · cancelling…" if snap["cancel_requested"] else "")
+
     slot = st.empty()
     with slot.container(border=True):
         if title:
             st.markdown(title)
-        bar = st.progress(0.0, text="starting…")
+        snap = job.snapshot()
+        bar = st.progress(min(1.0, snap["fraction"]), text=line(snap))
         if st.button("Cancel", key=f"cancel_{job.key}", help="Stop this job (for every session that waits on it)"):
             job.cancel()
     while job.active:
-        snap = job.snapshot()
-        text = progress_text(snap) + (" · cancelling…" if snap["cancel_requested"] else "")
-        bar.progress(min(1.0, snap["fraction"]), text=text)
         job.wait(poll)
+        snap = job.snapshot()
+        bar.progress(min(1.0, snap["fraction"]), text=line(snap))
     slot.empty()
     return job
 
@@ -176,15 +180,37 @@ def sidebar() -> None:
     st.session_state.setdefault("arch", "demo-cnn")
     st.sidebar.selectbox("Architecture", archs, key="arch", format_func=lambda k: ARCHITECTURES[k].label)
     arch = st.session_state["arch"]
-    options = ([NNLAB_TRAINED] if arch.startswith("demo") else []) + [UPLOAD] + (
+    trained = trained_models(arch, st.session_state["dataset"])
+    options = ([NNLAB_TRAINED] if arch.startswith("demo") else []) + ([TRAINED] if trained else []) + [UPLOAD] + (
         [PRETRAINED] if ARCHITECTURES[arch].pretrained_available else []) + [RANDOM]
     if st.session_state.get("weights") not in options:
         st.session_state["weights"] = options[0]
     st.sidebar.radio("Weights", options, key="weights")
+    if st.session_state["weights"] == TRAINED:
+        names = {r.id: f"{r.name} · {r.accuracy:.1%}" for r in trained}
+        if st.session_state.get("trained_model") not in names:
+            st.session_state["trained_model"] = trained[0].id
+        st.sidebar.selectbox("Trained model", list(names), key="trained_model", format_func=names.get)
     if st.session_state["weights"] == UPLOAD:
         st.sidebar.file_uploader("Checkpoint (state dict only; never run as code)",
                                  type=["pt", "pth", "safetensors", "bin"], key="checkpoint")
     jobs_summary()
+
+
+def trained_models(arch: str, dataset_key: str) -> list[Record]:
+    """Models of this architecture trained by nnlab's Train page on this dataset, newest first."""
+    ws = workspace()
+    folder = ws.root / "models"
+    if not folder.is_dir():
+        return []
+    out = []
+    for d in folder.iterdir():
+        rec = ws.load_model_record(d.name) if d.is_dir() else None
+        if rec is not None and rec.arch == arch and rec.extra.get("trained_by") == "nnlab-train" and (
+                rec.dataset == dataset_key or rec.dataset.startswith(f"{dataset_key}@")
+                or dataset_key == "imagefolder" and rec.dataset.startswith("imagefolder")):
+            out.append(rec)
+    return sorted(out, key=lambda r: r.created, reverse=True)
 
 
 def jobs_summary() -> None:
@@ -276,7 +302,12 @@ def current() -> Current:
     dref = refs.data_ref(key, st.session_state.get("dataset_path", "") or "")
     arch = st.session_state.get("arch", "demo-cnn")
     weights = st.session_state.get("weights", NNLAB_TRAINED if arch.startswith("demo") else RANDOM)
-    if weights == NNLAB_TRAINED:
+    if weights == TRAINED:
+        model_id = st.session_state.get("trained_model") or ""
+        if not model_id:
+            st.info("Train a model on the *Train or fine-tune* page first.")
+            st.stop()
+    elif weights == NNLAB_TRAINED:
         model_id = demo_id(data, arch)
         if not refs.has_model(model_id):
             run_job("train-demo", {"data": dref, "arch": arch},

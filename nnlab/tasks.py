@@ -169,3 +169,65 @@ def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> E
 
 __all__ = ["train_demo", "register_model", "evaluate_job", "load_evaluation", "eval_key", "user_model_id",
            "stash_upload", "demo_id", "CheckpointError"]
+
+
+# --- training or fine-tuning any architecture -----------------------------------------------------------------
+
+INITS = ("scratch", "pretrained", "model")
+
+
+def trained_model_id(arch: str, data_id: str, init: dict, config: dict) -> str:
+    """The workspace id of a model trained by nnlab: architecture, dataset and a hash of how it was trained."""
+    import json
+
+    blob = json.dumps({"init": init, "config": config}, sort_keys=True)
+    return safe_key(arch, data_id, "trained", hashlib.sha1(blob.encode()).hexdigest()[:10])
+
+
+@job_kind("train-model", label=lambda p: f"Train {p['arch']} on {_label(p)} ({p['init']['kind']}, "
+                                         f"{p['config'].get('epochs', '?')} epochs)")
+def train_model_job(params: dict, ctx: JobContext) -> dict:
+    """Train an architecture from scratch, from pretrained weights or from a stored model; store the result."""
+    import copy
+    import time
+
+    from nnlab.seeding import seeded_init
+    from nnlab.train import TrainConfig, train_model
+
+    data = refs.load_data(params["data"])
+    ws = Workspace(ctx.workspace)
+    arch, init = params["arch"], params["init"]
+    cfg = TrainConfig(**params["config"])
+    if init.get("kind") not in INITS:
+        raise ValueError(f"unknown starting point {init.get('kind')!r}; choose one of {', '.join(INITS)}")
+    c, h, w = data.input_shape
+    ctx.progress("building the model", 0.01)
+    if init["kind"] == "model":
+        base, _ = refs.load_model(init["model_id"], ws.root)
+        model = copy.deepcopy(base)  # the stored model stays as it is
+    else:
+        model = create_model(arch, c, data.num_classes, (h, w), pretrained=(init["kind"] == "pretrained"))
+        if init["kind"] == "scratch":
+            seeded_init(model, cfg.seed)
+    output_shape_ok(model, data.input_shape, data.num_classes)
+    t0 = time.perf_counter()
+    history = train_model(model, data, cfg, progress=ctx.train_progress(0.0, 0.9), cancel=ctx.cancelled)
+    seconds = time.perf_counter() - t0
+    model = model.cpu().eval()
+    ctx.check_cancel()
+    ctx.progress("measuring the trained model (accuracy, latency, MACs)", 0.92)
+    model_id = params["model_id"]
+    label = ARCHITECTURES[arch].label if arch in ARCHITECTURES else arch
+    name = params.get("name") or f"{label} trained by nnlab ({init['kind']}, {cfg.epochs} epochs)"
+    hist = [e.to_dict() for e in history]
+    record = profile_model(model, data, model_id, name, arch, None, latency_repeats=5,
+                           extra={"trained_by": "nnlab-train", "train_config": cfg.to_dict(), "init": init,
+                                  "train_seconds": round(seconds, 1)})
+    try:
+        path = ws.save_model(model_id, model.state_dict(), hist)
+        record.size_bytes = record.size_dense_bytes = path.stat().st_size
+        ws.save_model_record(model_id, record)
+    except WorkspaceError:
+        refs.remember_model(model_id, model, record, ws.root)
+    return {"model_id": model_id, "accuracy": record.accuracy, "seconds": round(seconds, 1),
+            "history": hist}

@@ -59,18 +59,28 @@ class EpochStats:
         return asdict(self)
 
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of :func:`train_model`.
 
     Args:
         epochs: Passes over the training data (or subset).
-        lr: Peak learning rate of AdamW under a one-cycle schedule.
+        lr: Peak learning rate.
         batch_size: Samples per step.
-        weight_decay: AdamW weight decay.
-        seed: Seed for initial shuffling and dropout.
+        weight_decay: Decoupled (AdamW) or L2 (SGD) weight decay.
+        seed: Seed for shuffling, augmentation and dropout (this run's own generators; the global RNG is untouched).
         eval_test: Evaluate on the test split after each epoch.
         max_test: Evaluate on at most this many test samples (0: all).
+        optimizer: "adamw" or "sgd" (momentum 0.9, Nesterov).
+        schedule: "onecycle" (warm-up then annealing), "cosine" (annealing from ``lr``) or "constant".
+        flip: Random horizontal flips.
+        crop: Random crops: the batch is padded by this fraction of its side (reflection) and cropped back at a
+            random offset (0: off).
+        label_smoothing: Cross-entropy label smoothing.
     """
 
     epochs: int = 5
@@ -80,6 +90,11 @@ class TrainConfig:
     seed: int = 0
     eval_test: bool = True
     max_test: int = 0
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    flip: bool = False
+    crop: float = 0.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -88,10 +103,57 @@ class TrainConfig:
             raise ValueError(f"learning rate must be in (0, 10), got {self.lr}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (0.0 <= self.crop <= 0.5):
+            raise ValueError(f"crop padding must be between 0 and 0.5 of the side, got {self.crop}")
+        if not (0.0 <= self.label_smoothing < 1.0):
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be ≥ 0, got {self.weight_decay}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and random (reflection-padded) crops of a normalised batch, per sample."""
+    if cfg.flip:
+        flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if cfg.crop > 0:
+        h, w = x.shape[-2:]
+        ph, pw = max(1, round(h * cfg.crop)), max(1, round(w * cfg.crop))
+        padded = nn.functional.pad(x, (pw, pw, ph, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        dy = torch.randint(0, 2 * ph + 1, (len(x),), generator=generator, device=x.device)
+        dx = torch.randint(0, 2 * pw + 1, (len(x),), generator=generator, device=x.device)
+        n, c = x.shape[:2]
+        iy = (dy.view(n, 1) + torch.arange(h, device=x.device))[:, None, :, None]
+        ix = (dx.view(n, 1) + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                   torch.arange(c, device=x.device)[None, :, None, None], iy, ix]
+    return x
 
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
+
+
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle" and total_steps >= 8:
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
+    if cfg.schedule == "cosine" and total_steps >= 2:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    # constant, or too few steps for a one-cycle schedule (it divides by its phase lengths)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
 def quick_eval(model: nn.Module, data: ImageDataset, split: str, indices: np.ndarray | None = None,
@@ -140,21 +202,21 @@ def train_model(model: nn.Module, data: ImageDataset, cfg: TrainConfig = TrainCo
         raise ValueError("no training samples")
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * steps_per_epoch
-    if total_steps >= 8:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
-    else:  # too few steps for a one-cycle schedule (it divides by its phase lengths): constant rate
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    opt = _optimizer(trainable, cfg)
+    sched = _schedule(opt, cfg, cfg.epochs * steps_per_epoch)
+    if loss_fn is cross_entropy_loss and cfg.label_smoothing:
+        def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # noqa: F811
+            return nn.functional.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
     with seeded_dropout(model, generator):
         return _epochs(model, data, cfg, indices, loss_fn, after_step, progress, cancel, device, opt, sched,
-                       steps_per_epoch, n)
+                       steps_per_epoch, n, generator)
 
 
 def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.ndarray | None, loss_fn: LossFn,
             after_step: StepHook | None, progress: Callable[[Progress], None] | None,
             cancel: Callable[[], bool] | None, device: torch.device, opt: torch.optim.Optimizer,
-            sched: torch.optim.lr_scheduler.LRScheduler, steps_per_epoch: int, n: int) -> list[EpochStats]:
+            sched: torch.optim.lr_scheduler.LRScheduler, steps_per_epoch: int, n: int,
+            generator: torch.Generator) -> list[EpochStats]:
     history: list[EpochStats] = []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -165,6 +227,8 @@ def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.
             if cancel is not None and cancel():
                 raise Cancelled("cancelled by the user")
             x, y = x.to(device), y.to(device)
+            if cfg.flip or cfg.crop:
+                x = augment(x, cfg, generator)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model, x, y)
             loss.backward()

@@ -27,14 +27,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(env: dict[str, str] | None = None, timeout: float = 90) -> Iterator[str]:
-    """Run ``streamlit run app.py`` on a free loopback port; yields its URL; always stops it."""
-    port = free_port()
+def server(env: dict[str, str] | None = None, timeout: float = 90, log: Path | None = None,
+           port: int | None = None) -> Iterator[str]:
+    """Run ``streamlit run app.py`` on a free loopback port; yields its URL; always stops it.
+
+    ``log``: write the server's output there (else it is kept in a pipe and shown only if the start fails).
+    """
+    port = port or free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = open(log, "wb") if log is not None else subprocess.PIPE
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server.proc = proc  # type: ignore[attr-defined] - tests that kill the server on purpose
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -46,23 +52,26 @@ def server(env: dict[str, str] | None = None, timeout: float = 90) -> Iterator[s
             except OSError:
                 time.sleep(0.5)
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+                text = proc.stdout.read().decode() if proc.stdout else Path(log).read_text()
+                raise RuntimeError(f"server exited: {text[-2000:]}")
         else:
             raise RuntimeError("server did not become healthy")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if log is not None:
+            out.close()
 
 
 @contextlib.contextmanager
 def browser_page() -> Iterator:
-    """A Playwright page in headless Debian chromium (skips when chromium is not installed)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it where apt is allowed)")
+    """A Playwright page in headless Debian chromium (fails, never skips, when chromium is missing)."""
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -73,6 +82,13 @@ def browser_page() -> Iterator:
             yield page
         finally:
             b.close()
+
+
+def require_chromium() -> None:
+    """Browser tests are part of the suite: a missing browser is a failure with a clear message, not a skip."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Debian's chromium is not installed at {CHROMIUM}: `make test` installs it (apt-get install "
+                    "chromium); the browser tests cannot run without it", pytrace=False)
 
 
 def no_exception(page) -> None:

@@ -10,14 +10,13 @@ import pytest
 
 from nnlab.evaluate import evaluate
 from nnlab.workspace import Workspace
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, no_exception, server
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, no_exception, require_chromium, server
 
 SPARSITIES = [0.30, 0.35, 0.40, 0.45, 0.55, 0.60, 0.65, 0.70]
 
 
 def test_eight_sessions_compress_the_same_model(demo, digits):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     model, base, _ = demo

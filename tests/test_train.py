@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+import nnlab.tasks  # noqa: F401 - registers the foundation's job kinds
 from nnlab.models import create_model
-from nnlab.train import Cancelled, Progress, TrainConfig, quick_eval, train_model
+from nnlab.train import Cancelled, Progress, TrainConfig, quick_eval, train_model  # noqa: F401
 
 
 def test_learns_and_reports(tiny_data):
@@ -43,3 +45,64 @@ def test_config_validation():
     for bad in (dict(epochs=0), dict(lr=0.0), dict(batch_size=0)):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+
+
+def test_augment_flips_and_crops_each_sample_as_drawn():
+    """Random flips and reflection-padded crops equal a per-sample reference drawn from the same generator."""
+    from nnlab.train import TrainConfig, augment
+
+    x = torch.arange(3 * 2 * 6 * 6, dtype=torch.float32).view(3, 2, 6, 6)
+    out = augment(x, TrainConfig(flip=True, crop=0.34), torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    flip = torch.rand(3, generator=g) < 0.5
+    xf = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    pad = torch.nn.functional.pad(xf, (2, 2, 2, 2), mode="reflect")
+    dy, dx = torch.randint(0, 5, (3,), generator=g), torch.randint(0, 5, (3,), generator=g)
+    ref = torch.stack([pad[i, :, dy[i]:dy[i] + 6, dx[i]:dx[i] + 6] for i in range(3)])
+    assert torch.equal(out, ref)
+    assert not torch.equal(out, x)
+
+
+@pytest.mark.parametrize("bad", [{"optimizer": "lbfgs"}, {"schedule": "step"}, {"crop": 0.9},
+                                 {"label_smoothing": 1.0}, {"weight_decay": -1.0}])
+def test_train_config_refuses_bad_settings(bad):
+    from nnlab.train import TrainConfig
+
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_training_is_reproducible_without_the_global_rng(tiny_data):
+    """Same seed, same weights after training (dropout and init from the run's own generators), whatever the
+    global RNG does meanwhile."""
+    from nnlab.models import DemoCNN
+    from nnlab.seeding import seeded_init
+    from nnlab.train import TrainConfig
+
+    cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=16, flip=True, crop=0.125, eval_test=False, seed=5)
+
+    def run() -> dict:
+        m = seeded_init(DemoCNN(1, 3, (8, 8), width=4, hidden=8), 11)
+        torch.rand(7)  # disturb the global generator between the runs
+        train_model(m, tiny_data, cfg, device=torch.device("cpu"))
+        return m.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_model_job_stores_a_selectable_model(demo, digits):
+    from nnlab import jobs, refs
+    from nnlab.tasks import trained_model_id
+
+    init, config = {"kind": "scratch"}, {"epochs": 2, "lr": 3e-3, "batch_size": 64, "flip": False}
+    mid = trained_model_id("demo-cnn-small", digits.id, init, config)
+    job = jobs.submit("train-model", {"data": refs.data_ref("digits"), "arch": "demo-cnn-small", "init": init,
+                                      "config": config, "model_id": mid, "name": ""})
+    assert job.wait(300) and job.status == jobs.DONE, job.error
+    model, rec = refs.load_model(mid)
+    assert rec.extra["trained_by"] == "nnlab-train" and rec.arch == "demo-cnn-small"
+    assert len(job.result["history"]) == 2 and rec.accuracy > 0.5  # two epochs learn digits well past chance
+    from nnlab.evaluate import evaluate
+
+    assert evaluate(model, digits, "test").accuracy == pytest.approx(rec.accuracy)

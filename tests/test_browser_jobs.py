@@ -1,0 +1,190 @@
+"""Long work as shared background jobs, through the real server in headless chromium (issue 10):
+
+- first start: the demo model trains once while the user clicks through pages and closes the tab; the progress
+  shown never goes backward;
+- two sessions asking for the same check share one job: both follow it, either may cancel it, a cancelled job
+  stores nothing;
+- a server killed during a job lists it as interrupted after a restart, and finished results still load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from nnlab.jobs import job_key
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, free_port, no_exception, require_chromium, server
+
+DEMO_PROGRESS = re.compile(r"Train the demo model on digits: (\d+)%")
+
+
+def _launch(p):
+    require_chromium()
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def _page(browser):
+    page = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+    page.set_default_timeout(240_000)
+    return page
+
+
+def _percent(page) -> int | None:
+    """The demo-training progress the page shows now (None when it shows none)."""
+    loc = page.get_by_text(DEMO_PROGRESS)
+    if loc.count() == 0:
+        return None
+    m = DEMO_PROGRESS.search(loc.first.inner_text())
+    return int(m.group(1)) if m else None
+
+
+def _wait_percent(page, timeout_s: float = 120) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = _percent(page)
+        if v is not None:
+            return v
+        page.wait_for_timeout(200)
+    raise AssertionError("no training progress shown")
+
+
+def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    log = tmp_path / "server.log"
+    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "150"}
+    seen: list[int] = []
+    with server(env, log=log) as url, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = _page(browser)
+            page.goto(url)
+            seen.append(_wait_percent(page))
+            for name in ("Errors by class", "Worst errors", "Data checks"):
+                page.get_by_role("link", name=name).first.click()
+                page.wait_for_timeout(1500)
+                seen.append(_wait_percent(page))
+            page.context.close()  # the tab is gone; the training is not
+            time.sleep(2)
+            page = _page(browser)
+            page.goto(url)
+            while (v := _percent(page)) is not None or page.get_by_text("Test accuracy").count() == 0:
+                if v is not None:
+                    seen.append(v)
+                page.wait_for_timeout(500)
+            page.get_by_text("Test accuracy").first.wait_for()
+            no_exception(page)
+        finally:
+            browser.close()
+    text = log.read_text()
+    assert text.count("nnlab: training demo-cnn-digits") == 1, text[-3000:]
+    assert len(seen) >= 5 and seen == sorted(seen), seen  # progress never went backward
+    assert seen[-1] > seen[0]
+    state = json.loads((tmp_path / "ws" / "jobs" / f"{_demo_key()}.json").read_text())
+    assert state["status"] == "done" and state["runs"] == 1
+
+
+def _demo_key() -> str:
+    return job_key("train-demo", {"data": {"key": "digits", "path": ""}, "arch": "demo-cnn"})
+
+
+def _open_retrain(page, url: str, folds: int) -> None:
+    page.goto(f"{url}/diagnose_data")
+    page.get_by_text("Exact check: k-fold retraining").first.click()
+    box = page.get_by_label("Folds", exact=True)
+    box.fill(str(folds))
+    box.press("Enter")
+    page.wait_for_timeout(1500)
+
+
+def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits):
+    from playwright.sync_api import sync_playwright
+
+    from nnlab.workspace import Workspace
+
+    model_id = demo[1].id
+    ws = Workspace()
+    label = re.compile(r"Label check by 9-fold retraining")
+    with server() as url, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            a, b = _page(browser), _page(browser)
+            _open_retrain(a, url, 9)
+            a.get_by_role("button", name="Retrain on folds").click()
+            a.get_by_text(label).first.wait_for()  # A follows the job
+            _open_retrain(b, url, 9)
+            b.get_by_text(label).first.wait_for()  # B, a second session, follows the same job
+            b.get_by_role("button", name="Cancel").first.click()  # B cancels it for both
+            a.get_by_text(re.compile("The retraining: cancelled; nothing was stored")).first.wait_for()
+            b.get_by_text(re.compile("The retraining: cancelled; nothing was stored")).first.wait_for()
+            no_exception(a)
+            no_exception(b)
+
+            # the same again to the end: one job, both pages show its result
+            _open_retrain(a, url, 2)
+            a.get_by_role("button", name="Retrain on folds").click()
+            a.get_by_text(re.compile(r"Label check by 2-fold retraining|k-fold retraining flags")).first.wait_for()
+            _open_retrain(b, url, 2)
+            for page in (a, b):
+                page.get_by_text(re.compile(r"k-fold retraining flags \*?\*?\d+")).first.wait_for()
+                no_exception(page)
+        finally:
+            browser.close()
+    n = len(digits.y_train)
+    params9 = {"model_id": model_id, "data": {"key": "digits", "path": ""}, "n": n, "folds": 9}
+    params2 = dict(params9, folds=2)
+    jobs_dir = ws.root / "jobs"
+    cancelled = json.loads((jobs_dir / f"{job_key('label-retrain', params9)}.json").read_text())
+    finished = json.loads((jobs_dir / f"{job_key('label-retrain', params2)}.json").read_text())
+    assert cancelled["status"] == "cancelled" and cancelled["runs"] == 1 and len(cancelled["owners"]) == 2
+    assert finished["status"] == "done" and finished["runs"] == 1
+    from diagnostics.tasks import retrain_key
+
+    assert ws.load_run(retrain_key(model_id, digits.id, n, 9)) is None  # the cancelled job stored nothing
+    assert ws.load_run(retrain_key(model_id, digits.id, n, 2)) is not None
+
+
+def test_killed_server_lists_the_job_as_interrupted_and_keeps_finished_results(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    ws = tmp_path / "ws"
+    env = {"NNLAB_WORKSPACE": str(ws)}
+    port = free_port()
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            with server(env, port=port) as url:
+                page = _page(browser)
+                page.goto(url)
+                page.get_by_text("Test accuracy").first.wait_for()  # demo trained, evaluation stored
+                page.get_by_role("link", name="Learning curves").first.click()
+                box = page.get_by_label("Epochs per subset", exact=True)
+                box.fill("100")
+                box.press("Enter")
+                page.wait_for_timeout(1500)
+                page.get_by_role("button", name="Train on the subsets").click()
+                page.get_by_text(re.compile(r"Learning curve of .*: \d+%")).first.wait_for()
+                os.killpg(server.proc.pid, signal.SIGKILL)  # the server dies mid-job
+                server.proc.wait(10)
+            states = {f.stem: json.loads(f.read_text()) for f in (ws / "jobs").glob("*.json")}
+            assert any(s["kind"] == "learning-curve" and s["status"] == "running" for s in states.values())
+            with server(env, port=port) as url:
+                page = _page(browser)
+                page.goto(f"{url}/jobs")
+                page.get_by_text(re.compile(r"Learning curve of .* — interrupted")).first.wait_for()
+                assert page.get_by_role("button", name="Run again").count() >= 1
+                no_exception(page)
+                page.goto(url)
+                page.get_by_text("Test accuracy").first.wait_for()  # finished results load, nothing retrains
+                no_exception(page)
+                states = {f.stem: json.loads(f.read_text()) for f in (ws / "jobs").glob("*.json")}
+                curve = [s for s in states.values() if s["kind"] == "learning-curve"]
+                assert curve and curve[0]["status"] == "interrupted"
+                assert [s["runs"] for s in states.values() if s["kind"] == "train-demo"] == [1]
+        finally:
+            browser.close()
+    assert not list(Path(ws).glob("runs/curve_*"))  # the interrupted curve left no result behind
