@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (decompression bombs)
 MAX_BYTES = 50 * 1024 * 1024
@@ -83,6 +86,8 @@ def prepare_image(im: Image.Image, input_shape: tuple[int, int, int], invert: bo
         input_shape: ``(C, H, W)`` the dataset uses.
         invert: Invert intensities (dark-on-light photos for a light-on-dark dataset such as Fashion-MNIST).
     """
+    import torch  # here, not at the top: decode workers use this module without torch
+
     c, h, w = input_shape
     if c not in (1, 3):
         raise ImageError(f"models with {c} input channels are not supported for uploaded images")

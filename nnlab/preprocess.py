@@ -17,11 +17,13 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
@@ -197,6 +199,8 @@ class Preprocessing:
         A 1-channel batch given to a 3-channel preprocessing is repeated over the channels first (what
         ``convert("RGB")`` does to a greyscale image), so greyscale data can be cached once.
         """
+        import torch  # here, not at the top: the pixel half runs in torch-free decode workers
+
         if x.ndim == 3:
             x = x.unsqueeze(0)
         if x.shape[1] == 1 and self.channels == 3:
@@ -208,12 +212,16 @@ class Preprocessing:
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Model input back to 0–1 floats for display."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x * std + mean).clamp(0, 1)
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
         """A PIL image to the normalised ``C×H×W`` float tensor (a drop-in for torchvision's transforms)."""
+        import torch
+
         return self.normalize(torch.from_numpy(self.to_uint8(im)))[0]
 
 
