@@ -47,7 +47,7 @@ import numpy as np
 
 from nnlab import _cacheworker as worker
 from nnlab.diskimages import DiskImages, batch_loader
-from nnlab.filelists import ALL, FileList
+from nnlab.filelists import FileList
 from nnlab.preprocess import Preprocessing
 
 FORMAT_VERSION = 1
@@ -302,6 +302,53 @@ class DataCache:
         return _Build(self, progress, cancel, workers, commit_seconds).run()
 
 
+def list_caches(workspace: str | os.PathLike | None = None) -> list[dict]:
+    """Every data cache of a workspace: key, source, pixel preprocessing, images, bytes on disk (largest first)."""
+    if workspace is None:
+        from nnlab import config
+
+        workspace = config.workspace_dir()
+    out = []
+    base = Path(workspace) / "datacache"
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        index = d / "index.sqlite"
+        if d.name.startswith(".") or not index.is_file():
+            continue
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=5)) as conn:
+                meta = dict(conn.execute("SELECT key, value FROM meta"))
+                images = conn.execute("SELECT count(*) FROM items WHERE error IS NULL").fetchone()[0]
+        except sqlite3.Error:
+            meta, images = {}, 0
+        size = sum(f.stat().st_blocks * 512 for f in d.iterdir() if f.is_file())
+        out.append({"key": d.name, "path": str(d), "source": meta.get("source", "?"), "images": images,
+                    "preprocessing": json.loads(meta.get("preprocessing", "{}")), "bytes": size})
+    return sorted(out, key=lambda c: -c["bytes"])
+
+
+def remove_cache(path: str | os.PathLike) -> None:
+    """Delete a data cache folder (refused while a build of it runs).
+
+    Raises:
+        DataCacheError: A build holds the cache.
+    """
+    path = Path(path)
+    if not (path / "build.lock").is_file():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fd = os.open(path / "build.lock", os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataCacheError(f"the data cache {path.name} is being built; cancel the build first") from None
+        trash = path.with_name(f".deleted-{path.name}-{time.monotonic_ns()}")
+        os.replace(path, trash)  # the cache disappears at once
+    finally:
+        os.close(fd)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def build_cache(files: FileList, preprocessing: Preprocessing, workspace: str | os.PathLike | None = None,
                 **build_options) -> DataCache:
     """Open the cache of ``files`` under ``preprocessing`` and bring it up to date; ``last_build`` says how."""
@@ -381,7 +428,8 @@ class _Build:
                              if code == UNREADABLE]
             st.seconds = time.monotonic() - self.t0
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_build', ?)",
-                         (json.dumps({**asdict(st), "decoded_paths": st.decoded_paths[:100]}),))
+                         (json.dumps({**asdict(st), "decoded_paths": st.decoded_paths[:100],
+                                      "unreadable": st.unreadable[:100]}),))
             conn.commit()
         self.cache.last_build = st
         if st.ready == 0:

@@ -10,12 +10,15 @@ the process's RSS as they are touched, so streaming a 7.5 GB split through a mem
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+_OPEN_LOCK = threading.Lock()
 
 
 class DiskImages:
@@ -97,7 +100,9 @@ class DiskImages:
 
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC), os.getpid()
+            with _OPEN_LOCK:  # two threads reading at once open one descriptor, not two
+                if self._fd is None or self._pid != os.getpid():
+                    self._fd, self._pid = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC), os.getpid()
         return self._fd
 
     def read(self, positions: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,6 +112,9 @@ class DiskImages:
         n = len(slots)
         if out is None:
             out = torch.empty((n, *self.item_shape), dtype=torch.uint8)
+        elif out.shape != (n, *self.item_shape) or out.dtype != torch.uint8 or not out.is_contiguous() \
+                or out.device.type != "cpu":
+            raise ValueError(f"out must be a contiguous CPU uint8 tensor of shape {(n, *self.item_shape)}")
         if n == 0:
             return out
         buf = out.numpy().reshape(n, self.slot_bytes)

@@ -71,6 +71,14 @@ class ArrayWriter:
             self._f.close()
         self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
+    def __del__(self) -> None:  # dropped without close(): nothing is left behind
+        if not getattr(self, "_f", None) or self._f.closed:
+            return
+        try:
+            self.abort()
+        except Exception:
+            pass
+
     def __enter__(self) -> ArrayWriter:
         return self
 

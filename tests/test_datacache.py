@@ -311,3 +311,22 @@ def test_greyscale_arrays_are_stored_with_one_channel_and_normalise_like_rgb(tmp
                                    [str(k) for k in range(10)])
     stats = DataCache(again, pre, tmp_path / "ws").build(workers=0)
     assert stats.decoded_paths == ["train/3"]
+
+
+def test_list_and_remove_caches(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_folder(src, 12)
+    files = filelists.image_folder(src)
+    small = datacache.build_cache(files, PRE.with_changes(size=(32, 32), resize=36), tmp_path / "ws", workers=0)
+    big = datacache.build_cache(files, PRE, tmp_path / "ws", workers=0)
+    listed = datacache.list_caches(tmp_path / "ws")
+    assert [c["key"] for c in listed] == [big.key, small.key]  # largest first
+    assert listed[0]["images"] == 12 and listed[0]["source"] == str(src.resolve())
+    assert listed[0]["bytes"] >= 12 * big.slot_bytes and listed[0]["preprocessing"]["size"] == [224, 224]
+    with open(big.path / "build.lock") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(DataCacheError, match="being built"):
+            datacache.remove_cache(big.path)
+    datacache.remove_cache(big.path)
+    assert not big.path.exists() and [c["key"] for c in datacache.list_caches(tmp_path / "ws")] == [small.key]
+    assert big.status().pending == 12
