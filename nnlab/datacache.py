@@ -501,9 +501,9 @@ class _Build:
         now = time.monotonic()
         if not self.pending_rows or (not force and now - self.last_commit < self.commit_seconds):
             return
-        fd = os.open(self.cache.data_path, os.O_RDONLY)
+        fd = os.open(self.cache.data_path, os.O_RDWR)
         try:
-            os.fsync(fd)
+            os.fsync(fd)  # every process's writes to the file, not only this descriptor's
         finally:
             os.close(fd)
         self.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)", self.pending_rows)
@@ -562,7 +562,8 @@ class _Build:
                 os.close(fd)
         else:
             _Pool(self, ctx, n, lock_fd).run(chunks, where)
-        self.stats.decoded_paths.sort(key={r: k for k, r in enumerate(self.files.relpaths)}.__getitem__)
+        decoded = set(self.stats.decoded_paths)
+        self.stats.decoded_paths = [r for r in self.files.relpaths if r in decoded]  # list order
 
 
 class _Worker:

@@ -171,3 +171,23 @@ def test_array_sources_from_a_dataset(tmp_path: Path, tiny_data) -> None:
         filelists.array_source("x", {"train": (np.zeros((2, 2, 8, 8), np.uint8), np.zeros(2))}, ["a"])
     with pytest.raises(FileListError, match="2 images but 3 labels"):
         filelists.array_source("x", {"train": (np.zeros((2, 8, 8), np.uint8), np.zeros(3))}, ["a"])
+
+
+def test_unreadable_files_are_listed_with_reasons_never_fatal(tmp_path: Path) -> None:
+    img(tmp_path / "a" / "good.png", 1)
+    img(tmp_path / "b" / "good.png", 2)
+    Image.new("1", (7000, 6000)).save(tmp_path / "a" / "bomb.png")  # 42 M pixels: over nnlab's limit
+    (tmp_path / "a" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "b" / "text.jpg").write_text("hello")
+    img(tmp_path / "b" / "tiny.png", 3, size=(1, 1))
+    cache = datacache.build_cache(filelists.image_folder(tmp_path), PRE, tmp_path / "ws", workers=1)
+    reasons = dict(cache.last_build.unreadable)
+    assert sorted(reasons) == [os.path.join("a", "bomb.png"), os.path.join("a", "empty.jpg"),
+                               os.path.join("b", "text.jpg"), os.path.join("b", "tiny.png")]
+    assert "over the limit" in reasons[os.path.join("a", "bomb.png")]
+    assert "the file is empty" in reasons[os.path.join("a", "empty.jpg")]
+    assert "not a readable image" in reasons[os.path.join("b", "text.jpg")]
+    assert "too small" in reasons[os.path.join("b", "tiny.png")]
+    assert cache.paths("all") == [os.path.join("a", "good.png"), os.path.join("b", "good.png")]
+    status = cache.status()
+    assert (status.ready, status.unreadable, status.pending, status.complete) == (2, 4, 0, True)
