@@ -19,7 +19,7 @@ from nnlab.workspace import Workspace, safe_key
 
 def _model_and_data(params: dict, root: Path) -> tuple[Any, Any, Any]:
     model, record = refs.load_model(params["model_id"], root)
-    return model, record, refs.load_data(params["data"])
+    return model, record, refs.load_data(params["data"], root)
 
 
 def _steps(params: dict) -> str:
@@ -93,7 +93,7 @@ def evaluate_variant_job(params: dict, ctx: JobContext) -> dict:
     rec = ws.load_variant(params["variant_id"])
     if rec is None:
         raise ValueError(f"no variant {params['variant_id']!r} in the workspace")
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     ctx.progress("loading the variant", 0.05)
     model = load_variant_model(ws, rec)
     ctx.check_cancel()

@@ -35,7 +35,7 @@ def load_data_report(ws: Workspace, model_id: str, data_id: str) -> datacheck.Da
 @job_kind("data-checks", label=lambda p: f"Data checks of {p['model_id']}")
 def data_checks_job(params: dict, ctx: JobContext) -> dict:
     """Features of both splits, suspected label errors, train/test mismatch and near-duplicates."""
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     model, _ = refs.load_model(params["model_id"], ctx.workspace)
     rep = datacheck.data_report(model, data, progress=ctx.progress, cancel=ctx.cancelled)
     ws = Workspace(ctx.workspace)
@@ -51,7 +51,7 @@ def retrain_key(model_id: str, data_id: str, n: int, folds: int) -> str:
 @job_kind("label-retrain", label=lambda p: f"Label check by {p['folds']}-fold retraining of {p['model_id']}")
 def label_retrain_job(params: dict, ctx: JobContext) -> dict:
     """Out-of-sample probabilities by retraining the architecture on k folds, then confident learning."""
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     _, record = refs.load_model(params["model_id"], ctx.workspace)
     n, folds = int(params["n"]), int(params["folds"])
     sub = labels.subsample(data.y_train.numpy(), n)
@@ -72,7 +72,7 @@ def label_retrain_job(params: dict, ctx: JobContext) -> dict:
                                             f"({', '.join(f'{f:.0%}' for f in p['fractions'])})")
 def learning_curve_job(params: dict, ctx: JobContext) -> dict:
     """Retrain the architecture from scratch on nested subsets; the curve goes to the workspace."""
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     _, record = refs.load_model(params["model_id"], ctx.workspace)
     fractions, epochs = [float(f) for f in params["fractions"]], int(params["epochs"])
     c, h, w = data.input_shape

@@ -113,7 +113,8 @@ def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str
         size, gz = file_sizes(artifact)
     rows = layer_table(cpu_model, data.input_shape)
     c, h, w = data.input_shape
-    shape_extra = {"input_shape": [c, h, w], "num_classes": data.num_classes}
+    shape_extra = {"input_shape": [c, h, w], "num_classes": data.num_classes,
+                   "preprocessing": data.preprocessing.to_dict()}
     return Record(id=model_id, name=name, method=method, config=cfg or {}, parent=parent, arch=arch, dataset=data.id,
                   accuracy=ev.accuracy, per_class_accuracy=ev.per_class_accuracy(data.num_classes),
                   train_accuracy=train_ev.accuracy, size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=size,

@@ -1,27 +1,35 @@
-"""Image datasets held in memory as uint8 tensors, one registry of them, and the fallback order.
+"""Image datasets: one registry of sources, each seen through a model's preprocessing, in bounded memory.
 
-Every dataset is an :class:`ImageDataset`: uint8 images ``N×C×H×W``, int64 labels, class names, and the
-per-channel normalisation computed on its training split. Batches are normalised on the fly, so a
-60 000-image set costs 47 MB, not four times that.
+A *source* (:class:`Source`) is a file list (:mod:`nnlab.filelists`): an ImageFolder, a CSV/JSON list, or a
+built-in set (Fashion-MNIST, MNIST, digits, CIFAR-10) held as arrays. :func:`load_dataset` turns a source into
+an :class:`ImageDataset` at a :class:`~nnlab.preprocess.Preprocessing`: the images are decoded and
+preprocessed once into the on-disk data cache (:mod:`nnlab.datacache`) and read back in batches
+(:class:`~nnlab.diskimages.DiskImages`), so no split is ever held in RAM. Without a preprocessing a source is
+seen at its *native* one (its own size, its training set's channel statistics): the demo CNN's view.
+
+An :class:`ImageDataset` can also be built directly from uint8 tensors (tests, small synthetic sets).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from nnlab import config
+from nnlab.preprocess import Preprocessing, PreprocessingError, native
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+NATIVE_MAX_SIDE = 128  # a folder's native size: its most common image side, at most this (the demo CNN's view)
 
 
 class DatasetError(ValueError):
@@ -30,19 +38,41 @@ class DatasetError(ValueError):
 
 @dataclass(eq=False)
 class ImageDataset:
-    """A labelled image dataset with a train and a test split, held in memory."""
+    """A labelled image dataset with a train and a test split, as one model sees it.
+
+    Attributes:
+        id: Stable id (cache keys, records): the source's id, plus ``@<preprocessing key>`` when seen through a
+            preprocessing other than the native one.
+        name: For pages.
+        source: Where the images come from.
+        classes: Class names.
+        x_train, x_test: uint8 ``N×C×H×W`` images after the pixel half of the preprocessing: a tensor, or a
+            :class:`~nnlab.diskimages.DiskImages` read from the data cache on demand. Greyscale sources keep
+            one channel even for a 3-channel model (:meth:`normalize` repeats it).
+        y_train, y_test: int64 labels.
+        mean, std: The normalisation (the preprocessing's).
+        fallback_reason: Why this is not the dataset that was asked for (Fashion-MNIST missing).
+        preprocessing: What the model sees: size, resize, crop, mean/std, channels.
+        paths: Per split, the source file of each image (relative to ``root``), where there are files.
+        root: The folder the paths start from.
+        unreadable: ``(path, reason)`` of the source's images that could not be used (skipped).
+    """
 
     id: str
     name: str
     source: str
     classes: list[str]
-    x_train: torch.Tensor
+    x_train: Any
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Any
     y_test: torch.Tensor
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
     fallback_reason: str = ""
+    preprocessing: Preprocessing | None = None
+    paths: dict[str, list[str]] = field(default_factory=dict)
+    root: str = ""
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -55,49 +85,49 @@ class ImageDataset:
             raise DatasetError(f"{self.name}: a split is empty (train {len(self.x_train)}, test {len(self.x_test)})")
         if len(self.classes) < 2:
             raise DatasetError(f"{self.name}: needs at least two classes, found {len(self.classes)}")
-        if not self.mean:
-            self.mean, self.std = channel_stats(self.x_train)
+        if self.preprocessing is None:
+            if not self.mean:
+                self.mean, self.std = channel_stats(self.x_train)
+            self.preprocessing = native(tuple(self.x_train.shape[1:]), self.mean, self.std)
+        self.mean, self.std = tuple(self.preprocessing.mean), tuple(self.preprocessing.std)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+        """``(C, H, W)`` of one model input."""
+        return self.preprocessing.input_shape
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def images(self, split: str) -> torch.Tensor:
-        """uint8 images of ``split`` ("train" or "test")."""
+    def images(self, split: str) -> Any:
+        """uint8 images of ``split`` ("train" or "test"): a tensor or a lazily read store."""
         return {"train": self.x_train, "test": self.x_test}[split]
 
     def labels(self, split: str) -> torch.Tensor:
         return {"train": self.y_train, "test": self.y_test}[split]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (or 0–1 float) images to the float input the model sees."""
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        """uint8 (or 0–1 float) images to the float input the model sees (the model's preprocessing)."""
+        return self.preprocessing.normalize(x)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Model input back to 0–1 floats for display."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x * std + mean).clamp(0, 1)
+        return self.preprocessing.denormalize(x)
 
     def tensors(self, split: str, indices: np.ndarray | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised inputs and labels of ``split`` (optionally a subset)."""
+        """Normalised inputs and labels of ``split`` (a subset: whole splits are for small in-memory sets)."""
         x, y = self.images(split), self.labels(split)
         if indices is not None:
             idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
             x, y = x[idx], y[idx]
+        else:
+            x = x[:]
         return self.normalize(x), y
 
     def batches(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
                 indices: np.ndarray | list[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised ``(x, y)`` batches of ``split``; shuffled with ``seed`` when asked."""
+        """Normalised ``(x, y)`` batches of ``split``, read batch by batch; shuffled with ``seed`` when asked."""
         x_all, y_all = self.images(split), self.labels(split)
         order = torch.arange(len(y_all)) if indices is None else torch.as_tensor(np.asarray(indices), dtype=torch.long)
         if shuffle:
@@ -110,18 +140,34 @@ class ImageDataset:
     def class_counts(self, split: str) -> np.ndarray:
         return np.bincount(self.labels(split).numpy(), minlength=self.num_classes)
 
+    def path_of(self, split: str, index: int) -> Path | None:
+        """The source file of an image (None for built-in sets)."""
+        names = self.paths.get(split)
+        if not names or not self.root:
+            return None
+        return Path(self.root) / names[index]
+
     def describe(self) -> dict:
         c, h, w = self.input_shape
         return {"id": self.id, "name": self.name, "source": self.source, "classes": list(self.classes),
                 "train": len(self.y_train), "test": len(self.y_test), "input_shape": [c, h, w],
-                "mean": list(self.mean), "std": list(self.std), "fallback_reason": self.fallback_reason}
+                "mean": list(self.mean), "std": list(self.std), "fallback_reason": self.fallback_reason,
+                "preprocessing": self.preprocessing.to_dict(), "unreadable": len(self.unreadable)}
 
 
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, on the 0–1 scale."""
-    sample = x[: min(len(x), 20000)].float() / 255.0
-    mean = sample.mean(dim=(0, 2, 3))
-    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+def channel_stats(x: Any, max_images: int = 20000, batch: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the 0–1 scale (over at most ``max_images``, in batches)."""
+    n = min(len(x), max_images)
+    s = ss = None
+    count = 0
+    for start in range(0, n, batch):
+        b = x[start:min(n, start + batch)].double() / 255.0
+        bs, bss = b.sum(dim=(0, 2, 3)), (b * b).sum(dim=(0, 2, 3))
+        s, ss = (bs, bss) if s is None else (s + bs, ss + bss)
+        count += b.shape[0] * b.shape[2] * b.shape[3]
+    mean = s / count
+    std = (ss / count - mean**2).clamp_min(0).sqrt() * (count / max(1, count - 1)) ** 0.5
+    std = std.clamp_min(1e-3)
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
 
@@ -240,7 +286,7 @@ def load_fashion_mnist(allow_download: bool = True) -> ImageDataset:
     return digits
 
 
-# --- ImageFolder ------------------------------------------------------------------------------------
+# --- sources and the registry -----------------------------------------------------------------------------
 
 def check_allowed(path: str | Path) -> Path:
     """Resolve a user-typed path and refuse it unless it lies under one of the allowed roots."""
@@ -252,111 +298,191 @@ def check_allowed(path: str | Path) -> Path:
     return p
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+@dataclass(eq=False)
+class Source:
+    """A dataset before any preprocessing: its file list and how to split it.
 
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def load_image_folder(path: str | Path, image_size: int | None = None, test_fraction: float = 0.2,
-                      seed: int = 0, max_images: int = 200_000) -> ImageDataset:
-    """A folder of class subfolders (or ``train/`` and ``test/`` each of class subfolders).
-
-    Images are converted to greyscale when all are greyscale, else RGB, and resized to ``image_size``
-    (default: the most common size, at most 128). Without train/test subfolders the split is seeded
-    and stratified.
+    Attributes:
+        key: Registry key ("fashion-mnist", "imagefolder" …).
+        id: Stable id of the source (the native dataset's id).
+        name: For pages.
+        description: Where the images come from.
+        files: The file list (:mod:`nnlab.filelists`).
+        fallback_reason: Why this is not the source that was asked for.
+        test_fraction: Share held out as the test split when the source has no test/val split.
+        seed: Seed of that split.
+        image_size: The native side for folders (None: from the images).
     """
+
+    key: str
+    id: str
+    name: str
+    description: str
+    files: Any
+    fallback_reason: str = ""
+    test_fraction: float = 0.2
+    seed: int = 0
+    image_size: int | None = None
+    _native: Preprocessing | None = field(default=None, repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.files.classes)
+
+    def native(self, workspace: str | Path | None = None) -> Preprocessing:
+        """The source's own view: its image size (folders: the most common side, at most 128, squashed to a
+        square) and its training split's channel statistics."""
+        if self._native is None:
+            self._native = _native_preprocessing(self, workspace)
+        return self._native
+
+
+def _split_positions(src: Source) -> dict[str, np.ndarray]:
+    """Positions of the file list in the train and test split (val serves as test when there is no test)."""
+    f = src.files
+    names = set(f.split_names)
+    if "train" in names and ({"test", "val"} & names):
+        test = "test" if "test" in names else "val"
+        return {"train": f.indices("train"), "test": f.indices(test)}
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(f))
+    counts = np.bincount(f.labels, minlength=len(f.classes))
+    strat = f.labels if counts[counts > 0].min() >= 2 and len(idx) * src.test_fraction >= len(f.classes) else None
+    tr, te = train_test_split(idx, test_size=src.test_fraction, random_state=src.seed, stratify=strat)
+    return {"train": np.sort(tr), "test": np.sort(te)}
+
+
+def _native_preprocessing(src: Source, workspace: str | Path | None) -> Preprocessing:
+    f = src.files
+    if f.arrays is not None:
+        train = f.arrays.get("train", next(iter(f.arrays.values())))
+        mean, std = channel_stats(torch.from_numpy(train))
+        return native(tuple(train.shape[1:]), mean, std, source=f"{src.name}: its own size, training-set statistics")
+    side, channels = src.image_size, f.channels
+    if side is None or channels is None:
+        side_, channels_ = _sample_geometry(f)
+        side, channels = side or side_, channels or channels_
+    pixels = Preprocessing(size=(side, side), channels=channels, resize_mode="squash", resize=side, crop="center",
+                           interpolation="bilinear", mean=(0.5,) * channels, std=(0.25,) * channels,
+                           source=f"{src.name}: its own size, training-set statistics")
+    mean, std = _folder_stats(src, pixels, workspace)
+    return Preprocessing(**{**pixels.to_dict(), "mean": mean, "std": std})
+
+
+def _sample_geometry(f: Any, samples: int = 200) -> tuple[int, int]:
+    """The most common side (capped at 128) and the channels (1 when every sampled image is greyscale)."""
     from PIL import Image
 
-    from nnlab.images import load_image_file
+    picks = np.random.default_rng(0).permutation(len(f))[:samples]
+    sizes: list[int] = []
+    grey = True
+    for i in picks:
+        try:
+            with Image.open(Path(f.root) / f.relpaths[int(i)]) as im:
+                sizes.append(max(im.size))
+                grey = grey and im.mode in ("L", "1", "I", "I;16", "F", "LA")
+        except Exception:  # noqa: BLE001 - unreadable files are the cache's business; they are listed there
+            continue
+    if not sizes:
+        return 32, 3
+    common = max(set(sizes), key=sizes.count)
+    return int(min(common, NATIVE_MAX_SIDE)), 1 if grey else 3
+
+
+def _folder_stats(src: Source, pixels: Preprocessing, workspace: str | Path | None) -> tuple[tuple, tuple]:
+    """Channel statistics of a folder's training split at its native size (cached beside the data cache)."""
+    from nnlab.datacache import DataCache
+
+    cache = DataCache(src.files, pixels, workspace)
+    stats_file = cache.path / "native-stats.json"
+    if stats_file.is_file():
+        d = json.loads(stats_file.read_text())
+        return tuple(d["mean"]), tuple(d["std"])
+    if not cache.status().complete:
+        cache.build()
+    images = cache.images_at(_split_positions(src)["train"])
+    mean, std = channel_stats(images)
+    from nnlab.workspace import atomic_write_text
+
+    atomic_write_text(stats_file, json.dumps({"mean": mean, "std": std}))
+    return mean, std
+
+
+def image_folder_source(path: str | Path, image_size: int | None = None, test_fraction: float = 0.2,
+                        seed: int = 0) -> Source:
+    """An ImageFolder: class subfolders, or ``train/``, ``val/``, ``test/`` each of class subfolders (else a
+    seeded, stratified split)."""
+    from nnlab.filelists import FileListError, image_folder
 
     root = check_allowed(path)
-    if not root.is_dir():
-        raise DatasetError(f"{path} is not a folder")
-    has_split = (root / "train").is_dir() and (root / "test").is_dir()
-    split_roots = {"train": root / "train", "test": root / "test"} if has_split else {"all": root}
-    classes = sorted({d.name for r in split_roots.values() for d in _class_dirs(r)})
-    if not classes:
-        raise DatasetError(f"{path} has no class subfolders")
-    if len(classes) < 2:
-        raise DatasetError(f"{path} has a single class ({classes[0]}); a classifier needs at least two")
-    files: dict[str, list[tuple[Path, int]]] = {}
-    for split, r in split_roots.items():
-        files[split] = []
-        for ci, c in enumerate(classes):
-            imgs = _image_files(r / c) if (r / c).is_dir() else []
-            if not imgs and split != "test":
-                raise DatasetError(f"class folder {c!r} in {r} holds no images")
-            files[split] += [(p, ci) for p in imgs]
-    total = sum(len(v) for v in files.values())
-    if total == 0:
-        raise DatasetError(f"{path} holds no images")
-    if total > max_images:
-        raise DatasetError(f"{path} holds {total} images, more than the limit of {max_images}")
-    pil: list[Image.Image] = []
-    labels: list[int] = []
-    order: list[str] = []
-    for split, items in files.items():
-        for p, ci in items:
-            try:
-                pil.append(load_image_file(p))
-            except Exception as exc:
-                raise DatasetError(f"{p.relative_to(root)} cannot be read as an image: {exc}") from exc
-            labels.append(ci)
-            order.append(split)
-    grey = all(im.mode == "L" for im in pil)
-    if image_size is None:
-        sizes = [im.size for im in pil]
-        common = max(set(sizes), key=sizes.count)
-        image_size = min(max(common), 128)
-    arrs = []
-    for im in pil:
-        im = im.convert("L" if grey else "RGB").resize((image_size, image_size), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-        arrs.append(a[None] if grey else a.transpose(2, 0, 1))
-    x = torch.from_numpy(np.stack(arrs))
-    y = torch.tensor(labels, dtype=torch.long)
-    if has_split:
-        tr = torch.tensor([s == "train" for s in order])
-        xtr, ytr, xte, yte = x[tr], y[tr], x[~tr], y[~tr]
-    else:
-        from sklearn.model_selection import train_test_split
-
-        counts = np.bincount(y.numpy(), minlength=len(classes))
-        strat = y.numpy() if counts.min() >= 2 else None
-        itr, ite = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=strat)
-        xtr, ytr, xte, yte = x[itr], y[itr], x[ite], y[ite]
-    digest = hashlib.sha1(f"{root}|{image_size}|{total}|{seed}".encode()).hexdigest()[:10]
-    return ImageDataset(id=f"imagefolder-{digest}", name=f"ImageFolder {root.name}", source=f"ImageFolder {root}",
-                        classes=classes, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    try:
+        files = image_folder(root)
+    except FileListError as exc:
+        raise DatasetError(str(exc)) from exc
+    if len(files.classes) < 2:
+        raise DatasetError(f"{path} has a single class ({files.classes[0]}); a classifier needs at least two")
+    digest = hashlib.sha1(f"{root}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
+    return Source("imagefolder", f"imagefolder-{digest}", f"ImageFolder {root.name}", f"ImageFolder {root}", files,
+                  test_fraction=test_fraction, seed=seed, image_size=image_size)
 
 
-# --- the registry ---------------------------------------------------------------------------------------
+def list_file_source(path: str | Path, test_fraction: float = 0.2, seed: int = 0) -> Source:
+    """A CSV or JSON list of ``path,label[,split]`` (paths relative to the list, under the allowed roots)."""
+    from nnlab.filelists import FileListError, list_file
+
+    p = check_allowed(path)
+    try:
+        files = list_file(p, roots=config.allowed_roots())
+    except FileListError as exc:
+        raise DatasetError(str(exc)) from exc
+    if len(files.classes) < 2:
+        raise DatasetError(f"{path} names a single class; a classifier needs at least two")
+    digest = hashlib.sha1(f"{p}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
+    return Source("filelist", f"filelist-{digest}", f"List {p.name}", f"file list {p}", files,
+                  test_fraction=test_fraction, seed=seed)
+
+
+def array_dataset_source(ds: ImageDataset, key: str | None = None) -> Source:
+    """A built-in (in-memory) dataset as a source, so it goes through the same cache as files."""
+    from nnlab.filelists import array_source
+
+    files = array_source(ds.id, {"train": (ds.x_train, ds.y_train), "test": (ds.x_test, ds.y_test)},
+                         list(ds.classes))
+    src = Source(key or ds.id, ds.id, ds.name, ds.source, files, fallback_reason=ds.fallback_reason)
+    src._native = ds.preprocessing
+    return src
+
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered dataset: a name for menus and a loader taking keyword options."""
+    """A registered dataset: a name for menus and a loader of its :class:`Source` (keyword options)."""
 
     key: str
     label: str
-    loader: Callable[..., ImageDataset]
+    loader: Callable[..., Source]
     needs_path: bool = False
 
 
 DATASETS: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(key: str, label: str, loader: Callable[..., ImageDataset], needs_path: bool = False) -> None:
+def register_dataset(key: str, label: str, loader: Callable[..., Source], needs_path: bool = False) -> None:
     DATASETS[key] = DatasetEntry(key, label, loader, needs_path)
 
 
-register_dataset("fashion-mnist", "Fashion-MNIST (default)", load_fashion_mnist)
-register_dataset("digits", "Digits (scikit-learn, 8×8)", load_digits)
-register_dataset("mnist", "MNIST (torchvision)", lambda **kw: load_torchvision("mnist", **kw))
-register_dataset("cifar10", "CIFAR-10 (torchvision)", lambda **kw: load_torchvision("cifar10", **kw))
-register_dataset("imagefolder", "ImageFolder (a folder of class subfolders)", load_image_folder, needs_path=True)
+def _arrays(load: Callable[[], ImageDataset], key: str) -> Callable[..., Source]:
+    def loader(**_: Any) -> Source:
+        return array_dataset_source(load(), key)
+    return loader
+
+
+register_dataset("fashion-mnist", "Fashion-MNIST (default)", _arrays(load_fashion_mnist, "fashion-mnist"))
+register_dataset("digits", "Digits (scikit-learn, 8×8)", _arrays(load_digits, "digits"))
+register_dataset("mnist", "MNIST (torchvision)", _arrays(lambda: load_torchvision("mnist"), "mnist"))
+register_dataset("cifar10", "CIFAR-10 (torchvision)", _arrays(lambda: load_torchvision("cifar10"), "cifar10"))
+register_dataset("imagefolder", "ImageFolder (a folder of class subfolders)", image_folder_source, needs_path=True)
+register_dataset("filelist", "A CSV or JSON list of path,label", list_file_source, needs_path=True)
 
 
 def list_datasets() -> list[str]:
@@ -364,8 +490,81 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
-def load_dataset(key: str, **options) -> ImageDataset:
-    """Load a registered dataset by key; ``options`` go to its loader (e.g. ``path=`` for imagefolder)."""
+def open_source(key: str, path: str | Path = "") -> Source:
+    """The source a registry key (and a path, for folder datasets) names."""
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {key!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[key].loader(**options)
+    entry = DATASETS[key]
+    if entry.needs_path:
+        if not path:
+            raise DatasetError(f"{entry.label} needs a path")
+        return entry.loader(path)
+    return entry.loader()
+
+
+def dataset_id(src: Source, pre: Preprocessing | None) -> str:
+    """The id of a source seen through ``pre`` (the source's id when ``pre`` is its native view)."""
+    if pre is None or pre == src.native():
+        return src.id
+    return f"{src.id}@{pre.key()}"
+
+
+def cache_for(src: Source, pre: Preprocessing | None = None, workspace: str | Path | None = None) -> Any:
+    """The data cache of a source at a preprocessing (native when None); not built yet maybe."""
+    from nnlab.datacache import DataCache
+
+    return DataCache(src.files, pre or src.native(workspace), workspace)
+
+
+def dataset_at(src: Source, pre: Preprocessing | None = None, workspace: str | Path | None = None,
+               progress: Callable[[str, float], None] | None = None,
+               cancel: Callable[[], bool] | None = None) -> ImageDataset:
+    """A source seen through a preprocessing, read from the data cache (built first when incomplete).
+
+    Raises:
+        DatasetError: no image could be read, or a split or class ends up empty.
+    """
+    from nnlab.datacache import DataCacheError
+
+    pre = pre or src.native(workspace)
+    cache = cache_for(src, pre, workspace)
+    try:
+        if not cache.status().complete:
+            cache.build(progress=progress, cancel=cancel)
+        positions = _split_positions(src)
+        readable = cache.readable_mask()
+    except DataCacheError as exc:
+        raise DatasetError(str(exc)) from exc
+    f = src.files
+    split = {k: v[readable[v]] for k, v in positions.items()}
+    for k, v in split.items():
+        present = set(f.labels[v].tolist())
+        if k == "train" and len(present) < len(f.classes):
+            missing = [c for i, c in enumerate(f.classes) if i not in present]
+            raise DatasetError(f"class folder {missing[0]!r} holds no readable image in the training split")
+    unreadable = cache.unreadable()
+    return ImageDataset(
+        id=dataset_id(src, pre), name=src.name, source=src.description, classes=list(f.classes),
+        x_train=cache.images_at(split["train"]), y_train=torch.from_numpy(f.labels[split["train"]]),
+        x_test=cache.images_at(split["test"]), y_test=torch.from_numpy(f.labels[split["test"]]),
+        fallback_reason=src.fallback_reason, preprocessing=pre, root=f.root,
+        paths={k: [f.relpaths[i] for i in v] for k, v in split.items()} if f.arrays is None else {},
+        unreadable=unreadable)
+
+
+def load_dataset(key: str, path: str | Path = "", preprocessing: Preprocessing | dict | None = None,
+                 workspace: str | Path | None = None, progress: Callable[[str, float], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> ImageDataset:
+    """Load a registered dataset through the data cache, at ``preprocessing`` (native when None)."""
+    if isinstance(preprocessing, dict):
+        try:
+            preprocessing = Preprocessing.from_dict(preprocessing)
+        except PreprocessingError as exc:
+            raise DatasetError(f"the preprocessing is not valid: {exc}") from exc
+    return dataset_at(open_source(key, path), preprocessing, workspace, progress, cancel)
+
+
+def load_image_folder(path: str | Path, image_size: int | None = None, test_fraction: float = 0.2,
+                      seed: int = 0, workspace: str | Path | None = None) -> ImageDataset:
+    """An ImageFolder at its native view (``image_size`` overrides the side), through the data cache."""
+    return dataset_at(image_folder_source(path, image_size, test_fraction, seed), None, workspace)

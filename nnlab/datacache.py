@@ -253,6 +253,26 @@ class DataCache:
         idx = self.files.indices(split)
         return idx[s[idx] >= 0]
 
+    def readable_mask(self) -> np.ndarray:
+        """Per list entry: True when its image is cached (False: unreadable).
+
+        Raises:
+            DataCacheError: The cache is not complete (build it first).
+        """
+        s = self._table()
+        pending = int((s == PENDING).sum())
+        if pending:
+            raise DataCacheError(f"the data cache of {self.files.source} is not complete: {pending:,} of "
+                                 f"{len(s):,} images still to decode; build it first")
+        return s >= 0
+
+    def images_at(self, positions: np.ndarray) -> DiskImages:
+        """The cached images of these list positions (all must be readable), in that order."""
+        slots = self._table()[np.asarray(positions, dtype=np.int64)]
+        if (slots < 0).any():
+            raise DataCacheError("some of the requested images are not cached")
+        return DiskImages(self.data_path, self.slot_shape, slots)
+
     def images(self, split: str) -> DiskImages:
         """``split``'s uint8 ``N×C×H×W`` images, read from disk on demand (bounded memory)."""
         return DiskImages(self.data_path, self.slot_shape, self._table()[self.positions(split)])

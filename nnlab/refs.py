@@ -8,6 +8,7 @@ The objects returned are shared: never mutate them (compression deep-copies; hoo
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 from torch import nn
 
 from nnlab import config
-from nnlab.data import DATASETS, ImageDataset, load_dataset
+from nnlab.data import DATASETS, ImageDataset, Source, cache_for, dataset_at, open_source
+from nnlab.preprocess import Preprocessing
 from nnlab.models import create_model, load_into
 from nnlab.records import Record
 from nnlab.workspace import Workspace
@@ -77,30 +79,47 @@ class _LRU:
             self._items.clear()
 
 
-_DATA = _LRU(4)
+_SOURCES = _LRU(8)
+_DATA = _LRU(6)
 _MODELS = _LRU(8)
 
 
-def _data_cache_key(ref: DataRef) -> str:
-    import json
-
-    return json.dumps(ref, sort_keys=True)
+def _data_cache_key(ref: DataRef, root: str | Path | None = None) -> str:
+    return json.dumps([str(_root(root).resolve()), ref], sort_keys=True)
 
 
-def load_data(ref: DataRef) -> ImageDataset:
-    """The dataset a reference names (loaded once per process)."""
+def load_source(ref: DataRef) -> Source:
+    """The source a reference names (its file list; loaded once per process)."""
     key = ref["key"]
-
-    def load() -> ImageDataset:
-        if DATASETS[key].needs_path:
-            return load_dataset(key, path=ref.get("path", ""))
-        return load_dataset(key)
-
     if key not in DATASETS:
         from nnlab.data import DatasetError
 
         raise DatasetError(f"unknown dataset {key!r}")
-    return _DATA.get(_data_cache_key(ref), load)
+    return _SOURCES.get(json.dumps([key, ref.get("path", "")]), lambda: open_source(key, ref.get("path", "")))
+
+
+def preprocessing_of(ref: DataRef) -> Preprocessing | None:
+    """The reference's preprocessing (None: the source's native view)."""
+    pre = ref.get("preprocessing")
+    return Preprocessing.from_dict(pre) if pre else None
+
+
+def data_ready(ref: DataRef, root: str | Path | None = None) -> bool:
+    """Whether the dataset can be loaded without decoding images (its data cache is complete)."""
+    if _data_cache_key(ref, root) in _DATA._items:
+        return True
+    src = load_source(ref)
+    return cache_for(src, preprocessing_of(ref), _root(root)).status().complete
+
+
+def load_data(ref: DataRef, root: str | Path | None = None, progress: Any = None, cancel: Any = None) -> ImageDataset:
+    """The dataset a reference names, read from the workspace's data cache (loaded once per process; built
+    first when the cache is incomplete, with ``progress`` and ``cancel`` when given)."""
+
+    def load() -> ImageDataset:
+        return dataset_at(load_source(ref), preprocessing_of(ref), _root(root), progress, cancel)
+
+    return _DATA.get(_data_cache_key(ref, root), load)
 
 
 def _root(root: str | Path | None) -> Path:
@@ -170,5 +189,6 @@ def model_num_classes(record: Record) -> int:
 
 def clear() -> None:
     """Forget every cached dataset and model (tests)."""
+    _SOURCES.clear()
     _DATA.clear()
     _MODELS.clear()

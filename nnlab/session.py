@@ -27,9 +27,10 @@ from torch import nn
 import nnlab.tasks  # noqa: F401 - registers the foundation's job kinds
 from nnlab import config, jobs, refs
 from nnlab.base import demo_id
-from nnlab.data import DATASETS, DatasetError, ImageDataset
+from nnlab.data import DATASETS, DatasetError, ImageDataset, Source
 from nnlab.evaluate import EvalResult
 from nnlab.models import ARCHITECTURES, CheckpointError
+from nnlab.preprocess import Preprocessing, PreprocessingError
 from nnlab.records import Record
 from nnlab.tasks import check_upload, load_evaluation, stash_upload, user_model_id
 from nnlab.workspace import Workspace, WorkspaceError
@@ -194,6 +195,8 @@ def sidebar() -> None:
     if st.session_state["weights"] == UPLOAD:
         st.sidebar.file_uploader("Checkpoint (state dict only; never run as code)",
                                  type=["pt", "pth", "safetensors", "bin"], key="checkpoint")
+    if st.session_state["weights"] not in (NNLAB_TRAINED, TRAINED):
+        preprocessing_editor(arch)
     jobs_summary()
 
 
@@ -267,21 +270,138 @@ def ensure_frame() -> None:
     st.stop()
 
 
-def _dataset() -> ImageDataset:
+def _source() -> tuple[dict, Source]:
     key = st.session_state.get("dataset", default_dataset())
     path = st.session_state.get("dataset_path", "") or ""
     if DATASETS[key].needs_path and not path:
-        st.info("Type the path of a folder of class subfolders in the sidebar.")
+        st.info("Type the path of a folder of class subfolders (or of a CSV/JSON list) in the sidebar.")
         st.stop()
+    ref = refs.data_ref(key, path)
     try:
-        with st.spinner("Loading the dataset…"):
-            data = refs.load_data(refs.data_ref(key, path))
+        with st.spinner("Listing the dataset…"):
+            return ref, refs.load_source(ref)
+    except (DatasetError, OSError) as exc:
+        st.error(f"The dataset cannot be used: {exc}")
+        st.stop()
+
+
+def _dataset(ref: dict, src: Source) -> ImageDataset:
+    """The dataset at the reference's preprocessing; decoded into the data cache by a job the first time."""
+    try:
+        ready = refs.data_ready(ref)
+    except (DatasetError, PreprocessingError, OSError) as exc:
+        st.error(f"The dataset cannot be used: {exc}")
+        st.stop()
+    if not ready:
+        pre = refs.preprocessing_of(ref)
+        run_job("build-dataset", {"data": ref}, what="Preparing the dataset",
+                title=f"Decoding **{src.name}** ({len(src.files):,} images) into the data cache"
+                      + (f" at the model's preprocessing ({pre.describe()})" if pre else "")
+                      + ": once per preprocessing; later pages read it from disk.")
+    try:
+        data = refs.load_data(ref)
     except (DatasetError, OSError) as exc:
         st.error(f"The dataset cannot be used: {exc}")
         st.stop()
     if data.fallback_reason:
         st.warning(data.fallback_reason, icon=":material/warning:")
+    if data.unreadable:
+        with st.expander(f"{len(data.unreadable):,} image file(s) could not be read and are left out",
+                         icon=":material/broken_image:"):
+            st.dataframe([{"file": f, "reason": r} for f, r in data.unreadable[:1000]], hide_index=True,
+                         key="unreadable_files")
     return data
+
+
+# --- the model's preprocessing ------------------------------------------------------------------------------
+
+_PP_KEYS = ("pp_size", "pp_resize_mode", "pp_resize", "pp_crop", "pp_interpolation", "pp_channels", "pp_mean",
+            "pp_std", "pp_convert")
+
+
+def arch_preprocessing(arch: str) -> Preprocessing | None:
+    """The preprocessing an architecture was made for (None: the dataset's own view, for nnlab's demo CNNs)."""
+    if arch.startswith("demo"):
+        return None
+    try:
+        from nnlab.models import default_preprocessing  # type: ignore[attr-defined]
+
+        return default_preprocessing(arch)
+    except ImportError:
+        from nnlab.preprocess import imagenet
+
+        return imagenet(source=f"{arch}: ImageNet defaults")
+
+
+def _set_pp_state(pre: Preprocessing) -> None:
+    st.session_state.update({"pp_size": pre.size[0], "pp_resize_mode": pre.resize_mode, "pp_resize": pre.resize,
+                             "pp_crop": pre.crop, "pp_interpolation": pre.interpolation, "pp_channels": pre.channels,
+                             "pp_mean": ", ".join(f"{v:g}" for v in pre.mean),
+                             "pp_std": ", ".join(f"{v:g}" for v in pre.std), "pp_convert": pre.convert,
+                             "pp_source": pre.source})
+
+
+def _pp_from_state() -> Preprocessing:
+    def floats(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in str(text).replace(";", ",").split(",") if v.strip())
+        except ValueError:
+            raise PreprocessingError(f"{text!r} is not a list of numbers") from None
+
+    side = int(st.session_state["pp_size"])
+    return Preprocessing(size=(side, side), channels=int(st.session_state["pp_channels"]),
+                         resize_mode=st.session_state["pp_resize_mode"],
+                         resize=int(st.session_state["pp_resize"]) if st.session_state["pp_resize_mode"] != "none"
+                         else 0, crop=st.session_state["pp_crop"], interpolation=st.session_state["pp_interpolation"],
+                         mean=floats(st.session_state["pp_mean"]), std=floats(st.session_state["pp_std"]),
+                         convert=st.session_state["pp_convert"], source=st.session_state.get("pp_source", "edited"))
+
+
+def preprocessing_editor(arch: str) -> None:
+    """Sidebar fields for the model's preprocessing (defaults from the architecture's own metadata)."""
+    default = arch_preprocessing(arch)
+    if default is None:
+        return
+    if st.session_state.get("pp_arch") != arch or any(k not in st.session_state for k in _PP_KEYS):
+        _set_pp_state(default)
+        st.session_state["pp_arch"] = arch
+    from nnlab.preprocess import CONVERSIONS, INTERPOLATIONS, RESIZE_MODES
+
+    with st.sidebar.expander("Preprocessing (what the model was trained on)", icon=":material/tune:"):
+        st.caption(f"Defaults: {default.source or arch}. Every page feeds the model exactly this.")
+        c1, c2 = st.columns(2)
+        c1.number_input("Input size (px)", 8, 1024, step=8, key="pp_size")
+        c2.number_input("Resize to (px)", 0, 2048, step=8, key="pp_resize",
+                        help="Shorter side (mode 'shorter') or both sides ('squash') before the crop")
+        c1.selectbox("Resize mode", RESIZE_MODES, key="pp_resize_mode")
+        c2.selectbox("Crop", ("center", "none"), key="pp_crop")
+        c1.selectbox("Interpolation", list(INTERPOLATIONS), key="pp_interpolation")
+        c2.selectbox("Channels", (3, 1), key="pp_channels")
+        st.text_input("Mean (per channel, 0–1)", key="pp_mean")
+        st.text_input("Std (per channel, 0–1)", key="pp_std")
+        st.selectbox("Mode conversion", CONVERSIONS, key="pp_convert",
+                     help="pil: what torchvision's ImageFolder loader does; scaled: 16-bit scaled, alpha on white")
+        if st.button("Reset to the architecture's defaults", key="pp_reset"):
+            _set_pp_state(default)
+            st.rerun()
+
+
+def chosen_preprocessing(arch: str, weights: str) -> Preprocessing | None:
+    """The preprocessing of the selected model (None: the dataset's native view)."""
+    if weights == NNLAB_TRAINED or arch_preprocessing(arch) is None:
+        return None
+    if weights == TRAINED:
+        rec = workspace().load_model_record(st.session_state.get("trained_model") or "")
+        pre = rec.extra.get("preprocessing") if rec is not None else None
+        return Preprocessing.from_dict(pre) if pre else None
+    if any(k not in st.session_state for k in _PP_KEYS) or st.session_state.get("pp_arch") != arch:
+        _set_pp_state(arch_preprocessing(arch))
+        st.session_state["pp_arch"] = arch
+    try:
+        return _pp_from_state()
+    except PreprocessingError as exc:
+        st.error(f"The preprocessing is not valid: {exc}")
+        st.stop()
 
 
 def current() -> Current:
@@ -292,16 +412,18 @@ def current() -> Current:
     session that asks for the same model meanwhile.
     """
     ensure_frame()
-    data = _dataset()
+    base_ref, src = _source()
+    arch = st.session_state.get("arch", "demo-cnn")
+    weights = st.session_state.get("weights", NNLAB_TRAINED if arch.startswith("demo") else RANDOM)
+    pre = chosen_preprocessing(arch, weights)
+    dref = refs.data_ref(base_ref["key"], base_ref["path"],
+                         pre.to_dict() if pre is not None and pre != src.native() else None)
+    data = _dataset(dref, src)
     ws = workspace()
     ws_root = str(ws.root)
     if not workspace_writable(ws_root):
         st.warning(f"The workspace {ws_root} is not writable (read-only or disk full). nnlab keeps running "
                    "read-only: nothing new (trained models, variants) will be saved.", icon=":material/lock:")
-    key = st.session_state.get("dataset", default_dataset())
-    dref = refs.data_ref(key, st.session_state.get("dataset_path", "") or "")
-    arch = st.session_state.get("arch", "demo-cnn")
-    weights = st.session_state.get("weights", NNLAB_TRAINED if arch.startswith("demo") else RANDOM)
     if weights == TRAINED:
         model_id = st.session_state.get("trained_model") or ""
         if not model_id:

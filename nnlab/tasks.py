@@ -34,7 +34,7 @@ def _label(params: dict) -> str:
 @job_kind("train-demo", label=lambda p: f"Train the demo model on {_label(p)}")
 def train_demo(params: dict, ctx: JobContext) -> dict:
     """Train (once) and store the demo model of a dataset; returns its id and accuracy."""
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     ws = Workspace(ctx.workspace)
     arch = params.get("arch", "demo-cnn")
     model, record, _ = ensure_demo(data, ws, progress=ctx.train_progress(0.0, 0.9), arch=arch,
@@ -81,7 +81,7 @@ def check_upload(blob: bytes, filename: str, arch: str, data: ImageDataset) -> N
 def register_model(params: dict, ctx: JobContext) -> dict:
     """Build a user's model (uploaded weights, pretrained, or seeded random), check it fits the data, measure
     it and store it in the workspace under ``params["model_id"]``."""
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     ws = Workspace(ctx.workspace)
     arch, source, model_id = params["arch"], params["source"], params["model_id"]
     kind = source.get("kind")
@@ -138,7 +138,7 @@ def eval_key(model_id: str, data_id: str, split: str) -> str:
 @job_kind("evaluate", label=lambda p: f"Evaluate {p['model_id']} on the {p['split']} split")
 def evaluate_job(params: dict, ctx: JobContext) -> dict:
     """One pass of a stored model over a split; per-sample logits go to the workspace."""
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     model, _ = refs.load_model(params["model_id"], ctx.workspace)
     split = params["split"]
     logits = predict_logits(model, data, split, progress=ctx.progress, cancel=ctx.cancelled)
@@ -194,7 +194,7 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     from nnlab.seeding import seeded_init
     from nnlab.train import TrainConfig, train_model
 
-    data = refs.load_data(params["data"])
+    data = refs.load_data(params["data"], ctx.workspace)
     ws = Workspace(ctx.workspace)
     arch, init = params["arch"], params["init"]
     cfg = TrainConfig(**params["config"])
@@ -231,3 +231,14 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
         refs.remember_model(model_id, model, record, ws.root)
     return {"model_id": model_id, "accuracy": record.accuracy, "seconds": round(seconds, 1),
             "history": hist}
+
+
+# --- the data cache -----------------------------------------------------------------------------------------
+
+@job_kind("build-dataset", label=lambda p: f"Decode {_label(p)} into the data cache"
+                                           + (" at the model's preprocessing" if p["data"].get("preprocessing") else ""))
+def build_dataset_job(params: dict, ctx: JobContext) -> dict:
+    """Decode and preprocess a dataset's images once into the workspace's data cache (resumable)."""
+    data = refs.load_data(params["data"], ctx.workspace, progress=ctx.progress, cancel=ctx.cancelled)
+    return {"id": data.id, "train": len(data.y_train), "test": len(data.y_test),
+            "unreadable": len(data.unreadable)}

@@ -72,3 +72,12 @@ def app_test(page: str | None = None, timeout: float = 120):
     if page:
         at.switch_page(page)
     return at
+
+
+def small_preprocessing(at, arch: str, side: int = 16, channels: int = 1) -> None:
+    """Preset the sidebar's preprocessing for a zoo architecture to a small square view (fast tests)."""
+    values = {"pp_arch": arch, "pp_size": side, "pp_resize_mode": "squash", "pp_resize": side, "pp_crop": "center",
+              "pp_interpolation": "bilinear", "pp_channels": channels, "pp_mean": ", ".join(["0.3"] * channels),
+              "pp_std": ", ".join(["0.3"] * channels), "pp_convert": "pil", "pp_source": "test"}
+    for k, v in values.items():
+        at.session_state[k] = v

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nnlab.evaluate import evaluate
 from nnlab.models import create_model
-from tests.conftest import app_test
+from tests.conftest import app_test, small_preprocessing
 
 
 def _metrics(at) -> dict[str, str]:
@@ -38,9 +38,10 @@ def test_random_resnet_on_digits_is_measured(demo):
     at = app_test("pages/overview.py")
     at.session_state["arch"] = "resnet18"
     at.session_state["weights"] = "Random weights (untrained)"
+    small_preprocessing(at, "resnet18", side=16, channels=1)
     at.run()
     assert not at.exception, at.exception
     shown = _metrics(at)
-    expected = sum(p.numel() for p in create_model("resnet18", 1, 10, (8, 8)).parameters())
+    expected = sum(p.numel() for p in create_model("resnet18", 1, 10, (16, 16)).parameters())
     assert shown["Parameters"] == f"{expected:,}"
     assert "ResNet-18" in at.caption[0].value
