@@ -51,12 +51,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from nnlab.measure import torch_threads
-from nnlab.train import Cancelled
+if TYPE_CHECKING:  # importing this module stays light (Ray's helper processes import it): torch loads lazily
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +153,8 @@ class Report:
     def check_cancel(self) -> None:
         """Raise :class:`nnlab.train.Cancelled` when the caller asked to stop."""
         if self.cancelled():
+            from nnlab.train import Cancelled
+
             raise Cancelled("cancelled by the user")
 
 
@@ -174,9 +174,9 @@ class _LocalReport(Report):
 class _RayReport(Report):
     """Sends reports to the caller's board actor, throttled; asks it whether the job was cancelled."""
 
-    def __init__(self, index: int, threads: int, node: str, board: Any, attempt: int) -> None:
+    def __init__(self, run: str, index: int, threads: int, node: str, board: Any, attempt: int) -> None:
         super().__init__(index, threads, node, "ray", attempt)
-        self._board = board
+        self._run, self._board = run, board
         self._last_sent = 0.0
         self._last_check = 0.0
         self._cancelled = False
@@ -186,7 +186,7 @@ class _RayReport(Report):
         frac = _clip(fraction)
         if frac >= 1.0 or now - self._last_sent >= _REPORT_EVERY_S:
             self._last_sent = now
-            self._board.push.remote(self.index, self.attempt, str(message), frac, _jsonable(metrics))
+            self._board.push.remote(self._run, self.index, self.attempt, str(message), frac, _jsonable(metrics))
 
     def cancelled(self) -> bool:
         if self._cancelled:
@@ -197,7 +197,7 @@ class _RayReport(Report):
             import ray
 
             try:
-                self._cancelled = bool(ray.get(self._board.is_cancelled.remote(), timeout=10))
+                self._cancelled = bool(ray.get(self._board.is_cancelled.remote(self._run), timeout=10))
             except Exception:  # noqa: BLE001 - the caller is gone: nobody wants the result any more
                 self._cancelled = True
         return self._cancelled
@@ -255,6 +255,8 @@ def _import_function(path: str) -> Callable:
 
 def _run_piece(fn_path: str, piece: dict, report: Report) -> dict:
     """Run one piece with its thread count set (the same in Ray and in-process); returns the task's facts."""
+    from nnlab.measure import torch_threads
+
     fn = _import_function(fn_path)
     t0 = time.perf_counter()
     with torch_threads(report.threads):
@@ -362,6 +364,8 @@ def ensure_ray(address: str | None = None, cpus: int | None = None, timeout: flo
         else:
             ex = _refresh(Executor("ray", address=addr or "local"))
             _RAY["keeper"], _RAY["owned"] = keeper, True
+            with contextlib.suppress(Exception):
+                _remote("board")  # start the board's process now, while the first pieces are prepared
         _RAY["executor"] = ex
         return ex
 
@@ -399,48 +403,68 @@ def shutdown_ray() -> None:
 
 
 class _Board:
-    """A Ray actor (no CPU) that collects the tasks' progress reports and holds the cancel flag."""
+    """A Ray actor (no CPU), one per calling process: collects the tasks' progress reports, run by run, and
+    holds the runs' cancel flags. One long-lived actor: creating one per run would start a process each time."""
 
     def __init__(self) -> None:
-        self.events: list[tuple] = []
-        self.starts: dict[int, int] = {}
-        self.cancelled = False
+        self.events: dict[str, list[tuple]] = {}
+        self.starts: dict[tuple[str, int], int] = {}
+        self.cancelled: set[str] = set()
 
-    def start(self, index: int) -> int:
-        """Count a start of piece ``index``; returns its attempt number (1, 2 …)."""
-        self.starts[index] = self.starts.get(index, 0) + 1
-        self.events.append((index, self.starts[index], "started", 0.0, {}))
-        return self.starts[index]
+    def start(self, run: str, index: int) -> int:
+        """Count a start of piece ``index`` of ``run``; returns its attempt number (1, 2 …)."""
+        n = self.starts[(run, index)] = self.starts.get((run, index), 0) + 1
+        self.events.setdefault(run, []).append((index, n, "started", 0.0, {}))
+        return n
 
-    def push(self, index: int, attempt: int, message: str, fraction: float, metrics: dict) -> None:
-        self.events.append((index, attempt, message, fraction, metrics))
+    def push(self, run: str, index: int, attempt: int, message: str, fraction: float, metrics: dict) -> None:
+        self.events.setdefault(run, []).append((index, attempt, message, fraction, metrics))
 
-    def drain(self) -> list[tuple]:
-        out, self.events = self.events, []
-        return out
+    def drain(self, run: str) -> list[tuple]:
+        return self.events.pop(run, [])
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def cancel(self, run: str) -> None:
+        self.cancelled.add(run)
 
-    def is_cancelled(self) -> bool:
-        return self.cancelled
+    def is_cancelled(self, run: str) -> bool:
+        return run in self.cancelled
+
+    def forget(self, run: str) -> None:
+        self.events.pop(run, None)
+        self.cancelled.discard(run)
+        for key in [k for k in self.starts if k[0] == run]:
+            del self.starts[key]
 
 
-def _task(fn_path: str, piece: dict, index: int, threads: int, board: Any) -> dict:
+def _task(fn_path: str, piece: dict, run: str, index: int, threads: int, board: Any) -> dict:
     """The body of every Ray task: count the attempt, then run the piece like in-process."""
     import ray
 
-    attempt = int(ray.get(board.start.remote(index), timeout=60))
-    return _run_piece(fn_path, piece, _RayReport(index, threads, node_name(), board, attempt))
+    try:
+        attempt = int(ray.get(board.start.remote(run, index), timeout=60))
+    except Exception:  # noqa: BLE001 - the board is gone (its node died): run anyway, unreported
+        attempt = 1
+    try:
+        return _run_piece(fn_path, piece, _RayReport(run, index, threads, node_name(), board, attempt))
+    finally:  # the board has every report of this task before its result is visible to the caller
+        with contextlib.suppress(Exception):
+            ray.get(board.is_cancelled.remote(run), timeout=10)
 
 
 def _remote(name: str) -> Any:
-    """The Ray-wrapped board class or task function, built on first use (importing this module needs no Ray)."""
+    """The Ray-wrapped task function, or this process's board actor; built on first use."""
     obj = _RAY.get(name)
     if obj is None:
         import ray
 
-        obj = ray.remote(num_cpus=0, max_restarts=0)(_Board) if name == "board" else ray.remote(_task)
+        if name == "task":
+            obj = ray.remote(_task)
+        else:  # the board lives on this node (soft): progress and cancel stay local to the caller
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()
+            obj = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_Board).options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
         _RAY[name] = obj
     return obj
 
@@ -491,6 +515,8 @@ def map_tasks(fn: PieceFn, pieces: list[dict], progress: ProgressFn | None = Non
 
 def _map_local(path: str, pieces: list[dict], progress: ProgressFn | None, stop: CancelFn,
                threads: int) -> list[TaskResult]:
+    from nnlab.train import Cancelled
+
     results: list[TaskResult] = []
     stopped = False
     for i, piece in enumerate(pieces):
@@ -520,12 +546,14 @@ def _map_ray(path: str, pieces: list[dict], progress: ProgressFn | None, stop: C
     import ray
     from ray import exceptions as rex
 
-    board = _remote("board").remote()
+    with _RAY_LOCK:
+        board = _remote("board")
+    run = os.urandom(8).hex()
     opts: dict[str, Any] = {"num_cpus": cpus, "max_retries": max(0, int(max_retries)), "retry_exceptions": False}
     if threads != cpus:  # Ray sets OMP_NUM_THREADS to the task's CPUs; say otherwise (costs fresh workers)
         opts["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
     remote = _remote("task").options(**opts)
-    refs = [remote.remote(path, piece, i, threads, board) for i, piece in enumerate(pieces)]
+    refs = [remote.remote(path, piece, run, i, threads, board) for i, piece in enumerate(pieces)]
     index = {ref: i for i, ref in enumerate(refs)}
     results: dict[int, TaskResult] = {}
     attempts: dict[int, int] = {}
@@ -536,12 +564,12 @@ def _map_ray(path: str, pieces: list[dict], progress: ProgressFn | None, stop: C
 
     def drain() -> None:
         try:
-            events = ray.get(board.drain.remote(), timeout=30)
+            events = ray.get(board.drain.remote(run), timeout=30)
         except Exception:  # noqa: BLE001 - progress is best effort
             return
         for i, attempt, message, fraction, _metrics in events:
             attempts[i] = max(attempts.get(i, 0), attempt)
-            if progress is not None and i not in results:
+            if progress is not None:
                 progress(i, message, fraction)
 
     try:
@@ -555,7 +583,7 @@ def _map_ray(path: str, pieces: list[dict], progress: ProgressFn | None, stop: C
                     nodes[i] = results[i].node
             if cancel_at is None and pending and stop():
                 cancel_at = time.monotonic()
-                board.cancel.remote()
+                board.cancel.remote(run)
                 for ref in pending:
                     ray.cancel(ref, force=False)
             elif cancel_at is not None and not forced and pending and time.monotonic() - cancel_at > _GRACE_S:
@@ -564,7 +592,7 @@ def _map_ray(path: str, pieces: list[dict], progress: ProgressFn | None, stop: C
                     ray.cancel(ref, force=True)
     finally:
         with contextlib.suppress(Exception):
-            ray.kill(board)
+            board.forget.remote(run)
     return [results[i] for i in range(len(pieces))]
 
 
@@ -577,6 +605,8 @@ def _collect(ray: Any, rex: Any, ref: Any, i: int, threads: int, cancelling: boo
         return TaskResult(i, "cancelled", error="cancelled", executor="ray", threads=threads, attempts=n)
     except rex.RayTaskError as exc:
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        from nnlab.train import Cancelled
+
         if isinstance(cause, (Cancelled, KeyboardInterrupt)) or cancelling:
             return TaskResult(i, "cancelled", error="cancelled", executor="ray", threads=threads, attempts=n)
         return TaskResult(i, "failed", error=f"{type(cause).__name__}: {str(cause)[:300]}", executor="ray",
