@@ -411,10 +411,11 @@ class _Board:
         self.starts: dict[tuple[str, int], int] = {}
         self.cancelled: set[str] = set()
 
-    def start(self, run: str, index: int) -> int:
-        """Count a start of piece ``index`` of ``run``; returns its attempt number (1, 2 …)."""
+    def start(self, run: str, index: int, where: str) -> int:
+        """Count a start of piece ``index`` of ``run`` (``where``: node and process); returns the attempt (1, 2 …)."""
         n = self.starts[(run, index)] = self.starts.get((run, index), 0) + 1
-        self.events.setdefault(run, []).append((index, n, "started", 0.0, {}))
+        again = f" (attempt {n})" if n > 1 else ""
+        self.events.setdefault(run, []).append((index, n, f"started on {where}{again}", 0.0, {}))
         return n
 
     def push(self, run: str, index: int, attempt: int, message: str, fraction: float, metrics: dict) -> None:
@@ -440,12 +441,13 @@ def _task(fn_path: str, piece: dict, run: str, index: int, threads: int, board: 
     """The body of every Ray task: count the attempt, then run the piece like in-process."""
     import ray
 
+    node = node_name()
     try:
-        attempt = int(ray.get(board.start.remote(run, index), timeout=60))
+        attempt = int(ray.get(board.start.remote(run, index, f"{node} pid {os.getpid()}"), timeout=60))
     except Exception:  # noqa: BLE001 - the board is gone (its node died): run anyway, unreported
         attempt = 1
     try:
-        return _run_piece(fn_path, piece, _RayReport(run, index, threads, node_name(), board, attempt))
+        return _run_piece(fn_path, piece, _RayReport(run, index, threads, node, board, attempt))
     finally:  # the board has every report of this task before its result is visible to the caller
         with contextlib.suppress(Exception):
             ray.get(board.is_cancelled.remote(run), timeout=10)
@@ -525,6 +527,7 @@ def _map_local(path: str, pieces: list[dict], progress: ProgressFn | None, stop:
             results.append(TaskResult(i, "cancelled", error="cancelled before it started", executor="in-process"))
             continue
         report = _LocalReport(i, threads, progress, stop)
+        report(f"started on {report.node} (in-process)", 0.0)
         try:
             out = _run_piece(path, piece, report)
         except Cancelled as exc:

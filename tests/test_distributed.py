@@ -67,7 +67,9 @@ def test_in_process_results_progress_and_threads():
     assert all(r.ok and r.executor == "in-process" and r.attempts == 1 and r.threads == 1 for r in res)
     assert all(r.value["threads"] == 1 for r in res)  # the piece ran with the stated thread count
     assert torch.get_num_threads() == 2  # ... and the caller's count is back
-    assert seen == [(i, m, f) for i in range(5) for m, f in (("half way", 0.5), ("done", 1.0))]
+    node = res[0].node
+    assert seen == [(i, m, f) for i in range(5)
+                    for m, f in ((f"started on {node} (in-process)", 0.0), ("half way", 0.5), ("done", 1.0))]
 
 
 def test_a_failing_piece_is_reported_and_the_others_run():

@@ -84,7 +84,8 @@ def test_results_progress_and_threads_on_ray(local_ray):
     assert all("/" in r.node for r in res)  # host/ray-node-id
     for i in range(4):  # every task's reports reached this thread, in order
         mine = [(m, f) for j, m, f in seen if j == i]
-        assert mine[0] == ("started", 0.0) and mine[-1] == ("done", 1.0)
+        assert mine[0][0].startswith("started on ") and " pid " in mine[0][0] and mine[0][1] == 0.0
+        assert mine[-1] == ("done", 1.0)
 
 
 def test_two_threads_per_task_on_ray(local_ray):
