@@ -55,6 +55,7 @@ from nnlab.distributed import (
     primed,
     ref_key,
     stable_id,
+    weights_hash,
 )
 from nnlab.records import Record
 from nnlab.train import Cancelled, quick_eval
@@ -294,9 +295,7 @@ def measurer(model: nn.Module, base: Record, data: ImageDataset, ws: Workspace, 
 
 def sweep_id_for(model: nn.Module, base: Record, data: ImageDataset, candidates: list, *extra: Any) -> str:
     """Deterministic sweep id from the parent's weights, the data, the candidates and settings."""
-    from nnlab.models import state_dict_hash
-
-    return stable_id(base.id, state_dict_hash(model.state_dict()), data.id, len(data.y_test), candidates, *extra,
+    return stable_id(base.id, weights_hash(model), data.id, len(data.y_test), candidates, *extra,
                      prefix="s")
 
 

@@ -625,18 +625,34 @@ def _collect(ray: Any, rex: Any, ref: Any, i: int, threads: int, cancelling: boo
 
 
 # --- references to data and models ------------------------------------------------------------------------
+# Built on nnlab.refs (its process-wide caches: a worker loads each dataset and base model once); the extra
+# fields here let a worker check that it resolved the caller's data and weights, not a look-alike.
 
 _CACHE_LOCK = threading.Lock()
-_DATA_CACHE: dict[str, Any] = {}
 _PRIMED: dict[str, Any] = {}
+_HASHES: dict[int, tuple[Any, str]] = {}  # id(obj) → (weak reference, hash): hash shared objects once
 
 
 def _key(ref: dict) -> str:
     return json.dumps(ref, sort_keys=True)
 
 
-def data_fingerprint(data: Any) -> str:
-    """A short hash of a dataset's test split and its classes (a worker checks it resolved the same data)."""
+def _cached_hash(obj: Any, compute: Callable[[Any], str]) -> str:
+    import weakref
+
+    with _CACHE_LOCK:
+        hit = _HASHES.get(id(obj))
+        if hit is not None and hit[0]() is obj:
+            return hit[1]
+    value = compute(obj)
+    with _CACHE_LOCK:
+        for k in [k for k, (r, _) in _HASHES.items() if r() is None]:
+            del _HASHES[k]
+        _HASHES[id(obj)] = (weakref.ref(obj), value)
+    return value
+
+
+def _fingerprint(data: Any) -> str:
     h = hashlib.sha1()
     for t in (data.x_test, data.y_test):
         h.update(str(tuple(t.shape)).encode())
@@ -645,62 +661,61 @@ def data_fingerprint(data: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def dataset_ref(data: Any, key: str | None = None, path: str = "", preprocessing: dict | None = None,
-                **options: Any) -> dict:
-    """A reference to ``data`` that a worker can load: ``{"key", "path", "preprocessing", "id", ...}``.
+def data_fingerprint(data: Any) -> str:
+    """A short hash of a dataset's test split and its classes (a worker checks it resolved the same data)."""
+    return _cached_hash(data, _fingerprint)
 
-    ``key`` defaults to the dataset id when it is a registered dataset key (digits, fashion-mnist …);
-    datasets that need options (an ImageFolder) need them given here.
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """:func:`nnlab.models.state_dict_hash` of a model (computed once per model object)."""
+    from nnlab.models import state_dict_hash
+
+    return _cached_hash(model, lambda m: state_dict_hash(m.state_dict()))
+
+
+def dataset_ref(data: Any, key: str | None = None, path: str = "", preprocessing: dict | None = None) -> dict:
+    """A reference to ``data`` that a worker can load: :func:`nnlab.refs.data_ref` plus ``id`` and ``fingerprint``.
+
+    ``key`` defaults to the dataset id when it is a registered dataset key (digits, fashion-mnist …); a
+    folder dataset needs its key and ``path`` given.
     """
+    from nnlab import refs
     from nnlab.data import DATASETS
 
     key = key or data.id
     if key not in DATASETS:
-        raise ValueError(f"dataset {data.id!r} has no registered key: pass key= and its options")
-    ref = {"key": key, "path": str(path), "preprocessing": preprocessing, "id": data.id,
-           "fingerprint": data_fingerprint(data)}
-    if options:
-        ref["options"] = options
-    return ref
+        raise ValueError(f"dataset {data.id!r} has no registered key: pass key= (and path=)")
+    return {**refs.data_ref(key, path, preprocessing), "id": data.id, "fingerprint": data_fingerprint(data)}
 
 
 def load_dataset_ref(ref: dict) -> Any:
-    """Load (once per process) the dataset a reference names; ``ValueError`` when it is not the same data."""
-    from nnlab.data import load_dataset
+    """The dataset a reference names (through :func:`nnlab.refs.load_data`); ``ValueError`` when it is not the
+    caller's data (another fallback, another copy on this node)."""
+    from nnlab import refs
 
     k = _key(ref)
     with _CACHE_LOCK:
         if k in _PRIMED:
             return _PRIMED[k]
-        if k in _DATA_CACHE:
-            return _DATA_CACHE[k]
-    opts = dict(ref.get("options") or {})
-    if ref.get("path"):
-        opts["path"] = ref["path"]
-    data = load_dataset(ref["key"], **opts)
+    data = refs.load_data(refs.data_ref(ref["key"], ref.get("path", ""), ref.get("preprocessing")))
     if ref.get("id") and data.id != ref["id"]:
-        raise ValueError(f"dataset {ref['key']!r} loads as {data.id!r} here, not {ref['id']!r} "
+        raise ValueError(f"dataset {ref['key']!r} loads as {data.id!r} on {node_name()}, not {ref['id']!r} "
                          f"({data.fallback_reason or 'different data on this node'})")
     if ref.get("fingerprint") and data_fingerprint(data) != ref["fingerprint"]:
-        raise ValueError(f"dataset {ref['key']!r} on this node differs from the caller's (fingerprint)")
-    with _CACHE_LOCK:
-        if len(_DATA_CACHE) >= 2:
-            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        _DATA_CACHE[k] = data
+        raise ValueError(f"dataset {ref['key']!r} on {node_name()} differs from the caller's (fingerprint)")
     return data
 
 
 def model_ref(model: torch.nn.Module, model_id: str, arch: str, workspace: str | Path) -> dict:
     """A reference to a workspace model (base or variant) with the hash of the weights the caller has."""
-    from nnlab.models import state_dict_hash
-
-    return {"model_id": model_id, "arch": arch, "workspace": str(workspace),
-            "weights_hash": state_dict_hash(model.state_dict())}
+    return {"model_id": model_id, "arch": arch, "workspace": str(workspace), "weights_hash": weights_hash(model)}
 
 
 def load_model_ref(ref: dict, data: Any) -> torch.nn.Module:
-    """The model a reference names, freshly loaded (base models, then variants); checked against its hash."""
-    from nnlab.models import create_model, load_into, state_dict_hash
+    """The model a reference names: a state-dict file (``path``), a base model (shared, through
+    :func:`nnlab.refs.load_model`: never mutate it) or a variant; checked against the caller's weights hash."""
+    from nnlab import refs
+    from nnlab.models import create_model, load_into
     from nnlab.workspace import Workspace
 
     k = _key(ref)
@@ -709,23 +724,22 @@ def load_model_ref(ref: dict, data: Any) -> torch.nn.Module:
             return _PRIMED[k]
     ws = Workspace(ref["workspace"])
     mid = ref["model_id"]
+    c, h, w = data.input_shape
     if ref.get("path"):
         from nnlab.models import read_state_dict_file
 
-        c, h, w = data.input_shape
         model = load_into(create_model(ref["arch"], c, data.num_classes, (h, w)), read_state_dict_file(ref["path"]))
+        model = model.eval()
     elif ws.has_model(mid):
-        c, h, w = data.input_shape
-        model = load_into(create_model(ref["arch"], c, data.num_classes, (h, w)), ws.load_model_state(mid))
+        model = refs.load_model(mid, ws.root)[0]
     else:
         rec = ws.load_variant(mid)
         if rec is None:
             raise FileNotFoundError(f"model {mid!r} is not in the workspace {ws.root} on {node_name()}")
         from compression.variant import load_variant_model
 
-        model = load_variant_model(ws, rec)
-    model = model.cpu().eval()
-    if ref.get("weights_hash") and state_dict_hash(model.state_dict()) != ref["weights_hash"]:
+        model = load_variant_model(ws, rec).cpu().eval()
+    if ref.get("weights_hash") and weights_hash(model) != ref["weights_hash"]:
         raise ValueError(f"model {mid!r} in {ws.root} on {node_name()} is not the caller's (weights differ)")
     return model
 

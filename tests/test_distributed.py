@@ -125,8 +125,8 @@ def test_ray_failing_to_start_runs_in_process(monkeypatch):
 
 
 def test_ray_address_flag_sets_the_environment(monkeypatch):
-    monkeypatch.delenv("NNLAB_RAY_ADDRESS", raising=False)
-    config.apply_cli_args(["--workspace", "/tmp/x", "--ray-address", "10.0.0.1:6379"])
+    monkeypatch.setenv("NNLAB_RAY_ADDRESS", "")  # restored after the test (apply_cli_args writes os.environ)
+    config.apply_cli_args(["--ray-address", "10.0.0.1:6379"])
     assert os.environ["NNLAB_RAY_ADDRESS"] == "10.0.0.1:6379" == distributed.ray_address()
     config.apply_cli_args(["--ray-address=local"])
     assert distributed.ray_address() == "local"
@@ -147,7 +147,7 @@ def test_references_resolve_to_the_same_model_and_data(demo, digits):
     mref = distributed.model_ref(model, base.id, base.arch, Workspace().root)
     loaded = distributed.load_model_ref(mref, data)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
-    assert loaded is not model
+    assert loaded is not model and distributed.load_model_ref(mref, data) is loaded  # one copy per process
     bad = {**mref, "weights_hash": "0" * 16}
     with pytest.raises(ValueError, match="weights differ"):
         distributed.load_model_ref(bad, data)
