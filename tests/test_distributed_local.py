@@ -38,6 +38,16 @@ def wait_for_cancel(piece: dict, report) -> dict:
     return {"x": piece["x"]}
 
 
+def die(piece: dict, report) -> dict:
+    """Its worker process dies (SIGKILL) every time it runs."""
+    import os
+    import signal
+
+    if piece.get("die"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"x": piece["x"]}
+
+
 CLEANED: list[int] = []
 
 
@@ -114,3 +124,12 @@ def test_cancel_stops_every_task(local_ray):
     assert [r.status for r in res] == ["cancelled"] * 4
     assert took < 45, took  # far less than the 60 s a piece would run
     assert sorted(CLEANED) == [0, 1, 2, 3]
+
+
+def test_a_worker_lost_every_time_is_retried_once_then_reported(local_ray):
+    seen = []
+    res = map_tasks(die, [{"x": 0}, {"x": 1, "die": True}], lambda i, m, f: seen.append((i, m)), use_ray=True,
+                    max_retries=1, cleanup=note_cleanup)
+    assert res[0].ok and res[0].attempts == 1
+    assert res[1].status == "failed" and res[1].attempts == 2 and "worker lost after 2 attempt(s)" in res[1].error
+    assert [m for i, m in seen if i == 1 and m.startswith("started")][-1].endswith("(attempt 2)")
