@@ -7,6 +7,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8501
 # WORKSPACE=/path/to/folder overrides where models and variants are stored (default ~/.cache/nnlab/workspace)
 WORKSPACE ?=
+# RAY_ADDRESS=host:port runs job pieces (sweep configurations …) on that Ray cluster; by default the server
+# starts a local Ray when a job first needs it (NNLAB_RAY=0 runs them in-process instead)
+RAY_ADDRESS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && sudo -n true 2>/dev/null && echo "sudo -n"))
 CAN_APT := $(shell [ "$$(id -u)" = 0 ] || (command -v sudo >/dev/null && sudo -n true 2>/dev/null) && command -v apt-get >/dev/null && echo yes)
 
@@ -37,7 +40,8 @@ chromium:
 
 run: venv data
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
-	  --browser.gatherUsageStats false --server.headless true $(if $(WORKSPACE),-- --workspace $(WORKSPACE))
+	  --browser.gatherUsageStats false --server.headless true $(if $(WORKSPACE)$(RAY_ADDRESS),--) \
+	  $(if $(WORKSPACE),--workspace $(WORKSPACE)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))
 
 test: venv chromium
 	$(PY) -m pytest -q tests

@@ -8,10 +8,18 @@ Examples::
     python -m compression apply --model model.pt --arch demo-cnn --dataset digits \\
         --method prune-unstructured --set sparsity=0.8 --method cluster --set k=16
     python -m compression sweep configs.yaml
+    python -m compression sweep configs.yaml --ray-address local          # on a local Ray
+    python -m compression sweep configs.yaml --ray-address 10.0.0.5:6379  # on a Ray cluster
+    python -m compression search --model demo --dataset digits --strategy nsga2 --budget 0.01 --trials 24
 
 A sweep file (YAML or JSON) holds ``model``, ``arch``, ``dataset`` (each overridable on the command line)
 and ``variants``: a list whose items are a method config (``{method: cluster, k: 16}``), a list of configs
 (a pipeline), or ``{name: ..., steps: [...]}``.
+
+Sweeps and searches run their configurations as pieces (:func:`nnlab.distributed.map_tasks`): in-process by
+default, on Ray with ``--ray-address`` ("local" starts a local Ray; ``NNLAB_RAY_ADDRESS`` does the same as
+the flag). Variant ids are deterministic (``<sweep id>-<index>``), so rerunning a sweep reuses the records
+it already wrote. On a cluster the workspace must be the same path on every node.
 """
 
 from __future__ import annotations
@@ -83,9 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action=_Step, dest="steps", nargs="+", metavar="KEY=VALUE",
                     help="parameter of the preceding --method")
     ap.add_argument("--name", default=None, help="display name of the variant")
+    def distributed_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="run the configurations on Ray: 'local' starts a local Ray, else a cluster address "
+                             "(default: $NNLAB_RAY_ADDRESS, else in-process)")
+        sp.add_argument("--threads", type=int, default=1, help="intra-op threads of each configuration")
+        sp.add_argument("--sweep-id", default=None, help="prefix of the variant ids (default: a hash of the inputs)")
+
     sp = sub.add_parser("sweep", help="apply every configuration of a YAML/JSON file; one record each")
     sp.add_argument("file", help="YAML or JSON sweep file")
     common(sp, False)
+    distributed_flags(sp)
+    se = sub.add_parser("search", help="search methods and levels; print the frontier within the budget")
+    common(se, False)
+    distributed_flags(se)
+    se.add_argument("--strategy", choices=["grid", "halving", "nsga2"], default="grid")
+    se.add_argument("--budget", type=float, default=0.01, help="largest accuracy drop (0.01 = one point)")
+    se.add_argument("--cost", default="size", choices=["size", "size_gzip", "latency", "latency32", "macs"])
+    se.add_argument("--candidates", default=None, help="grid/halving: JSON or YAML file of pipelines")
+    se.add_argument("--trials", type=int, default=24, help="nsga2: trials in all")
+    se.add_argument("--population", type=int, default=8, help="nsga2: trials per generation")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--keep-all", action="store_true", help="keep every measured variant, not only the frontier")
     return p
 
 
@@ -146,6 +173,89 @@ def read_sweep(path: str | Path) -> dict:
     return doc
 
 
+def _use_ray(args: argparse.Namespace) -> bool:
+    """Start or attach Ray when asked (flag, else ``NNLAB_RAY_ADDRESS``); say where the pieces run."""
+    from nnlab import distributed
+
+    address = args.ray_address or distributed.ray_address()
+    if not address:
+        return False
+    ex = distributed.ensure_ray(address)
+    if not args.quiet:
+        where = (f"Ray at {ex.address}: {ex.nodes} node(s), {ex.cpus:g} CPUs" if ex.kind == "ray"
+                 else f"in-process ({ex.reason})")
+        print(f"running on {where}", file=sys.stderr, flush=True)
+    return ex.kind == "ray"
+
+
+def _task_progress(quiet: bool, names: list[str]):  # noqa: ANN202
+    if quiet:
+        return None
+
+    def show(i: int, msg: str, frac: float) -> None:
+        print(f"[{i + 1}/{len(names)} {frac:6.1%}] {names[i]}: {msg}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _sweep(args: argparse.Namespace, ws) -> int:  # noqa: ANN001
+    from compression.search import drop_incomplete, measure_piece
+    from compression.variant import describe_configs
+    from nnlab import distributed
+    from nnlab.records import Record
+
+    doc = read_sweep(args.file)
+    variants = [_variant_configs(v) for v in doc["variants"]]  # validate all before any work
+    arch = args.arch or doc.get("arch", "demo-cnn")
+    dataset = args.dataset or doc.get("dataset", "digits")
+    model_ref = str(args.model or doc.get("model", "demo"))
+    model, parent, data = _load(model_ref, arch, dataset, ws)
+    mref = distributed.model_ref(model, parent, arch, ws.root)
+    if Path(model_ref).is_file():
+        mref["path"] = str(Path(model_ref).resolve())
+    dref = distributed.dataset_ref(data, key=dataset)
+    configs = [[c.to_dict() for c in cfgs] for _, cfgs in variants]
+    kwargs = {"latency_repeats": args.repeats, "device": str(args.device)}
+    who = {k: mref[k] for k in ("model_id", "arch", "weights_hash")}
+    sid = args.sweep_id or distributed.stable_id(who, dref["fingerprint"], configs, args.threads, kwargs)
+    names = [name or describe_configs(cfgs) for name, cfgs in variants]
+    pieces = [{"workspace": str(ws.root), "model": mref, "dataset": dref, "configs": c, "variant_id": f"{sid}-{i:03d}",
+               "name": n, "sweep_id": sid, "variant_kwargs": kwargs} for i, (c, n) in enumerate(zip(configs, names))]
+    use_ray = _use_ray(args)
+    live = {} if use_ray else {distributed.ref_key(dref): data, distributed.ref_key(mref): model}
+    with distributed.primed(live):
+        results = distributed.map_tasks(measure_piece, pieces, _task_progress(args.quiet, names), use_ray=use_ray,
+                                        threads_per_task=args.threads, cleanup=drop_incomplete)
+    out = []
+    for r in results:
+        if r.ok:
+            out.append(Record.from_dict(r.value["record"]).to_dict())
+        else:
+            print(f"error: variant {r.index + 1} ({names[r.index]}) {r.status}: {r.error}", file=sys.stderr)
+    print(json.dumps(out, indent=2, sort_keys=True, allow_nan=False))
+    return 0 if len(out) == len(results) else 1
+
+
+def _search(args: argparse.Namespace, ws) -> int:  # noqa: ANN001
+    from compression.search import search
+
+    arch, dataset = args.arch or "demo-cnn", args.dataset or "digits"
+    candidates = read_sweep(args.candidates)["variants"] if args.candidates else None
+    if candidates is not None:
+        candidates = [[c.to_dict() for c in _variant_configs(v)[1]] for v in candidates]
+    model, parent, data = _load(str(args.model or "demo"), arch, dataset, ws)
+    base = ws.load_model_record(parent) or ws.load_variant(parent)
+    if base is None:
+        raise ValueError(f"--model {parent!r} has no record in the workspace; search needs its measured base")
+    res = search(model, base, data, ws, budget=args.budget, candidates=candidates, strategy=args.strategy,
+                 cost=args.cost, keep_all=args.keep_all, seed=args.seed, progress=_progress(args.quiet),
+                 use_ray=_use_ray(args), threads=args.threads, sweep_id=args.sweep_id, trials=args.trials,
+                 population=args.population, latency_repeats=args.repeats, device=str(args.device))
+    print(json.dumps({"sweep_id": res.sweep_id, "executor": res.executor, "tried": res.tried,
+                      "frontier": [r.to_dict() for r in res.frontier]}, indent=2, sort_keys=True, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "methods":
@@ -166,21 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                                progress=_progress(args.quiet), device=args.device, latency_repeats=args.repeats)
             print(rec.to_json())
             return 0
-        doc = read_sweep(args.file)
-        variants = [_variant_configs(v) for v in doc["variants"]]  # validate all before any work
-        arch = args.arch or doc.get("arch", "demo-cnn")
-        dataset = args.dataset or doc.get("dataset", "digits")
-        model_ref = args.model or doc.get("model", "demo")
-        model, parent, data = _load(str(model_ref), arch, dataset, ws)
-        out = []
-        for i, (name, configs) in enumerate(variants, 1):
-            if not args.quiet:
-                print(f"variant {i}/{len(variants)}: {' → '.join(c.method for c in configs)}", file=sys.stderr)
-            rec = make_variant(model, parent, arch, configs, data, ws, name=name, progress=_progress(args.quiet),
-                               device=args.device, latency_repeats=args.repeats)
-            out.append(rec.to_dict())
-        print(json.dumps(out, indent=2, sort_keys=True, allow_nan=False))
-        return 0
+        if args.command == "search":
+            return _search(args, ws)
+        return _sweep(args, ws)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -53,8 +53,12 @@ def demo_epochs() -> int:
 
 
 def apply_cli_args(argv: list[str]) -> None:
-    """Honour ``--workspace DIR`` and ``--data DIR`` given after ``streamlit run app.py --``."""
-    flags = {"--workspace": "NNLAB_WORKSPACE", "--data": "NNLAB_DATA"}
+    """Honour ``--workspace DIR``, ``--data DIR`` and ``--ray-address ADDR`` given after ``streamlit run app.py --``.
+
+    ``--ray-address`` attaches the job pieces to a Ray cluster ("local" starts a local Ray; see
+    :mod:`nnlab.distributed`).
+    """
+    flags = {"--workspace": "NNLAB_WORKSPACE", "--data": "NNLAB_DATA", "--ray-address": "NNLAB_RAY_ADDRESS"}
     for i, arg in enumerate(argv):
         for flag, env in flags.items():
             if arg == flag and i + 1 < len(argv):

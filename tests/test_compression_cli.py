@@ -101,3 +101,43 @@ def test_bad_sweep_file_is_refused_before_any_work(tmp_path, capsys):
     bad.write_text(json.dumps({"variants": [{"method": "cluster", "k": 999}]}))
     assert main(["sweep", str(bad), "--workspace", str(tmp_path / "ws"), "--quiet"]) == 2
     assert "k must be between" in capsys.readouterr().err
+
+
+def test_a_rerun_sweep_reuses_its_records(state_file, tmp_path, capsys):
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"model": str(state_file), "dataset": "digits",
+                                 "variants": [{"method": "quantize-weights", "bits": 4}, {"method": "cluster", "k": 4}]}))
+    ws = tmp_path / "ws"
+    args = ["sweep", str(sweep), "--workspace", str(ws), "--repeats", "2", "--quiet"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second == first  # same ids, same records (created time included): nothing measured twice
+    sid = first[0]["id"].rsplit("-", 1)[0]
+    assert [r["id"] for r in first] == [f"{sid}-000", f"{sid}-001"]
+    assert all(r["extra"]["threads"] == 1 and r["extra"]["executor"] == "in-process" for r in first)
+    assert len(Workspace(ws).list_variants()) == 2
+
+
+def test_search_subcommand_prints_the_frontier(demo, tmp_path, capsys):
+    model, base, _ = demo
+    ws = Workspace(tmp_path / "ws")
+    ws.save_model(base.id, model.state_dict())
+    ws.save_model_record(base.id, base)
+    cands = tmp_path / "c.json"
+    cands.write_text(json.dumps([{"method": "quantize-weights", "bits": 8}, {"method": "cluster", "k": 2}]))
+    rc = main(["search", "--model", base.id, "--dataset", "digits", "--workspace", str(ws.root), "--budget", "0.02",
+               "--candidates", str(cands), "--repeats", "2", "--quiet"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["executor"]["kind"] == "in-process" and len(out["tried"]) == 2
+    from compression.pareto import pareto_mask
+
+    front = {r["id"] for r in out["frontier"]}
+    within = [r for r in out["tried"] if r["drop"] <= 0.02 + 1e-12]
+    ids = [base.id] + [r["record_id"] for r in within]
+    mask = pareto_mask([base.accuracy] + [r["accuracy"] for r in within], [base.size_bytes] + [r["cost"] for r in within])
+    assert front == {i for i, m in zip(ids, mask) if m}
+    kept = {r.id for r in ws.list_variants()}
+    assert kept == front - {base.id}
