@@ -65,15 +65,25 @@ def sensitivity_job(params: dict, ctx: JobContext) -> dict:
 
 
 @job_kind("search", label=lambda p: f"Search within {100 * p['budget']:g} points ({p['strategy']}) on "
-                                    f"{p['model_id']}")
+                                    f"{p['model_id']}" + (" on Ray" if p.get("use_ray") else ""))
 def search_job(params: dict, ctx: JobContext) -> dict:
-    """Try candidate pipelines and keep the frontier within the accuracy-drop budget."""
+    """Try candidate pipelines (grid, successive halving or NSGA-II), each measurement a piece of work that
+    runs in-process or as a Ray task; keep the frontier within the accuracy-drop budget."""
     from compression import search as csearch
 
     model, record, data = _model_and_data(params, ctx.workspace)
+    tasks: dict[str, dict] = {}
+
+    def task_progress(i: int, message: str, fraction: float) -> None:
+        tasks[str(i)] = {"message": message, "fraction": round(float(fraction), 3)}
+        ctx.progress(ctx._job.message, None, tasks=dict(tasks))
+
+    extra = {"trials": int(params["trials"])} if params.get("trials") else {}
     res = csearch.search(model, record, data, Workspace(ctx.workspace), budget=float(params["budget"]),
                          candidates=params.get("candidates"), strategy=params["strategy"], cost=params["cost"],
-                         keep_all=bool(params.get("keep_all")), progress=ctx.progress, cancel=ctx.cancelled)
+                         keep_all=bool(params.get("keep_all")), progress=ctx.progress, cancel=ctx.cancelled,
+                         use_ray=params.get("use_ray"), data_ref=params["data"], task_progress=task_progress,
+                         **extra)
     return {"budget": res.budget, "tried": res.tried, "records": [r.id for r in res.records],
             "within_budget": [r.id for r in res.within_budget()],
             "frontier": [{"id": r.id, "name": r.name, "accuracy": r.accuracy} for r in res.frontier],

@@ -73,13 +73,20 @@ d4.download_button("Records (JSON)", export.records_json(records), file_name="pa
 
 st.divider()
 st.subheader("Automatic search")
-st.caption("Tries methods and levels (a small grid; *halving* screens them on held-out training samples first and "
-           "measures only the promising ones) and keeps the whole frontier within the accuracy-drop budget.")
-s1, s2, s3, s4 = st.columns(4)
+st.caption("Tries methods and levels and keeps the whole frontier within the accuracy-drop budget: *grid* measures "
+           "every candidate; *halving* screens them on held-out training samples first and measures only the "
+           "promising ones; *nsga2* (Optuna's NSGA-II) searches the pipeline space (pruning level, then weight bits "
+           "or a cluster count) for accuracy against cost. Each measurement is a task: in this process, or on Ray "
+           "(local by default; a cluster with `make run RAY_ADDRESS=…`).")
+s1, s2, s3, s4, s5 = st.columns(5)
 budget = s1.number_input("Accuracy-drop budget (points)", 0.0, 100.0, 1.0, step=0.5, key="pareto_budget")
-strategy = s2.radio("Strategy", ["grid", "halving"], key="pareto_strategy", horizontal=True)
+strategy = s2.radio("Strategy", ["grid", "halving", "nsga2"], key="pareto_strategy", horizontal=True)
 s_cost = s3.selectbox("Cost", ["size", "latency", "macs"], key="pareto_search_cost")
 keep_all = s4.checkbox("Keep every variant (not only the frontier)", key="pareto_keep_all")
+on_ray = s5.checkbox("Run the tasks on Ray", key="pareto_ray", help="Local Ray unless NNLAB_RAY_ADDRESS or "
+                     "--ray-address names a cluster; threads per task are fixed (1) and recorded with each result")
+trials = int(st.number_input("NSGA-II trials", 4, 1000, 24, step=4, key="pareto_trials")) if strategy == "nsga2" \
+    else None
 grid_text = st.text_area("Candidates (JSON: a list of pipelines, each a list of method configs)",
                          json.dumps(csearch.default_grid()), key="pareto_grid", height=100)
 try:
@@ -91,7 +98,8 @@ except (ValueError, TypeError, AttributeError) as exc:
 if bad:
     st.error(bad)
 search_params = {"model_id": cur.model_id, "data": cur.data_ref, "budget": budget / 100, "strategy": strategy,
-                 "cost": s_cost, "keep_all": bool(keep_all), "candidates": candidates}
+                 "cost": s_cost, "keep_all": bool(keep_all), "candidates": candidates if strategy != "nsga2" else None,
+                 "use_ray": bool(on_ray), "trials": trials}
 if st.button("Run search", key="pareto_search_run", type="primary", disabled=bad is not None):
     st.session_state["pareto_search_job"] = jobs.submit("search", search_params, owner=session.owner(),
                                                         rerun=True).key
@@ -108,6 +116,9 @@ def search_panel() -> None:
     if j.active:
         st.progress(s["fraction"], text=session.progress_text(s))
         st.button("Cancel search", key="pareto_search_cancel", on_click=j.cancel)
+        tasks = (s.get("metrics") or {}).get("tasks") or {}
+        for i, t in sorted(tasks.items(), key=lambda kv: int(kv[0]))[-12:]:
+            st.progress(min(1.0, float(t["fraction"])), text=f"task {int(i) + 1}: {t['message']}")
     elif j.status == jobs.DONE:
         res = j.result or {}
         st.success(f"Search done in {s['elapsed']:.0f} s: {len(res.get('within_budget', []))} variant(s) within "
