@@ -16,7 +16,6 @@ joint", cleanlab's ``filter_by="confident_learning"``); the tests check it again
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,24 +159,48 @@ def crossval_probs_retrain(build: Callable[[], nn.Module], data: ImageDataset, c
     return probs
 
 
+def logistic_regression_probs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, k: int,
+                              c: float = 1.0, max_iter: int = 300) -> np.ndarray:
+    """Class probabilities of ``x_eval`` from a multinomial logistic regression fitted on standardised features.
+
+    The objective is scikit-learn's ``LogisticRegression(C=c)`` (multinomial, L2): ``½‖W‖² + C·Σ CE``, with the
+    intercept unpenalised, solved by full-batch L-BFGS in float64 with PyTorch: the same optimum as scikit-learn
+    (a test compares them), in a fraction of the time on 50,000+ samples.
+    """
+    mu = x_train.mean(axis=0, keepdims=True)
+    sd = x_train.std(axis=0, keepdims=True)
+    sd[sd < 1e-12] = 1.0
+    xt = torch.from_numpy(((x_train - mu) / sd).astype(np.float64))
+    xe = torch.from_numpy(((x_eval - mu) / sd).astype(np.float64))
+    y = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+    n, d = xt.shape
+    w = torch.zeros(d, k, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, y, reduction="sum") + 0.5 / c * (w * w).sum()
+        loss = loss / n  # the same optimum, better-scaled for the line search
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return torch.softmax(xe @ w + b, dim=1).numpy()
+
+
 def crossval_probs_features(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
                             c: float = 1.0) -> np.ndarray:
     """Out-of-sample probabilities from a cross-validated logistic regression on ``features``."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     labels = np.asarray(labels)
     k = int(labels.max()) + 1
     probs = np.zeros((len(labels), k), dtype=np.float64)
+    feats = np.asarray(features, dtype=np.float64)
     for held in _folds(labels, folds, seed):
         train = np.setdiff1d(np.arange(len(labels)), held)
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300))
-        with warnings.catch_warnings():  # an unconverged fit still gives usable probabilities
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(features[train], labels[train])
-        probs[np.ix_(held, clf[-1].classes_)] = clf.predict_proba(features[held])
+        probs[held] = logistic_regression_probs(feats[train], labels[train], feats[held], k, c)
     return probs
 
 

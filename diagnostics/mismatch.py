@@ -8,6 +8,7 @@ that is always removed (``try/finally``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from dataclasses import dataclass
 
@@ -29,14 +30,70 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+class _FeaturesThenLogits(nn.Module):
+    """Stands in for a classifier head: returns its flattened input and its output side by side."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.flatten(1), self.head(x)], dim=1)
+
+
+def feature_model(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module | None:
+    """A private copy of ``model`` whose output is ``[penultimate features | logits]`` in one tensor.
+
+    One output, so any runtime (ONNX Runtime, OpenVINO) can run the feature pass at its speed. None when the
+    head is not the model's last operation (checked on a probe batch against the model's own logits).
+    """
+    import copy
+
+    work = copy.deepcopy(model).eval()
+    head = last_linear(work)
+    names = [n for n, m in work.named_modules() if m is head]
+    if not names or not names[0]:
+        return None
+    parent_name, _, attr = names[0].rpartition(".")
+    parent = work.get_submodule(parent_name) if parent_name else work
+    setattr(parent, attr, _FeaturesThenLogits(head))
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = model.eval()(x) if not model.training else None
+        out = work(x)
+    if ref is None or out.ndim != 2 or out.shape[1] != head.in_features + head.out_features or not torch.allclose(
+            out[:, head.in_features:], ref, atol=1e-5):
+        return None
+    return work
+
+
 def features_and_logits(model: nn.Module, data: ImageDataset, split: str, indices: np.ndarray | None = None,
                         batch_size: int = 512, progress: Callable[[str, float], None] | None = None,
-                        cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        cancel: Callable[[], bool] | None = None, runner: Any = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features (flattened input of the last linear layer) and logits, in one pass.
 
-    The hook is removed afterwards, also on error, and the train/eval mode is restored. A model shared
-    with other threads (a cached model) should be deep-copied first: their passes would run the hook too.
+    ``runner``: a runtime executing :func:`feature_model` of this model (its output is features and logits
+    side by side); then no hook is used. Otherwise a hook on the head reads the features; it is removed
+    afterwards, also on error, and the train/eval mode is restored. A model shared with other threads (a
+    cached model) should be deep-copied first: their passes would run the hook too.
     """
+    if runner is not None:
+        head = last_linear(model)
+        n = len(indices) if indices is not None else len(data.labels(split))
+        feats, logits = [], []
+        for x, _ in data.stream(split, batch_size, indices=indices):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled by the user")
+            out = np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)
+            feats.append(out[:, :head.in_features])
+            logits.append(out[:, head.in_features:])
+            if progress is not None:
+                done = sum(len(t) for t in logits)
+                progress(f"features of the {split} split: {done:,}/{n:,} images", done / max(1, n))
+        if not logits:
+            return np.zeros((0, head.in_features), np.float32), np.zeros((0, head.out_features), np.float32)
+        return np.concatenate(feats), np.concatenate(logits)
     head = last_linear(model)
     device = next(model.parameters()).device
     captured: list[torch.Tensor] = []
@@ -51,7 +108,7 @@ def features_and_logits(model: nn.Module, data: ImageDataset, split: str, indice
     try:
         model.eval()
         with torch.inference_mode():
-            for x, _ in data.batches(split, batch_size, indices=indices):
+            for x, _ in data.stream(split, batch_size, indices=indices):
                 if cancel is not None and cancel():
                     raise Cancelled("cancelled by the user")
                 logits.append(model(x.to(device)).float().cpu())
@@ -124,44 +181,60 @@ class PixelStats:
         return 0.5 * np.abs(self.train_hist - self.test_hist).sum(axis=1)
 
 
-def _hist(x: torch.Tensor, bins: int) -> np.ndarray:
+def _hist(x: torch.Tensor, bins: int, density: bool = True) -> np.ndarray:
+    """Per-channel histogram of uint8 images over ``bins`` equal bins of 0–255 (densities, or counts)."""
     out = []
     for c in range(x.shape[1]):
         h = torch.bincount((x[:, c].reshape(-1).long() * bins) // 256, minlength=bins).double().numpy()
-        out.append(h / max(1.0, h.sum()))
+        out.append(h / max(1.0, h.sum()) if density else h)
     return np.stack(out)
 
 
-def pixel_stats(data: ImageDataset, bins: int = 32, max_images: int = 20000, seed: int = 0) -> PixelStats:
-    """Pixel statistics of both splits (on at most ``max_images`` random images each)."""
+def pixel_stats(data: ImageDataset, bins: int = 32, max_images: int = 20000, seed: int = 0,
+                batch: int = 512) -> PixelStats:
+    """Pixel statistics of both splits (on at most ``max_images`` random images each), read batch by batch."""
     g = np.random.default_rng(seed)
 
-    def part(split: str) -> torch.Tensor:
+    def part(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = data.images(split)
-        return x if len(x) <= max_images else x[torch.from_numpy(np.sort(g.choice(len(x), max_images, False)))]
+        idx = np.arange(len(x)) if len(x) <= max_images else np.sort(g.choice(len(x), max_images, False))
+        s = ss = hist = None
+        count = 0
+        for start in range(0, len(idx), batch):
+            u = x[torch.from_numpy(idx[start:start + batch])]
+            b = u.double().div(255)
+            bs, bss, bh = b.sum(dim=(0, 2, 3)), (b * b).sum(dim=(0, 2, 3)), _hist(u, bins, density=False)
+            s, ss, hist = (bs, bss, bh) if s is None else (s + bs, ss + bss, hist + bh)
+            count += b.shape[0] * b.shape[2] * b.shape[3]
+        mean = s / count
+        std = ((ss / count - mean**2).clamp_min(0) * count / max(1, count - 1)).sqrt()
+        return mean.float().numpy(), std.float().numpy(), hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
 
-    tr, te = part("train"), part("test")
-    ms = [(x.float().div(255).mean(dim=(0, 2, 3)).numpy(), x.float().div(255).std(dim=(0, 2, 3)).numpy())
-          for x in (tr, te)]
-    return PixelStats(ms[0][0], ms[0][1], ms[1][0], ms[1][1], np.linspace(0, 1, bins + 1), _hist(tr, bins),
-                      _hist(te, bins))
+    (trm, trs, trh), (tem, tes, teh) = part("train"), part("test")
+    return PixelStats(trm, trs, tem, tes, np.linspace(0, 1, bins + 1), trh, teh)
 
 
 # --- domain classifier ------------------------------------------------------------------------------------------
 
-def domain_auc(train_features: np.ndarray, test_features: np.ndarray, max_per_split: int = 5000,
+def domain_auc(train_features: np.ndarray, test_features: np.ndarray, max_per_split: int = 10000,
                folds: int = 5, seed: int = 0) -> float:
     """ROC AUC of a classifier telling test from train samples, cross-validated.
 
-    Equal-sized random subsets of both splits, a logistic regression on standardised features, and the
-    AUC of its out-of-fold scores. About 0.5 means the splits cannot be told apart; near 1 means they
-    differ systematically.
+    Equal-sized random subsets of both splits (every test sample when the test split is the smaller one and
+    has at most ``max_per_split``), a logistic regression on standardised features, and the AUC of its
+    out-of-fold scores. About 0.5 means the splits cannot be told apart; near 1 means they differ
+    systematically.
     """
-    from sklearn.linear_model import LogisticRegression
+    scores, y = domain_scores(train_features, test_features, max_per_split, folds, seed)
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+
+    return float(roc_auc_score(y, scores))
+
+
+def domain_scores(train_features: np.ndarray, test_features: np.ndarray, max_per_split: int = 10000,
+                  folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold "is test" probabilities of the balanced domain-classifier sample, and its 0/1 labels."""
+    from diagnostics.labels import logistic_regression_probs
 
     g = np.random.default_rng(seed)
     n = min(len(train_features), len(test_features), max_per_split)
@@ -170,11 +243,14 @@ def domain_auc(train_features: np.ndarray, test_features: np.ndarray, max_per_sp
     a = train_features[g.choice(len(train_features), n, replace=False)]
     b = test_features[g.choice(len(test_features), n, replace=False)]
     x = np.concatenate([a, b]).astype(np.float64)
-    y = np.r_[np.zeros(n), np.ones(n)]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(clf, x, y, cv=cv, method="decision_function")
-    return float(roc_auc_score(y, scores))
+    y = np.r_[np.zeros(n, np.int64), np.ones(n, np.int64)]
+    order = g.permutation(len(y))
+    scores = np.zeros(len(y))
+    for f in range(folds):
+        held = order[f::folds]
+        train = np.setdiff1d(order, held)
+        scores[held] = logistic_regression_probs(x[train], y[train], x[held], 2)[:, 1]
+    return scores, y
 
 
 # --- near-duplicates ------------------------------------------------------------------------------------------
@@ -233,12 +309,12 @@ def near_duplicates(data: ImageDataset, train_features: np.ndarray, test_feature
     tei = np.arange(len(test_features)) if test_index is None else np.asarray(test_index)
     nn_i, nn_s = nearest_train(train_features, test_features, k)
     rows, cols = np.nonzero(nn_s >= threshold)
-    if len(rows):
-        a = data.x_test[torch.from_numpy(tei[rows])].float() / 255
-        b = data.x_train[torch.from_numpy(tri[nn_i[rows, cols]])].float() / 255
-        diff = (a - b).abs().mean(dim=(1, 2, 3)).numpy()
-    else:
-        diff = np.zeros(0)
+    diff = np.zeros(len(rows))
+    for start in range(0, len(rows), 256):  # pairs compared a batch at a time: bounded memory at any size
+        r, c = rows[start:start + 256], cols[start:start + 256]
+        a = data.x_test[torch.from_numpy(tei[r])].float() / 255
+        b = data.x_train[torch.from_numpy(tri[nn_i[r, c]])].float() / 255
+        diff[start:start + len(r)] = (a - b).abs().mean(dim=(1, 2, 3)).numpy()
     best: dict[int, tuple[float, int, float]] = {}
     for r, c, dv in zip(rows, cols, diff):
         if dv <= pixel_threshold and (r not in best or dv < best[r][0]):

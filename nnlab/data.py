@@ -137,6 +137,46 @@ class ImageDataset:
             idx = order[start:start + batch_size]
             yield self.normalize(x_all[idx]), y_all[idx]
 
+    def stream(self, split: str, batch_size: int = 256, indices: np.ndarray | list[int] | None = None,
+               prefetch: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Like :meth:`batches` (in order), with the next batches read and normalised in a background thread
+        while the caller runs the model on this one: bulk passes spend their time in the model, not in I/O."""
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for item in self.batches(split, batch_size, indices=indices):
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(done)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                q.put(exc)
+
+        worker = threading.Thread(target=produce, name="nnlab-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+
     def class_counts(self, split: str) -> np.ndarray:
         return np.bincount(self.labels(split).numpy(), minlength=self.num_classes)
 

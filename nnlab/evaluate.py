@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,11 +51,13 @@ class EvalResult:
 def predict_logits(model: nn.Module, data: ImageDataset, split: str, batch_size: int = 512,
                    indices: np.ndarray | None = None, device: torch.device | None = None,
                    progress: Callable[[str, float], None] | None = None,
-                   cancel: Callable[[], bool] | None = None) -> np.ndarray:
+                   cancel: Callable[[], bool] | None = None, runner: Any = None) -> np.ndarray:
     """Logits of ``model`` over a split (or ``indices`` of it), batched, in inference mode.
 
-    ``progress(message, fraction)`` hears about every batch; ``cancel()`` returning True stops the pass
-    (raising :class:`nnlab.train.Cancelled`).
+    Batches stream from the dataset (read and normalised ahead in a background thread). ``runner``: run the
+    batches in that runtime (anything with ``predict_logits(np.ndarray) -> np.ndarray``, e.g. ONNX Runtime)
+    instead of eager PyTorch. ``progress(message, fraction)`` hears about every batch; ``cancel()`` returning
+    True stops the pass (raising :class:`nnlab.train.Cancelled`).
     """
     device = device or _model_device(model)
     model.eval()
@@ -62,12 +65,15 @@ def predict_logits(model: nn.Module, data: ImageDataset, split: str, batch_size:
     n = len(indices) if indices is not None else len(data.labels(split))
     done = 0
     with torch.inference_mode():
-        for x, _ in data.batches(split, batch_size, indices=indices):
+        for x, _ in data.stream(split, batch_size, indices=indices):
             if cancel is not None and cancel():
                 from nnlab.train import Cancelled
 
                 raise Cancelled("cancelled by the user")
-            outs.append(model(x.to(device)).float().cpu())
+            if runner is not None:
+                outs.append(torch.from_numpy(np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)))
+            else:
+                outs.append(model(x.to(device)).float().cpu())
             done += len(x)
             if progress is not None:
                 progress(f"evaluating the {split} split: {done:,}/{n:,} images", done / max(1, n))
