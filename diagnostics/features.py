@@ -150,16 +150,22 @@ def top_activating(scores: np.ndarray, channel: int, k: int = 12) -> tuple[np.nd
 
 
 def input_from_upload(blob: bytes, data: ImageDataset, invert: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """An uploaded image as the dataset's model sees it: ``(uint8 1×C×H×W, normalised float 1×C×H×W)``.
+    """An uploaded image as the model sees it: ``(uint8 1×C×H×W, normalised float 1×C×H×W)``.
 
-    Any mode (RGBA, greyscale, palette, 16-bit) and any size is converted to the dataset's channels and
-    size, then normalised with the dataset's mean and std.
+    Through the model's own preprocessing (mode conversion, resize, crop, mean/std: what every page feeds it).
+    A model seen at the dataset's native size (the demo CNN) has no resize step of its own: the upload, of any
+    mode and size, is converted to its channels and squashed to its size.
 
     Raises:
         nnlab.images.ImageError: unreadable, empty, oversized images, with a message for the user.
     """
     im = load_image_bytes(blob)
-    x8 = prepare_image(im, data.input_shape, invert=invert)
+    pre = data.preprocessing
+    if pre.resize_mode == "none":
+        x8 = prepare_image(im, data.input_shape, invert=invert)
+    else:
+        a = pre.to_uint8(im)
+        x8 = torch.from_numpy(255 - a if invert else a).unsqueeze(0)
     return x8, data.normalize(x8)
 
 

@@ -462,6 +462,9 @@ def image_folder_source(path: str | Path, image_size: int | None = None, test_fr
         raise DatasetError(str(exc)) from exc
     if len(files.classes) < 2:
         raise DatasetError(f"{path} has a single class ({files.classes[0]}); a classifier needs at least two")
+    counts = np.bincount(files.labels, minlength=len(files.classes))
+    if (counts == 0).any():
+        raise DatasetError(f"class folder {files.classes[int(np.argmin(counts))]!r} in {path} holds no images")
     digest = hashlib.sha1(f"{root}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
     return Source("imagefolder", f"imagefolder-{digest}", f"ImageFolder {root.name}", f"ImageFolder {root}", files,
                   test_fraction=test_fraction, seed=seed, image_size=image_size)
@@ -577,12 +580,15 @@ def dataset_at(src: Source, pre: Preprocessing | None = None, workspace: str | P
         raise DatasetError(str(exc)) from exc
     f = src.files
     split = {k: v[readable[v]] for k, v in positions.items()}
-    for k, v in split.items():
-        present = set(f.labels[v].tolist())
-        if k == "train" and len(present) < len(f.classes):
-            missing = [c for i, c in enumerate(f.classes) if i not in present]
-            raise DatasetError(f"class folder {missing[0]!r} holds no readable image in the training split")
     unreadable = cache.unreadable()
+    present = set(f.labels[split["train"]].tolist())
+    if len(present) < len(f.classes):
+        missing = next(i for i in range(len(f.classes)) if i not in present)
+        where = {rel: why for rel, why in unreadable}
+        bad = [f"{f.relpaths[i]} cannot be read ({where.get(f.relpaths[i], 'unreadable')})"
+               for i in np.flatnonzero((f.labels == missing) & ~readable)][:3]
+        raise DatasetError(f"class folder {f.classes[missing]!r} holds no readable image in the training split"
+                           + (": " + "; ".join(bad) if bad else ""))
     return ImageDataset(
         id=dataset_id(src, pre), name=src.name, source=src.description, classes=list(f.classes),
         x_train=cache.images_at(split["train"]), y_train=torch.from_numpy(f.labels[split["train"]]),

@@ -17,6 +17,8 @@ data, rec = cur.data, cur.record
 ev = session.evaluation("test", cur)
 
 st.caption(f"Dataset: **{data.name}** — {data.source}. Model: **{rec.name}** (`{cur.model_id}`).")
+st.caption(f"Preprocessing (owned by the model, used by every page): {data.preprocessing.describe()}"
+           + (f" — {data.preprocessing.source}" if data.preprocessing.source else "") + ".")
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Test accuracy", f"{ev.accuracy:.2%}", help="Top-1 on the whole test split (the shared evaluation pass).")
 c2.metric("Train accuracy", f"{rec.train_accuracy:.2%}", help="Top-1 on up to 10 000 training samples.")
@@ -53,11 +55,10 @@ st.subheader("Dataset")
 counts = pd.DataFrame({"class": data.classes, "train": data.class_counts("train"), "test": data.class_counts("test")})
 d1, d2 = st.columns([2, 3])
 with d1:
-    mean = ", ".join(f"{v:.3f}" for v in data.mean)
-    std = ", ".join(f"{v:.3f}" for v in data.std)
     c, h, w = data.input_shape
-    st.write(f"{len(data.y_train):,} training and {len(data.y_test):,} test images, {c}×{h}×{w}; "
-             f"normalised per channel with mean ({mean}) and std ({std}) of the training set.")
+    st.write(f"{len(data.y_train):,} training and {len(data.y_test):,} test images, seen by the model as "
+             f"{c}×{h}×{w}" + (f"; {len(data.unreadable):,} unreadable file(s) left out" if data.unreadable else "")
+             + ".")
     st.dataframe(counts, hide_index=True, width="stretch")
 with d2:
     rng = np.random.default_rng(0)

@@ -76,3 +76,24 @@ def test_features_route_and_subsample(digits):
     assert probs.shape == (500, 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
     assert (probs.argmax(1) == y[sub]).mean() > 0.9  # out-of-fold accuracy of a linear model on digits
+
+
+def test_logistic_regression_matches_scikit_learn():
+    """Our L-BFGS multinomial logistic regression has scikit-learn's objective: the same probabilities."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from diagnostics.labels import logistic_regression_probs
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 16)) * rng.uniform(0.1, 5, size=16)
+    y = (x @ rng.normal(size=(16, 4)) + rng.normal(size=(1500, 4)) * 3).argmax(1)
+    ours = logistic_regression_probs(x[:1000], y[:1000], x[1000:], 4, c=0.5)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=10000, tol=1e-12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.fit(x[:1000], y[:1000])
+    assert np.abs(ours - ref.predict_proba(x[1000:])).max() < 1e-4
