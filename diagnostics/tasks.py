@@ -8,6 +8,7 @@ asks for the same check reads the same result.
 from __future__ import annotations
 
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from diagnostics import curves, datacheck, labels
 from nnlab import refs
@@ -82,3 +83,48 @@ def learning_curve_job(params: dict, ctx: JobContext) -> dict:
     key = curves.cache_key(params["model_id"], data.id, fractions, epochs)
     Workspace(ctx.workspace).save_run(key, {"points": [asdict(p) for p in points]})
     return {"run": key, "points": len(points)}
+
+
+def report_path(ws: Workspace, model_id: str, data_id: str, variant_ids: list[str], e_goal: float | None) -> Path:
+    """Where the report of a model (with these variants and this goal) is stored in the workspace."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha1(json.dumps([sorted(variant_ids), e_goal]).encode()).hexdigest()[:10]
+    return ws.root / "reports" / f"{safe_key('report', model_id, data_id, digest)}.html"
+
+
+@job_kind("report", label=lambda p: f"Report of {p['model_id']}"
+                                    + (f" with {len(p.get('variant_ids', []))} variant(s)" if p.get("variant_ids") else ""))
+def report_job(params: dict, ctx: JobContext) -> dict:
+    """One self-contained HTML report (and a PDF when the system's browser can print it)."""
+    import time
+
+    from diagnostics.report import gather, render_html, to_pdf
+    from nnlab.tasks import ensure_evaluation
+    from nnlab.workspace import atomic_write_text
+
+    t0 = time.perf_counter()
+    ws = Workspace(ctx.workspace)
+    data = refs.load_data(params["data"], ctx.workspace)
+    model, record = refs.load_model(params["model_id"], ctx.workspace)
+    ctx.progress("the test split's predictions", 0.02)
+    test = ensure_evaluation(ws, record.id, model, data, "test", ctx.sub(0.02, 0.1), ctx.cancelled)
+    ctx.progress("the training split's predictions", 0.1)
+    train = ensure_evaluation(ws, record.id, model, data, "train", ctx.sub(0.1, 0.2), ctx.cancelled)
+    variants = [v for v in (ws.load_variant(i) for i in params.get("variant_ids", [])) if v is not None]
+    rep = gather(model, record, data, ws, test, train, variants, params.get("e_goal"),
+                 history=ws.load_history(record.id), progress=ctx.sub(0.2, 0.9))
+    ctx.check_cancel()
+    html = render_html(rep)
+    path = report_path(ws, record.id, data.id, params.get("variant_ids", []), params.get("e_goal"))
+    atomic_write_text(path, html)
+    ctx.progress("printing the PDF", 0.92)
+    pdf = path.with_suffix(".pdf")
+    tmp = pdf.with_name(f".{pdf.name}.tmp.pdf")
+    has_pdf = to_pdf(path, tmp)
+    if has_pdf:
+        tmp.replace(pdf)
+    return {"html": str(path.relative_to(ws.root)), "pdf": str(pdf.relative_to(ws.root)) if has_pdf else "",
+            "bytes": path.stat().st_size, "pdf_bytes": pdf.stat().st_size if has_pdf else 0,
+            "seconds": round(time.perf_counter() - t0, 1), "notes": rep.notes}

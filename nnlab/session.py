@@ -500,3 +500,32 @@ def evaluation(split: str = "test", cur: Current | None = None) -> EvalResult:
 
 def device_note() -> str:
     return f"device {config.device()}, {torch.get_num_threads()} CPU threads"
+
+
+def report_panel(cur: Current, variant_ids: list[str], key: str) -> None:
+    """Build (as a job) and download the one-file report of the current model with the chosen variants."""
+    goal = st.session_state.get("goal_e_goal")
+    params = {"model_id": cur.model_id, "data": cur.data_ref, "variant_ids": list(variant_ids),
+              "e_goal": None if goal is None else float(goal) / 100}
+    job = jobs.find("report", params)
+    c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="center")
+    clicked = c1.button("Build the report" if job is None or job.status != jobs.DONE else "Build the report again",
+                        key=f"{key}_build", help="One self-contained HTML file (and a PDF): model card, diagnosis, "
+                        "per-class metrics, worst errors with attributions, data checks, variants side by side")
+    if clicked or (job is not None and job.active):
+        job = run_job("report", params, title="Building the report…", what="The report", retry=clicked)
+    if job is not None and job.status == jobs.DONE and job.result:
+        ws = workspace()
+        res = job.result
+        html_path = ws.root / res["html"]
+        if html_path.is_file():
+            c2.download_button("Report (HTML)", html_path.read_bytes(), file_name=f"nnlab-report-{cur.model_id}.html",
+                               mime="text/html", key=f"{key}_html", icon=":material/description:")
+        if res.get("pdf") and (ws.root / res["pdf"]).is_file():
+            c3.download_button("Report (PDF)", (ws.root / res["pdf"]).read_bytes(),
+                               file_name=f"nnlab-report-{cur.model_id}.pdf", mime="application/pdf",
+                               key=f"{key}_pdf", icon=":material/picture_as_pdf:")
+        else:
+            c3.caption("PDF: no browser to print it here.")
+        st.caption(f"Built in {res.get('seconds', 0):.1f} s, {res.get('bytes', 0) / 1024:.0f} KiB"
+                   + (f"; {' '.join(res['notes'])}" if res.get("notes") else ""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -135,22 +136,32 @@ def eval_key(model_id: str, data_id: str, split: str) -> str:
     return safe_key("eval", model_id, data_id, split)
 
 
+def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: ImageDataset, split: str,
+                      progress: Any = None, cancel: Any = None) -> EvalResult:
+    """The stored per-sample results of a model on a split, computed (and stored) first when missing."""
+    res = load_evaluation(ws, model_id, data.id, split)
+    if res is not None:
+        return res
+    logits = predict_logits(model, data, split, progress=progress, cancel=cancel)
+    labels = data.labels(split).numpy()
+    key = eval_key(model_id, data.id, split)
+    try:
+        ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
+    except WorkspaceError:
+        _MEMORY[key] = (logits, labels)
+    return result_from_logits(logits, labels)
+
+
 @job_kind("evaluate", label=lambda p: f"Evaluate {p['model_id']} on the {p['split']} split")
 def evaluate_job(params: dict, ctx: JobContext) -> dict:
     """One pass of a stored model over a split; per-sample logits go to the workspace."""
     data = refs.load_data(params["data"], ctx.workspace)
     model, _ = refs.load_model(params["model_id"], ctx.workspace)
     split = params["split"]
-    logits = predict_logits(model, data, split, progress=ctx.progress, cancel=ctx.cancelled)
-    labels = data.labels(split).numpy()
-    ws = Workspace(ctx.workspace)
-    key = eval_key(params["model_id"], data.id, split)
-    try:
-        ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
-    except WorkspaceError:
-        _MEMORY[key] = (logits, labels)
-    res = result_from_logits(logits, labels)
-    return {"key": key, "accuracy": res.accuracy, "samples": int(len(labels))}
+    res = ensure_evaluation(Workspace(ctx.workspace), params["model_id"], model, data, split, ctx.progress,
+                            ctx.cancelled)
+    return {"key": eval_key(params["model_id"], data.id, split), "accuracy": res.accuracy,
+            "samples": int(len(res.labels))}
 
 
 _MEMORY: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -178,3 +178,8 @@ if not compare.runs_outside_pytorch(m):
                        key="compare_dl_onnx")
     e4.download_button("State dict (safetensors)", lambda: export.state_dict_bytes(m),
                        file_name=f"{rec.id}.safetensors", key="compare_dl_state")
+
+st.subheader("Report")
+st.caption("The model card, diagnosis, per-class metrics, worst errors with attributions, data checks and these "
+           "models side by side, in one self-contained file.")
+session.report_panel(cur, [r.id for r in chosen if r.id != cur.record.id], key="compare_report")

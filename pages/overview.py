@@ -68,3 +68,16 @@ with d2:
     scale = display_scale(data.input_shape[1], 64)
     st.image(grid([as_image(data.x_test[i], scale) for i in picks], ncols=min(10, len(picks))),
              caption=" · ".join(data.classes[int(labels[i])] for i in picks))
+
+st.subheader("Report")
+st.caption("Everything nnlab knows about this model in one file to share: the model card, the diagnosis against "
+           "your goal, per-class metrics, the worst errors with attributions, the data checks and the Pareto plot "
+           "with the variants you pick (here: the frontier of this model's variants by size).")
+_variants = [v for v in session.workspace().list_variants() if v.parent == cur.model_id and v.status == "ok"]
+if _variants:
+    from compression.pareto import frontier
+
+    _front = [r.id for r in frontier([rec, *_variants], "size") if r.id != rec.id][:4]
+else:
+    _front = []
+session.report_panel(cur, _front, key="overview_report")
