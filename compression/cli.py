@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--population", type=int, default=8, help="nsga2: trials per generation")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--keep-all", action="store_true", help="keep every measured variant, not only the frontier")
+    rp = sub.add_parser("report", help="write a model's one-file report (HTML, and a PDF when a browser can print)")
+    common(rp, False)
+    rp.add_argument("--variants", default="", help="comma-separated variant ids to put side by side")
+    rp.add_argument("--goal", type=float, default=None, help="E_goal as a fraction (default: the pages' default)")
+    rp.add_argument("--out", default="nnlab-report.html", help="where to write the HTML (the PDF goes beside it)")
     return p
 
 
@@ -126,12 +131,40 @@ def _progress(quiet: bool):  # noqa: ANN202
     return show
 
 
+def _report(args: argparse.Namespace, ws: Any) -> int:
+    """The same report the pages build, written to ``--out``."""
+    import diagnostics.tasks as dtasks
+    from nnlab import refs
+
+    dataset = args.dataset or "digits"
+    _, model_id, _ = _load(args.model or "demo", args.arch or "demo-cnn", dataset, ws)
+    if not ws.has_model(model_id):
+        raise ValueError(f"--model must be a workspace model id or 'demo' for a report (got {args.model!r})")
+    rec = ws.load_model_record(model_id)
+    pre = rec.extra.get("preprocessing") if rec is not None else None
+    src = refs.load_source(refs.data_ref(dataset))
+    ref = refs.data_ref(dataset, "", pre if pre and pre != src.native(ws.root).to_dict() else None)
+    out = Path(args.out).resolve()
+    res = dtasks.build_report(ws, model_id, ref, [v for v in args.variants.split(",") if v.strip()], args.goal,
+                              progress=_progress(args.quiet), out=out)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
 def _load(model_ref: str, arch: str, dataset: str, ws):  # noqa: ANN001, ANN202
     from nnlab.base import ensure_demo
     from nnlab.data import load_dataset
     from nnlab.models import create_model, load_into, read_state_dict_file
 
-    data = load_dataset(dataset)
+    if ws.has_model(model_ref):  # a stored model is seen through its own preprocessing
+        from nnlab import refs
+
+        rec = ws.load_model_record(model_ref)
+        pre = rec.extra.get("preprocessing") if rec is not None else None
+        data = load_dataset(dataset, preprocessing=pre or None, workspace=ws.root)
+        model, _ = refs.load_model(model_ref, ws.root)
+        return model, model_ref, data
+    data = load_dataset(dataset, workspace=ws.root)
     if model_ref == "demo":
         model, rec, _ = ensure_demo(data, ws, arch=arch)
         return model, rec.id, data
@@ -139,9 +172,6 @@ def _load(model_ref: str, arch: str, dataset: str, ws):  # noqa: ANN001, ANN202
     if Path(model_ref).is_file():
         model = load_into(create_model(arch, c, data.num_classes, (h, w)), read_state_dict_file(model_ref))
         return model, Path(model_ref).stem, data
-    if ws.has_model(model_ref):
-        model = load_into(create_model(arch, c, data.num_classes, (h, w)), ws.load_model_state(model_ref))
-        return model, model_ref, data
     raise SystemExit(f"error: --model {model_ref!r} is neither a file, a workspace model id, nor 'demo'")
 
 
@@ -278,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "search":
             return _search(args, ws)
+        if args.command == "report":
+            return _report(args, ws)
         return _sweep(args, ws)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

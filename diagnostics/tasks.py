@@ -98,33 +98,56 @@ def report_path(ws: Workspace, model_id: str, data_id: str, variant_ids: list[st
                                     + (f" with {len(p.get('variant_ids', []))} variant(s)" if p.get("variant_ids") else ""))
 def report_job(params: dict, ctx: JobContext) -> dict:
     """One self-contained HTML report (and a PDF when the system's browser can print it)."""
+    return build_report(Workspace(ctx.workspace), params["model_id"], params["data"], params.get("variant_ids", []),
+                        params.get("e_goal"), progress=ctx.progress, cancel=ctx.cancelled)
+
+
+def build_report(ws: Workspace, model_id: str, data_ref: dict, variant_ids: list[str], e_goal: float | None,
+                 progress=None, cancel=None, out: Path | None = None) -> dict:  # noqa: ANN001
+    """Gather, render and store a model's report (the job and the CLI both call this)."""
     import time
 
     from diagnostics.report import gather, render_html, to_pdf
     from nnlab.tasks import ensure_evaluation
+    from nnlab.train import Cancelled
     from nnlab.workspace import atomic_write_text
 
+    def say(message: str, fraction: float) -> None:
+        if progress is not None:
+            progress(message, fraction)
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled by the user")
+
+    def part(start: float, end: float):  # noqa: ANN202
+        return lambda m, f: say(m, start + (end - start) * f)
+
     t0 = time.perf_counter()
-    ws = Workspace(ctx.workspace)
-    data = refs.load_data(params["data"], ctx.workspace)
-    model, record = refs.load_model(params["model_id"], ctx.workspace)
-    ctx.progress("the test split's predictions", 0.02)
-    test = ensure_evaluation(ws, record.id, model, data, "test", ctx.sub(0.02, 0.1), ctx.cancelled)
-    ctx.progress("the training split's predictions", 0.1)
-    train = ensure_evaluation(ws, record.id, model, data, "train", ctx.sub(0.1, 0.2), ctx.cancelled)
-    variants = [v for v in (ws.load_variant(i) for i in params.get("variant_ids", [])) if v is not None]
-    rep = gather(model, record, data, ws, test, train, variants, params.get("e_goal"),
-                 history=ws.load_history(record.id), progress=ctx.sub(0.2, 0.9))
-    ctx.check_cancel()
+    data = refs.load_data(data_ref, ws.root)
+    model, record = refs.load_model(model_id, ws.root)
+    say("the test split's predictions", 0.02)
+    test = ensure_evaluation(ws, record.id, model, data, "test", part(0.02, 0.1), cancel)
+    say("the training split's predictions", 0.1)
+    train = ensure_evaluation(ws, record.id, model, data, "train", part(0.1, 0.2), cancel)
+    variants = [v for v in (ws.load_variant(i) for i in variant_ids) if v is not None]
+    rep = gather(model, record, data, ws, test, train, variants, e_goal, history=ws.load_history(record.id),
+                 progress=part(0.2, 0.9))
+    say("writing the report", 0.9)
     html = render_html(rep)
-    path = report_path(ws, record.id, data.id, params.get("variant_ids", []), params.get("e_goal"))
+    path = out or report_path(ws, record.id, data.id, variant_ids, e_goal)
     atomic_write_text(path, html)
-    ctx.progress("printing the PDF", 0.92)
+    say("printing the PDF", 0.92)
     pdf = path.with_suffix(".pdf")
     tmp = pdf.with_name(f".{pdf.name}.tmp.pdf")
     has_pdf = to_pdf(path, tmp)
     if has_pdf:
         tmp.replace(pdf)
-    return {"html": str(path.relative_to(ws.root)), "pdf": str(pdf.relative_to(ws.root)) if has_pdf else "",
-            "bytes": path.stat().st_size, "pdf_bytes": pdf.stat().st_size if has_pdf else 0,
-            "seconds": round(time.perf_counter() - t0, 1), "notes": rep.notes}
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(ws.root))
+        except ValueError:
+            return str(p)
+
+    return {"html": rel(path), "pdf": rel(pdf) if has_pdf else "", "bytes": path.stat().st_size,
+            "pdf_bytes": pdf.stat().st_size if has_pdf else 0, "seconds": round(time.perf_counter() - t0, 1),
+            "notes": rep.notes}
