@@ -186,7 +186,11 @@ def logistic_regression_probs(x_train: np.ndarray, y_train: np.ndarray, x_eval: 
         loss.backward()
         return loss
 
-    opt.step(closure)
+    from nnlab.measure import torch_threads
+
+    # small problems run faster on one thread (the tiny ops of L-BFGS pay more for waking threads than they win)
+    with torch_threads(1 if xt.numel() < 4_000_000 else None):
+        opt.step(closure)
     with torch.no_grad():
         return torch.softmax(xe @ w + b, dim=1).numpy()
 
