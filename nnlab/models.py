@@ -1,26 +1,33 @@
-"""Model architectures (one registry), the demo CNN, and safe checkpoint loading.
+"""Model architectures (one registry): the demo CNN, nnlab's legacy keys, and the torchvision and timm zoos.
 
-Checkpoints are read with ``torch.load(..., weights_only=True)`` or safetensors: nothing a user gives
-is unpickled as code.
+Keys: nnlab's own (``"demo-cnn"``, ``"demo-cnn-small"``, and the legacy ``"resnet18"``, ``"vgg16"``,
+``"mobilenet_v2"`` that stored records use), ``"tv:<name>"`` and ``"timm:<name>"`` (:mod:`nnlab.zoo`).
+:func:`create_model` builds any of them for the data; :func:`default_preprocessing` says what input the
+architecture expects. Checkpoint reading and fitting live in :mod:`nnlab.checkpoints` (re-exported here).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-StateDict = dict[str, torch.Tensor]
-MAX_CHECKPOINT_BYTES = 2 * 1024**3
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with a message meant for the user."""
+from nnlab.checkpoints import (  # noqa: F401  (re-exported: the names callers import from here)
+    MAX_CHECKPOINT_BYTES,
+    CheckpointError,
+    StateDict,
+    check_state_dict,
+    load_checkpoint,
+    load_into,
+    model_hash,
+    read_state_dict,
+    read_state_dict_file,
+    state_dict_hash,
+)
+from nnlab.preprocess import Preprocessing, PreprocessingError, native
+from nnlab.randinit import seeded_init
 
 
 class DemoCNN(nn.Module):
@@ -90,12 +97,17 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
     def build(in_channels: int, num_classes: int, input_size: tuple[int, int], pretrained: bool = False) -> nn.Module:
         import torchvision
 
-        weights = "DEFAULT" if pretrained else None
+        state = None
+        if pretrained:  # read weights-only from the cache or a download (nnlab.zoo), never unpickled
+            from nnlab.zoo import pretrained_state
+
+            state = pretrained_state(f"tv:{name}")
         try:
-            model = getattr(torchvision.models, name)(weights=weights)
+            model = getattr(torchvision.models, name)(weights=None)
         except Exception as exc:
-            raise CheckpointError(f"torchvision's pretrained weights for {name} could not be fetched "
-                                  f"(offline?): {type(exc).__name__}. Give a weights file instead.") from exc
+            raise CheckpointError(f"torchvision's {name} could not be built: {type(exc).__name__}") from exc
+        if state is not None:
+            load_into(model, state)
         if name.startswith("resnet"):
             model.conv1 = _adapt_first_conv(model.conv1, in_channels)
             if model.fc.out_features != num_classes:
@@ -120,19 +132,26 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
 
 @dataclass(frozen=True)
 class ArchEntry:
-    """A registered architecture: ``build(in_channels, num_classes, input_size, pretrained=False)``."""
+    """A registered architecture: ``build(in_channels, num_classes, input_size, pretrained=False)``.
+
+    Attributes:
+        preprocessing_from: A zoo key whose metadata gives the preprocessing (``"tv:resnet18"``); empty for
+            an architecture trained by nnlab at the dataset's own size and statistics ("native").
+    """
 
     key: str
     label: str
     build: Callable[..., nn.Module]
     pretrained_available: bool = False
+    preprocessing_from: str = ""
 
 
 ARCHITECTURES: dict[str, ArchEntry] = {}
 
 
-def register_model(key: str, label: str, build: Callable[..., nn.Module], pretrained_available: bool = False) -> None:
-    ARCHITECTURES[key] = ArchEntry(key, label, build, pretrained_available)
+def register_model(key: str, label: str, build: Callable[..., nn.Module], pretrained_available: bool = False,
+                   preprocessing_from: str = "") -> None:
+    ARCHITECTURES[key] = ArchEntry(key, label, build, pretrained_available, preprocessing_from)
 
 
 def _demo(width: int, hidden: int) -> Callable[..., nn.Module]:
@@ -145,119 +164,114 @@ def _demo(width: int, hidden: int) -> Callable[..., nn.Module]:
 
 register_model("demo-cnn", "Demo CNN (nnlab)", _demo(32, 128))
 register_model("demo-cnn-small", "Demo CNN, narrow (student)", _demo(8, 32))
-register_model("resnet18", "ResNet-18 (torchvision)", _torchvision("resnet18"), True)
-register_model("vgg16", "VGG-16 (torchvision)", _torchvision("vgg16"), True)
-register_model("mobilenet_v2", "MobileNetV2 (torchvision)", _torchvision("mobilenet_v2"), True)
+for _name, _label in (("resnet18", "ResNet-18"), ("vgg16", "VGG-16"), ("mobilenet_v2", "MobileNetV2")):
+    register_model(_name, f"{_label} (torchvision)", _torchvision(_name), True, f"tv:{_name}")
 
 
-def list_models() -> list[str]:
-    return list(ARCHITECTURES)
+def list_models(zoos: bool = False) -> list[str]:
+    """Registered architecture keys; with ``zoos`` also every ``tv:`` and ``timm:`` key (builds no model)."""
+    if not zoos:
+        return list(ARCHITECTURES)
+    from nnlab.zoo import zoo_keys
+
+    return list(ARCHITECTURES) + zoo_keys()
+
+
+def is_architecture(arch: str) -> bool:
+    """Whether ``arch`` names a registered or zoo architecture."""
+    if arch in ARCHITECTURES:
+        return True
+    from nnlab.zoo import is_known, is_zoo_key
+
+    return is_zoo_key(arch) and is_known(arch)
+
+
+def arch_label(arch: str) -> str:
+    """A label for menus ("Demo CNN (nnlab)", "resnet50 · torchvision · 25.6 M params · 224 px")."""
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch].label
+    from nnlab.zoo import zoo_label
+
+    return zoo_label(arch)
 
 
 def create_model(arch: str, in_channels: int, num_classes: int, input_size: tuple[int, int],
-                 pretrained: bool = False) -> nn.Module:
-    """Build a registered architecture for the given input and class count (random weights unless pretrained)."""
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch].build(in_channels, num_classes, tuple(input_size), pretrained=pretrained)
+                 pretrained: bool = False, *, seed: int | None = None) -> nn.Module:
+    """Build an architecture for the given input and class count (random weights unless pretrained).
 
-
-# --- checkpoints ------------------------------------------------------------------------------------------
-
-def _unwrap(obj: object) -> StateDict:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError("the file holds no state dict (a mapping of parameter names to tensors)")
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"the file is not a plain state dict: entry {bad[0]!r} is not a tensor")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}
-
-
-def read_state_dict(data: bytes, filename: str = "checkpoint.pt") -> StateDict:
-    """Parse checkpoint bytes (``.pt``/``.pth`` via weights-only unpickling, or ``.safetensors``).
+    Args:
+        arch: A registered key or ``"tv:<name>"`` / ``"timm:<name>"``.
+        in_channels: Input channels (a pretrained first conv is adapted).
+        num_classes: Classes of the dataset (the classifier is made or resized for them).
+        input_size: ``(H, W)`` of the model input.
+        pretrained: Start from the architecture's pretrained weights (cache or hub; a clear
+            :class:`CheckpointError` when neither is available).
+        seed: Redraw random weights reproducibly (:func:`nnlab.randinit.seeded_init`), so the same arguments
+            give the same state dict; on pretrained weights only a newly made classifier is redrawn.
 
     Raises:
-        CheckpointError: empty, truncated, foreign or code-carrying files, with a message for the user.
+        CheckpointError: unknown architecture, an input it cannot take, pretrained weights unavailable.
     """
-    if not data:
-        raise CheckpointError("the file is empty")
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"the file is larger than {MAX_CHECKPOINT_BYTES // 2**30} GiB")
-    if filename.lower().endswith(".safetensors"):
-        from safetensors.torch import load as st_load
+    if arch in ARCHITECTURES:
+        model = ARCHITECTURES[arch].build(in_channels, num_classes, tuple(input_size), pretrained=pretrained)
+        fresh = None if not pretrained else (head_layers(model) if num_classes != 1000 else [])
+    else:
+        from nnlab.zoo import build, is_zoo_key
 
-        try:
-            return _unwrap(st_load(data))
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(f"not a valid safetensors file ({type(exc).__name__}: {str(exc)[:160]})") from exc
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = str(exc)
-        if "GLOBAL" in msg or "Unsupported global" in msg:
-            raise CheckpointError("refused: the file holds pickled Python objects (a whole model or code), not "
-                                  "just tensors; nnlab never runs code from a file. Save `model.state_dict()` "
-                                  "instead.") from exc
-        if data[:2] == b"PK" or "zip archive" in msg:
-            raise CheckpointError("the file is truncated or damaged (its zip archive cannot be read)") from exc
-        raise CheckpointError("not a readable PyTorch checkpoint (neither a torch.save archive of tensors nor "
-                              f"safetensors; {type(exc).__name__})") from exc
-    return _unwrap(obj)
+        if not is_zoo_key(arch):
+            raise CheckpointError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)} or a "
+                                  "'tv:<name>' / 'timm:<name>' key")
+        model, fresh = build(arch, in_channels, num_classes, tuple(input_size), pretrained)
+        fresh = None if not pretrained else fresh
+    if seed is not None and (fresh is None or fresh):
+        seeded_init(model, seed, fresh)
+    return model
 
 
-def read_state_dict_file(path: str | Path) -> StateDict:
-    p = Path(path)
-    if p.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{p.name} is larger than {MAX_CHECKPOINT_BYTES // 2**30} GiB")
-    return read_state_dict(p.read_bytes(), p.name)
+def head_layers(model: nn.Module) -> list[str]:
+    """Names of the classifier layer(s) of a built model."""
+    from nnlab.checkpoints import head_names
+
+    return head_names(model)
 
 
-def check_state_dict(model: nn.Module, state: StateDict) -> None:
-    """Raise :class:`CheckpointError` naming the first tensor that does not fit ``model``."""
-    expected = model.state_dict()
-    for name, tensor in expected.items():
-        if name not in state:
-            raise CheckpointError(f"the checkpoint does not fit this architecture: tensor {name!r} "
-                                  f"(shape {tuple(tensor.shape)}) is missing")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"the checkpoint does not fit this architecture: tensor {name!r} has shape "
-                                  f"{tuple(state[name].shape)}, the model expects {tuple(tensor.shape)}")
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise CheckpointError(f"the checkpoint does not fit this architecture: unexpected tensor {extra[0]!r}")
-    for name, t in state.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"tensor {name!r} holds NaN or Inf values")
+def default_preprocessing(arch: str, *, input_shape: tuple[int, int, int] | None = None,
+                          mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                          channels: int = 3) -> Preprocessing:
+    """The preprocessing an architecture expects, from its own metadata.
+
+    torchvision: ``Weights.transforms()`` of the default weights; timm: ``pretrained_cfg`` through
+    ``resolve_data_config`` (both offline). nnlab's demo CNNs are "native": trained at the dataset's own size
+    with its statistics, so the caller passes those (:func:`needs_native_preprocessing` says when).
+
+    Args:
+        input_shape: ``(C, H, W)`` of the dataset (native architectures only).
+        mean: The dataset's per-channel mean on the 0–1 scale (native only).
+        std: Its per-channel standard deviation (native only).
+        channels: 1 for a greyscale model input (zoo architectures; mean and std are averaged).
+
+    Raises:
+        PreprocessingError: a native architecture without the dataset's shape and statistics.
+        CheckpointError: an unknown architecture.
+    """
+    entry = ARCHITECTURES.get(arch)
+    if entry is not None and not entry.preprocessing_from:
+        if input_shape is None or mean is None or std is None:
+            raise PreprocessingError(f"{entry.label} is trained at the dataset's own size and statistics: pass "
+                                     "input_shape, mean and std of the dataset")
+        return native(tuple(input_shape), tuple(mean), tuple(std))
+    from nnlab.zoo import is_zoo_key, zoo_preprocessing
+
+    key = entry.preprocessing_from if entry is not None else arch
+    if not is_zoo_key(key):
+        raise CheckpointError(f"unknown architecture {arch!r}")
+    return zoo_preprocessing(key, channels)
 
 
-def load_into(model: nn.Module, state: StateDict) -> nn.Module:
-    """Check ``state`` against ``model`` and load it; returns the model in eval mode."""
-    check_state_dict(model, state)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def state_dict_hash(state: StateDict) -> str:
-    """A stable content hash of a state dict (names, shapes, dtypes, bytes)."""
-    h = hashlib.sha1()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        h.update(k.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def model_hash(model: nn.Module) -> str:
-    """Content hash of a model's parameters and buffers (used to prove a model was not mutated)."""
-    return state_dict_hash(model.state_dict())
+def needs_native_preprocessing(arch: str) -> bool:
+    """True for architectures trained by nnlab at the dataset's own size and statistics (the demo CNNs)."""
+    entry = ARCHITECTURES.get(arch)
+    return entry is not None and not entry.preprocessing_from
 
 
 def param_count(model: nn.Module) -> int:
