@@ -2,7 +2,9 @@
 
 Works for any ``nn.Module`` (base model or a compressed variant; quantized outputs are dequantized), so two
 models can be compared on the same batch layer by layer. A module called several times in one forward
-pass (ResNet's shared ``relu``) is summarised by its last call.
+pass (ResNet's shared ``relu``) is summarised by its last call. Channels are found whatever the layout:
+channels-last outputs (ConvNeXt's MLPs) and a vision transformer's tokens (``N×T×D``: channel = ``D``) are
+counted by their real channel dimension.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnostics.features import private_copy
+from diagnostics.features import channels_first, output_layout, private_copy
 from diagnostics.hooks import capture_outputs
+from nnlab.archinfo import token_layout
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
                nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Mish, nn.PReLU, nn.Softplus)
+# timm's own activation modules (ConvNeXt's and ViTs' GELU, EfficientNet's Swish …) are not torch's classes
+_TIMM_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me")
+_BOUNDED_BY_NAME = {"Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 KINDS = ("activations", "conv/linear", "all leaves")
 
@@ -56,6 +62,11 @@ class LayerActivation:
                 "saturated": self.saturated_fraction, "zeros": self.zero_fraction}
 
 
+def is_activation(module: nn.Module) -> bool:
+    """An activation module: one of torch's (:data:`ACTIVATIONS`) or timm's."""
+    return isinstance(module, ACTIVATIONS) or type(module).__module__ in _TIMM_ACTIVATION_MODULES
+
+
 def bounds(module: nn.Module) -> tuple[float | None, float] | None:
     """Saturation limits of a bounded activation, else None.
 
@@ -69,6 +80,8 @@ def bounds(module: nn.Module) -> tuple[float | None, float] | None:
     if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
         lo, hi = float(module.min_val), float(module.max_val)
         return (None if lo == 0 else lo), hi
+    if type(module).__module__ in _TIMM_ACTIVATION_MODULES:
+        return _BOUNDED_BY_NAME.get(type(module).__name__)
     return None
 
 
@@ -81,7 +94,7 @@ def select_layers(model: nn.Module, kind: str = "activations") -> list[str]:
         if not n:
             continue
         leaf = next(m.children(), None) is None
-        if kind == "activations" and isinstance(m, ACTIVATIONS):
+        if kind == "activations" and is_activation(m):
             out.append(n)
         elif kind == "conv/linear" and (isinstance(m, WEIGHTED) or m._get_name().startswith(("QuantizedConv",
                                                                                              "QuantizedLinear"))):
@@ -91,14 +104,21 @@ def select_layers(model: nn.Module, kind: str = "activations") -> list[str]:
     return out
 
 
-def summarize_output(name: str, module: nn.Module, t: torch.Tensor, bins: int = 50, tol: float = 1e-3) -> LayerActivation:
-    """Statistics of one layer's output ``t`` (batch first)."""
+def summarize_output(name: str, module: nn.Module, t: torch.Tensor, bins: int = 50, tol: float = 1e-3,
+                     layout: str = "chw") -> LayerActivation:
+    """Statistics of one layer's output ``t`` (batch first).
+
+    Args:
+        layout: Where the channels are (:func:`diagnostics.features.output_layout`): dimension 1 ("chw"),
+            the last dimension ("hwc", "tokens").
+    """
     t = t.float()
     n = t.shape[0]
     units = t.reshape(n, -1)
     alive = (units > 0).any(0)
     if t.ndim >= 3:
-        ch_alive = (t.transpose(0, 1).reshape(t.shape[1], -1) > 0).any(1)
+        cf = channels_first(t, layout)
+        ch_alive = (cf.transpose(0, 1).reshape(cf.shape[1], -1) > 0).any(1)
         dead_ch = float(1 - ch_alive.float().mean())
     else:
         dead_ch = float(1 - alive.float().mean())
@@ -152,7 +172,13 @@ def activation_stats(model: nn.Module, x: torch.Tensor, layers: list[str] | None
                     parts[n].append(store[n])
             if progress:
                 progress((i + 1) / len(chunks))
-    return [summarize_output(n, m.get_submodule(n), torch.cat(parts[n]), bins) for n in names if parts[n]]
+    hw, tokens = tuple(x.shape[-2:]), token_layout(m)
+    out = []
+    for n in names:
+        if parts[n]:
+            t, mod = torch.cat(parts[n]), m.get_submodule(n)
+            out.append(summarize_output(n, mod, t, bins, layout=output_layout(mod, t, hw, tokens)))
+    return out
 
 
 def compare(base: list[LayerActivation], other: list[LayerActivation]) -> list[dict]:

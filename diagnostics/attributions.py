@@ -9,7 +9,13 @@ silently wrong map, so :func:`prepare` works on a deep copy where
   dry run and, during the guided methods, routed through an autograd function that applies the same
   rule as Captum's hook (deconvnet: ``relu(grad_out)``; guided: ``relu(grad_out · [x > 0])``).
 
-Other activations (ReLU6, SiLU, …) keep their ordinary gradient, as in Captum; :func:`prepare` says so.
+Other activations (ReLU6, SiLU, GELU …) keep their ordinary gradient, as in Captum; :func:`prepare` says so
+(a vision transformer has no ReLU: its deconvnet and guided backprop maps are the plain gradient).
+
+Grad-CAM on a channel-first conv layer is Captum's ``LayerGradCam``. On a layer whose output is not
+``N×C×H×W`` (a vision transformer's ``N×T×D`` tokens, a channels-last ConvNeXt block) the same formula is
+applied after laying the output out channel-first (:func:`diagnostics.features.to_map`: the patch tokens
+as their grid, prefix tokens left out), where Captum would average over the wrong dimension.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from diagnostics.features import output_layout, to_map
 from diagnostics.filters import diverging_rgb
-from diagnostics.hooks import borrowed
+from diagnostics.hooks import borrowed, forward_hooks
+from nnlab.archinfo import ArchInfo, arch_info
 
 METHODS = {
     "deconvnet": "Deconvnet (Zeiler & Fergus)",
@@ -105,10 +113,19 @@ class Prepared:
     inplace_modules: int
     functional_calls: int
     other_activations: dict[str, int] = field(default_factory=dict)
+    info: ArchInfo | None = None
+    layouts: dict[tuple[str, tuple[int, ...]], str] = field(default_factory=dict, repr=False)
 
     def notes(self) -> list[str]:
         """Plain-language notes for the page (empty when the model needs none)."""
         out = []
+        if self.info is not None and self.info.kind == "vit":
+            out.append("Vision transformer: the only convolution is the patch embedding; feature maps and "
+                       "Grad-CAM show the patch tokens laid out as their grid (class token left out). "
+                       + self.info.gradcam_note)
+        if not self.relu_modules and not self.functional_calls and self.other_activations:
+            out.append("This model has no ReLU, so deconvnet and guided backprop rectify nothing: both show the "
+                       "plain gradient (like saliency, but signed).")
         if self.inplace_modules:
             out.append(f"{self.inplace_modules} in-place nn.ReLU module(s) were replaced by non-in-place copies "
                        "(on a private copy of the model) so the backward hooks see them.")
@@ -149,12 +166,12 @@ def prepare(model: nn.Module, example: torch.Tensor) -> Prepared:
     relus, inplace = _swap_relus(m)
     others: dict[str, int] = {}
     for mod in m.modules():
-        if isinstance(mod, _OTHER_ACTS):
+        if isinstance(mod, _OTHER_ACTS) or type(mod).__module__.startswith("timm.layers.activations"):
             others[type(mod).__name__] = others.get(type(mod).__name__, 0) + 1
     counter = _FunctionalReLUs(None)
     with torch.no_grad(), counter:
         m(example[:1].to(_device(m)))
-    return Prepared(m, relus, inplace, counter.calls, others)
+    return Prepared(m, relus, inplace, counter.calls, others, arch_info(m))
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -219,6 +236,13 @@ def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_step
                 a, d = IntegratedGradients(m).attribute(x, target=target, n_steps=int(ig_steps),
                                                         internal_batch_size=16, return_convergence_delta=True)
                 delta = float(d.abs().max())
+            elif method in NEEDS_LAYER and _layer_layout(prep, layer, x) != "chw":
+                cam = layer_gradcam(prep, x, layer, target)
+                if method == "gradcam":
+                    a = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+                else:  # Captum's guided Grad-CAM: guided backprop × the map upsampled by nearest neighbour
+                    a = GuidedBackprop(m).attribute(x, target=target) * LayerAttribution.interpolate(
+                        cam, tuple(x.shape[-2:]), interpolate_mode="nearest")
             elif method == "gradcam":
                 cam = LayerGradCam(m, m.get_submodule(layer)).attribute(x, target=target, relu_attributions=True)
                 a = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
@@ -235,6 +259,56 @@ def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_step
     return Attribution(method, int(target), a.detach()[0].cpu().double().numpy(), delta)
 
 
+def _layer_layout(prep: Prepared, layer: str, x: torch.Tensor) -> str:
+    """The layout of ``layer``'s output (:func:`diagnostics.features.output_layout`) for inputs like ``x``."""
+    key = (layer, tuple(x.shape[1:]))
+    if key in prep.layouts:
+        return prep.layouts[key]
+    m = prep.model
+    module = m.get_submodule(layer)
+    found: list[str] = []
+    tokens = prep.info.tokens if prep.info is not None else None
+
+    def hook(mod: nn.Module, inputs: tuple, output: object) -> None:
+        t = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(t, torch.Tensor) and not found:
+            found.append(output_layout(mod, t, tuple(x.shape[-2:]), tokens))
+
+    with torch.no_grad(), forward_hooks(m, {layer: hook}):
+        m(x[:1])
+    if not found:
+        raise ValueError(f"layer {layer!r} produced no tensor output")
+    if found[0] in ("vector", "other"):
+        raise ValueError(f"Grad-CAM needs a layer with a spatial or token output; {layer!r} "
+                         f"({type(module).__name__}) has none")
+    prep.layouts[key] = found[0]
+    return found[0]
+
+
+def layer_gradcam(prep: Prepared, x: torch.Tensor, layer: str, target: int) -> torch.Tensor:
+    """Grad-CAM ``1×1×h×w`` at ``layer`` with its output laid out channel-first first (tokens as their grid).
+
+    Same formula as Captum's ``LayerGradCam``: ``relu(Σ_c mean_hw(∂y/∂A_c) · A_c)``.
+    """
+    m = prep.model
+    hw = tuple(x.shape[-2:])
+    tokens = prep.info.tokens if prep.info is not None else None
+    store: dict[str, tuple[torch.Tensor, str]] = {}
+
+    def hook(mod: nn.Module, inputs: tuple, output: object) -> None:
+        t = output[0] if isinstance(output, (tuple, list)) else output
+        store["a"] = (t, output_layout(mod, t, hw, tokens))
+
+    xi = x[:1].detach().clone().requires_grad_(True)
+    with forward_hooks(m, {layer: hook}):
+        out = m(xi)
+    act, layout = store["a"]
+    (grad,) = torch.autograd.grad(out[0, int(target)], act)
+    a_map, g_map = to_map(act.detach(), layout, hw, tokens), to_map(grad, layout, hw, tokens)
+    weights = g_map.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * a_map).sum(dim=1, keepdim=True))
+
+
 def check_target(num_classes: int, target: int) -> int:
     """Validate a target class index."""
     if not 0 <= int(target) < num_classes:
@@ -249,8 +323,24 @@ def predict(prep: Prepared, x: torch.Tensor) -> np.ndarray:
 
 
 def gradcam_layers(model: nn.Module) -> list[str]:
-    """Candidate Grad-CAM layers: conv layers, last one first (the usual choice)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][::-1]
+    """Candidate Grad-CAM layers, the recommended one first.
+
+    CNNs: conv layers, last one first (the usual choice). Vision transformers: the recommended token layer
+    (:attr:`nnlab.archinfo.ArchInfo.gradcam_layer`), the same place in earlier blocks, then the patch
+    embedding.
+    """
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][::-1]
+    info = arch_info(model)
+    if info.kind != "vit" or info.gradcam_layer is None:
+        return convs
+    block, _, leaf = info.gradcam_layer.rpartition(".") if info.gradcam_layer.endswith(("norm1", "ln_1")) \
+        else (info.gradcam_layer, "", "")
+    parent, _, _ = block.rpartition(".")
+    names = dict(model.named_modules())
+    earlier = [f"{parent}.{c}" + (f".{leaf}" if leaf else "") for c, _ in names[parent].named_children()][::-1] \
+        if parent in names else []
+    layers = [info.gradcam_layer] + [n for n in earlier if n in names and n != info.gradcam_layer]
+    return layers + convs
 
 
 _HEAT = np.array([[0, 0, 0], [120, 0, 30], [230, 60, 0], [255, 200, 40], [255, 255, 230]], dtype=np.float64) / 255

@@ -75,6 +75,13 @@ def _detach(out: object) -> torch.Tensor | None:
     return out.detach().float()
 
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except RuntimeError:  # tensors without storage (e.g. some wrappers): copy to be safe
+        return True
+
+
 @contextlib.contextmanager
 def capture_outputs(model: nn.Module, names: Iterable[str], stop_early: bool = False,
                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
@@ -88,7 +95,8 @@ def capture_outputs(model: nn.Module, names: Iterable[str], stop_early: bool = F
         transform: Applied to each detached output before it is stored (e.g. a reduction).
 
     Yields:
-        ``{name: tensor}``, filled (overwritten) by each forward pass.
+        ``{name: tensor}``, filled (overwritten) by each forward pass. Stored tensors never alias the
+        network's own (a later in-place op cannot change them).
     """
     names = list(names)
     store: dict[str, torch.Tensor] = {}
@@ -97,7 +105,10 @@ def capture_outputs(model: nn.Module, names: Iterable[str], stop_early: bool = F
         def fn(module: nn.Module, inputs: tuple, output: object) -> None:
             t = _detach(output)
             if t is not None:
-                store[name] = transform(t) if transform else t
+                kept = transform(t) if transform else t
+                if isinstance(kept, torch.Tensor) and _shares_memory(kept, t):
+                    kept = kept.clone()  # later in-place ops (``out += identity``) must not change what we keep
+                store[name] = kept
             if stop_early and all(n in store for n in names):
                 raise StopForward
         return fn

@@ -103,8 +103,8 @@ m3.metric("Mean dead units", f"{np.mean([s.dead_fraction for s in stats]):.1%}")
 pct = st.column_config.NumberColumn(format="percent")
 st.dataframe(df, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(df)),
              column_config={"dead units": pct, "dead channels": pct, "saturated": pct, "zeros": pct})
-st.caption("Dead unit: an output position (channel, row, column) that is never positive for any sample of the "
-           "batch. Saturated: within 0.1 % of a bounded activation's flat limit (sigmoid/tanh ends, ReLU6 top); "
+st.caption("Dead unit: an output position (channel, row, column; for a vision transformer channel and token) "
+           "that is never positive for any sample of the batch. Saturated: within 0.1 % of a bounded activation's flat limit (sigmoid/tanh ends, ReLU6 top); "
            "empty for unbounded layers.")
 
 if other:

@@ -71,7 +71,9 @@ with right:
     else:
         if st.session_state.get("attr_layer") not in layers:
             st.session_state["attr_layer"] = layers[0]
-        layer = c2.selectbox("Grad-CAM layer", layers, key="attr_layer", help="last conv layer first")
+        layer = c2.selectbox("Grad-CAM layer", layers, key="attr_layer",
+                             help="the recommended layer first: the last conv layer, or for a vision transformer "
+                                  "the last block (tokens laid out as the patch grid)")
     h = data.input_shape[1]
     window = int(c3.slider("Occlusion window (px)", 1, max(2, h // 2), max(1, min(h // 4, 8)), key="attr_window",
                            help="square patch set to the mean image; stride half the window"))

@@ -70,6 +70,11 @@ with right:
                      help="per-channel: each map stretched to its own range (grey); shared: one symmetric scale, "
                           "red positive, blue negative")
     order_by = c3.radio("Order", ["channel index", "strongest first"], key="features_order")
+    if info[layer].layout == "tokens":
+        st.caption("A vision transformer layer: each map is one embedding channel over the patch tokens, laid out "
+                   "as the patch grid (the class token is left out).")
+    elif info[layer].layout == "hwc":
+        st.caption("This layer works channels-last (N×H×W×C); its channels are shown as maps like any other.")
     maps = _maps(cur.model_id, data.id, choice.token, layer, cur.model, choice.x)
     n_ch = maps.shape[0]
     max_ch = int(st.slider("Channels shown", 1, n_ch, min(64, n_ch), key="features_max")) if n_ch > 1 else 1

@@ -9,6 +9,7 @@ from torch import nn
 
 from diagnostics import filters as F
 from nnlab import session
+from nnlab.archinfo import arch_info
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Filters and weights")
@@ -37,6 +38,9 @@ def _hist(model_id: str, layer: str, bins: int, _model: nn.Module):
 
 
 layers = _conv_layers(cur.model_id, cur.model)
+if len(layers) == 1 and arch_info(cur.model).kind == "vit":
+    st.info(f"A vision transformer: its only convolution is the patch embedding ({layers[0].name}), one filter per "
+            "embedding channel over a whole patch. Attention and MLP weights are in the table below.")
 if not layers:
     st.warning("This model has no Conv2d layer; only the weight table below applies.")
 else:
