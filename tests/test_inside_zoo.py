@@ -258,7 +258,7 @@ def test_vit_channel_scores_and_uploads_use_the_model_preprocessing() -> None:
     g = torch.Generator().manual_seed(3)
     x8 = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=g)
     data = ImageDataset("t224", "t224", "generated", ["a", "b"], x8, torch.tensor([0, 1, 0]), x8, torch.tensor([0, 1, 0]),
-                        mean=pp.mean, std=pp.std)
+                        mean=pp.mean, std=pp.std, preprocessing=pp)
     scores = FE.channel_scores(model, data, "blocks.5", limit=3, reduce="max", batch_size=2)
     assert scores.shape == (3, 192)
     maps = FE.feature_maps(model, data.normalize(x8[1:2]), "blocks.5")
@@ -266,5 +266,5 @@ def test_vit_channel_scores_and_uploads_use_the_model_preprocessing() -> None:
     buf = io.BytesIO()
     im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 4), dtype=np.uint8))
     im.save(buf, format="PNG")
-    u8, x = FE.input_from_upload(buf.getvalue(), data, preprocessing=pp)
+    u8, x = FE.input_from_upload(buf.getvalue(), data)  # the model's preprocessing, carried by the data
     assert u8.shape == (1, 3, 224, 224) and torch.equal(x[0], pp(im))
