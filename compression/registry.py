@@ -318,6 +318,9 @@ def apply(model: nn.Module, cfg: MethodConfig, ctx: CompressContext) -> Compress
     handler = HANDLERS.get(type(cfg))
     if handler is None:
         raise ValueError(f"no handler registered for {type(cfg).__name__}")
+    from nnlab.archinfo import check_method
+
+    check_method(model, cfg)  # e.g. channel pruning through attention: a clear reason, before any work
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     ctx.check_cancel()
     work = copy.deepcopy(model)

@@ -18,7 +18,7 @@ from torch import nn
 from nnlab.data import ImageDataset
 from nnlab.train import Progress, TrainConfig, train_model
 from nnlab.workspace import Workspace
-from nnlab.seeding import seeded_init
+from nnlab.randinit import seeded_init
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 

@@ -26,7 +26,7 @@ from torch import nn
 from nnlab.data import ImageDataset
 from nnlab.evaluate import predict_logits
 from nnlab.train import Progress, TrainConfig, train_model
-from nnlab.seeding import seeded_init
+from nnlab.randinit import seeded_init
 
 _EPS = 1e-6  # cleanlab's fuzzy comparison
 

@@ -29,7 +29,7 @@ from nnlab import config, jobs, refs
 from nnlab.base import demo_id
 from nnlab.data import DATASETS, DatasetError, ImageDataset, Source
 from nnlab.evaluate import EvalResult
-from nnlab.models import ARCHITECTURES, CheckpointError
+from nnlab.models import ARCHITECTURES, CheckpointError, arch_label
 from nnlab.preprocess import Preprocessing, PreprocessingError
 from nnlab.records import Record
 from nnlab.tasks import check_upload, load_evaluation, stash_upload, user_model_id
@@ -177,13 +177,19 @@ def sidebar() -> None:
     if DATASETS[st.session_state["dataset"]].needs_path:
         st.sidebar.text_input("Folder of class subfolders", key="dataset_path",
                               help="Only folders under the allowed roots can be read (NNLAB_ALLOWED_ROOTS).")
-    archs = list(ARCHITECTURES)
     st.session_state.setdefault("arch", "demo-cnn")
-    st.sidebar.selectbox("Architecture", archs, key="arch", format_func=lambda k: ARCHITECTURES[k].label)
+    query = st.sidebar.text_input("Search architectures", key="arch_query", placeholder="e.g. resnet50, vit, convnext",
+                                  help="Every torchvision and timm classifier (tv:… and timm:…) and nnlab's own")
+    archs = architecture_choices(query, st.session_state["arch"])
+    st.sidebar.selectbox("Architecture", archs, key="arch", format_func=arch_label,
+                         help=f"{len(archs):,} shown" + (f" for “{query}”" if query else ""))
     arch = st.session_state["arch"]
+    pretrained_ok = _has_pretrained(arch)
+    options = ([NNLAB_TRAINED] if arch.startswith("demo") else []) + [UPLOAD] + (
+        [PRETRAINED] if pretrained_ok else []) + [RANDOM]
     trained = trained_models(arch, st.session_state["dataset"])
-    options = ([NNLAB_TRAINED] if arch.startswith("demo") else []) + ([TRAINED] if trained else []) + [UPLOAD] + (
-        [PRETRAINED] if ARCHITECTURES[arch].pretrained_available else []) + [RANDOM]
+    if trained:
+        options.insert(1 if arch.startswith("demo") else 0, TRAINED)
     if st.session_state.get("weights") not in options:
         st.session_state["weights"] = options[0]
     st.sidebar.radio("Weights", options, key="weights")
@@ -214,6 +220,26 @@ def trained_models(arch: str, dataset_key: str) -> list[Record]:
                 or dataset_key == "imagefolder" and rec.dataset.startswith("imagefolder")):
             out.append(rec)
     return sorted(out, key=lambda r: r.created, reverse=True)
+
+
+def architecture_choices(query: str, current: str, limit: int = 400) -> list[str]:
+    """The architectures the sidebar offers: nnlab's own, then the zoo search results (the current one kept)."""
+    from nnlab.zoo import search_models
+
+    keys = [k for k, _ in search_models(query or "", limit=limit)] if query else list(ARCHITECTURES) + [
+        k for k, _ in search_models("", limit=limit) if k not in ARCHITECTURES]
+    if current not in keys:
+        keys.insert(0, current)
+    return keys
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _has_pretrained(arch: str) -> bool:
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch].pretrained_available
+    from nnlab.zoo import has_pretrained
+
+    return has_pretrained(arch)
 
 
 def jobs_summary() -> None:
@@ -463,7 +489,7 @@ def current() -> Current:
         model_id = user_model_id(arch, data, source["kind"], token)
         if not refs.has_model(model_id):
             run_job("register-model", {"data": dref, "arch": arch, "source": source, "model_id": model_id},
-                    title=f"Loading and measuring **{ARCHITECTURES[arch].label}**…", what="The model")
+                    title=f"Loading and measuring **{arch_label(arch)}**…", what="The model")
     try:
         model, record = refs.load_model(model_id, ws.root)
     except (KeyError, CheckpointError, ValueError, RuntimeError, OSError) as exc:

@@ -19,7 +19,7 @@ from nnlab.base import demo_id, ensure_demo, profile_model
 from nnlab.data import ImageDataset
 from nnlab.evaluate import EvalResult, predict_logits, result_from_logits
 from nnlab.jobs import JobContext, job_kind
-from nnlab.models import ARCHITECTURES, CheckpointError, create_model, load_into, output_shape_ok, read_state_dict_file
+from nnlab.models import CheckpointError, arch_label, create_model, load_into, output_shape_ok, read_state_dict_file
 from nnlab.workspace import Workspace, WorkspaceError, atomic_write_bytes, safe_key
 
 SOURCES = ("upload", "pretrained", "random")
@@ -99,7 +99,7 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     output_shape_ok(model, data.input_shape, data.num_classes)
     ctx.check_cancel()
     ctx.progress("measuring the model (accuracy, latency, MACs)", 0.2)
-    label = ARCHITECTURES[arch].label if arch in ARCHITECTURES else arch
+    label = arch_label(arch)
     name = params.get("name") or f"{label} ({ {'upload': 'your weights', 'pretrained': 'pretrained', 'random': 'random weights'}[kind] })"
     record = profile_model(model, data, model_id, name, arch, None, latency_repeats=5,
                            extra={"source": source})
@@ -114,18 +114,9 @@ def register_model(params: dict, ctx: JobContext) -> dict:
 
 
 def _seeded(model: nn.Module, seed: int) -> None:
-    """Reproducible random weights without touching the global RNG (see ``nnlab.models.seeded_init``)."""
-    try:
-        from nnlab.models import seeded_init  # type: ignore[attr-defined]
-    except ImportError:
-        import torch
+    """Reproducible random weights without touching the global RNG."""
+    from nnlab.randinit import seeded_init
 
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.numel() > 1 and float(p.std()) > 0:
-                    p.copy_(torch.randn(p.shape, generator=g) * p.std() + p.mean())
-        return
     seeded_init(model, seed)
 
 
@@ -202,7 +193,7 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     import copy
     import time
 
-    from nnlab.seeding import seeded_init
+    from nnlab.randinit import seeded_init
     from nnlab.train import TrainConfig, train_model
 
     data = refs.load_data(params["data"], ctx.workspace)
@@ -228,7 +219,7 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     ctx.check_cancel()
     ctx.progress("measuring the trained model (accuracy, latency, MACs)", 0.92)
     model_id = params["model_id"]
-    label = ARCHITECTURES[arch].label if arch in ARCHITECTURES else arch
+    label = arch_label(arch)
     name = params.get("name") or f"{label} trained by nnlab ({init['kind']}, {cfg.epochs} epochs)"
     hist = [e.to_dict() for e in history]
     record = profile_model(model, data, model_id, name, arch, None, latency_repeats=5,

@@ -75,7 +75,7 @@ with right:
                              help="the recommended layer first: the last conv layer, or for a vision transformer "
                                   "the last block (tokens laid out as the patch grid)")
     h = data.input_shape[1]
-    window = int(c3.slider("Occlusion window (px)", 1, max(2, h // 2), max(1, min(h // 4, 8)), key="attr_window",
+    window = int(c3.slider("Occlusion window (px)", 1, max(2, h // 2), max(1, h // 8), key="attr_window",
                            help="square patch set to the mean image; stride half the window"))
     style = c4.radio("Input-space maps", ["heat", "signed"], key="attr_style",
                      help="heat: |attribution| over the input; signed: red/blue (or RGB around grey) as in Zeiler & Fergus")

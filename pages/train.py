@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from nnlab import jobs, session
-from nnlab.models import ARCHITECTURES
+from nnlab.models import arch_label
 from nnlab.tasks import INITS, trained_model_id
 from nnlab.train import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -17,7 +17,7 @@ st.title("Train or fine-tune")
 cur = session.current()
 data = cur.data
 arch = cur.arch
-st.caption(f"Trains **{ARCHITECTURES[arch].label if arch in ARCHITECTURES else arch}** (the architecture chosen in "
+st.caption(f"Trains **{arch_label(arch)}** (the architecture chosen in "
            f"the sidebar) on **{data.name}** ({len(data.y_train):,} training images, {data.num_classes} classes, "
            f"input {'×'.join(map(str, data.input_shape))}) in the background: you may leave the page. The result "
            "is stored in the workspace and appears in the sidebar under *Weights*.")

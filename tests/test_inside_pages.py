@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import app_test
+from tests.conftest import app_test, small_preprocessing
 
 PAGES = ["pages/inside_filters.py", "pages/inside_features.py", "pages/inside_activations.py",
          "pages/inside_attributions.py"]
@@ -92,6 +92,7 @@ def test_page_vgg16_rgb(rgb_folder: Path, page: str) -> None:
     at.session_state["dataset_path"] = str(rgb_folder)
     at.session_state["arch"] = "vgg16"
     at.session_state["weights"] = "Random weights (untrained)"
+    small_preprocessing(at, "vgg16", side=32, channels=3)  # VGG-16 through the real preprocessing path, small
     at.session_state["acts_n"] = 4
     at.session_state["attr_ig_steps"] = 8
     at.run()

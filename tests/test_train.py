@@ -76,7 +76,7 @@ def test_training_is_reproducible_without_the_global_rng(tiny_data):
     """Same seed, same weights after training (dropout and init from the run's own generators), whatever the
     global RNG does meanwhile."""
     from nnlab.models import DemoCNN
-    from nnlab.seeding import seeded_init
+    from nnlab.randinit import seeded_init
     from nnlab.train import TrainConfig
 
     cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=16, flip=True, crop=0.125, eval_test=False, seed=5)
