@@ -56,7 +56,7 @@ def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
     from playwright.sync_api import sync_playwright
 
     log = tmp_path / "server.log"
-    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "150"}
+    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "100"}
     seen: list[int] = []
     with server(env, log=log) as url, sync_playwright() as p:
         browser = _launch(p)
