@@ -9,7 +9,7 @@ import streamlit as st
 
 from diagnostics import tasks as dtasks
 from diagnostics.mismatch import class_shift, imbalance_ratio
-from nnlab import jobs, session
+from nnlab import jobs, session, widgets
 from nnlab.viz import as_image, display_scale, grid
 
 AUTO_MAX_TRAIN = 10000
@@ -41,7 +41,7 @@ fig = go.Figure([go.Bar(name="train", x=classes, y=shift.train_freq),
                  go.Bar(name="test", x=classes, y=shift.test_freq)])
 fig.update_layout(barmode="group", height=280, yaxis_title="share of the split", margin=dict(l=10, r=10, t=10, b=10))
 fig.update_xaxes(type="category")
-st.plotly_chart(fig, key="data_balance")
+widgets.chart(fig, key="data_balance")
 if tc.min() == 0:
     st.warning(f"Class(es) without training samples: {', '.join(c for c, n in zip(classes, tc) if n == 0)}.")
 
@@ -142,7 +142,7 @@ if rep is not None:
                                  line=dict(dash="dash")))
     fig.update_layout(height=280, xaxis_title="intensity (0–1)", yaxis_title="share of pixels", yaxis_type="log",
                       margin=dict(l=10, r=10, t=10, b=10))
-    st.plotly_chart(fig, key="data_hist")
+    widgets.chart(fig, key="data_hist")
 
 st.header("Near-duplicates across train and test (leakage)")
 if rep is not None:
