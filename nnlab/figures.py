@@ -118,7 +118,25 @@ def figure_dict(fig: Figurish) -> dict:
         text = json.dumps(fig, cls=PlotlyJSONEncoder)
     else:
         raise TypeError(f"expected a plotly Figure or its dict, got {type(fig).__name__}")
-    return json.loads(_PLACEHOLDER_RE.sub(lambda m: _PLACEHOLDERS.get(m.group(0).lower(), m.group(0)), text))
+    spec = json.loads(_PLACEHOLDER_RE.sub(lambda m: _PLACEHOLDERS.get(m.group(0).lower(), m.group(0)), text))
+    return _with_room_for_labels(spec)
+
+
+def _with_room_for_labels(spec: dict) -> dict:
+    """Let every axis grow the margins to fit its tick labels and title (``automargin``).
+
+    Pages use tight margins and Streamlit's frontend makes room for the labels itself; a static image has no
+    frontend, so without this the tick labels and axis titles are cut at the border.
+    """
+    layout = spec.setdefault("layout", {})
+    names = {k for k in layout if re.fullmatch(r"[xy]axis\d*", k)} | {"xaxis", "yaxis"}
+    for name in names:
+        axis = layout.get(name)
+        if axis is None:
+            axis = layout[name] = {}
+        if isinstance(axis, dict):
+            axis.setdefault("automargin", True)
+    return spec
 
 
 def _size(fig: dict, width: int | None, height: int | None) -> tuple[int, int]:

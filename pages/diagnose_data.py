@@ -86,8 +86,24 @@ def _record(idx: int) -> None:
         _decisions()[idx] = choice
 
 
+def label_card(r: dict, decisions: dict[int, str], big: int, small: int) -> None:
+    """One suspected label error: the image, both labels, the suggested class's nearest images, a decision."""
+    idx = r["train_index"]
+    st.image(as_image(data.x_train[idx], big), caption=f"train #{idx}", output_format="PNG")
+    st.markdown(f"given **{r['given_class']}** · suggested **{r['suggested_class']}**  \n"
+                f"p(given) {r['self_confidence']:.2f} · p(suggested) {r['p_suggested']:.2f}")
+    if r["neighbours"]:
+        st.image(grid([as_image(data.x_train[j], small) for j in r["neighbours"]], ncols=len(r["neighbours"])),
+                 caption=f"nearest training images labelled {r['suggested_class']}", output_format="PNG")
+    key = f"label_dec_{idx}"
+    if key not in st.session_state and idx in decisions:  # decided on another page of the gallery
+        st.session_state[key] = decisions[idx]
+    st.radio("Your decision", datacheck.DECISIONS, key=key, horizontal=True, on_change=_record, args=(idx,),
+             **({} if key in st.session_state else {"index": None}))
+
+
 def label_gallery(rep: datacheck.DataReport) -> None:
-    """The suspected label errors as cards: image, given vs suggested label, neighbours, a decision each."""
+    """The suspected label errors as cards, filtered by class pair and paged; decisions download as CSV."""
     rows = datacheck.label_error_rows(rep, classes)
     pairs: dict[tuple[int, int], int] = {}
     for r in rows:
@@ -102,39 +118,28 @@ def label_gallery(rep: datacheck.DataReport) -> None:
     if st.session_state.get("label_page", 1) > pages:
         st.session_state["label_page"] = pages
     page = int(f2.number_input(f"Page (of {pages})", 1, pages, 1, key="label_page"))
-    st.caption("Each card: the training image as the model sees it, its given label and the label the out-of-sample "
-               "model suggests with their probabilities (p(given) is the self-confidence), and the nearest training "
-               "images labelled with the suggested class in the model's penultimate-feature space.")
+    st.caption("Each card: the training image as the model sees it, its given label and the label the "
+               "out-of-sample model suggests with their probabilities (p(given) is the self-confidence), and the "
+               "nearest training images labelled with the suggested class in the model's penultimate-feature space.")
     decisions = _decisions()
     big, small = display_scale(data.input_shape[1], 112), display_scale(data.input_shape[1], 40)
     part = shown[(page - 1) * PER_PAGE:page * PER_PAGE]
     with st.container(key="label_gallery"):
         for start in range(0, len(part), NCOLS):
             for col, r in zip(st.columns(NCOLS), part[start:start + NCOLS]):
-                idx = r["train_index"]
-                with col.container(border=True, key=f"label_card_{idx}"):
-                    st.image(as_image(data.x_train[idx], big), caption=f"train #{idx}", output_format="PNG")
-                    st.markdown(f"given **{r['given_class']}** · suggested **{r['suggested_class']}**  \n"
-                                f"p(given) {r['self_confidence']:.2f} · p(suggested) {r['p_suggested']:.2f}")
-                    if r["neighbours"]:
-                        st.image(grid([as_image(data.x_train[j], small) for j in r["neighbours"]],
-                                      ncols=len(r["neighbours"])),
-                                 caption=f"nearest training images labelled {r['suggested_class']}",
-                                 output_format="PNG")
-                    key = f"label_dec_{idx}"
-                    if key not in st.session_state and idx in decisions:
-                        st.session_state[key] = decisions[idx]
-                    st.radio("Your decision", datacheck.DECISIONS, key=key, horizontal=True, on_change=_record,
-                             args=(idx,), **({} if key in st.session_state else {"index": None}))
+                with col.container(border=True, key=f"label_card_{r['train_index']}"):
+                    label_card(r, decisions, big, small)
     counts = {d: sum(1 for v in decisions.values() if v == d) for d in datacheck.DECISIONS}
     st.caption(f"{len(decisions):,} of {len(rows):,} decided: " + ", ".join(f"{n} {d}" for d, n in counts.items()))
     d1, d2 = st.columns(2)
     d1.download_button("Decisions (CSV)", datacheck.decisions_csv(rows, decisions), mime="text/csv",
                        file_name=f"label-decisions-{data.id}.csv", key="label_dl_decisions",
-                       icon=":material/download:", help="The samples you decided on, with both labels")
+                       icon=":material/download:", help="The samples you decided on, with both labels",
+                       on_click="ignore")
     d2.download_button("Relabelling (CSV)", datacheck.relabelling_csv(rows, decisions), mime="text/csv",
                        file_name=f"relabelling-{data.id}.csv", key="label_dl_relabel", icon=":material/download:",
-                       help="The samples you marked 'label wrong', with the suggested label to use instead")
+                       help="The samples you marked 'label wrong', with the suggested label to use instead",
+                       on_click="ignore")
 
 
 st.header("Suspected label errors")
@@ -161,7 +166,8 @@ if rep is not None:
             jobs.submit("data-checks", check_params, owner=session.owner(), rerun=True)
             st.rerun()
     else:
-        label_gallery(rep)
+        with st.container(key="label_errors"):
+            label_gallery(rep)
 
 with st.expander("Exact check: k-fold retraining of the architecture (slower)"):
     n_max = int(st.number_input("Training samples to check (stratified subsample)", min_value=100,

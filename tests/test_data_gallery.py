@@ -133,7 +133,8 @@ def test_decision_and_relabelling_csv():
     assert datacheck.decisions_csv(rows, dec) == (
         "train_index,given_label,suggested_label,given_class,suggested_class,self_confidence,p_suggested,decision\n"
         "7,1,2,1,2,0.100000,0.800000,label wrong\n3,4,9,4,9,0.200000,0.700000,label right\n")
-    assert datacheck.relabelling_csv(rows, dec) == "train_index,given_label,new_label,given_class,new_class\n7,1,2,1,2\n"
+    assert datacheck.relabelling_csv(rows, dec) == (
+        "train_index,given_label,new_label,given_class,new_class\n7,1,2,1,2\n")
 
 
 # --- the page ---------------------------------------------------------------------------------------------------
