@@ -24,13 +24,13 @@ from compression import defaults  # noqa: E402
 from compression.registry import config_from_dict, list_methods  # noqa: E402
 from compression.variant import make_variant  # noqa: E402
 from nnlab.base import ensure_demo  # noqa: E402
-from nnlab.data import load_dataset  # noqa: E402
+from nnlab import refs  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
 # The settings each default was chosen against (besides the default itself).
 ALTERNATIVES: dict[str, list[dict]] = {
     "prune-unstructured": [{"sparsity": 0.5, "scope": "layer"}, {"sparsity": 0.7, "scope": "global"}],
-    "prune-channels": [{}, {"amount": 0.25}, {"amount": 0.5, "finetune_epochs": 1}],
+    "prune-channels": [{}, {"amount": 0.25}],
     "cluster": [{"k": 16}],
     "quantize-weights": [{"bits": 4}],
 }
@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_dataset(args.data)
+    data = refs.load_data(refs.data_ref(args.data))  # through the data cache, as the lab's jobs read it
     ws = Workspace()
     model, base, _ = ensure_demo(data, ws)
     wanted = [m for m in args.methods.split(",") if m]

@@ -26,7 +26,8 @@ else:
     shown = [v for v in variants if v.dataset == cur.data.id]
 records = [cur.record, *[v for v in shown if v.status == "ok"]]
 st.caption(f"Base **{cur.record.name}** and {len(records) - 1} variant(s). Bubble area ∝ MACs, colour = method, "
-           "a star marks the base; the dashed line is the Pareto frontier (no other point is both more accurate and cheaper). "
+           "a star marks the base; the dashed line is the Pareto frontier (no other point is both more accurate and "
+           "cheaper). "
            "Select points (click, box or lasso) to compare them.")
 if len(records) == 1:
     st.info("No variant yet: make some in the Compression lab, or run the automatic search below.")
@@ -38,7 +39,8 @@ for tab, cost in ((tab_size, "size"), (tab_lat, "latency"), (tab_macs, "macs")):
     with tab:
         fig = pareto.pareto_figure(records, cost, base_id=cur.record.id)
         figs[cost] = fig
-        event = widgets.chart(fig, key=f"pareto_fig_{cost}", on_select="rerun", selection_mode=("points", "box", "lasso"))
+        event = widgets.chart(fig, key=f"pareto_fig_{cost}", on_select="rerun",
+                              selection_mode=("points", "box", "lasso"))
         picked += [i for i in pareto.selected_ids(event) if i not in picked]
         front = pareto.frontier(records, cost)
         st.markdown(f"**Frontier ({pareto.COSTS[cost].lower()}):** " + " → ".join(

@@ -100,11 +100,21 @@ def test_domain_scores_rank_the_shifted_test_images_first(demo, digits):
     bright = type(digits)("b", "b", "t", digits.classes, digits.x_train, digits.y_train, x, digits.y_test,
                           mean=digits.mean, std=digits.std)
     f_te, _ = M.features_and_logits(model, bright, "test")
-    dom = M.domain_classifier(f_tr, f_te)
-    assert dom.auc == M.domain_auc(f_tr, f_te)
+    dom = M.domain_classifier(f_tr, f_te, max_per_split=300)
+    assert dom.auc > 0.65 and len(dom.test_index) == 300 == len(set(dom.test_index.tolist()))  # half are shifted
     assert ((dom.test_score >= 0) & (dom.test_score <= 1)).all()
     top = dom.test_index[np.argsort(-dom.test_score)[:20]]
     assert np.isin(top, shifted).mean() >= 0.9
+
+
+def test_domain_classifier_is_domain_auc_with_scores():
+    g = np.random.default_rng(0)
+    tr, te = g.standard_normal((60, 4)), g.standard_normal((50, 4)) + [1.5, 0, 0, 0]
+    dom = M.domain_classifier(tr, te, max_per_split=40)
+    assert dom.auc == M.domain_auc(tr, te, max_per_split=40) > 0.8
+    scores, y = M.domain_scores(tr, te, max_per_split=40)
+    assert np.array_equal(dom.test_score, scores[y == 1])
+    assert np.corrcoef(dom.test_score, te[dom.test_index, 0])[0, 1] > 0.9  # the most shifted score highest
 
 
 def test_report_round_trip_and_old_reports(report):
@@ -145,7 +155,6 @@ def test_gallery_shows_the_suspects_in_order_with_their_labels(noisy, report):
     ids = _card_ids(at)
     assert ids == report.label_train_index[:12].tolist()
     classes = noisy.data.classes
-    first = report.label_train_index[0]
     g, sg = classes[report.labels.given[0]], classes[report.labels.suggested[0]]
     text = (f"given **{g}** · suggested **{sg}**  \n"
             f"p(given) {report.labels.self_confidence[0]:.2f} · p(suggested) {report.label_suggested_prob[0]:.2f}")
