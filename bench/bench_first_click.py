@@ -33,6 +33,7 @@ ALTERNATIVES: dict[str, list[dict]] = {
     "prune-channels": [{}, {"amount": 0.25}],
     "cluster": [{"k": 16}],
     "quantize-weights": [{"bits": 4}],
+    "qat": [{}],
 }
 
 

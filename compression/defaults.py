@@ -41,40 +41,47 @@ class FirstClick:
 FIRST_CLICK: dict[str, FirstClick] = {
     "prune-unstructured": FirstClick(
         {"scope": "global"}, 0.01,
-        "One magnitude threshold over all layers removes the weights that matter least wherever they are. "
-        "The same 50 % in every layer cuts the small first convolution as hard as the big layers and drops the "
-        "Fashion-MNIST demo from 92.45 % to 67.33 % without fine-tuning; global keeps 92.22 %."),
+        "Half the weights, chosen by one magnitude threshold over all layers: it removes the weights that matter "
+        "least wherever they are. The same 50 % in every layer cuts the small first convolution as hard as the "
+        "big layers: without fine-tuning the Fashion-MNIST demo lost 12 to 25 points that way (92.60 % to "
+        "80.45 %, and 92.45 % to 67.33 % in another training) and none with one global threshold."),
     "prune-channels": FirstClick(
         {"amount": 0.25, "finetune_epochs": 1}, 0.02,
-        "Removing whole filters changes what the next layer receives, so even a quarter of the MACs costs "
-        "accuracy until the network adapts: one fine-tuning epoch recovers most of it."),
+        "A quarter of the MACs, then one fine-tuning epoch. Removing whole filters changes what the next layer "
+        "receives: on the Fashion-MNIST demo a quarter cost 3.5 points and half 8.8 points before fine-tuning; "
+        "one epoch brings a quarter back within 0.2 points."),
     "prune-iterative": FirstClick(
         {"rounds": 2, "epochs": 1}, 0.01,
-        "Two rounds of 30 % with one fine-tuning epoch each (about 51 % sparsity) answer in a minute or two; "
-        "more rounds reach higher sparsity at the same accuracy."),
+        "Two rounds of 30 % with one fine-tuning epoch each (about 51 % sparsity): the accuracy stayed level on "
+        "the Fashion-MNIST demo; more rounds reach higher sparsity, one epoch each."),
     "cluster": FirstClick(
         {"k": 32}, 0.01,
-        "32 shared values per layer (5-bit indices) keep the weights close to the originals without "
-        "fine-tuning; k = 16 needs a centroid fine-tuning epoch to stay within a point."),
+        "32 shared values per layer (5-bit indices) keep the weights close enough without fine-tuning: 0.2 "
+        "points on the Fashion-MNIST demo, where k = 16 lost 2.9 points (it needs a centroid fine-tuning "
+        "epoch)."),
     "distill": FirstClick(
         {"epochs": 3}, 0.04,
-        "A student with a quarter of the teacher's width trained on the teacher's soft targets for 3 epochs "
-        "(more on small datasets, at least 40,000 samples seen): a quick first student; more epochs close most "
-        "of the remaining gap.", min_samples=40000),
+        "A student a quarter as wide (about 16x fewer weights) trained on the teacher's soft targets for 3 "
+        "epochs, more on small datasets (at least 40,000 samples seen): 2.7 points below the Fashion-MNIST demo; "
+        "more epochs close most of the gap.", min_samples=40000),
     "quantize-weights": FirstClick(
         {}, 0.005,
         "8-bit weights with one scale per output channel round each weight by at most half a step: 4x smaller "
-        "weights at no measurable loss; try 4 bits next, with the sensitivity analysis below."),
+        "weights at no measurable loss (4 bits everywhere lost 1.2 points on the Fashion-MNIST demo: choose "
+        "per-layer bits with the sensitivity analysis below)."),
     "int8": FirstClick(
         {}, 0.01,
         "Static int8 in ONNX Runtime with per-channel weights and min/max activation ranges from 256 training "
-        "images: real int8 kernels, 4x smaller, within a point."),
+        "images: real int8 kernels, 4x smaller; no loss on the Fashion-MNIST demo."),
     "qat": FirstClick(
-        {}, 0.01,
-        "Two epochs of fine-tuning with fake quantization let the weights adapt to int8 before conversion."),
+        {"epochs": 1, "train_samples": 20000}, 0.01,
+        "One epoch on 20,000 training images with fake quantization lets the weights adapt to int8 before the "
+        "conversion: 0.1 points on the Fashion-MNIST demo in two minutes (the config's 2 epochs on all 60,000 "
+        "gained 0.4 points in six times as long)."),
     "half": FirstClick(
         {}, 0.002,
-        "fp16 keeps 11 significant bits: the logits move by about 1e-3 and predictions almost never change."),
+        "fp16 keeps 11 significant bits: the logits move by about 1e-3 and predictions almost never change "
+        "(0.01 points on the Fashion-MNIST demo)."),
 }
 
 
