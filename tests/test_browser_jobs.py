@@ -94,8 +94,11 @@ def _demo_key() -> str:
 
 def _open_retrain(page, url: str, folds: int) -> None:
     page.goto(f"{url}/diagnose_data")
-    page.get_by_text("Exact check: k-fold retraining").first.click()
+    page.get_by_text("Train/test mismatch").first.wait_for()  # the page has rendered (data checks done)
+    page.wait_for_timeout(1000)
+    page.locator("summary").filter(has_text="Exact check: k-fold retraining").first.click()
     box = page.get_by_label("Folds", exact=True)
+    box.wait_for(state="visible")
     box.fill(str(folds))
     box.press("Enter")
     page.wait_for_timeout(1500)
