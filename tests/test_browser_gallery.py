@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from diagnostics import errors
 from diagnostics import tasks as dtasks
@@ -107,8 +108,8 @@ def test_worst_error_cards_render_the_text_the_page_meant(demo, digits):
         cards = page.locator('[class*="st-key-worst_card_test_"]')
         cards.first.wait_for()
         page.locator('[class*="st-key-worst_card_test_"] [data-testid="stMarkdownContainer"]').first.wait_for()
+        expect(cards).to_have_count(len(order))  # cards are drawn one after another: wait for all of them
         no_exception(page)
-        assert cards.count() == len(order)
         page.wait_for_function("document.fonts.status === 'loaded'")
         assert page.evaluate("document.fonts.check('24px \"Material Symbols Rounded\"')"), \
             "Streamlit's icon font is not loaded: icons would show as words"

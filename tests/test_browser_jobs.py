@@ -56,7 +56,7 @@ def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
     from playwright.sync_api import sync_playwright
 
     log = tmp_path / "server.log"
-    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "100"}
+    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "30"}
     seen: list[int] = []
     with server(env, log=log) as url, sync_playwright() as p:
         browser = _launch(p)
@@ -92,13 +92,30 @@ def _demo_key() -> str:
     return job_key("train-demo", {"data": {"key": "digits", "path": ""}, "arch": "demo-cnn"})
 
 
+def _expand_retrain(page) -> None:
+    """Open the k-fold expander (a rerun that redraws the page may have drawn it closed again)."""
+    summary = page.locator("summary").filter(has_text="Exact check: k-fold retraining").first
+    summary.wait_for()
+    for _ in range(20):
+        if page.get_by_label("Folds", exact=True).first.is_visible():
+            return
+        if summary.evaluate("el => !el.parentElement.open"):
+            summary.click()
+        page.wait_for_timeout(500)
+    raise AssertionError("the k-fold expander does not open")
+
+
+def _retrain_button(page):
+    _expand_retrain(page)
+    return page.get_by_role("button", name="Retrain on folds")
+
+
 def _open_retrain(page, url: str, folds: int) -> None:
     page.goto(f"{url}/diagnose_data")
     page.get_by_text("Train/test mismatch").first.wait_for()  # the page has rendered (data checks done)
     page.wait_for_timeout(1000)
-    page.locator("summary").filter(has_text="Exact check: k-fold retraining").first.click()
+    _expand_retrain(page)
     box = page.get_by_label("Folds", exact=True)
-    box.wait_for(state="visible")
     box.fill(str(folds))
     box.press("Enter")
     page.wait_for_timeout(1500)
@@ -117,7 +134,7 @@ def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits
         try:
             a, b = _page(browser), _page(browser)
             _open_retrain(a, url, 9)
-            a.get_by_role("button", name="Retrain on folds").click()
+            _retrain_button(a).click()
             a.get_by_text(label).first.wait_for()  # A follows the job
             _open_retrain(b, url, 9)
             b.get_by_text(label).first.wait_for()  # B, a second session, follows the same job
@@ -129,7 +146,7 @@ def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits
 
             # the same again to the end: one job, both pages show its result
             _open_retrain(a, url, 2)
-            a.get_by_role("button", name="Retrain on folds").click()
+            _retrain_button(a).click()
             a.get_by_text(re.compile(r"Label check by 2-fold retraining|k-fold retraining flags")).first.wait_for()
             _open_retrain(b, url, 2)
             for page in (a, b):
@@ -179,7 +196,7 @@ def test_killed_server_lists_the_job_as_interrupted_and_keeps_finished_results(t
                 page = _page(browser)
                 page.goto(f"{url}/jobs")
                 page.get_by_text(re.compile(r"Learning curve of .* — interrupted")).first.wait_for()
-                assert page.get_by_role("button", name="Run again").count() >= 1
+                page.get_by_role("button", name="Run again").first.wait_for()  # drawn after the job's line
                 no_exception(page)
                 page.goto(url)
                 page.get_by_text("Test accuracy").first.wait_for()  # finished results load, nothing retrains

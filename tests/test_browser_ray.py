@@ -18,6 +18,9 @@ def _search(page, url: str, candidates: list) -> None:
     page.goto(f"{url}/compress_pareto")
     page.get_by_text("Automatic search").first.wait_for()
     page.get_by_text("Run the tasks on Ray").first.click()
+    keep = page.get_by_role("checkbox", name="Keep every variant (not only the frontier)")
+    if not keep.is_checked():  # every measured candidate is stored, not only the frontier
+        page.get_by_text("Keep every variant (not only the frontier)").first.click()
     area = page.get_by_label("Candidates (JSON: a list of pipelines, each a list of method configs)")
     area.fill(json.dumps(candidates))
     area.press("Control+Enter")
@@ -32,8 +35,8 @@ def test_sweep_on_local_ray_from_the_browser_with_per_task_progress_and_cancel(d
     before = {r.id for r in Workspace().list_variants()}
     env = {"NNLAB_RAY": "1", "NNLAB_RAY_CPUS": "2"}
     short = [[{"method": "prune-unstructured", "sparsity": s}] for s in (0.21, 0.42)]
-    long = [[{"method": "prune-unstructured", "sparsity": 0.3, "finetune_epochs": 60}],
-            [{"method": "prune-unstructured", "sparsity": 0.6, "finetune_epochs": 60}]]
+    long = [[{"method": "prune-unstructured", "sparsity": 0.3, "finetune_epochs": 50}],
+            [{"method": "prune-unstructured", "sparsity": 0.6, "finetune_epochs": 50}]]
     with server(env, timeout=180) as url, sync_playwright() as p:
         require_chromium()
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
