@@ -3,6 +3,10 @@
 - Unstructured: ``torch.nn.utils.prune`` L1 masks per layer or global, made permanent (zeros stay zeros).
 - Channels: whole filters with the smallest L1/L2 norm removed through Torch-Pruning's dependency graph,
   so coupled layers (BatchNorm, the next conv, the flattened classifier) shrink with them and MACs fall.
+  Channel counts can be kept multiples of the CPU's SIMD width (``round_to``). The pruned model runs in the
+  fastest fp32 runtime verified against PyTorch on this machine (:func:`nnlab.runtimes.select.fastest_fp32_runner`),
+  and the unpruned one is timed beside it in that same runtime, so the record reports the MACs ratio beside
+  a latency ratio that means something.
 - Iterative (seed 000, Algorithm 1): ``for i in 1..N: S ← saliency(W'); W' ← W' − select_min_k(S);
   W' ← fine_tune(X, W')``, stopping at an accuracy floor or a budget; optional L1 or group-norm penalty
   in the fine-tuning loss (seed 002: "the same norm is added to the loss with some weight"), and

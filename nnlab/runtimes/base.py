@@ -12,7 +12,6 @@ and the CPU's SIMD width (channel counts that are multiples of it suit the kerne
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -116,11 +115,6 @@ def runner_latency(runner: Runner, input_shape: tuple[int, ...], batch_sizes: tu
         reps = repeats if b == 1 else max(5, repeats // 2)
         out[b] = interleaved_latency({"r": runner}, x, rounds=1, per_round=reps, warmup=warmup)["r"]
     return out
-
-
-def median_ratio(a: list[float], b: list[float]) -> float:
-    """Median of ``a`` over median of ``b`` (NaN when either is empty)."""
-    return statistics.median(a) / statistics.median(b) if a and b else float("nan")
 
 
 def artifact_files(path: str | Path) -> list[Path]:

@@ -215,7 +215,7 @@ def fidelity_check(reference: np.ndarray, probe: np.ndarray, model: nn.Module,
 
 def fastest_fp32_runner(model: nn.Module, input_shape: tuple[int, ...], threads: int | None = None,
                         probe: np.ndarray | torch.Tensor | None = None, batch: int = 1, rounds: int = 5,
-                        per_round: int = 3, names: tuple[str, ...] = FP32_CANDIDATES, tolerance: float = 1e-3,
+                        per_round: int | None = None, names: tuple[str, ...] = FP32_CANDIDATES, tolerance: float = 1e-3,
                         cache: bool = True) -> Selection:
     """The fastest fp32 runner for ``model`` on this machine, verified against eager PyTorch.
 
@@ -231,11 +231,14 @@ def fastest_fp32_runner(model: nn.Module, input_shape: tuple[int, ...], threads:
         probe: Normalised inputs for the fidelity check (default: 8 seeded random inputs).
         batch: Batch size of the timing (bulk passes: their batch size; latency: 1).
         rounds: Interleaved rounds of the timing.
+        per_round: Calls per candidate and round (default: 3 at batch ≤ 4, else 1, so that a bulk-sized batch
+            stays a short measurement).
         names: Candidates to consider.
         tolerance: Largest accepted absolute logit difference.
         cache: Reuse (and store) the choice for this model content, shape, threads and batch.
     """
     threads = int(threads or torch.get_num_threads())
+    per_round = per_round or (3 if batch <= 4 else 1)
     if probe is None:
         probe = np.random.default_rng(0).standard_normal((8, *input_shape)).astype(np.float32)
     probe = as_input(probe)
