@@ -25,8 +25,10 @@ runner (PyTorch via ``nnlab.measure.torch_threads``, ONNX Runtime intra-op threa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -226,38 +228,39 @@ def main() -> int:
     calib = data.tensors("train")[0]
     rows: list[dict] = []
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="nnlab-bench-rt-") as tmp:
-        for arch in models:
-            model = build_model(arch)
-            art = build_artifacts(arch, model, data, calib, Path(tmp))
-            notes.append(f"{arch} build seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in art["seconds"].items()))
-            for threads in thread_counts:
-                runners, extra_runners, info = runners_for(arch, model, data, calib, art, threads, batches, Path(tmp))
-                fid = fidelity(runners, calib)
-                choice = info["choice"]
-                notes.append(f"{arch}, {threads} thread(s): nnlab default chose **{choice['choice']}** in "
-                             f"{choice['seconds']:.0f} s (quantize every backend, time them): "
-                             + ", ".join(f"{f['name']} {f['median_ms']:.2f} ms" for f in choice["figures"]
-                                         if f.get("median_ms")))
-                for name, why in info["failures"].items():
-                    notes.append(f"{arch}, {threads} thread(s): {name} failed: {why}")
-                for b in batches:
-                    x = np.random.default_rng(1).standard_normal((b, *SHAPE)).astype(np.float32)
-                    all_r = {**runners, **extra_runners[b]}
-                    per_round = 3 if b == 1 else 1
-                    lat = interleaved_latency(all_r, x, rounds=args.rounds, per_round=per_round, warmup=2)
-                    for name, lt in lat.items():
-                        s, a = fid.get(name, (float("nan"), float("nan")))
-                        rows.append({"model": arch, "threads": threads, "batch": b, "runner": name,
-                                     "runtime": lt.runtime, "median_ms": lt.median_ms, "p90_ms": lt.p90_ms,
-                                     "repeats": lt.repeats, "sqnr_db": s, "agreement": a})
-                    for name in info["failures"]:
-                        rows.append({"model": arch, "threads": threads, "batch": b, "runner": name, "runtime": "",
-                                     "median_ms": None, "p90_ms": None, "repeats": 0, "sqnr_db": float("nan"),
-                                     "agreement": float("nan")})
-                del runners, extra_runners
-    prune_lines = pruning_section(thread_counts, args.rounds, [int(r) for r in args.prune_round_to.split(",") if r]) \
-        if args.prune_round_to else []
+    with stdout_to_stderr():  # stdout carries only the report
+        with tempfile.TemporaryDirectory(prefix="nnlab-bench-rt-") as tmp:
+            for arch in models:
+                model = build_model(arch)
+                art = build_artifacts(arch, model, data, calib, Path(tmp))
+                notes.append(f"{arch} build seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in art["seconds"].items()))
+                for threads in thread_counts:
+                    runners, extra_runners, info = runners_for(arch, model, data, calib, art, threads, batches, Path(tmp))
+                    fid = fidelity(runners, calib)
+                    choice = info["choice"]
+                    notes.append(f"{arch}, {threads} thread(s): nnlab default chose **{choice['choice']}** in "
+                                 f"{choice['seconds']:.0f} s (quantize every backend, time them): "
+                                 + ", ".join(f"{f['name']} {f['median_ms']:.2f} ms" for f in choice["figures"]
+                                             if f.get("median_ms")))
+                    for name, why in info["failures"].items():
+                        notes.append(f"{arch}, {threads} thread(s): {name} failed: {why}")
+                    for b in batches:
+                        x = np.random.default_rng(1).standard_normal((b, *SHAPE)).astype(np.float32)
+                        all_r = {**runners, **extra_runners[b]}
+                        per_round = 3 if b == 1 else 1
+                        lat = interleaved_latency(all_r, x, rounds=args.rounds, per_round=per_round, warmup=2)
+                        for name, lt in lat.items():
+                            s, a = fid.get(name, (float("nan"), float("nan")))
+                            rows.append({"model": arch, "threads": threads, "batch": b, "runner": name,
+                                         "runtime": lt.runtime, "median_ms": lt.median_ms, "p90_ms": lt.p90_ms,
+                                         "repeats": lt.repeats, "sqnr_db": s, "agreement": a})
+                        for name in info["failures"]:
+                            rows.append({"model": arch, "threads": threads, "batch": b, "runner": name, "runtime": "",
+                                         "median_ms": None, "p90_ms": None, "repeats": 0, "sqnr_db": float("nan"),
+                                         "agreement": float("nan")})
+                    del runners, extra_runners
+        prune_lines = pruning_section(thread_counts, args.rounds, [int(r) for r in args.prune_round_to.split(",") if r]) \
+            if args.prune_round_to else []
     report(rows, notes, args, time.perf_counter() - t0, prune_lines)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "notes": notes}, indent=2, default=str))
@@ -318,6 +321,21 @@ def _cpu_name() -> str:
         return ovr.core().get_property("CPU", "FULL_DEVICE_NAME")
     except Exception:  # noqa: BLE001 - cosmetic
         return "unknown CPU"
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """While measuring, everything printed to stdout (NNCF's progress bars and log lines, the runtimes' own
+    messages, at the file-descriptor level) goes to stderr, so stdout carries only the markdown report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 if __name__ == "__main__":

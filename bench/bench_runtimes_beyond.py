@@ -19,8 +19,10 @@ It trains ResNet-18 at 224 px on the CPU, so it is expensive on 2 cores; the siz
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import math
 import sys
 import tempfile
@@ -126,55 +128,57 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # a benchmark script: runners built below take this count
     t0 = time.perf_counter()
-    data = shapes_dataset(args.train_per_class, args.test_per_class)
-    torch.manual_seed(0)
-    model = create_model("resnet18", 3, len(CLASSES), (SIZE, SIZE))
-    t = time.perf_counter()
-    train_model(model, data, TrainConfig(epochs=args.epochs, lr=2e-3, batch_size=32, eval_test=False),
-                device=torch.device("cpu"))
-    model = model.cpu().eval()
-    train_s = time.perf_counter() - t
-    base = profile_model(model, data, "resnet18-shapes224", "ResNet-18 on coloured shapes", "resnet18", None,
-                         latency_repeats=5)
-    amounts = [float(a) for a in args.amounts.split(",") if a]
-    cands = [[{"method": "prune-channels", "amount": a, "finetune_epochs": args.finetune_epochs, "lr": 1e-3,
-               "round_to": args.round_to, "threads": args.threads},
-              {"method": "int8", "calibration_samples": args.calib, "threads": args.threads}] for a in amounts]
-    cands.append([{"method": "int8", "calibration_samples": args.calib, "threads": args.threads}])
-    with tempfile.TemporaryDirectory(prefix="nnlab-beyond-") as tmp:
-        ws = Workspace(Path(tmp) / "ws")
+    with stdout_to_stderr():  # stdout carries only the report
+        data = shapes_dataset(args.train_per_class, args.test_per_class)
+        torch.manual_seed(0)
+        model = create_model("resnet18", 3, len(CLASSES), (SIZE, SIZE))
         t = time.perf_counter()
-        res = csearch.search(model, base, data, ws, budget=args.budget, candidates=cands, strategy="grid",
-                             cost="latency", keep_all=True, latency_repeats=10,
-                             progress=lambda m, f: print(f"[{f:.0%}] {m}", file=sys.stderr, flush=True))
-        search_s = time.perf_counter() - t
-        ok = res.within_budget()
-        best = min(ok, key=lambda r: r.latency_ms(1)) if ok else None
-        # the peers, applied directly to the unpruned model with the same calibration images
-        from compression.int8 import calibration_inputs
+        train_model(model, data, TrainConfig(epochs=args.epochs, lr=2e-3, batch_size=32, eval_test=False),
+                    device=torch.device("cpu"))
+        model = model.cpu().eval()
+        train_s = time.perf_counter() - t
+        base = profile_model(model, data, "resnet18-shapes224", "ResNet-18 on coloured shapes", "resnet18", None,
+                             latency_repeats=5)
+        amounts = [float(a) for a in args.amounts.split(",") if a]
+        cands = [[{"method": "prune-channels", "amount": a, "finetune_epochs": args.finetune_epochs, "lr": 1e-3,
+                   "round_to": args.round_to, "threads": args.threads},
+                  {"method": "int8", "calibration_samples": args.calib, "threads": args.threads}] for a in amounts]
+        cands.append([{"method": "int8", "calibration_samples": args.calib, "threads": args.threads}])
+        with tempfile.TemporaryDirectory(prefix="nnlab-beyond-") as tmp:
+            ws = Workspace(Path(tmp) / "ws")
+            t = time.perf_counter()
+            res = csearch.search(model, base, data, ws, budget=args.budget, candidates=cands, strategy="grid",
+                                 cost="latency", keep_all=True, latency_repeats=10,
+                                 progress=lambda m, f: print(f"[{f:.0%}] {m}", file=sys.stderr, flush=True))
+            search_s = time.perf_counter() - t
+            ok = res.within_budget()
+            best = min(ok, key=lambda r: r.latency_ms(1)) if ok else None
+            # the peers, applied directly to the unpruned model with the same calibration images
+            from compression.int8 import calibration_inputs
 
-        calib = calibration_inputs(data, args.calib)
-        import nncf
-        import openvino as ov
+            calib = calibration_inputs(data, args.calib)
+            import nncf
+            import openvino as ov
 
-        peer_ov = nncf.quantize(ov.convert_model(copy.deepcopy(model), example_input=calib[:1],
-                                                 input=[ov.PartialShape([-1, 3, SIZE, SIZE])]),
-                                nncf.Dataset([c[None].numpy() for c in calib]))
-        onnx_path = Path(tmp) / "base.onnx"
-        export_onnx(model, (3, SIZE, SIZE), onnx_path)
-        quantize_static_defaults(onnx_path, Path(tmp) / "peer-ort.onnx", calib.numpy())
-        fp32 = fastest_fp32_runner(model, (3, SIZE, SIZE), args.threads, probe=calib[:8])
-        runners = {f"fp32 fastest ({fp32.choice})": fp32.runner,
-                   "int8 peer OpenVINO+NNCF defaults": OVDefaults(peer_ov, args.threads),
-                   "int8 peer ORT quantize_static defaults": OrtRunner(Path(tmp) / "peer-ort.onnx", args.threads,
-                                                                       "onnxruntime-int8-defaults")}
-        recs = {r.id: r for r in res.records}
-        for r in sorted(res.records, key=lambda r: r.latency_ms(1)):
-            runners[f"nnlab {r.name.removeprefix('search · ')}"] = load_variant_result(ws, r).runner
-        x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
-        lat = interleaved_latency(runners, x, rounds=args.rounds, per_round=3)
-        accs = {k: accuracy(r, data) for k, r in runners.items()}
-        macs = {f"nnlab {r.name.removeprefix('search · ')}": r.macs for r in recs.values()}
+            peer_ov = nncf.quantize(ov.convert_model(copy.deepcopy(model), example_input=calib[:1],
+                                                     input=[ov.PartialShape([-1, 3, SIZE, SIZE])]),
+                                    nncf.Dataset([c[None].numpy() for c in calib]))
+            onnx_path = Path(tmp) / "base.onnx"
+            export_onnx(model, (3, SIZE, SIZE), onnx_path)
+            quantize_static_defaults(onnx_path, Path(tmp) / "peer-ort.onnx", calib.numpy())
+            fp32 = fastest_fp32_runner(model, (3, SIZE, SIZE), args.threads, probe=calib[:8])
+            fp32_summary = fp32.summary() + (f" ({fp32.note})" if fp32.note else "")
+            runners = {f"fp32 fastest ({fp32.choice})": fp32.runner,
+                       "int8 peer OpenVINO+NNCF defaults": OVDefaults(peer_ov, args.threads),
+                       "int8 peer ORT quantize_static defaults": OrtRunner(Path(tmp) / "peer-ort.onnx", args.threads,
+                                                                           "onnxruntime-int8-defaults")}
+            recs = {r.id: r for r in res.records}
+            for r in sorted(res.records, key=lambda r: r.latency_ms(1)):
+                runners[f"nnlab {r.name.removeprefix('search · ')}"] = load_variant_result(ws, r).runner
+            x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+            lat = interleaved_latency(runners, x, rounds=args.rounds, per_round=3)
+            accs = {k: accuracy(r, data) for k, r in runners.items()}
+            macs = {f"nnlab {r.name.removeprefix('search · ')}": r.macs for r in recs.values()}
     peers = {k: v.median_ms for k, v in lat.items() if "peer" in k}
     peer_name = min(peers, key=peers.get)
     print(f"### Beyond the peers: ResNet-18 at 224 px on generated coloured shapes ({len(CLASSES)} classes, "
@@ -199,11 +203,30 @@ def main() -> int:
               f"goal ≥ 1.5×: {'met' if speed >= 1.5 else 'not met'}.")
     else:
         print(f"\nNo nnlab variant stayed within {100 * args.budget:g} point(s) of the base accuracy.")
+    print(f"\nfp32 runtime choice: {fp32_summary}.")
+    for row in res.tried:
+        print(f"- search candidate {row['candidate']}: {row['status']}"
+              + (f", test accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""))
     print(f"\nTotal {time.perf_counter() - t0:.0f} s.")
     if args.json:
         args.json.write_text(json.dumps({"tried": res.tried, "latency": {k: v.to_dict() for k, v in lat.items()},
                                          "accuracy": accs}, indent=2, default=str))
     return 0
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """While measuring, everything printed to stdout (NNCF's progress bars and log lines, the runtimes' own
+    messages, at the file-descriptor level) goes to stderr, so stdout carries only the markdown report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 if __name__ == "__main__":
