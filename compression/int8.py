@@ -5,8 +5,9 @@ Backends, chosen in the config:
 - ``auto`` (default): every available maintained int8 backend (OpenVINO + NNCF, ONNX Runtime) quantizes the
   model, each result is timed interleaved on this machine at batch 1 with the thread count fixed, and the
   fastest is kept (:func:`nnlab.runtimes.select.select`; the choice is cached per model content, input
-  shape, threads and settings, so a second run quantizes once). The choice and every candidate's figures
-  go into the record's ``extra["runtime_choice"]``.
+  shape, threads and settings, so a second run quantizes once). A backend whose int8 logits on the
+  calibration samples are more than :data:`MIN_SQNR_DB` away from the float model's is never chosen. The
+  choice and every candidate's figures go into the record's ``extra["runtime_choice"]``.
 - ``openvino``: the float model is converted to OpenVINO (``ov.convert_model``) and quantized by NNCF
   (``nncf.quantize``: int8 weights and activations, statistics on training samples, fast bias correction;
   preset and ignored scopes exposed; optionally ``nncf.quantize_with_accuracy_control`` with a maximum
@@ -76,6 +77,7 @@ ONNX_FORMAT = "onnx-int8"
 FX_FORMAT = "torch-fx-int8"
 OPENVINO_FORMAT = "openvino-ir-int8"
 SELECT_ROUNDS = 5
+MIN_SQNR_DB = 10.0  # auto never picks a backend whose int8 logits are further than this from the float model's
 
 
 # --- data -------------------------------------------------------------------------------------------------
@@ -312,10 +314,15 @@ def _auto(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path, 
 
     def check(name: str, runner: Any) -> tuple[bool, dict]:
         out = np.asarray(runner.predict_logits(x_ref), np.float32)
+        sqnr = sqnr_db(reference, out)
         facts = {"calibration_top1_agreement": round(top1_agreement(reference, out), 4),
-                 "calibration_sqnr_db": round(sqnr_db(reference, out), 2)}
-        ok = bool(np.isfinite(out).all())
-        return ok, {**facts, "note": "" if ok else "non-finite outputs"}
+                 "calibration_sqnr_db": round(sqnr, 2)}
+        if not np.isfinite(out).all():
+            return False, {**facts, "note": "non-finite outputs"}
+        if sqnr < MIN_SQNR_DB:  # e.g. logits collapsed to zero: fast, but not the model any more
+            return False, {**facts, "note": f"SQNR {sqnr:.1f} dB on the calibration samples, below the "
+                                            f"{MIN_SQNR_DB:g} dB floor"}
+        return True, {**facts, "note": ""}
 
     settings = {k: v for k, v in cfg.to_dict().items() if k not in ("backend", "threads")}
     key = model_key(model, data.input_shape, threads, 1, "int8:" + json.dumps(settings, sort_keys=True)

@@ -274,3 +274,32 @@ def test_int8_changes_no_process_state(demo, digits, tmp_path) -> None:
         to_int8(model, digits, Int8Config(backend=backend, calibration_samples=32, threads=1), tmp_path / backend)
     assert logging.getLogger().level == root and sys.stdout is stdout
     assert torch.backends.quantized.engine == engine and torch.get_num_threads() == threads
+
+
+def test_auto_never_picks_a_fast_backend_whose_outputs_collapsed(demo, digits, tmp_path, monkeypatch) -> None:
+    import compression.int8 as int8
+
+    model, _, _ = demo
+    real_build = int8._build
+
+    class Zeros:
+        """Instant, and wrong: every logit zero (what int8 does to vanishing logits)."""
+
+        runtime, threads = "zeros", 1
+
+        def predict_logits(self, x: np.ndarray) -> np.ndarray:
+            return np.zeros((len(x), 10), np.float32)
+
+    def build(backend, *args):
+        if backend == "openvino":
+            return int8._Built(Zeros(), tmp_path / "model.int8.xml", int8.OPENVINO_FORMAT, [], {})
+        return real_build(backend, *args)
+
+    monkeypatch.setattr(int8, "_build", build)
+    sel.clear_cache()
+    res = to_int8(model, digits, Int8Config(calibration_samples=32, threads=1), tmp_path)
+    figs = {f["name"]: f for f in res.extra["runtime_choice"]["figures"]}
+    assert res.extra["backend"] == "onnxruntime"
+    assert figs["openvino"]["status"] == "rejected" and "dB floor" in figs["openvino"]["note"]
+    assert figs["openvino"]["median_ms"] is None  # a rejected candidate is not timed
+    assert figs["onnxruntime"]["calibration_sqnr_db"] >= int8.MIN_SQNR_DB
