@@ -13,7 +13,8 @@ images), and against the fastest fp32 runtime. Goal: ≥ 1.5× faster than the b
 It trains ResNet-18 at 224 px on the CPU, so it is expensive on 2 cores; the sizes are options:
 
     python bench/bench_runtimes_beyond.py [--train-per-class 150] [--test-per-class 50] [--epochs 4]
-        [--finetune-epochs 2] [--amounts 0.5,0.65,0.8] [--round-to 8] [--threads 2] [--rounds 10] [--json out]
+        [--finetune-epochs 2] [--amounts 0.5,0.65,0.8] [--round-to 8] [--threads 1] [--train-threads 2]
+        [--rounds 10] [--json out]
 """
 
 from __future__ import annotations
@@ -120,13 +121,14 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--amounts", default="0.5,0.65,0.8", help="fractions of MACs removed by channel pruning")
     ap.add_argument("--round-to", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="runtime threads of every timed model")
+    ap.add_argument("--train-threads", type=int, default=2, help="PyTorch threads for training and fine-tuning")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--budget", type=float, default=0.01, help="accuracy drop allowed (0.01 = 1 point)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)  # a benchmark script: runners built below take this count
+    torch.set_num_threads(args.train_threads)  # a benchmark script; every runner below has its own fixed count
     t0 = time.perf_counter()
     with stdout_to_stderr():  # stdout carries only the report
         data = shapes_dataset(args.train_per_class, args.test_per_class)

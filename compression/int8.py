@@ -396,7 +396,9 @@ def _threads_of(record: Any, threads: int | None) -> int | None:
     """The thread count asked for, else the one the record was measured with, else None (PyTorch's)."""
     if threads or record is None:
         return threads
-    return (getattr(record, "extra", {}) or {}).get("threads")
+    extra = getattr(record, "extra", {}) or {}
+    steps = [st.get("extra", {}) for st in extra.get("steps", []) if isinstance(st, dict)]
+    return next((e[k] for e in (extra, *reversed(steps)) for k in ("latency_threads", "threads") if e.get(k)), None)
 
 
 def load_onnx_int8(path: Path, template: nn.Module, record: Any = None, threads: int | None = None) -> CompressResult:

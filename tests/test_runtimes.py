@@ -303,3 +303,14 @@ def test_auto_never_picks_a_fast_backend_whose_outputs_collapsed(demo, digits, t
     assert figs["openvino"]["status"] == "rejected" and "dB floor" in figs["openvino"]["note"]
     assert figs["openvino"]["median_ms"] is None  # a rejected candidate is not timed
     assert figs["onnxruntime"]["calibration_sqnr_db"] >= int8.MIN_SQNR_DB
+
+
+def test_reloaded_int8_runs_with_the_threads_it_was_measured_with() -> None:
+    from types import SimpleNamespace
+
+    from compression.int8 import _threads_of
+
+    pipeline = SimpleNamespace(extra={"steps": [{"extra": {"threads": 1}}, {"extra": {"threads": 3}}]})
+    assert _threads_of(pipeline, None) == 3  # the last step (the int8 one) set the runtime's threads
+    assert _threads_of(SimpleNamespace(extra={"latency_threads": 1, "threads": 2}), None) == 1
+    assert _threads_of(SimpleNamespace(extra={}), None) is None and _threads_of(pipeline, 4) == 4
