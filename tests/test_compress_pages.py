@@ -125,6 +125,12 @@ def test_pareto_page_lists_base_and_both_variants(lab, demo):
     records = [base, *[r for r in Workspace().list_variants() if r.parent == base.id]]
     assert set(table.loc[table["frontier"], "id"]) == frontier_ids(records, "size")
     assert not at.error
+    # colour by runtime: the table names each record's runtime, the int8 variant's is its int8 runtime
+    at.radio(key="pareto_color_by").set_value("runtime").run()
+    assert not at.exception, at.exception
+    runtimes = table_with(at, "frontier").set_index("id")["runtime"]
+    assert runtimes[int8.id] == int8.latency["1"]["runtime"] and "int8" in runtimes[int8.id]
+    assert runtimes[base.id].startswith("pytorch-eager")
 
 
 def test_pareto_page_marks_the_frontier_of_constructed_records(lab, demo):
