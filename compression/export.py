@@ -1,4 +1,5 @@
-"""Downloads: a model as ONNX or a state dict, a variant's stored artifact, records as JSON, figures.
+"""Downloads: a model as ONNX or a state dict, a variant's stored artifact, records as JSON, figures (HTML,
+PNG, SVG; PNG and SVG through :mod:`nnlab.figures`).
 
 Each function returns ``bytes`` or ``str`` (for ``st.download_button``) and raises :class:`ExportError`
 with a message a user can act on when the export is impossible.
@@ -7,9 +8,6 @@ with a message a user can act on when the export is impossible.
 from __future__ import annotations
 
 import copy
-
-import importlib.util
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -72,23 +70,34 @@ def records_json(records: list[Record]) -> str:
 
 
 def figure_html(fig: go.Figure) -> str:
-    """A standalone HTML page of the figure (plotly.js from the CDN)."""
-    return fig.to_html(include_plotlyjs="cdn", full_html=True)
+    """A standalone HTML page of the figure, plotly.js included (opens offline; about 5 MB)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
 def png_available() -> bool:
-    """True when Plotly can render static images (it needs the ``kaleido`` package)."""
-    return importlib.util.find_spec("kaleido") is not None
+    """True when figures can be rendered as PNG/SVG here (kaleido and a system Chromium, see nnlab.figures)."""
+    from nnlab import figures
+
+    return figures.available()
 
 
-def figure_png(fig: go.Figure, width: int = 1100, height: int = 600) -> bytes:
-    """The figure as PNG; :class:`ExportError` when kaleido is not installed."""
-    if not png_available():
-        raise ExportError("PNG export needs the kaleido package, which is not installed here; "
-                          "download the HTML figure instead (it can be saved as PNG from the browser)")
-    buf = io.BytesIO()
-    fig.write_image(buf, format="png", width=width, height=height)
-    return buf.getvalue()
+def figure_png(fig: go.Figure, width: int | None = None, height: int | None = None) -> bytes:
+    """The figure as PNG, rendered by kaleido in the system's Chromium; :class:`ExportError` when impossible."""
+    return _figure(fig, "png", width, height)
+
+
+def figure_svg(fig: go.Figure, width: int | None = None, height: int | None = None) -> bytes:
+    """The figure as SVG, rendered by kaleido in the system's Chromium; :class:`ExportError` when impossible."""
+    return _figure(fig, "svg", width, height)
+
+
+def _figure(fig: go.Figure, fmt: str, width: int | None, height: int | None) -> bytes:
+    from nnlab import figures
+
+    try:
+        return figures.to_image(fig, fmt, width, height)
+    except figures.FigureExportError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def safe_filename(name: str) -> str:

@@ -182,31 +182,56 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
                                                                                   torch.Tensor)]
 
 
+FLOAT_BITS = 32  # a per-layer level of 32 bits leaves the layer in float32
+
+
+def parse_bits(text: str, method: str = "per_layer") -> dict[str, int]:
+    """Parse ``"features.0=4, classifier.2=32"`` into ``{name: bits}`` (1–8 bits, or 32 = float32)."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            bits = int(value.strip())
+        except ValueError:
+            bits = -1
+        if not sep or not name.strip() or not (1 <= bits <= 8 or bits == FLOAT_BITS):
+            raise ValueError(f"{method}: per_layer entry {part!r} must be name=bits with bits 1–8, or 32 for float32")
+        out[name.strip()] = bits
+    return out
+
+
 def quantize_model_weights(model: nn.Module, bits: int, symmetric: bool = False, per_channel: bool = True,
-                           keep_first_last: bool = False) -> tuple[dict[str, QuantSpec], list[dict]]:
+                           keep_first_last: bool = False,
+                           per_layer: dict[str, int] | None = None) -> tuple[dict[str, QuantSpec], list[dict]]:
     """Replace each Conv/Linear weight of ``model`` (in place) by its dequantized value.
 
-    Biases and BatchNorm stay in float32. Returns the integer form of each quantized weight (state-dict
-    key → :class:`QuantSpec`) and one row per layer (name, bits, scheme, granularity, max error, s/2).
+    Biases and BatchNorm stay in float32. ``per_layer`` gives some layers their own bit width (32: left in
+    float32); the others use ``bits``. Returns the integer form of each quantized weight (state-dict key →
+    :class:`QuantSpec`) and one row per layer (name, bits, scheme, granularity, max error, s/2).
     """
     layers = quantizable_layers(model)
+    per_layer = dict(per_layer or {})
+    unknown = sorted(set(per_layer) - {n for n, _ in layers})
+    if unknown:
+        raise ValueError(f"no Conv/Linear layer named {', '.join(unknown)}")
     skip = {layers[0][0], layers[-1][0]} if keep_first_last and len(layers) > 1 else set()
     specs: dict[str, QuantSpec] = {}
     rows: list[dict] = []
     for name, mod in layers:
-        if name in skip:
+        bits_here = per_layer.get(name, bits)
+        if name in skip or bits_here == FLOAT_BITS:
             rows.append({"name": name, "bits": 32, "quantized": False})
             continue
         w = mod.weight.detach().clone()
-        spec = quantize_tensor(w, bits, symmetric, axis=0 if per_channel else None)
+        spec = quantize_tensor(w, bits_here, symmetric, axis=0 if per_channel else None)
         w_hat = spec.dequantize().to(w.dtype)  # exactly what packing's loader computes
         with torch.no_grad():
             mod.weight.copy_(w_hat)
         specs[f"{name}.weight" if name else "weight"] = spec
         err = float((w_hat - w).abs().max()) if w.numel() else 0.0
-        rows.append({"name": name, "bits": bits, "quantized": True,
-                     "scheme": "binary" if bits == 1 else ("symmetric" if symmetric else "asymmetric"),
-                     "granularity": "per-channel" if per_channel or bits == 1 else "per-tensor",
+        rows.append({"name": name, "bits": bits_here, "quantized": True,
+                     "scheme": "binary" if bits_here == 1 else ("symmetric" if symmetric else "asymmetric"),
+                     "granularity": "per-channel" if per_channel or bits_here == 1 else "per-tensor",
                      "max_abs_error": err, "half_step": float(spec.scale.max()) / 2,
                      "levels_used": int(torch.unique(spec.q).numel())})
     return specs, rows
@@ -230,6 +255,9 @@ class WeightQuantConfig(MethodConfig):
     granularity: str = field(default="per-channel", metadata={"help": "One scale per output channel or per tensor",
                                                               "choices": GRANULARITIES})
     keep_first_last: bool = field(default=False, metadata={"help": "Leave the first and last layers in float32"})
+    per_layer: str = field(default="", metadata={"help": "Per-layer bit widths 'name=bits,...' (e.g. from the "
+                                                         "sensitivity analysis; 32 leaves a layer in float32); "
+                                                         "other layers use `bits`"})
 
     def __post_init__(self) -> None:
         check_range(self, "bits", 1, 8)
@@ -237,6 +265,7 @@ class WeightQuantConfig(MethodConfig):
             raise ValueError(f"{self.method}: bits must be a whole number, got {self.bits!r}")
         check_choice(self, "scheme", SCHEMES)
         check_choice(self, "granularity", GRANULARITIES)
+        parse_bits(self.per_layer, self.method)
 
 
 @register(WeightQuantConfig)
@@ -244,8 +273,12 @@ def quantize_weights_handler(model: nn.Module, cfg: WeightQuantConfig, ctx: Comp
     """Quantize the weights of ``model`` (already a copy) and write them bit-packed with scales and zero-points."""
     ctx.report("quantizing weights", 0.1)
     model = model.cpu().eval()
-    specs, rows = quantize_model_weights(model, cfg.bits, cfg.scheme == "symmetric",
-                                         cfg.granularity == "per-channel", cfg.keep_first_last)
+    try:
+        specs, rows = quantize_model_weights(model, cfg.bits, cfg.scheme == "symmetric",
+                                             cfg.granularity == "per-channel", cfg.keep_first_last,
+                                             parse_bits(cfg.per_layer, cfg.method))
+    except ValueError as exc:
+        raise ValueError(f"{cfg.method}: {exc}") from None
     ctx.check_cancel()
     c, h, w = ctx.data.input_shape
     meta = {"arch": ctx.arch, "input_shape": [c, h, w], "num_classes": ctx.data.num_classes,

@@ -3,7 +3,8 @@
 A layer that loses little accuracy at high sparsity (or few bits) can be compressed harder; the table
 lets a user pick per-layer levels, and :func:`suggest_levels` picks, for each layer, the strongest level
 whose accuracy drop stays within a budget (the drops of different layers are assumed roughly additive,
-so the budget is split evenly across layers).
+so the budget is split evenly across layers); :func:`suggested_config` turns that into the per-layer
+config of unstructured pruning or weight quantization.
 
 Accuracy is measured on a held-out part of the training split by default, so choosing levels does not
 tune on the test split.
@@ -160,3 +161,33 @@ def suggest_levels(table: SensitivityTable, max_drop: float) -> dict[str, float 
         ok = [r["level"] for r in table.rows if r["layer"] == la and r["drop"] <= per_layer + 1e-12]
         out[la] = (max(ok) if higher else min(ok)) if ok else None
     return out
+
+
+# kind → (method, the per-layer level that leaves a layer untouched, what that means in words)
+LAB_METHODS: dict[str, tuple[str, float, str]] = {
+    "prune": ("prune-unstructured", 0.0, "sparsity 0"),
+    "quantize": ("quantize-weights", 32, "float32"),
+}
+
+
+def suggested_config(table: SensitivityTable, suggestion: dict[str, float | None]) -> dict | None:
+    """The method config (as a dict) applying ``suggestion`` layer by layer; None when no method takes it.
+
+    Every analysed layer is listed in the config's ``per_layer`` field: a layer with a suggested level gets it,
+    a layer without one (no level within the budget) is left untouched — sparsity 0 for pruning, float32 for
+    quantization — instead of being forced to some other layer's level.
+    """
+    if table.kind not in LAB_METHODS:
+        return None
+    method, untouched, _ = LAB_METHODS[table.kind]
+
+    def fmt(level: float) -> str:
+        return f"{int(level)}" if table.kind == "quantize" else f"{float(level):g}"
+
+    per_layer = ",".join(f"{la}={fmt(untouched if lv is None else lv)}" for la, lv in suggestion.items())
+    if table.kind == "prune":
+        return {"method": method, "sparsity": 0.0, "scope": "layer", "targets": "conv+linear",
+                "per_layer": per_layer}
+    # the analysis quantized asymmetrically per output channel (see _quantize_weight)
+    return {"method": method, "bits": 8, "scheme": "asymmetric", "granularity": "per-channel",
+            "keep_first_last": False, "per_layer": per_layer}

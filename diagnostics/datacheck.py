@@ -7,6 +7,10 @@ The features were learned with the given labels, so the probabilities are only p
 digits with 5 % flipped labels this route found 85 % of them with a demo CNN trained 3 epochs, but only
 27 % after 18 epochs, once the network had memorised the wrong labels. k-fold retraining
 (:func:`diagnostics.labels.crossval_probs_retrain`) is the exact, slower route.
+
+The report also carries what the Data checks page's galleries show, so the page only draws: for each suspected
+label error the nearest training samples of the suggested class in the penultimate-feature space, and the test
+samples the domain classifier finds most "test-like", with their scores.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ from torch import nn
 
 from diagnostics.diagnosis import Facts
 from diagnostics.labels import LabelIssues, crossval_probs_features, find_label_issues, subsample
-from diagnostics.mismatch import (ClassShift, Duplicates, PixelStats, class_shift, domain_auc, features_and_logits,
-                                  imbalance_ratio, near_duplicates, pixel_stats)
+from diagnostics.mismatch import (ClassShift, Duplicates, PixelStats, class_shift, domain_classifier,
+                                  features_and_logits, imbalance_ratio, near_duplicates, pixel_stats)
 from nnlab.data import ImageDataset
+
+REPORT_VERSION = 2  # 2: gallery fields (label-error neighbours, suggested-label probabilities, test-like samples)
+NEIGHBOURS = 5  # nearest training samples of the suggested class shown per suspected label error
+MISMATCH_SHOWN = 48  # most test-like test samples kept for the mismatch gallery
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,24 @@ class DataReport:
     domain_auc: float
     duplicates: Duplicates
     seconds: float
+    # gallery fields (empty in reports stored before version 2)
+    label_neighbours: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, NEIGHBOURS), np.int64))
+    label_neighbour_similarity: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, NEIGHBOURS), np.float64))
+    label_suggested_prob: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float64))
+    mismatch_test_index: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    mismatch_score: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float64))
+    version: int = 1
+
+    @property
+    def label_train_index(self) -> np.ndarray:
+        """Training-set index of each suspected label error (``labels.indices`` index into ``label_subset``)."""
+        return self.label_subset[self.labels.indices]
+
+    @property
+    def has_galleries(self) -> bool:
+        """Whether this report carries the galleries' fields (reports stored before version 2 do not)."""
+        return self.version >= 2
 
     def to_dict(self) -> dict:
         """Everything, as JSON-able values (arrays as lists), for the workspace."""
@@ -72,7 +98,14 @@ class DataReport:
                                          similarity=arr(du["similarity"]), pixel_diff=arr(du["pixel_diff"]),
                                          same_label=arr(du["same_label"], bool), threshold=float(du["threshold"]),
                                          pixel_threshold=float(du["pixel_threshold"]), checked=int(du["checked"])),
-                   seconds=float(d["seconds"]))
+                   seconds=float(d["seconds"]),
+                   **({"label_neighbours": arr(d["label_neighbours"], np.int64).reshape(-1, NEIGHBOURS),
+                       "label_neighbour_similarity": arr(d["label_neighbour_similarity"],
+                                                         np.float64).reshape(-1, NEIGHBOURS),
+                       "label_suggested_prob": arr(d["label_suggested_prob"], np.float64),
+                       "mismatch_test_index": arr(d["mismatch_test_index"], np.int64),
+                       "mismatch_score": arr(d["mismatch_score"], np.float64),
+                       "version": int(d["version"])} if int(d.get("version", 1)) >= 2 else {}))
 
     def summary(self) -> dict:
         """Plain numbers for the workspace cache and the diagnosis."""
@@ -113,12 +146,110 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
     issues = find_label_issues(ytr[sub], probs)
     issues = replace(issues, method=f"penultimate features + 5-fold logistic regression on {len(sub):,} of "
                                     f"{len(ytr):,} training samples")
+    flagged = sub[issues.indices]
+    nb, nb_sim = class_neighbours(f_train, ytr, flagged, issues.suggested, k=NEIGHBOURS, exclude=flagged)
+    dom = domain_classifier(f_train, f_test, max_per_split=max_domain, seed=seed)
+    top = np.argsort(-dom.test_score, kind="stable")[:MISMATCH_SHOWN]
     tc, sc = data.class_counts("train"), data.class_counts("test")
     return DataReport(train_counts=tc, test_counts=sc, imbalance=imbalance_ratio(tc), shift=class_shift(tc, sc),
-                      pixels=pixel_stats(data), labels=issues, label_subset=sub,
-                      domain_auc=domain_auc(f_train, f_test, max_per_split=max_domain, seed=seed),
+                      pixels=pixel_stats(data), labels=issues, label_subset=sub, domain_auc=dom.auc,
                       duplicates=near_duplicates(data, f_train, f_test, dup_threshold, dup_pixel_threshold),
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, label_neighbours=nb, label_neighbour_similarity=nb_sim,
+                      label_suggested_prob=probs[issues.indices, issues.suggested].astype(np.float64),
+                      mismatch_test_index=dom.test_index[top], mismatch_score=dom.test_score[top].astype(np.float64),
+                      version=REPORT_VERSION)
+
+
+def class_neighbours(features: np.ndarray, labels: np.ndarray, query: np.ndarray, target: np.ndarray, k: int = 5,
+                     exclude: np.ndarray | None = None, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, its ``k`` nearest rows labelled ``target[i]`` (cosine similarity of centred features).
+
+    Args:
+        features: ``N×D`` features of the whole split.
+        labels: ``N`` labels.
+        query: Indices of the query rows.
+        target: The class to search in, per query.
+        k: Neighbours per query (fewer candidates: padded with index -1 and similarity 0).
+        exclude: Rows never returned (the query rows themselves, other suspects).
+        chunk: Queries per matrix product.
+
+    Returns:
+        ``len(query)×k`` indices and similarities, most similar first.
+    """
+    import torch
+
+    f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    f = f - f.mean(dim=0, keepdim=True)  # post-ReLU features are all positive: centre them (see nearest_train)
+    f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    query, target = np.asarray(query, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    out_i = np.full((len(query), k), -1, dtype=np.int64)
+    out_s = np.zeros((len(query), k), dtype=np.float64)
+    banned = np.zeros(len(labels), dtype=bool)
+    banned[np.asarray(exclude if exclude is not None else query, dtype=np.int64)] = True
+    banned[query] = True
+    for c in np.unique(target):
+        cand = np.flatnonzero((labels == c) & ~banned)
+        rows = np.flatnonzero(target == c)
+        if not len(cand):
+            continue
+        kk = min(k, len(cand))
+        for s in range(0, len(rows), chunk):
+            r = rows[s:s + chunk]
+            sims = f[torch.from_numpy(query[r])] @ f[torch.from_numpy(cand)].T
+            v, i = sims.topk(kk, dim=1)
+            out_i[r, :kk] = cand[i.numpy()]
+            out_s[r, :kk] = v.numpy()
+    return out_i, out_s
+
+
+DECISIONS = ("label wrong", "label right", "unsure")
+
+
+def label_error_rows(rep: DataReport, classes: list[str]) -> list[dict]:
+    """One dict per suspected label error, most suspicious first (what the gallery and the CSVs show)."""
+    li = rep.labels
+    has = rep.has_galleries
+    rows = []
+    for pos, (idx, g, s, sc) in enumerate(zip(rep.label_train_index, li.given, li.suggested, li.self_confidence)):
+        rows.append({"train_index": int(idx), "given": int(g), "suggested": int(s), "given_class": classes[int(g)],
+                     "suggested_class": classes[int(s)], "self_confidence": float(sc),
+                     "p_suggested": float(rep.label_suggested_prob[pos]) if has else float("nan"),
+                     "neighbours": [int(j) for j in rep.label_neighbours[pos] if j >= 0] if has else [],
+                     "neighbour_similarity": [float(v) for j, v in zip(rep.label_neighbours[pos],
+                                                                        rep.label_neighbour_similarity[pos])
+                                              if j >= 0] if has else []})
+    return rows
+
+
+def decisions_csv(rows: list[dict], decisions: dict[int, str]) -> str:
+    """The samples a user decided on (train index → one of :data:`DECISIONS`), in gallery order, as CSV."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["train_index", "given_label", "suggested_label", "given_class", "suggested_class",
+                "self_confidence", "p_suggested", "decision"])
+    for r in rows:
+        d = decisions.get(r["train_index"])
+        if d in DECISIONS:
+            w.writerow([r["train_index"], r["given"], r["suggested"], r["given_class"], r["suggested_class"],
+                        f"{r['self_confidence']:.6f}", f"{r['p_suggested']:.6f}", d])
+    return buf.getvalue()
+
+
+def relabelling_csv(rows: list[dict], decisions: dict[int, str]) -> str:
+    """The suggested relabelling of the samples marked "label wrong": train index, old and new label, as CSV."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["train_index", "given_label", "new_label", "given_class", "new_class"])
+    for r in rows:
+        if decisions.get(r["train_index"]) == DECISIONS[0]:
+            w.writerow([r["train_index"], r["given"], r["suggested"], r["given_class"], r["suggested_class"]])
+    return buf.getvalue()
 
 
 def _jsonable(obj: object) -> object:

@@ -234,15 +234,39 @@ def domain_auc(train_features: np.ndarray, test_features: np.ndarray, max_per_sp
 def domain_scores(train_features: np.ndarray, test_features: np.ndarray, max_per_split: int = 10000,
                   folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold "is test" probabilities of the balanced domain-classifier sample, and its 0/1 labels."""
+    scores, y, _ = _domain_scores(train_features, test_features, max_per_split, folds, seed)
+    return scores, y
+
+
+@dataclass(frozen=True)
+class DomainScores:
+    """The domain classifier's verdict: AUC, and how "test-like" each scored test sample looks."""
+
+    auc: float
+    test_index: np.ndarray  # test samples scored (indices into the test split)
+    test_score: np.ndarray  # out-of-fold probability that each is a test sample (0.5: indistinguishable)
+
+
+def domain_classifier(train_features: np.ndarray, test_features: np.ndarray, max_per_split: int = 10000,
+                      folds: int = 5, seed: int = 0) -> DomainScores:
+    """:func:`domain_auc` with the per-sample scores: which test samples look most unlike the training set."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, y, test_index = _domain_scores(train_features, test_features, max_per_split, folds, seed)
+    return DomainScores(float(roc_auc_score(y, scores)), test_index, scores[y == 1])
+
+
+def _domain_scores(train_features: np.ndarray, test_features: np.ndarray, max_per_split: int, folds: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from diagnostics.labels import logistic_regression_probs
 
     g = np.random.default_rng(seed)
     n = min(len(train_features), len(test_features), max_per_split)
     if n < folds * 2:
         raise ValueError(f"too few samples for a domain classifier ({n} per split)")
-    a = train_features[g.choice(len(train_features), n, replace=False)]
-    b = test_features[g.choice(len(test_features), n, replace=False)]
-    x = np.concatenate([a, b]).astype(np.float64)
+    ia = g.choice(len(train_features), n, replace=False)
+    ib = g.choice(len(test_features), n, replace=False)
+    x = np.concatenate([train_features[ia], test_features[ib]]).astype(np.float64)
     y = np.r_[np.zeros(n, np.int64), np.ones(n, np.int64)]
     order = g.permutation(len(y))
     scores = np.zeros(len(y))
@@ -250,7 +274,7 @@ def domain_scores(train_features: np.ndarray, test_features: np.ndarray, max_per
         held = order[f::folds]
         train = np.setdiff1d(order, held)
         scores[held] = logistic_regression_probs(x[train], y[train], x[held], 2)[:, 1]
-    return scores, y
+    return scores, y, ib.astype(np.int64)
 
 
 # --- near-duplicates ------------------------------------------------------------------------------------------

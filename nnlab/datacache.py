@@ -121,6 +121,28 @@ def cache_key(files: FileList, pre: Preprocessing) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def _writable_dir(d: Path) -> bool:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(d, os.W_OK | os.X_OK)
+
+
+def _cache_root(workspace: Path) -> Path:
+    """``<workspace>/datacache``, or a per-user folder in the temporary directory when the workspace cannot be
+    written (a read-only workspace still shows its models; the cache is rebuilt there once)."""
+    d = workspace / "datacache"
+    if _writable_dir(d):
+        return d
+    import tempfile
+
+    fallback = Path(tempfile.gettempdir()) / f"nnlab-datacache-{os.getuid()}" / hashlib.sha1(
+        str(workspace).encode()).hexdigest()[:12]
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
 class DataCache:
     """The on-disk cache of one file list under one pixel preprocessing.
 
@@ -139,7 +161,7 @@ class DataCache:
         self.preprocessing = preprocessing
         self.storage = storage_preprocessing(files, preprocessing)
         self.key = cache_key(files, preprocessing)
-        self.path = Path(workspace).expanduser().resolve() / "datacache" / self.key
+        self.path = _cache_root(Path(workspace).expanduser().resolve()) / self.key
         self.slot_shape: tuple[int, int, int] = self.storage.input_shape
         self.slot_bytes = int(np.prod(self.slot_shape))
         self.last_build: BuildStats | None = None

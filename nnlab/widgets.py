@@ -1,20 +1,59 @@
-"""Shared widgets of the Look-inside pages (streamlit glue): pick an input (a dataset sample or an upload) and
-show it as the model sees it."""
+"""Shared widgets (streamlit glue): every Plotly chart with its PNG/SVG downloads (:func:`chart`); for the
+Look-inside pages, pick an input (a dataset sample or an upload) and show it as the model sees it."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 from diagnostics.features import input_from_dataset, input_from_upload
+from nnlab import figures
 from nnlab.images import ImageError
 from nnlab.session import Current
 from nnlab.viz import as_image, display_scale
 
 SOURCES = ("Dataset sample", "Uploaded image")
+
+
+def chart(fig: go.Figure, key: str, where: Any = None, file_name: str | None = None, **kwargs: Any) -> Any:
+    """``st.plotly_chart(fig, key=key, **kwargs)`` followed by its PNG and SVG download buttons.
+
+    Args:
+        fig: The figure.
+        key: The chart's widget key (the buttons get ``<key>_png`` and ``<key>_svg``).
+        where: A container or column to draw into (default: the current one).
+        file_name: Stem of the downloaded files (default: the key).
+        **kwargs: Passed to ``st.plotly_chart`` (``on_select``, ``config`` …).
+
+    The images are rendered only when a button is clicked (Streamlit runs the callable in its own thread,
+    :mod:`nnlab.figures` serialises the renders), so a page costs nothing more to draw. Returns what
+    ``st.plotly_chart`` returns (the selection event when ``on_select`` is given).
+    """
+    box = st if where is None else where
+    event = box.plotly_chart(fig, key=key, **kwargs)
+    figure_downloads(fig, key, box, file_name)
+    return event
+
+
+def figure_downloads(fig: go.Figure, key: str, where: Any = None, file_name: str | None = None) -> None:
+    """Two small buttons, PNG and SVG, exporting ``fig`` on click (or a caption saying why they cannot)."""
+    reason = figures.unavailable_reason()
+    stem = figures.file_stem(file_name or key)
+    box = st if where is None else where
+    with box.container(horizontal=True, gap="small", key=f"{key}_export"):
+        if reason:
+            st.caption(reason)
+            return
+        for fmt in figures.FORMATS:
+            st.download_button(fmt.upper(), data=lambda fmt=fmt: figures.to_image(fig, fmt),
+                               file_name=f"{stem}.{fmt}", mime=figures.FORMATS[fmt], key=f"{key}_{fmt}",
+                               icon=":material/download:", type="tertiary", on_click="ignore",
+                               help=f"Download this figure as {fmt.upper()} (rendered when you click)")
 
 
 @dataclass

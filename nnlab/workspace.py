@@ -130,6 +130,8 @@ class Workspace:
 
     # base models
     def has_model(self, model_id: str) -> bool:
+        if not _SAFE_ID.match(model_id or ""):
+            return False  # a path or any other non-id names no stored model
         d = self.model_dir(model_id)
         return (d / "model.safetensors").is_file() and (d / "record.json").is_file()
 

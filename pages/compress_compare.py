@@ -8,7 +8,7 @@ import streamlit as st
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import compare, export
 from compression.variant import load_variant_model
-from nnlab import session
+from nnlab import session, widgets
 from nnlab.evaluate import EvalResult
 from nnlab.tasks import eval_key, load_evaluation
 from nnlab.viz import as_image, display_scale
@@ -108,15 +108,15 @@ st.dataframe(compare.layer_details(chosen), hide_index=True, width="stretch", ke
 
 st.subheader("Per class")
 diffs = {r.name: compare.per_class_difference(ref_ev, ev, data.num_classes) for r, ev in zip(chosen[1:], evals[1:])}
-st.plotly_chart(compare.per_class_figure(diffs, data.classes, ref.name), key="compare_per_class")
+widgets.chart(compare.per_class_figure(diffs, data.classes, ref.name), key="compare_per_class")
 names = {r.id: r.name for r in chosen}
 target_id = st.selectbox("Compare the reference with", pick[1:], key="compare_target",
                          format_func=lambda i: names[i])
 k = pick.index(target_id)
 other, other_ev = chosen[k], evals[k]
-st.plotly_chart(compare.confusion_difference_figure(compare.confusion_difference(ref_ev, other_ev, data.num_classes),
-                                                    data.classes, f"Confusion of {other.name} minus {ref.name}"),
-                key="compare_confusion")
+widgets.chart(compare.confusion_difference_figure(compare.confusion_difference(ref_ev, other_ev, data.num_classes),
+                                                  data.classes, f"Confusion of {other.name} minus {ref.name}"),
+              key="compare_confusion")
 
 st.subheader("Samples whose prediction changed")
 items = compare.changed_samples(ref_ev, other_ev)
@@ -149,15 +149,15 @@ if torch_models:
         layer = h1.selectbox("Layer", layers, key="compare_layer")
         log_y = h2.checkbox("Log counts", key="compare_log", value=True)
         w1, w2 = st.columns(2)
-        w1.plotly_chart(compare.histogram_figure({r.name: compare.weight_values(m, layer) for r, m in torch_models},
-                                                 f"Weights of {layer}", log_y=log_y), key="compare_weights")
+        widgets.chart(compare.histogram_figure({r.name: compare.weight_values(m, layer) for r, m in torch_models},
+                                               f"Weights of {layer}", log_y=log_y), key="compare_weights", where=w1)
         hists = {}
         for r, m in torch_models:
             h = _activation_hist(str(ws.root), r.id, r.created, layer, data.id, m, data)
             if h is not None:
                 hists[r.name] = h
-        w2.plotly_chart(compare.binned_figure(hists, f"Outputs of {layer} (256 test images)", log_y=log_y),
-                        key="compare_activations")
+        widgets.chart(compare.binned_figure(hists, f"Outputs of {layer} (256 test images)", log_y=log_y),
+                      key="compare_activations", where=w2)
     else:
         st.caption("The chosen models share no Conv/Linear layer name.")
 

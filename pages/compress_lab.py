@@ -8,15 +8,12 @@ import streamlit as st
 
 import compression
 import compression.tasks  # noqa: F401 - registers the compression job kinds
-from compression import export
+from compression import defaults, export
 from compression.compare import weight_sparsity
 from compression.pareto import runtime_note
 from compression.registry import get_method, list_methods
-from nnlab import jobs, session
+from nnlab import jobs, session, widgets
 from nnlab.workspace import WorkspaceError
-
-# Lighter settings than the registry defaults where a method trains, so a first click answers in seconds.
-DEMO_DEFAULTS: dict[str, dict] = {"distill": {"epochs": 3}, "prune-iterative": {"rounds": 2, "epochs": 1}}
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Compression lab")
@@ -42,7 +39,7 @@ if not methods:
 def param_widgets(cls: type, prefix: str) -> dict:
     """One widget per config field, with its one-line help and formula; returns the values."""
     values = {}
-    over = DEMO_DEFAULTS.get(cls.method, {})
+    over = defaults.overrides(cls.method, len(cur.data.y_train))  # first-click settings (compression.defaults)
     for fi in cls.fields_info():
         key, label = f"{prefix}_{fi.name}", fi.name.replace("_", " ")
         default = over.get(fi.name, fi.default)
@@ -107,6 +104,8 @@ with left:
     cls = by_key[method]
     if cls.description:
         st.caption(cls.description)
+    if defaults.promise(method):
+        st.caption(defaults.promise(method))
     values = param_widgets(cls, f"lab_{method}")
     cfg, problem = build(method, values)
     if problem:
@@ -125,13 +124,14 @@ with left:
             c1, c2, c3, c4 = st.columns([6, 1, 1, 1])
             shown = ", ".join(f"{k}={v}" for k, v in step.items() if k != "method")
             c1.markdown(f"**{i + 1}. {step['method']}** <small>{shown}</small>", unsafe_allow_html=True)
-            if c2.button("↑", key=f"lab_up_{i}", disabled=i == 0, help="Move up"):
+            if c2.button("", icon=":material/arrow_upward:", key=f"lab_up_{i}", disabled=i == 0, help="Move up"):
                 steps[i - 1], steps[i] = steps[i], steps[i - 1]
                 st.rerun()
-            if c3.button("↓", key=f"lab_down_{i}", disabled=i == len(steps) - 1, help="Move down"):
+            if c3.button("", icon=":material/arrow_downward:", key=f"lab_down_{i}", disabled=i == len(steps) - 1,
+                         help="Move down"):
                 steps[i + 1], steps[i] = steps[i], steps[i + 1]
                 st.rerun()
-            if c4.button("✕", key=f"lab_rm_{i}", help="Remove"):
+            if c4.button("", icon=":material/close:", key=f"lab_rm_{i}", help="Remove"):
                 steps.pop(i)
                 st.rerun()
         if st.button(f"Run pipeline ({len(steps)} steps)", key="lab_run_pipeline", type="primary",
@@ -287,25 +287,34 @@ with st.expander("Sensitivity analysis: one layer at a time", expanded=False):
                               xaxis_title="sparsity" if table.kind == "prune" else "bits", yaxis_title="accuracy")
             if table.kind != "prune":
                 fig.update_xaxes(autorange="reversed")
-            st.plotly_chart(fig, key="lab_sens_fig")
+            widgets.chart(fig, key="lab_sens_fig")
             budget = st.number_input("Accuracy-drop budget for all layers together (points)", 0.0, 50.0, 1.0,
                                      step=0.5, key="lab_sens_budget")
             sug = sensitivity.suggest_levels(table, budget / 100)
-            st.dataframe(pd.DataFrame([{"layer": k, "suggested level": v} for k, v in sug.items()]),
-                         hide_index=True, key="lab_sens_suggest")
-            levels = [v for v in sug.values() if v is not None]
-            if levels:
-                target = {"prune": ("prune-unstructured", "sparsity", min(levels)),
-                          "quantize": ("quantize-weights", "bits", int(max(levels)))}.get(table.kind)
-                if target and target[0] in compression.METHODS:
-                    m, field_name, level = target
-                    st.caption(f"The engine's configs take one level for all layers; the safe uniform choice "
-                               f"is the weakest suggestion: {field_name} = {level:g}.")
+            drops = {(r["layer"], r["level"]): r["drop"] for r in table.rows}
+            st.dataframe(pd.DataFrame([{"layer": k, "suggested level": v,
+                                        "drop at that level (points)": None if v is None else 100 * drops[(k, v)]}
+                                       for k, v in sug.items()]), hide_index=True, key="lab_sens_suggest")
+            suggested = sensitivity.suggested_config(table, sug)
+            if suggested and suggested["method"] in compression.METHODS:
+                m = suggested["method"]
+                _, _, untouched = sensitivity.LAB_METHODS[table.kind]
+                none_safe = [k for k, v in sug.items() if v is None]
+                if len(none_safe) == len(sug):
+                    st.caption("No layer stays within its share of the budget at any level tried: raise the budget.")
+                else:
+                    st.caption(f"Each layer gets its own suggested level in {m}'s per-layer field (the budget is "
+                               f"split evenly across the {len(sug)} layers). "
+                               + (f"No level of {', '.join(none_safe)} stays within its share: "
+                                  f"{'it is' if len(none_safe) == 1 else 'they are'} left untouched ({untouched})."
+                                  if none_safe else ""))
 
-                    def use(m=m, field_name=field_name, level=level) -> None:
+                    def use(m: str = m, suggested: dict = suggested) -> None:
                         st.session_state["lab_method"] = m
                         st.session_state["lab_mode"] = "One method"
-                        st.session_state[f"lab_{m}_{field_name}"] = level
+                        for name, value in suggested.items():
+                            if name != "method":
+                                st.session_state[f"lab_{m}_{name}"] = value
 
-                    st.button(f"Use {m} with {field_name} = {level:g} in the method editor", key="lab_sens_apply",
+                    st.button(f"Use these per-layer levels in the method editor ({m})", key="lab_sens_apply",
                               on_click=use)

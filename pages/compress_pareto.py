@@ -10,7 +10,7 @@ import streamlit as st
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import export, pareto
 from compression import search as csearch
-from nnlab import jobs, session
+from nnlab import jobs, session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Pareto")
@@ -26,8 +26,8 @@ else:
     shown = [v for v in variants if v.dataset == cur.data.id]
 records = [cur.record, *[v for v in shown if v.status == "ok"]]
 st.caption(f"Base **{cur.record.name}** and {len(records) - 1} variant(s). Bubble area ∝ MACs, colour = method "
-           "or runtime, "
-           "★ = base; the dashed line is the Pareto frontier (no other point is both more accurate and cheaper). "
+           "or runtime, a star marks the base; the dashed line is the Pareto frontier (no other point is both more "
+           "accurate and cheaper). "
            "Select points (click, box or lasso) to compare them.")
 if len(records) == 1:
     st.info("No variant yet: make some in the Compression lab, or run the automatic search below.")
@@ -42,8 +42,8 @@ for tab, cost in ((tab_size, "size"), (tab_lat, "latency"), (tab_macs, "macs")):
     with tab:
         fig = pareto.pareto_figure(records, cost, base_id=cur.record.id, color_by=color_by)
         figs[cost] = fig
-        event = st.plotly_chart(fig, key=f"pareto_fig_{cost}", on_select="rerun", selection_mode=("points", "box",
-                                                                                                  "lasso"))
+        event = widgets.chart(fig, key=f"pareto_fig_{cost}", on_select="rerun",
+                              selection_mode=("points", "box", "lasso"))
         picked += [i for i in pareto.selected_ids(event) if i not in picked]
         front = pareto.frontier(records, cost)
         st.markdown(f"**Frontier ({pareto.COSTS[cost].lower()}):** " + " → ".join(
@@ -62,16 +62,11 @@ table = pd.DataFrame(pareto.summary_rows(records, cur.record, cost))
 st.dataframe(table, hide_index=True, width="stretch", key="pareto_table",
              column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
                             "sparsity": st.column_config.NumberColumn(format="percent")})
-d1, d2, d3, d4 = st.columns(4)
-d1.download_button("Figure (HTML)", export.figure_html(figs["size"]), file_name="pareto-size.html",
-                   mime="text/html", key="pareto_dl_html")
-d2.download_button("Latency figure (HTML)", export.figure_html(figs["latency"]), file_name="pareto-latency.html",
-                   mime="text/html", key="pareto_dl_html_lat")
-if export.png_available():
-    d3.download_button("Figure (PNG)", lambda: export.figure_png(figs["size"]), file_name="pareto-size.png",
-                       mime="image/png", key="pareto_dl_png")
-else:
-    d3.caption("PNG export needs the kaleido package (not installed here): save the HTML figure instead.")
+d1, d2, d4 = st.columns(3)  # PNG and SVG of each figure: the buttons under it
+d1.download_button("Figure (HTML)", lambda: export.figure_html(figs["size"]), file_name="pareto-size.html",
+                   mime="text/html", key="pareto_dl_html", on_click="ignore")
+d2.download_button("Latency figure (HTML)", lambda: export.figure_html(figs["latency"]),
+                   file_name="pareto-latency.html", mime="text/html", key="pareto_dl_html_lat", on_click="ignore")
 d4.download_button("Records (JSON)", export.records_json(records), file_name="pareto-records.json",
                    mime="application/json", key="pareto_dl_records")
 

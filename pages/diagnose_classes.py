@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from diagnostics import errors
-from nnlab import session
+from nnlab import session, widgets
 from nnlab.viz import as_image, display_scale, grid
 
 MAX_SHOWN = 60
@@ -50,7 +50,7 @@ fig.add_trace(go.Scatter(x=[classes[p] for t in range(k) for p in range(k)],
                          y=[classes[t] for t in range(k) for p in range(k)],
                          customdata=[[t, p] for t in range(k) for p in range(k)], mode="markers",
                          marker=dict(symbol="square", size=28, opacity=0.01), hoverinfo="none", showlegend=False))
-event = st.plotly_chart(fig, key="classes_cm", on_select="rerun", selection_mode="points")
+event = widgets.chart(fig, key="classes_cm", on_select="rerun", selection_mode="points")
 
 pairs = an.pairs
 default_true, default_pred = (pairs[0].true, pairs[0].pred) if pairs else (0, 0)

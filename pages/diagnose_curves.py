@@ -9,7 +9,7 @@ import streamlit as st
 
 from diagnostics import curves
 from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostics' job kinds
-from nnlab import jobs, session
+from nnlab import jobs, session, widgets
 from nnlab.base import demo_config
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
@@ -23,11 +23,11 @@ if cur.history:
     l1, l2 = st.columns(2)
     fig = px.line(h, x="epoch", y=["train_loss", "test_loss"], markers=True, labels={"value": "loss"})
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10))
-    l1.plotly_chart(fig, key="curves_hist_loss")
+    widgets.chart(fig, key="curves_hist_loss", where=l1)
     fig = px.line(h.assign(train_error=1 - h["train_acc"], test_error=1 - h["test_acc"]), x="epoch",
                   y=["train_error", "test_error"], markers=True, labels={"value": "error"})
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10))
-    l2.plotly_chart(fig, key="curves_hist_err")
+    widgets.chart(fig, key="curves_hist_err", where=l2)
     last = cur.history[-1]
     st.caption(f"Last epoch: train loss {last['train_loss']:.3f}, test loss {last['test_loss']:.3f}, "
                f"E_train {1 - last['train_acc']:.2%}, E_test {1 - last['test_acc']:.2%} "
@@ -78,7 +78,7 @@ if points:
     fig = px.line(df, x="training samples", y=["E_train", "E_test"], markers=True, log_x=True,
                   labels={"value": "error"})
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=10, b=10))
-    st.plotly_chart(fig, key="curves_size")
+    widgets.chart(fig, key="curves_size")
     st.dataframe(df, hide_index=True, width="stretch", key="curves_table",
                  column_config={"E_train": st.column_config.NumberColumn(format="%.4f"),
                                 "E_test": st.column_config.NumberColumn(format="%.4f")})

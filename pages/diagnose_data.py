@@ -1,4 +1,8 @@
-"""Data checks (the lecture's list): class balance, suspected label errors, train/test mismatch, leakage."""
+"""Data checks (the lecture's list): class balance, suspected label errors, train/test mismatch, leakage.
+
+Suspected label errors, near-duplicates and the most test-like test samples are shown as galleries of the images
+as the model sees them; every number and neighbour comes from the stored report (the "data-checks" job).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from diagnostics import datacheck
 from diagnostics import tasks as dtasks
 from diagnostics.mismatch import class_shift, imbalance_ratio
-from nnlab import jobs, session
+from nnlab import jobs, session, widgets
 from nnlab.viz import as_image, display_scale, grid
 
 AUTO_MAX_TRAIN = 10000
-SHOW = 24
+PER_PAGE = 12  # label-error cards per page
+NCOLS = 4
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -26,7 +32,6 @@ st.title("Data checks")
 cur = session.current()
 data = cur.data
 classes = data.classes
-scale = display_scale(data.input_shape[1], 48)
 
 # --- class balance ---------------------------------------------------------------------------------------
 st.header("Class balance")
@@ -41,7 +46,7 @@ fig = go.Figure([go.Bar(name="train", x=classes, y=shift.train_freq),
                  go.Bar(name="test", x=classes, y=shift.test_freq)])
 fig.update_layout(barmode="group", height=280, yaxis_title="share of the split", margin=dict(l=10, r=10, t=10, b=10))
 fig.update_xaxes(type="category")
-st.plotly_chart(fig, key="data_balance")
+widgets.chart(fig, key="data_balance")
 if tc.min() == 0:
     st.warning(f"Class(es) without training samples: {', '.join(c for c, n in zip(classes, tc) if n == 0)}.")
 
@@ -68,6 +73,75 @@ if rep is None:
             st.session_state["data_run_clicked"] = True
             st.rerun()
 
+def _decisions() -> dict[int, str]:
+    """This session's decisions on the suspected label errors of this model and dataset (train index → choice)."""
+    return st.session_state.setdefault(f"label_decisions::{cur.model_id}::{data.id}", {})
+
+
+def _record(idx: int) -> None:
+    choice = st.session_state.get(f"label_dec_{idx}")
+    if choice is None:
+        _decisions().pop(idx, None)
+    else:
+        _decisions()[idx] = choice
+
+
+def label_card(r: dict, decisions: dict[int, str], big: int, small: int) -> None:
+    """One suspected label error: the image, both labels, the suggested class's nearest images, a decision."""
+    idx = r["train_index"]
+    st.image(as_image(data.x_train[idx], big), caption=f"train #{idx}", output_format="PNG")
+    st.markdown(f"given **{r['given_class']}** · suggested **{r['suggested_class']}**  \n"
+                f"p(given) {r['self_confidence']:.2f} · p(suggested) {r['p_suggested']:.2f}")
+    if r["neighbours"]:
+        st.image(grid([as_image(data.x_train[j], small) for j in r["neighbours"]], ncols=len(r["neighbours"])),
+                 caption=f"nearest training images labelled {r['suggested_class']}", output_format="PNG")
+    key = f"label_dec_{idx}"
+    if key not in st.session_state and idx in decisions:  # decided on another page of the gallery
+        st.session_state[key] = decisions[idx]
+    st.radio("Your decision", datacheck.DECISIONS, key=key, horizontal=True, on_change=_record, args=(idx,),
+             **({} if key in st.session_state else {"index": None}))
+
+
+def label_gallery(rep: datacheck.DataReport) -> None:
+    """The suspected label errors as cards, filtered by class pair and paged; decisions download as CSV."""
+    rows = datacheck.label_error_rows(rep, classes)
+    pairs: dict[tuple[int, int], int] = {}
+    for r in rows:
+        pairs[(r["given"], r["suggested"])] = pairs.get((r["given"], r["suggested"]), 0) + 1
+    options = [None, *sorted(pairs, key=lambda p: (-pairs[p], p))]
+    f1, f2 = st.columns([3, 1])
+    pair = f1.selectbox("Given label → suggested label", options, key="label_pair",
+                        format_func=lambda p: f"all pairs ({len(rows):,})" if p is None else
+                        f"{classes[p[0]]} → {classes[p[1]]} ({pairs[p]:,})")
+    shown = [r for r in rows if pair is None or (r["given"], r["suggested"]) == pair]
+    pages = max(1, -(-len(shown) // PER_PAGE))
+    if st.session_state.get("label_page", 1) > pages:
+        st.session_state["label_page"] = pages
+    page = int(f2.number_input(f"Page (of {pages})", 1, pages, 1, key="label_page"))
+    st.caption("Each card: the training image as the model sees it, its given label and the label the "
+               "out-of-sample model suggests with their probabilities (p(given) is the self-confidence), and the "
+               "nearest training images labelled with the suggested class in the model's penultimate-feature space.")
+    decisions = _decisions()
+    big, small = display_scale(data.input_shape[1], 112), display_scale(data.input_shape[1], 40)
+    part = shown[(page - 1) * PER_PAGE:page * PER_PAGE]
+    with st.container(key="label_gallery"):
+        for start in range(0, len(part), NCOLS):
+            for col, r in zip(st.columns(NCOLS), part[start:start + NCOLS]):
+                with col.container(border=True, key=f"label_card_{r['train_index']}"):
+                    label_card(r, decisions, big, small)
+    counts = {d: sum(1 for v in decisions.values() if v == d) for d in datacheck.DECISIONS}
+    st.caption(f"{len(decisions):,} of {len(rows):,} decided: " + ", ".join(f"{n} {d}" for d, n in counts.items()))
+    d1, d2 = st.columns(2)
+    d1.download_button("Decisions (CSV)", datacheck.decisions_csv(rows, decisions), mime="text/csv",
+                       file_name=f"label-decisions-{data.id}.csv", key="label_dl_decisions",
+                       icon=":material/download:", help="The samples you decided on, with both labels",
+                       on_click="ignore")
+    d2.download_button("Relabelling (CSV)", datacheck.relabelling_csv(rows, decisions), mime="text/csv",
+                       file_name=f"relabelling-{data.id}.csv", key="label_dl_relabel", icon=":material/download:",
+                       help="The samples you marked 'label wrong', with the suggested label to use instead",
+                       on_click="ignore")
+
+
 st.header("Suspected label errors")
 if rep is not None:
     li = rep.labels
@@ -83,17 +157,17 @@ if rep is not None:
     l1, l2 = st.columns(2)
     l1.metric("Suspected label errors", f"{len(li.indices):,}", help=f"of {li.checked:,} training samples checked")
     l2.metric("Share of the checked samples", f"{li.fraction:.2%}")
-    if len(li.indices):
-        idx = rep.label_subset[li.indices]
-        st.dataframe(pd.DataFrame({"train index": idx, "given label": [classes[g] for g in li.given],
-                                   "suggested label": [classes[s] for s in li.suggested],
-                                   "p(given label)": li.self_confidence}), hide_index=True, width="stretch",
-                     height=240, key="data_label_table")
-        st.image(grid([as_image(data.x_train[int(i)], scale) for i in idx[:SHOW]], ncols=12),
-                 caption=" · ".join(f"{classes[g]}→{classes[s]}"
-                                    for g, s in zip(li.given[:SHOW], li.suggested[:SHOW])))
-    else:
+    if not len(li.indices):
         st.success("No suspected label errors.")
+    elif not rep.has_galleries:
+        st.info("This report was stored by an earlier version without the gallery's neighbours and scores: run the "
+                "checks again to see the suspected errors as images.")
+        if st.button("Run the data checks again", key="data_rerun_old"):
+            jobs.submit("data-checks", check_params, owner=session.owner(), rerun=True)
+            st.rerun()
+    else:
+        with st.container(key="label_errors"):
+            label_gallery(rep)
 
 with st.expander("Exact check: k-fold retraining of the architecture (slower)"):
     n_max = int(st.number_input("Training samples to check (stratified subsample)", min_value=100,
@@ -142,7 +216,22 @@ if rep is not None:
                                  line=dict(dash="dash")))
     fig.update_layout(height=280, xaxis_title="intensity (0–1)", yaxis_title="share of pixels", yaxis_type="log",
                       margin=dict(l=10, r=10, t=10, b=10))
-    st.plotly_chart(fig, key="data_hist")
+    widgets.chart(fig, key="data_hist")
+    if rep.has_galleries and len(rep.mismatch_test_index):
+        st.subheader("The most test-like test images")
+        st.caption("The test images the domain classifier scores most likely to come from the test split "
+                   "(out-of-fold p(test); 0.5 means it cannot tell). With no mismatch they look like any other; "
+                   "with one, they show what differs.")
+        scale_m = display_scale(data.input_shape[1], 72)
+        per_row = 8
+        with st.container(key="mismatch_gallery"):
+            for start in range(0, min(len(rep.mismatch_test_index), 16), per_row):
+                for col, t, p_test in zip(st.columns(per_row), rep.mismatch_test_index[start:start + per_row],
+                                          rep.mismatch_score[start:start + per_row]):
+                    t = int(t)
+                    col.image(as_image(data.x_test[t], scale_m),
+                              caption=f"test #{t} · {classes[int(data.y_test[t])]} · p(test) {p_test:.2f}",
+                              output_format="PNG")
 
 st.header("Near-duplicates across train and test (leakage)")
 if rep is not None:
@@ -152,11 +241,23 @@ if rep is not None:
     st.metric("Test images with a near-duplicate in train", f"{len(du.test_index):,}",
               help=f"of {du.checked:,} test images")
     if len(du.test_index):
-        st.dataframe(pd.DataFrame({"test index": du.test_index, "train index": du.train_index,
-                                   "similarity": du.similarity, "pixel difference": du.pixel_diff,
-                                   "same label": du.same_label}), hide_index=True, width="stretch", height=200,
-                     key="data_dups")
-        pairs = [im for t, r in zip(du.test_index[:SHOW // 2], du.train_index[:SHOW // 2])
-                 for im in (as_image(data.x_test[int(t)], scale), as_image(data.x_train[int(r)], scale))]
-        st.image(grid(pairs, ncols=12), caption="pairs: test image, then its training near-duplicate")
+        scale_d = display_scale(data.input_shape[1], 80)
+        n_pairs = min(len(du.test_index), 12)
+        with st.container(key="duplicates_gallery"):
+            for start in range(0, n_pairs, 3):
+                for col, j in zip(st.columns(3), range(start, min(start + 3, n_pairs))):
+                    t, r = int(du.test_index[j]), int(du.train_index[j])
+                    with col.container(border=True, key=f"dup_card_{t}"):
+                        st.image([as_image(data.x_test[t], scale_d), as_image(data.x_train[r], scale_d)],
+                                 caption=[f"test #{t} · {classes[int(data.y_test[t])]}",
+                                          f"train #{r} · {classes[int(data.y_train[r])]}"], output_format="PNG")
+                        st.markdown(f"similarity {du.similarity[j]:.3f} · pixel difference {du.pixel_diff[j]:.1%} · "
+                                    + ("same label" if du.same_label[j] else ":red[labels differ]"))
+        if len(du.test_index) > n_pairs:
+            st.caption(f"The {n_pairs} closest of {len(du.test_index):,} pairs; the table lists all.")
+        with st.expander("All pairs as a table"):
+            st.dataframe(pd.DataFrame({"test index": du.test_index, "train index": du.train_index,
+                                       "similarity": du.similarity, "pixel difference": du.pixel_diff,
+                                       "same label": du.same_label}), hide_index=True, width="stretch",
+                         height=200, key="data_dups")
     st.caption(f"All feature-based checks took {rep.seconds:.1f} s.")

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from diagnostics import errors
-from nnlab import session
+from nnlab import session, widgets
 from nnlab.viz import as_image, display_scale
 
 ATTRIBUTION_PAGE = "pages/inside_attributions.py"
@@ -69,14 +69,14 @@ for row_start in range(0, len(shown), ncols):
     for col, i in zip(cols, shown[row_start:row_start + ncols]):
         i = int(i)
         true, pred = int(ev.labels[i]), int(ev.preds[i])
-        with col.container(border=True):
+        with col.container(border=True, key=f"worst_card_{split}_{i}"):
             st.image(as_image(images[i], scale), caption=f"#{i}")
-            mark = "✅" if true == pred else "❌"
-            st.markdown(f"{mark} true **{classes[true]}** · predicted **{classes[pred]}**  \n"
+            verdict = ":green[right]" if true == pred else ":red[wrong]"  # plain words: no emoji font needed
+            st.markdown(f"{verdict} · true **{classes[true]}** · predicted **{classes[pred]}**  \n"
                         f"loss {ev.losses[i]:.3f} · p(pred) {ev.probs[i, pred]:.2f} · "
                         f"p(true) {ev.probs[i, true]:.2f}")
-            st.plotly_chart(errors.topk_figure(classes, ev.probs[i], true), key=f"worst_top5_{split}_{i}",
-                            config={"displayModeBar": False})
-            if st.button("Attributions 🔍", key=f"worst_inspect_{split}_{i}", help="Open this sample in Deconvnet "
-                         "and attributions"):
+            widgets.chart(errors.topk_figure(classes, ev.probs[i], true), key=f"worst_top5_{split}_{i}",
+                          config={"displayModeBar": False})
+            if st.button("Attributions", icon=":material/visibility:", key=f"worst_inspect_{split}_{i}",
+                         help="Open this sample in Deconvnet and attributions"):
                 _inspect(i, split)

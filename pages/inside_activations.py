@@ -11,7 +11,7 @@ from torch import nn
 
 from diagnostics import activations as A
 from diagnostics.filters import histogram_figure
-from nnlab import session
+from nnlab import session, widgets
 from nnlab.data import ImageDataset
 from nnlab.records import Record
 
@@ -123,7 +123,7 @@ if other:
                                      line_shape="hvh"))
         fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="fraction of values",
                           title=f"{pick}: output distribution")
-        st.plotly_chart(fig, key="acts_cmp_fig")
+        widgets.chart(fig, key="acts_cmp_fig")
 
 st.subheader("Output histograms")
 log_y = st.checkbox("Logarithmic counts", value=True, key="acts_log")
@@ -131,6 +131,6 @@ shown = stats[:24]
 fig = histogram_figure({f"{s.name} ({s.type})": (s.counts, s.edges) for s in shown}, title="")
 if log_y:
     fig.update_yaxes(type="log")
-st.plotly_chart(fig, key="acts_hist")
+widgets.chart(fig, key="acts_hist")
 if len(stats) > len(shown):
     st.caption(f"First {len(shown)} of {len(stats)} layers shown; the table lists all.")

@@ -8,7 +8,7 @@ import streamlit as st
 from torch import nn
 
 from diagnostics import filters as F
-from nnlab import session
+from nnlab import session, widgets
 from nnlab.archinfo import arch_info
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
@@ -83,7 +83,7 @@ else:
     fig = go.Figure(go.Bar(x=[str(i) for i in g.order], y=norms[g.order], marker_line_width=0))
     fig.update_layout(height=240, margin=dict(l=10, r=10, t=30, b=10), title=f"{norm.upper()} norm per filter",
                       xaxis_title="filter (display order)", xaxis_type="category")
-    st.plotly_chart(fig, key="filters_norms")
+    widgets.chart(fig, key="filters_norms")
 
 st.subheader("Weights per layer")
 near = st.select_slider("Near zero means |w| ≤ this fraction of the layer's max |w|", [0.001, 0.01, 0.05, 0.1],
@@ -100,4 +100,4 @@ if rows:
     bins = int(st.slider("Bins", 10, 200, 60, key="filters_bins"))
     hists = {n: _hist(cur.model_id, n, bins, cur.model) for n in chosen}
     if hists:
-        st.plotly_chart(F.histogram_figure(hists, title="Weight histograms"), key="filters_hist")
+        widgets.chart(F.histogram_figure(hists, title="Weight histograms"), key="filters_hist")

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from nnlab import session
+from nnlab import session, widgets
 from nnlab.viz import as_image, display_scale, grid
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
@@ -47,7 +47,7 @@ with right:
         h = pd.DataFrame(cur.history)
         fig = px.line(h, x="epoch", y=["train_acc", "test_acc"], markers=True, labels={"value": "accuracy"})
         fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10))
-        st.plotly_chart(fig, key="overview_history")
+        widgets.chart(fig, key="overview_history")
     else:
         st.info("No training history for this model (it was not trained by nnlab).")
 

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from nnlab import jobs, session
+from nnlab import jobs, session, widgets
 from nnlab.models import arch_label
 from nnlab.tasks import INITS, trained_model_id
 from nnlab.train import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -65,7 +65,7 @@ if job is not None and job.status == jobs.DONE:
     if not hist.empty:
         fig = px.line(hist, x="epoch", y=["train_acc", "test_acc"], markers=True, labels={"value": "accuracy"})
         fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10))
-        st.plotly_chart(fig, key="train_history")
+        widgets.chart(fig, key="train_history")
         st.dataframe(hist, hide_index=True, width="stretch", key="train_history_table")
 
     def use() -> None:

@@ -4,7 +4,6 @@ each sees only its own result, the workspace holds every variant exactly once, t
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

@@ -56,7 +56,7 @@ def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
     from playwright.sync_api import sync_playwright
 
     log = tmp_path / "server.log"
-    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "150"}
+    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "100"}
     seen: list[int] = []
     with server(env, log=log) as url, sync_playwright() as p:
         browser = _launch(p)
@@ -94,8 +94,11 @@ def _demo_key() -> str:
 
 def _open_retrain(page, url: str, folds: int) -> None:
     page.goto(f"{url}/diagnose_data")
-    page.get_by_text("Exact check: k-fold retraining").first.click()
+    page.get_by_text("Train/test mismatch").first.wait_for()  # the page has rendered (data checks done)
+    page.wait_for_timeout(1000)
+    page.locator("summary").filter(has_text="Exact check: k-fold retraining").first.click()
     box = page.get_by_label("Folds", exact=True)
+    box.wait_for(state="visible")
     box.fill(str(folds))
     box.press("Enter")
     page.wait_for_timeout(1500)

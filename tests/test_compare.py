@@ -117,6 +117,6 @@ def test_exports_load_back(demo, digits):
     if export.png_available():
         assert export.figure_png(pareto_figure([rec], "size"))[:4] == b"\x89PNG"
     else:
-        with pytest.raises(export.ExportError, match="kaleido"):
+        with pytest.raises(export.ExportError, match="kaleido|Chromium"):
             export.figure_png(pareto_figure([rec], "size"))
     assert export.safe_filename("a b/c?.onnx") == "a-b-c-.onnx"

@@ -287,8 +287,12 @@ def test_sensitivity_panel_runs_and_suggests_a_config(demo):
     assert sug["suggested level"].notna().all()
     at.button(key="lab_sens_apply").click().run()
     assert at.session_state["lab_method"] == "prune-unstructured"
-    assert at.number_input(key="lab_prune-unstructured_sparsity").value == pytest.approx(
-        float(np.min(sug["suggested level"])))
+    from compression.pruning import parse_levels
+
+    # each layer gets its own suggested level (the per-layer field), not one level for all
+    assert parse_levels(at.text_input(key="lab_prune-unstructured_per_layer").value) == pytest.approx(
+        dict(zip(sug["layer"], sug["suggested level"])))
+    assert at.number_input(key="lab_prune-unstructured_sparsity").value == 0.0
 
 
 def test_pareto_page_runs_the_automatic_search(demo):

@@ -307,7 +307,6 @@ def test_deepcopy_guard_even_when_handler_mutates(digits, tmp_path):
 
 
 def test_every_method_module_imports_and_registers():
-    import compression
 
     assert compression.IMPORT_ERRORS == {}
     assert {"prune-unstructured", "prune-channels", "prune-iterative", "cluster", "distill", "quantize-weights",

@@ -118,7 +118,7 @@ def test_data_page_shows_checks(demo, digits):
     auc = float(_metric(at, "Domain-classifier AUC (penultimate features)"))
     assert 0.3 < auc < 0.7  # digits' split is random and stratified
     assert int(_metric(at, "Suspected label errors").replace(",", "")) < 0.1 * len(digits.y_train)
-    assert Workspace().load_run(f"datacheck_demo-cnn-digits_digits") is not None
+    assert Workspace().load_run("datacheck_demo-cnn-digits_digits") is not None
 
 
 def test_curves_page_shows_history_and_cached_curve(demo, digits):

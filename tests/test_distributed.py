@@ -143,7 +143,7 @@ def test_references_resolve_to_the_same_model_and_data(demo, digits):
     model, base, _ = demo
     dref = distributed.dataset_ref(digits)
     data = distributed.load_dataset_ref(dref)
-    assert torch.equal(data.x_test, digits.x_test) and data.id == "digits"
+    assert torch.equal(data.x_test[:], digits.x_test[:]) and data.id == "digits"
     mref = distributed.model_ref(model, base.id, base.arch, Workspace().root)
     loaded = distributed.load_model_ref(mref, data)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

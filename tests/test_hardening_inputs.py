@@ -17,7 +17,6 @@ from safetensors.torch import save as st_save
 
 from nnlab import images as I
 from nnlab.models import DemoCNN, create_model
-from nnlab.workspace import Workspace
 from tests.conftest import app_test
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
