@@ -35,7 +35,6 @@ from compression.int8 import (  # noqa: E402
     Int8Config,
     OrtRunner,
     TorchRunner,
-    _quiet,
     export_onnx,
     quantize_fx,
     sqnr_db,
@@ -68,7 +67,7 @@ def _ort_direct(fp32: Path, out: Path, calib: np.ndarray) -> None:
         def get_next(self) -> dict | None:
             return next(self.it, None)
 
-    with _quiet(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(str(fp32), str(out), Reader())
 
@@ -82,9 +81,9 @@ def build_runtimes(arch: str, shape: tuple[int, int, int], threads: int, workdir
     fp32 = workdir / f"{arch}.fp32.onnx"
     export_onnx(model, shape, fp32)
     runners["fp32 ONNX Runtime"] = OrtRunner(fp32, threads, "onnxruntime-fp32")
-    res = to_int8(copy.deepcopy(model), data, Int8Config(threads=threads), workdir / f"{arch}-nnlab", calib=calib)
+    res = to_int8(copy.deepcopy(model), data, Int8Config(backend="onnxruntime", threads=threads), workdir / f"{arch}-nnlab", calib=calib)
     runners["int8 nnlab (ORT QDQ)"] = res.runner
-    res = to_int8(copy.deepcopy(model), data, Int8Config(threads=threads, quant_format="qoperator"),
+    res = to_int8(copy.deepcopy(model), data, Int8Config(backend="onnxruntime", threads=threads, quant_format="qoperator"),
                   workdir / f"{arch}-nnlab-qop", calib=calib)
     runners["int8 nnlab (ORT QOperator)"] = res.runner
     res = to_int8(copy.deepcopy(model), data, Int8Config(threads=threads, backend="torch-fx"),

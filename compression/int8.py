@@ -1,30 +1,37 @@
 """Real int8 execution: post-training quantization run by an int8 runtime, not simulated.
 
-Two backends, chosen in the config, so nnlab does not stand on one deprecated API:
+Backends, chosen in the config:
 
-- ``onnxruntime`` (default): the float model is exported to ONNX (``torch.onnx.export``, the torch.export-based
-  exporter, falling back to the TorchScript one), pre-processed (shape inference, Conv+BatchNorm folding),
-  then quantized by ONNX Runtime: *static* — weights int8 (per channel or per tensor) and activations uint8
-  with ranges calibrated on a user-chosen number of training samples (``quantize_static`` with a
-  ``CalibrationDataReader``, QDQ or QOperator format) — or *dynamic* — int8 weights of Linear layers
-  (Gemm/MatMul), activation ranges computed at run time, convolutions left in float. The artifact is the
-  int8 ``.onnx`` file; an ``InferenceSession`` with fixed intra-op threads executes it.
-- ``torch-fx``: torch.ao FX graph mode (``prepare_fx`` / calibration / ``convert_fx``, x86 backend with
-  fbgemm/oneDNN kernels), deprecated upstream but still shipped in torch 2.14. Dynamic mode (int8 Linear
-  only) uses torch.ao's ``quantize_dynamic`` module swap, because FX's fusion check refuses a Linear-only
-  dynamic qconfig next to fused Conv+ReLU patterns. The artifact is the quantized state dict.
+- ``auto`` (default): every available maintained int8 backend (OpenVINO + NNCF, ONNX Runtime) quantizes the
+  model, each result is timed interleaved on this machine at batch 1 with the thread count fixed, and the
+  fastest is kept (:func:`nnlab.runtimes.select.select`; the choice is cached per model content, input
+  shape, threads and settings, so a second run quantizes once). A backend whose int8 logits on the
+  calibration samples are more than :data:`MIN_SQNR_DB` away from the float model's is never chosen. The
+  choice and every candidate's figures go into the record's ``extra["runtime_choice"]``.
+- ``openvino``: the float model is converted to OpenVINO (``ov.convert_model``) and quantized by NNCF
+  (``nncf.quantize``: int8 weights and activations, statistics on training samples, fast bias correction;
+  preset and ignored scopes exposed; optionally ``nncf.quantize_with_accuracy_control`` with a maximum
+  drop on held-out training samples). The artifact is the IR (``.xml`` + ``.bin``, float weights kept in
+  fp32), reloaded from disk by the runner used for evaluation and latency.
+- ``onnxruntime``: exported to ONNX, pre-processed, quantized by ONNX Runtime (static with calibration,
+  QDQ or QOperator, or dynamic: int8 Linear weights only); the artifact is the int8 ``.onnx`` file.
+- ``torch-fx``: torch.ao FX graph mode (x86 backend), deprecated upstream; offered only while torch ships
+  it and never chosen by ``auto``. The artifact is the quantized state dict.
+
+torchao's pt2e flow is not offered: see :mod:`nnlab.runtimes` for why it does not run here.
 
 The returned model is a :class:`RuntimeModule`: its forward runs the int8 runtime, so any PyTorch caller gets
 the real int8 outputs; it keeps the float model as ``float_model`` for parameter counts and MACs.
+
+Nothing here changes process-wide state: no logger levels, redirected stdout, warning filters or
+``torch.backends.quantized.engine`` (FX reads the engine PyTorch already uses).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
-import warnings
+import importlib.util
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,100 +51,66 @@ from compression.registry import (
 )
 from nnlab.data import ImageDataset
 from nnlab.measure import counting_macs
+from nnlab.runtimes import openvino as ovr
+from nnlab.runtimes.base import sqnr_db, top1_agreement
+from nnlab.runtimes.onnx import EXPORTERS, OrtRunner, export_onnx, quantize_onnx, strip_onnx
+from nnlab.runtimes.select import Selection, model_key, select
+from nnlab.runtimes.torch_eager import TorchRunner
 from nnlab.workspace import atomic_path
 
-BACKENDS = ("onnxruntime", "torch-fx")
+__all__ = ["BACKENDS", "Int8Config", "OrtRunner", "RuntimeModule", "TorchRunner", "calibration_inputs",
+           "export_onnx", "load_fx_int8", "load_onnx_int8", "load_openvino_int8", "quantize_fx", "quantize_onnx",
+           "sqnr_db", "strip_onnx", "to_int8", "top1_agreement"]
+
+
+def _fx_shipped() -> bool:
+    return importlib.util.find_spec("torch.ao.quantization.quantize_fx") is not None
+
+
+AUTO_CANDIDATES = tuple(b for b, ok in (("openvino", ovr.available()), ("onnxruntime", True)) if ok)
+BACKENDS = ("auto", *AUTO_CANDIDATES) + (("torch-fx",) if _fx_shipped() else ())
 MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
-EXPORTERS = ("dynamo", "torchscript")
+PRESETS = ovr.PRESETS
 ONNX_FORMAT = "onnx-int8"
 FX_FORMAT = "torch-fx-int8"
+OPENVINO_FORMAT = "openvino-ir-int8"
+SELECT_ROUNDS = 5
+MIN_SQNR_DB = 10.0  # auto never picks a backend whose int8 logits are further than this from the float model's
 
 
-# --- fidelity ---------------------------------------------------------------------------------------------
+# --- data -------------------------------------------------------------------------------------------------
 
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio ``10·log10(Σ ref² / Σ (ref − test)²)`` in dB (inf when equal)."""
-    ref = np.asarray(reference, np.float64)
-    noise = float(((ref - np.asarray(test, np.float64)) ** 2).sum())
-    signal = float((ref**2).sum())
-    return float("inf") if noise == 0 else 10.0 * float(np.log10(signal / noise))
-
-
-def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of rows whose argmax is the same in both logit arrays."""
-    return float((np.asarray(a).argmax(1) == np.asarray(b).argmax(1)).mean())
+def _order(data: ImageDataset, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(len(data.y_train))
 
 
 def calibration_inputs(data: ImageDataset, samples: int, seed: int = 0) -> torch.Tensor:
     """``samples`` normalised training images drawn at random (seeded) for activation calibration."""
-    n = len(data.y_train)
-    idx = np.random.default_rng(seed).permutation(n)[:max(1, min(samples, n))]
+    idx = _order(data, seed)[:max(1, min(samples, len(data.y_train)))]
     return data.tensors("train", np.sort(idx))[0]
 
 
-# --- runners ----------------------------------------------------------------------------------------------
-
-class OrtRunner:
-    """An ONNX Runtime ``InferenceSession`` on the CPU with the intra-op thread count fixed.
-
-    Args:
-        path: The ``.onnx`` file.
-        threads: Intra-op threads (default: torch's current count); inter-op is 1, execution sequential.
-        runtime: Name recorded with latencies.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None, runtime: str = "onnxruntime-int8-cpu") -> None:
-        import onnxruntime as ort
-
-        self.threads = int(threads or torch.get_num_threads())
-        self.runtime = runtime
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Logits for normalised ``N×C×H×W`` inputs."""
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run(None, {self.input_name: x})[0]
+def validation_inputs(data: ImageDataset, calibration: int, samples: int, seed: int = 0) -> tuple[torch.Tensor,
+                                                                                                    np.ndarray]:
+    """Labelled training images not used for calibration (accuracy control); the test split stays unseen."""
+    order = _order(data, seed)
+    idx = order[calibration:calibration + samples]
+    if len(idx) == 0:  # a tiny training split: reuse calibration images rather than none
+        idx = order[:samples]
+    x, y = data.tensors("train", np.sort(idx))
+    return x, y.numpy()
 
 
-class TorchRunner:
-    """A PyTorch module run in inference mode with the thread count fixed during each call."""
-
-    def __init__(self, module: nn.Module, threads: int | None = None, runtime: str = "pytorch-fx-int8-cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
-        self.module = module.eval()
-        self.threads = int(threads or torch.get_num_threads())
-        self.runtime = runtime
-        self.dtype = dtype
-
-    def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        t = torch.as_tensor(np.asarray(x, np.float32)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
-        old = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                return self.module(t.to(self.dtype)).float().numpy()
-        finally:
-            torch.set_num_threads(old)
-
+# --- the runtime-backed module ----------------------------------------------------------------------------
 
 class RuntimeModule(nn.Module):
-    """A module whose forward runs a real runtime (int8 ONNX Runtime or FX); ``float_model`` is kept for counts.
+    """A module whose forward runs a real runtime (OpenVINO, ONNX Runtime or FX int8); ``float_model`` is kept.
 
     Its outputs are the runtime's; it cannot be trained. ``runner`` is the object used for latency. Under
-    :func:`nnlab.measure.count_macs` the float model runs instead: the int8 graph
-    performs the same multiply-accumulates, and the runtime's kernels are invisible to PyTorch's counter.
+    :func:`nnlab.measure.count_macs` the float model runs instead: the int8 graph performs the same
+    multiply-accumulates, and the runtime's kernels are invisible to PyTorch's counter.
     """
 
     def __init__(self, runner: Any, float_model: nn.Module | None = None) -> None:
@@ -155,153 +128,34 @@ class RuntimeModule(nn.Module):
         return RuntimeModule(self.runner, copy.deepcopy(self.float_model, memo))
 
 
-# --- ONNX Runtime -----------------------------------------------------------------------------------------
-
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, exporter: str = "dynamo",
-                opset: int = 18) -> str:
-    """Export ``model`` (eval mode, on the CPU) to ONNX with a dynamic batch axis named ``input``/``logits``.
-
-    ``exporter`` "dynamo" uses the torch.export-based exporter; "torchscript" the legacy one. When the chosen
-    one fails the other is tried. Returns the exporter that produced the file.
-    """
-    model = model.cpu().eval()
-    x = torch.zeros(2, *input_shape)
-    order = [exporter] + [e for e in EXPORTERS if e != exporter]
-    errors = []
-    for name in order:
-        try:
-            with atomic_path(Path(path)) as tmp, warnings.catch_warnings(), _quiet():
-                warnings.simplefilter("ignore")
-                if name == "dynamo":
-                    torch.onnx.export(model, (x,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
-                                      input_names=["input"], output_names=["logits"], verbose=False,
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-                else:
-                    torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17,
-                                      input_names=["input"], output_names=["logits"],
-                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-            strip_onnx(path)
-            return name
-        except Exception as exc:  # noqa: BLE001 - try the other exporter, report both if neither works
-            errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
-    raise RuntimeError("the model could not be exported to ONNX (" + "; ".join(errors) + ")")
-
-
-def strip_onnx(path: str | Path) -> None:
-    """Drop per-node debug metadata (source locations the exporter adds) so file sizes count the model only."""
-    import onnx
-
-    model = onnx.load(str(path))
-    for graph in [model.graph, *(a.g for n in model.graph.node for a in n.attribute if a.g.node)]:
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-    with atomic_path(Path(path)) as tmp:
-        onnx.save(model, str(tmp))
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' and the quantizer's chatter (stdout prints and root-logger warnings)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def _reader(batches: list[np.ndarray], input_name: str) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(batches)
-
-        def get_next(self) -> dict | None:
-            b = next(self._it, None)
-            return None if b is None else {input_name: b}
-
-        def rewind(self) -> None:
-            self._it = iter(batches)
-
-    return Reader()
-
-
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: torch.Tensor | np.ndarray | None,
-                  mode: str = "static", per_channel: bool = True, quant_format: str = "qdq",
-                  calibrate_method: str = "minmax", preprocess: bool = True, batch_size: int = 32) -> None:
-    """Quantize an fp32 ONNX file with ONNX Runtime (static with calibration, or dynamic) into ``out_path``."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    src = Path(fp32_path)
-    out_path = Path(out_path)
-    with _quiet(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if preprocess:
-            pre = src.with_name(src.stem + ".pre.onnx")
-            quant_pre_process(str(src), str(pre))
-            src = pre
-        with atomic_path(out_path) as tmp:
-            if mode == "dynamic":
-                quantize_dynamic(str(src), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm"])
-            else:
-                if calib is None or len(calib) == 0:
-                    raise ValueError("static quantization needs calibration samples")
-                arr = calib.numpy() if isinstance(calib, torch.Tensor) else np.asarray(calib)
-                arr = np.ascontiguousarray(arr, dtype=np.float32)
-                batches = [arr[i:i + batch_size] for i in range(0, len(arr), batch_size)]
-                method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[calibrate_method]
-                quantize_static(str(src), str(tmp), _reader(batches, "input"),
-                                quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
-                                per_channel=per_channel, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, calibrate_method=method,
-                                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-    if preprocess:
-        src.unlink(missing_ok=True)
-    strip_onnx(out_path)
-
-
 # --- torch.ao FX ------------------------------------------------------------------------------------------
 
-def _fx_prepare(model: nn.Module, example: torch.Tensor, mode: str, per_channel: bool, backend: str) -> nn.Module:
-    from torch.ao.quantization import QConfigMapping, get_default_qconfig_mapping
+def _fx_engine() -> str:
+    """The quantized engine PyTorch already uses (read, never set: it is process-wide)."""
+    engine = torch.backends.quantized.engine
+    return engine if engine in ("x86", "fbgemm", "onednn", "qnnpack") else "x86"
+
+
+def _fx_prepare(model: nn.Module, example: torch.Tensor, mode: str, per_channel: bool) -> nn.Module:
+    from torch.ao.quantization import QConfigMapping, get_default_qconfig, get_default_qconfig_mapping
     from torch.ao.quantization.qconfig import default_dynamic_qconfig, per_channel_dynamic_qconfig
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    torch.backends.quantized.engine = backend if backend in torch.backends.quantized.supported_engines else "fbgemm"
+    engine = _fx_engine()
     if mode == "dynamic":
         # FX's fusion check refuses Linear-only dynamic qconfigs next to fused Conv/Linear+ReLU patterns;
         # torch.ao's module-swapping quantize_dynamic does the same job (int8 Linear, run-time activation ranges)
         from torch.ao.quantization import quantize_dynamic
 
         qc = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return quantize_dynamic(model.cpu().eval(), {nn.Linear: qc}, inplace=False)
-    mapping = get_default_qconfig_mapping(backend)
-    if not per_channel:
-        from torch.ao.quantization import get_default_qconfig
-
-        mapping = QConfigMapping().set_global(get_default_qconfig(backend))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_fx(model.cpu().eval(), mapping, (example,))
+        return quantize_dynamic(model.cpu().eval(), {nn.Linear: qc}, inplace=False)
+    mapping = get_default_qconfig_mapping(engine) if per_channel else \
+        QConfigMapping().set_global(get_default_qconfig(engine))
+    return prepare_fx(model.cpu().eval(), mapping, (example,))
 
 
 def quantize_fx(model: nn.Module, calib: torch.Tensor | None, mode: str = "static", per_channel: bool = True,
-                backend: str = "x86", batch_size: int = 64) -> nn.Module:
+                batch_size: int = 64) -> nn.Module:
     """torch.ao FX graph mode: prepare, calibrate on ``calib`` (static), convert. ``model`` is changed: pass a copy."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
@@ -309,18 +163,16 @@ def quantize_fx(model: nn.Module, calib: torch.Tensor | None, mode: str = "stati
     if example is None:
         raise ValueError("FX quantization needs at least one example input")
     try:
-        prepared = _fx_prepare(model, example, mode, per_channel, backend)
+        prepared = _fx_prepare(model, example, mode, per_channel)
     except Exception as exc:  # noqa: BLE001 - e.g. symbolic tracing fails on data-dependent control flow
         raise ValueError(f"torch.ao FX could not prepare this model ({type(exc).__name__}: {str(exc)[:160]}); "
-                         "use the onnxruntime backend") from exc
+                         "use the openvino or onnxruntime backend") from exc
     if mode == "dynamic":
         return prepared.eval()  # already converted (see _fx_prepare)
     with torch.inference_mode():
         for i in range(0, len(calib), batch_size):
             prepared(calib[i:i + batch_size])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_fx(prepared).eval()
+    return convert_fx(prepared).eval()
 
 
 # --- the method -------------------------------------------------------------------------------------------
@@ -332,23 +184,40 @@ class Int8Config(MethodConfig):
     method: ClassVar[str] = "int8"
     label: ClassVar[str] = "Int8 post-training quantization (real int8 runtime)"
     family: ClassVar[str] = "quantization"
-    description: ClassVar[str] = ("Weights int8 and activations uint8 calibrated on training samples (static), or "
-                                  "int8 Linear weights with run-time activation ranges (dynamic); run by ONNX "
-                                  "Runtime or torch.ao FX.")
+    description: ClassVar[str] = ("Weights int8 and activations int8/uint8 calibrated on training samples (static), "
+                                  "or int8 Linear weights with run-time activation ranges (dynamic); run by "
+                                  "OpenVINO (NNCF), ONNX Runtime or torch.ao FX — by default the fastest of them "
+                                  "measured on this machine.")
 
-    backend: str = field(default="onnxruntime", metadata={"help": "Runtime that executes the int8 model",
-                                                          "choices": BACKENDS})
-    mode: str = field(default="static", metadata={"help": "Static: calibrated activations; dynamic: Linear only",
-                                                  "choices": MODES})
+    backend: str = field(default="auto", metadata={"help": "Runtime that executes the int8 model (auto: the "
+                                                           "fastest measured here)", "choices": BACKENDS})
+    mode: str = field(default="static", metadata={"help": "Static: calibrated activations; dynamic: Linear only "
+                                                          "(ONNX Runtime, torch-fx)", "choices": MODES})
     calibration_samples: int = field(default=256, metadata={"help": "Training samples used to calibrate "
                                                             "activation ranges (static)", "min": 1, "max": 10000})
-    per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel"})
+    per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel (ONNX Runtime, "
+                                                              "torch-fx; NNCF always uses per-channel weights)"})
     quant_format: str = field(default="qdq", metadata={"help": "ONNX graph format: QuantizeLinear/DequantizeLinear "
                                                        "pairs or QLinear operators", "choices": FORMATS})
     calibrate_method: str = field(default="minmax", metadata={"help": "How ONNX Runtime picks activation ranges",
                                                               "choices": CALIBRATIONS})
     exporter: str = field(default="dynamo", metadata={"help": "torch.onnx exporter (the other one is the fallback)",
                                                       "choices": EXPORTERS})
+    preset: str = field(default="performance", metadata={"help": "NNCF preset: performance (symmetric activations) "
+                                                         "or mixed (asymmetric activations)", "choices": PRESETS})
+    ignored_types: str = field(default="", metadata={"help": "NNCF: OpenVINO op types left in float, comma-"
+                                                             "separated (e.g. 'Add,MatMul')"})
+    ignored_patterns: str = field(default="", metadata={"help": "NNCF: regular expressions of node names left in "
+                                                                "float, comma-separated (e.g. '.*fc.*')"})
+    fast_bias_correction: bool = field(default=True, metadata={"help": "NNCF: fast bias correction (else the "
+                                                                       "slower full one)"})
+    accuracy_control: bool = field(default=False, metadata={"help": "NNCF: quantize with accuracy control (layers "
+                                                                    "return to float until the drop is within "
+                                                                    "max_drop on held-out training samples)"})
+    max_drop: float = field(default=0.01, metadata={"help": "Accuracy control: largest top-1 drop (fraction: 0.01 = "
+                                                            "1 point)", "min": 0.0, "max": 1.0})
+    validation_samples: int = field(default=300, metadata={"help": "Accuracy control: held-out training samples "
+                                                           "that judge the drop", "min": 10, "max": 10000})
     threads: int = field(default=0, metadata={"help": "Runtime threads (0: PyTorch's current setting)",
                                               "min": 0, "max": 256})
 
@@ -359,7 +228,15 @@ class Int8Config(MethodConfig):
         check_choice(self, "quant_format", FORMATS)
         check_choice(self, "calibrate_method", CALIBRATIONS)
         check_choice(self, "exporter", EXPORTERS)
+        check_choice(self, "preset", PRESETS)
+        check_range(self, "max_drop", 0.0, 1.0)
+        check_range(self, "validation_samples", 1, 100000)
         check_range(self, "threads", 0, 256)
+        if self.backend == "openvino" and self.mode != "static":
+            raise ValueError(f"{self.method}: the openvino backend (NNCF) quantizes statically; use mode=static "
+                             "or another backend for dynamic quantization")
+        if self.accuracy_control and self.backend not in ("openvino", "auto"):
+            raise ValueError(f"{self.method}: accuracy control is NNCF's (backend openvino)")
 
 
 def quantized_layer_rows(model: nn.Module, cfg: Int8Config) -> list[dict]:
@@ -369,56 +246,134 @@ def quantized_layer_rows(model: nn.Module, cfg: Int8Config) -> list[dict]:
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
             int8 = cfg.mode == "static" or isinstance(m, nn.Linear)
             rows.append({"name": name, "bits": 8 if int8 else 32, "quantized": int8,
-                         "activations": "uint8" if cfg.mode == "static" else ("dynamic" if int8 else "fp32")})
+                         "activations": "int8" if cfg.mode == "static" else ("dynamic" if int8 else "fp32")})
     return rows
+
+
+@dataclass
+class _Built:
+    runner: Any
+    path: Path
+    fmt: str
+    files: list[Path]
+    extra: dict
+
+
+def _build(backend: str, model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path,
+           calib: torch.Tensor, threads: int, seed: int) -> _Built:
+    """Quantize ``model`` (not changed) with one backend, write its artifact into ``workdir``, return its runner."""
+    extra: dict[str, Any] = {}
+    if backend == "onnxruntime":
+        fp32 = workdir / "model.fp32.onnx"
+        try:
+            extra["exporter"] = export_onnx(model, data.input_shape, fp32, cfg.exporter)
+            path = workdir / "model.int8.onnx"
+            quantize_onnx(fp32, path, calib, cfg.mode, cfg.per_channel, cfg.quant_format, cfg.calibrate_method)
+            extra["fp32_onnx_bytes"] = fp32.stat().st_size
+        finally:
+            fp32.unlink(missing_ok=True)
+        return _Built(OrtRunner(path, threads, f"onnxruntime-int8-{cfg.mode}-cpu"), path, ONNX_FORMAT, [path], extra)
+    if backend == "openvino":
+        fp32 = ovr.convert(model, data.input_shape)
+        scope = ovr.ignored_scope(patterns=cfg.ignored_patterns, types=cfg.ignored_types)
+        if cfg.accuracy_control:
+            vx, vy = validation_inputs(data, len(calib), cfg.validation_samples, seed)
+            q = ovr.quantize_with_accuracy_control(fp32, calib, vx, vy, cfg.max_drop, cfg.preset, scope,
+                                                   cfg.fast_bias_correction)
+            extra["validation_samples"] = int(len(vy))
+        else:
+            q = ovr.quantize(fp32, calib, cfg.preset, scope, cfg.fast_bias_correction)
+        xml, binf = ovr.save_ir(q, workdir / "model.int8.xml")
+        # the runner reloads the saved IR: what is evaluated and timed is the artifact on disk
+        runner = ovr.OpenVINORunner(xml, threads, "f32", "openvino-int8-cpu")
+        return _Built(runner, xml, OPENVINO_FORMAT, [xml, binf], extra)
+    if backend == "torch-fx":
+        qmodel = quantize_fx(copy.deepcopy(model), calib, cfg.mode, cfg.per_channel)
+        path = workdir / "model.int8.pt"
+        with atomic_path(path) as tmp:
+            torch.save(qmodel.state_dict(), tmp)
+        return _Built(TorchRunner(qmodel, threads, f"pytorch-fx-int8-{cfg.mode}-cpu"), path, FX_FORMAT, [path], extra)
+    raise ValueError(f"unknown int8 backend {backend!r}")
+
+
+def _auto(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path, calib: torch.Tensor,
+          threads: int, seed: int, reference: np.ndarray, x_ref: torch.Tensor) -> tuple[_Built, Selection]:
+    """Quantize with every candidate backend, time them interleaved, keep the fastest (cached per model)."""
+    candidates = [b for b in AUTO_CANDIDATES if cfg.mode == "static" or b != "openvino"]
+    if cfg.accuracy_control:
+        candidates = [b for b in candidates if b == "openvino"]
+    if not candidates:
+        raise ValueError("no int8 backend is available for these settings")
+    built: dict[str, _Built] = {}
+
+    def factory(b: str) -> Any:
+        def make() -> Any:
+            built[b] = _build(b, model, data, cfg, workdir, calib, threads, seed)
+            return built[b].runner
+        return make
+
+    def check(name: str, runner: Any) -> tuple[bool, dict]:
+        out = np.asarray(runner.predict_logits(x_ref), np.float32)
+        sqnr = sqnr_db(reference, out)
+        facts = {"calibration_top1_agreement": round(top1_agreement(reference, out), 4),
+                 "calibration_sqnr_db": round(sqnr, 2)}
+        if not np.isfinite(out).all():
+            return False, {**facts, "note": "non-finite outputs"}
+        if sqnr < MIN_SQNR_DB:  # e.g. logits collapsed to zero: fast, but not the model any more
+            return False, {**facts, "note": f"SQNR {sqnr:.1f} dB on the calibration samples, below the "
+                                            f"{MIN_SQNR_DB:g} dB floor"}
+        return True, {**facts, "note": ""}
+
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("backend", "threads")}
+    key = model_key(model, data.input_shape, threads, 1, "int8:" + json.dumps(settings, sort_keys=True)
+                    + ":" + ",".join(candidates))
+    x = np.random.default_rng(seed).standard_normal((1, *data.input_shape)).astype(np.float32)
+    sel = select({b: factory(b) for b in candidates}, x, threads, key=key, rounds=SELECT_ROUNDS, check=check)
+    keep = built[sel.choice]
+    for b, other in built.items():  # the losers' artifacts go
+        if b != sel.choice:
+            for f in other.files:
+                f.unlink(missing_ok=True)
+    return keep, sel
 
 
 def to_int8(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path,
             calib: torch.Tensor | None = None, seed: int = 0) -> CompressResult:
-    """Quantize ``model`` (changed in place: pass a copy) to real int8 and write the artifact into ``workdir``."""
-    model = model.cpu().eval()
+    """Quantize ``model`` to real int8 and write the artifact into ``workdir`` (``model`` is not changed)."""
+    model = copy.deepcopy(model).cpu().eval()  # the builders copy again where they edit; this one is kept
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if calib is None:
         calib = calibration_inputs(data, cfg.calibration_samples, seed)
     threads = cfg.threads or torch.get_num_threads()
-    reference = copy.deepcopy(model)
+    reference_model = model
     rows = quantized_layer_rows(model, cfg)
-    extra: dict[str, Any] = {"backend": cfg.backend, "mode": cfg.mode, "calibration_samples": int(len(calib))}
-    if cfg.backend == "onnxruntime":
-        fp32 = workdir / "model.fp32.onnx"
-        extra["exporter"] = export_onnx(model, data.input_shape, fp32, cfg.exporter)
-        path = workdir / "model.int8.onnx"
-        quantize_onnx(fp32, path, calib, cfg.mode, cfg.per_channel, cfg.quant_format, cfg.calibrate_method)
-        extra["fp32_onnx_bytes"] = fp32.stat().st_size
-        fp32.unlink()
-        runner: Any = OrtRunner(path, threads, f"onnxruntime-int8-{cfg.mode}-cpu")
-        fmt = ONNX_FORMAT
-    else:
-        qmodel = quantize_fx(model, calib, cfg.mode, cfg.per_channel)
-        path = workdir / "model.int8.pt"
-        with atomic_path(path) as tmp:
-            torch.save(qmodel.state_dict(), tmp)
-        runner = TorchRunner(qmodel, threads, f"pytorch-fx-int8-{cfg.mode}-cpu")
-        fmt = FX_FORMAT
-    extra["threads"] = threads
+    x_ref = calib[: min(len(calib), 256)]
     with torch.inference_mode():
-        x = calib[: min(len(calib), 256)]
-        ref_logits = reference(x).numpy()
-    test_logits = runner.predict_logits(x)
+        ref_logits = reference_model(x_ref).numpy()
+    extra: dict[str, Any] = {"mode": cfg.mode, "calibration_samples": int(len(calib)), "threads": threads}
+    if cfg.backend == "auto":
+        b, sel = _auto(model, data, cfg, workdir, calib, threads, seed, ref_logits, x_ref)
+        extra["runtime_choice"] = {**sel.to_dict(), "summary": sel.summary()}
+        extra["backend"] = sel.choice
+    else:
+        b = _build(cfg.backend, model, data, cfg, workdir, calib, threads, seed)
+        extra["backend"] = cfg.backend
+    extra.update(b.extra)
+    test_logits = b.runner.predict_logits(x_ref)
     extra["calibration_sqnr_db"] = round(sqnr_db(ref_logits, test_logits), 2)
     extra["calibration_top1_agreement"] = round(top1_agreement(ref_logits, test_logits), 4)
-    return CompressResult(model=RuntimeModule(runner, reference), layers=rows, artifact=path, artifact_format=fmt,
-                          runner=runner, extra=extra)
+    return CompressResult(model=RuntimeModule(b.runner, reference_model), layers=rows, artifact=b.path,
+                          artifact_format=b.fmt, runner=b.runner, extra=extra)
 
 
 @register(Int8Config)
 def int8_handler(model: nn.Module, cfg: Int8Config, ctx: CompressContext) -> CompressResult:
-    """Static or dynamic int8 post-training quantization through ONNX Runtime or torch.ao FX."""
+    """Static or dynamic int8 post-training quantization through OpenVINO/NNCF, ONNX Runtime or torch.ao FX."""
     ctx.report(f"int8 ({cfg.backend}, {cfg.mode}): calibrating on {cfg.calibration_samples} samples", 0.1)
     ctx.check_cancel()
     result = to_int8(model, ctx.data, cfg, ctx.workdir, seed=ctx.seed)
-    ctx.report("int8 model ready", 1.0)
+    ctx.report(f"int8 model ready ({result.extra['backend']})", 1.0)
     return result
 
 
@@ -430,40 +385,59 @@ def _config_of(record: Any) -> Int8Config:
     if steps:
         d = dict(steps[-1])
     d.pop("method", None)
-    known = {f for f in Int8Config.__dataclass_fields__}
-    return Int8Config(**{k: v for k, v in d.items() if k in known})
+    known = set(Int8Config.__dataclass_fields__)
+    d = {k: v for k, v in d.items() if k in known}
+    if d.get("backend") not in BACKENDS:  # e.g. a record written when the chosen backend was stored elsewhere
+        d.pop("backend", None)
+    return Int8Config(**d)
+
+
+def _threads_of(record: Any, threads: int | None) -> int | None:
+    """The thread count asked for, else the one the record was measured with, else None (PyTorch's)."""
+    if threads or record is None:
+        return threads
+    extra = getattr(record, "extra", {}) or {}
+    steps = [st.get("extra", {}) for st in extra.get("steps", []) if isinstance(st, dict)]
+    return next((e[k] for e in (extra, *reversed(steps)) for k in ("latency_threads", "threads") if e.get(k)), None)
 
 
 def load_onnx_int8(path: Path, template: nn.Module, record: Any = None, threads: int | None = None) -> CompressResult:
     """An int8 ``.onnx`` artifact back as a runner (the graph is self-contained; ``template`` is kept for counts)."""
-    runner = OrtRunner(path, threads)
+    runner = OrtRunner(path, _threads_of(record, threads))
     return CompressResult(model=RuntimeModule(runner, template.eval()), runner=runner, artifact=Path(path),
                           artifact_format=ONNX_FORMAT)
 
 
+def load_openvino_int8(path: Path, template: nn.Module, record: Any = None,
+                       threads: int | None = None) -> CompressResult:
+    """An OpenVINO int8 IR (``.xml`` + ``.bin``) back as a runner compiled from the files."""
+    runner = ovr.OpenVINORunner(Path(path), _threads_of(record, threads), "f32", "openvino-int8-cpu")
+    return CompressResult(model=RuntimeModule(runner, template.eval()), runner=runner, artifact=Path(path),
+                          artifact_format=OPENVINO_FORMAT)
+
+
 def load_fx_int8(path: Path, template: nn.Module, record: Any = None, threads: int | None = None) -> CompressResult:
     """An FX int8 state dict back: the template is prepared and converted the same way, then loaded."""
-    cfg = _config_of(record) if record is not None else Int8Config(backend="torch-fx")
-    shape = (getattr(record, "extra", {}) or {}).get("input_shape") if record is not None else None
-    example = torch.zeros(1, *shape) if shape else None
-    if example is None:
-        raise ValueError("loading an FX int8 artifact needs the record's input_shape")
-    reference = copy.deepcopy(template).eval()
-    prepared = _fx_prepare(template, example, cfg.mode, cfg.per_channel, "x86")
     from torch.ao.quantization.quantize_fx import convert_fx
 
+    cfg = _config_of(record) if record is not None else Int8Config(backend="torch-fx")
+    shape = (getattr(record, "extra", {}) or {}).get("input_shape") if record is not None else None
+    if not shape:
+        raise ValueError("loading an FX int8 artifact needs the record's input_shape")
+    example = torch.zeros(1, *shape)
+    reference = copy.deepcopy(template).eval()
+    prepared = _fx_prepare(template, example, cfg.mode, cfg.per_channel)
     if cfg.mode == "dynamic":
         qmodel = prepared
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prepared(example)
-            qmodel = convert_fx(prepared)
+        prepared(example)
+        qmodel = convert_fx(prepared)
     qmodel.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    runner = TorchRunner(qmodel, threads, f"pytorch-fx-int8-{cfg.mode}-cpu")
+    runner = TorchRunner(qmodel, _threads_of(record, threads), f"pytorch-fx-int8-{cfg.mode}-cpu")
     return CompressResult(model=RuntimeModule(runner, reference), runner=runner, artifact=Path(path),
                           artifact_format=FX_FORMAT)
 
 
 register_loader(ONNX_FORMAT, load_onnx_int8)
+register_loader(OPENVINO_FORMAT, load_openvino_int8)
 register_loader(FX_FORMAT, load_fx_int8)

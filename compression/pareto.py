@@ -40,6 +40,43 @@ def cost_of(record: Record, cost: str = "size") -> float:
     return v if v > 0 and math.isfinite(v) else float("nan")
 
 
+def runtime_of(record: Record) -> str:
+    """The runtime that executed the record's latency measurement ("openvino-int8-cpu" …; "unknown" if none)."""
+    lat = (record.latency or {}).get("1") or {}
+    return str(lat.get("runtime") or (record.extra or {}).get("runtime") or "unknown")
+
+
+COLOR_BY = ("method", "runtime")
+
+
+def runtime_note(record: Record) -> str:
+    """Where the record's latency comes from, and, when nnlab chose the runtime by measurement, every candidate.
+
+    E.g. "runs in openvino-int8-cpu, 2 threads, 9.31 ms at batch 1 — chosen by measurement: openvino 9.3 ms,
+    onnxruntime 10.4 ms (2 thread(s), batch 1, medians of 5 interleaved rounds)".
+    """
+    lat = (record.latency or {}).get("1") or {}
+    text = f"runs in {runtime_of(record)}"
+    if lat:
+        text += f", {lat.get('threads', '?')} thread(s), {float(lat.get('median_ms', float('nan'))):.3g} ms at batch 1"
+    extra = record.extra or {}
+    choices = [extra.get("runtime_choice")] + [s.get("extra", {}).get("runtime_choice")
+                                               for s in extra.get("steps", []) if isinstance(s, dict)]
+    choice = next((c for c in reversed(choices) if isinstance(c, dict)), None)
+    if choice:
+        figs = sorted((f for f in choice.get("figures", []) if f.get("median_ms") is not None),
+                      key=lambda f: f["median_ms"])
+        shown = ", ".join(f"{f['name']} {f['median_ms']:.3g} ms" for f in figs)
+        left = [f"{f['name']} {f['status']}" for f in choice.get("figures", []) if f.get("median_ms") is None]
+        text += (f" — chosen by measurement: {shown}" + (f"; {', '.join(left)}" if left else "")
+                 + f" ({choice.get('threads')} thread(s), batch {choice.get('batch')}, medians of "
+                 f"{choice.get('rounds')} interleaved rounds{', cached' if choice.get('cached') else ''})")
+    if "latency_ratio" in extra and "macs_ratio" in extra:
+        text += (f"; pruned/unpruned in {extra.get('latency_runtime', 'the same runtime')}: "
+                 f"{extra['macs_ratio']:.2f}× MACs, {extra['latency_ratio']:.2f}× latency")
+    return text
+
+
 def pareto_mask(accuracy: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated points (maximise ``accuracy``, minimise ``cost``).
 
@@ -76,7 +113,7 @@ def summary_rows(records: list[Record], base: Record | None = None, cost: str = 
     on = frontier_ids(records, cost)
     rows = []
     for r in records:
-        row = {"id": r.id, "name": r.name, "method": r.method, "accuracy": r.accuracy,
+        row = {"id": r.id, "name": r.name, "method": r.method, "runtime": runtime_of(r), "accuracy": r.accuracy,
                "size (KiB)": r.size_bytes / 1024 if r.size_bytes else float("nan"),
                "latency b1 (ms)": r.latency_ms(1), "latency b32 (ms)": r.latency_ms(32),
                "MACs (M)": r.macs / 1e6, "sparsity": r.sparsity, "frontier": r.id in on}
@@ -92,8 +129,8 @@ def _hover(r: Record) -> str:
     lat = r.latency_ms(1)
     size = f"{r.size_bytes / 1024:.1f} KiB" if r.size_bytes else "in memory"
     return (f"<b>{r.name}</b><br>id {r.id}<br>method {r.method}<br>accuracy {r.accuracy:.2%}<br>size {size}"
-            f" (gzip {r.size_gzip_bytes / 1024:.1f} KiB)<br>latency b1 {lat:.3f} ms<br>MACs {r.macs / 1e6:.2f} M"
-            f"<br>sparsity {r.sparsity:.1%}")
+            f" (gzip {r.size_gzip_bytes / 1024:.1f} KiB)<br>latency b1 {lat:.3f} ms ({runtime_of(r)})"
+            f"<br>MACs {r.macs / 1e6:.2f} M<br>sparsity {r.sparsity:.1%}")
 
 
 def bubble_sizes(macs: np.ndarray, smallest: float = 10.0, largest: float = 40.0) -> np.ndarray:
@@ -105,8 +142,9 @@ def bubble_sizes(macs: np.ndarray, smallest: float = 10.0, largest: float = 40.0
 
 
 def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None = None,
-                  log_x: bool | None = None, height: int = 480) -> go.Figure:
-    """Accuracy against ``cost``: one trace per method (colour), bubbles sized by MACs, the frontier drawn.
+                  log_x: bool | None = None, height: int = 480, color_by: str = "method") -> go.Figure:
+    """Accuracy against ``cost``: one trace per method or per runtime (``color_by``), bubbles sized by MACs,
+    the frontier drawn.
 
     Every marker carries its record id as ``customdata[0]`` (for selections). ``log_x`` defaults to True
     when the costs span more than a factor 10.
@@ -118,9 +156,11 @@ def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None
         fig.update_layout(title="No record has both an accuracy and this cost", height=height)
         return fig
     sizes = dict(zip([r.id for r, _ in pts], bubble_sizes(np.array([r.macs for r, _ in pts]))))
-    methods = list(dict.fromkeys(r.method for r, _ in pts))
-    for m in methods:
-        group = [(r, c) for r, c in pts if r.method == m]
+    if color_by not in COLOR_BY:
+        raise ValueError(f"color_by must be one of {', '.join(COLOR_BY)}")
+    group_of = runtime_of if color_by == "runtime" else (lambda r: r.method)
+    for m in dict.fromkeys(group_of(r) for r, _ in pts):
+        group = [(r, c) for r, c in pts if group_of(r) == m]
         fig.add_trace(go.Scatter(
             x=[c for _, c in group], y=[r.accuracy for r, _ in group], mode="markers", name=m,
             customdata=[[r.id] for r, _ in group], hovertext=[_hover(r) for r, _ in group],
@@ -134,7 +174,7 @@ def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None
     xs = [c for _, c in pts]
     if log_x is None:
         log_x = max(xs) / min(xs) > 10
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="method",
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend_title_text=color_by,
                       xaxis_title=COSTS[cost] + (" — log scale" if log_x else ""), yaxis_title="test accuracy",
                       yaxis_tickformat=".1%", title=f"Accuracy vs {COSTS[cost].split(' (')[0].lower()}")
     if log_x:

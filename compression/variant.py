@@ -30,9 +30,10 @@ from compression.registry import (
 )
 from nnlab.data import ImageDataset
 from nnlab.evaluate import evaluate, result_from_logits
-from nnlab.measure import count_macs, count_parameters, file_sizes, layer_table, measure_latency, summarize, time_call
+from nnlab.measure import count_macs, count_parameters, layer_table, measure_latency
 from nnlab.models import create_model, load_into, state_dict_hash
 from nnlab.records import Record
+from nnlab.runtimes.base import artifact_sizes, runner_latency
 from nnlab.workspace import Workspace, new_id, save_state_dict
 
 
@@ -69,15 +70,9 @@ def runner_logits(runner: Runner, data: ImageDataset, split: str, indices: np.nd
     return np.concatenate(outs) if outs else np.zeros((0, data.num_classes), np.float32)
 
 
-def _runner_latency(runner: Runner, input_shape: tuple[int, ...], threads: int, repeats: int) -> dict[str, dict]:
-    out = {}
-    for b in (1, 32):
-        x = np.random.default_rng(0).standard_normal((b, *input_shape)).astype(np.float32)
-        reps = repeats if b == 1 else max(5, repeats // 2)
-        lat = summarize(time_call(lambda: runner.predict_logits(x), 3, reps), b,
-                        int(getattr(runner, "threads", threads)), runner.runtime)
-        out[str(b)] = lat.to_dict()
-    return out
+def _runner_latency(runner: Runner, input_shape: tuple[int, ...], repeats: int) -> dict[str, dict]:
+    """Batch 1 and 32 latency in the runner's own runtime and thread count, under the timing lock."""
+    return {str(b): lat.to_dict() for b, lat in runner_latency(runner, input_shape, (1, 32), repeats).items()}
 
 
 def layer_rows(model: nn.Module, input_shape: tuple[int, ...], handler_rows: list[dict]) -> list[dict]:
@@ -121,7 +116,8 @@ def make_variant(parent_model: nn.Module, parent_id: str, arch: str, configs: li
         cancel: Returns True to stop; the run then raises ``Cancelled`` and leaves nothing behind.
         device: Where handlers train or calibrate.
         latency_repeats: Timed repeats at batch 1 (half as many at batch 32).
-        threads: CPU threads for the latency measurement (default: torch's current setting).
+        threads: CPU threads for the latency measurement of variants run by eager PyTorch (default: torch's
+            current setting); a variant run by another runtime is timed with its runner's fixed thread count.
         variant_id: Force the id (default: a fresh one).
 
     Returns:
@@ -169,14 +165,14 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
         artifact, fmt = Path(result.artifact), result.artifact_format or Path(result.artifact).suffix.lstrip(".")
     else:
         artifact, fmt, packed_rows = write_default_artifact(model, workdir, meta)
-    size, gz = file_sizes(artifact)
+    size, gz = artifact_sizes(artifact)  # an OpenVINO IR counts its .xml and its .bin
     threads = threads or torch.get_num_threads()
     runner = result.runner
     if runner is not None:
         ev = result_from_logits(runner_logits(runner, data, "test"), data.labels("test").numpy())
         tr_idx = np.arange(min(len(data.y_train), 10000))
         tr = result_from_logits(runner_logits(runner, data, "train", tr_idx), data.labels("train").numpy()[tr_idx])
-        latency = _runner_latency(runner, data.input_shape, threads, repeats)
+        latency = _runner_latency(runner, data.input_shape, repeats)
     else:
         ev = evaluate(model, data, "test")
         tr = evaluate(model, data, "train", indices=np.arange(min(len(data.y_train), 10000)))
@@ -199,6 +195,7 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
     methods = [cfg.method for cfg in configs]
     cfg_dict = configs[0].to_dict() if len(configs) == 1 else {"steps": [cfg.to_dict() for cfg in configs]}
     extra = {**result.extra, **meta, "seconds": round(seconds, 2), "runtime": latency["1"]["runtime"],
+             "latency_threads": latency["1"]["threads"],
              "size_packed_bytes": size if fmt == packing.FORMAT else None}
     if params:
         extra["weights_hash"] = state_dict_hash(model.state_dict())

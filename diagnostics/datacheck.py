@@ -28,7 +28,8 @@ from torch import nn
 from diagnostics.diagnosis import Facts
 from diagnostics.labels import LabelIssues, crossval_probs_features, find_label_issues, subsample
 from diagnostics.mismatch import (ClassShift, Duplicates, PixelStats, class_shift, domain_classifier,
-                                  features_and_logits, imbalance_ratio, near_duplicates, pixel_stats)
+                                  feature_model, features_and_logits, imbalance_ratio, near_duplicates, pixel_stats)
+from nnlab import bulk
 from nnlab.data import ImageDataset
 
 REPORT_VERSION = 2  # 2: gallery fields (label-error neighbours, suggested-label probabilities, test-like samples)
@@ -58,6 +59,7 @@ class DataReport:
     mismatch_test_index: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     mismatch_score: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float64))
     version: int = 1
+    runtime: str = ""  # the feature pass's runtime and why (reports stored before it: empty)
 
     @property
     def label_train_index(self) -> np.ndarray:
@@ -105,7 +107,8 @@ class DataReport:
                        "label_suggested_prob": arr(d["label_suggested_prob"], np.float64),
                        "mismatch_test_index": arr(d["mismatch_test_index"], np.int64),
                        "mismatch_score": arr(d["mismatch_score"], np.float64),
-                       "version": int(d["version"])} if int(d.get("version", 1)) >= 2 else {}))
+                       "version": int(d["version"])} if int(d.get("version", 1)) >= 2 else {}),
+                   runtime=str(d.get("runtime", "")))
 
     def summary(self) -> dict:
         """Plain numbers for the workspace cache and the diagnosis."""
@@ -120,8 +123,11 @@ class DataReport:
 def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = None, max_domain: int = 10000,
                 dup_threshold: float = 0.98, dup_pixel_threshold: float = 0.02, seed: int = 0,
                 progress: Callable[[str, float], None] | None = None,
-                cancel: Callable[[], bool] | None = None) -> DataReport:
+                cancel: Callable[[], bool] | None = None, min_runtime_images: int | None = None) -> DataReport:
     """Run every data check for ``model`` on ``data``.
+
+    The feature pass runs in the fastest runtime verified for the model (:mod:`nnlab.bulk`; at least
+    ``min_runtime_images`` images, default :data:`nnlab.bulk.MIN_IMAGES`, to be worth choosing one).
 
     The feature hook goes on a private copy: the given model may be shared by other sessions running it
     at the same time, and their forward passes would otherwise pass through the hook too.
@@ -136,8 +142,12 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
             return None
         return lambda m, f: progress(m, start + (end - start) * f)
 
-    f_train, _ = features_and_logits(model, data, "train", progress=part(0.0, share), cancel=cancel)
-    f_test, _ = features_and_logits(model, data, "test", progress=part(share, 0.8), cancel=cancel)
+    rt, fm = features_runtime(model, data, n_tr + n_te, min_images=min_runtime_images)
+    if progress is not None:
+        progress(f"feature pass in {rt.runtime}", 0.0)
+    f_train, _ = features_and_logits(model, data, "train", progress=part(0.0, share), cancel=cancel,
+                                     runner=rt.runner)
+    f_test, _ = features_and_logits(model, data, "test", progress=part(share, 0.8), cancel=cancel, runner=rt.runner)
     if progress is not None:
         progress("label errors (cross-validated logistic regression), mismatch, near-duplicates", 0.82)
     ytr = data.y_train.numpy()
@@ -157,7 +167,20 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
                       seconds=time.perf_counter() - t0, label_neighbours=nb, label_neighbour_similarity=nb_sim,
                       label_suggested_prob=probs[issues.indices, issues.suggested].astype(np.float64),
                       mismatch_test_index=dom.test_index[top], mismatch_score=dom.test_score[top].astype(np.float64),
-                      version=REPORT_VERSION)
+                      version=REPORT_VERSION, runtime=rt.summary)
+
+
+def features_runtime(model: nn.Module, data: ImageDataset, images: int, min_images: int | None = None
+                     ) -> tuple[bulk.BulkRuntime, nn.Module | None]:
+    """The runtime of the penultimate-feature pass: it runs the model's features-and-logits copy
+    (:func:`diagnostics.mismatch.feature_model`); eager PyTorch with a hook when the head is not the model's
+    last operation."""
+    shape = tuple(data.x_train.shape[1:])
+    fm = feature_model(model, shape)
+    if fm is None:
+        return bulk.BulkRuntime(None, bulk.EAGER, "eager PyTorch (the head is not the model's last operation)"), None
+    return bulk.bulk_runtime(fm, data, "train", images,
+                             min_images=bulk.MIN_IMAGES if min_images is None else min_images), fm
 
 
 def class_neighbours(features: np.ndarray, labels: np.ndarray, query: np.ndarray, target: np.ndarray, k: int = 5,

@@ -127,16 +127,33 @@ def eval_key(model_id: str, data_id: str, split: str) -> str:
     return safe_key("eval", model_id, data_id, split)
 
 
+def runtime_key(model_id: str, data_id: str, split: str) -> str:
+    """Workspace run key of the runtime an evaluation pass ran in (:func:`nnlab.bulk.bulk_runtime`)."""
+    return safe_key("evalrt", model_id, data_id, split)
+
+
 def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: ImageDataset, split: str,
-                      progress: Any = None, cancel: Any = None) -> EvalResult:
-    """The stored per-sample results of a model on a split, computed (and stored) first when missing."""
+                      progress: Any = None, cancel: Any = None, min_runtime_images: int | None = None
+                      ) -> EvalResult:
+    """The stored per-sample results of a model on a split, computed (and stored) first when missing.
+
+    The pass runs in the fastest runtime verified for the model (:mod:`nnlab.bulk`, when the split has at least
+    ``min_runtime_images`` images, default :data:`nnlab.bulk.MIN_IMAGES`); which one is stored beside it.
+    """
+    from nnlab import bulk
+
+    min_runtime_images = bulk.MIN_IMAGES if min_runtime_images is None else min_runtime_images
     res = load_evaluation(ws, model_id, data.id, split)
     if res is not None:
         return res
-    logits = predict_logits(model, data, split, progress=progress, cancel=cancel)
+    rt = bulk.bulk_runtime(model, data, split, min_images=min_runtime_images)
+    if progress is not None:
+        progress(f"evaluating the {split} split in {rt.runtime}", 0.0)
+    logits = predict_logits(model, data, split, progress=progress, cancel=cancel, runner=rt.runner)
     labels = data.labels(split).numpy()
     key = eval_key(model_id, data.id, split)
     try:
+        ws.save_run(runtime_key(model_id, data.id, split), rt.to_dict())  # first: the arrays mark completion
         ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
     except WorkspaceError:
         _MEMORY[key] = (logits, labels)

@@ -10,6 +10,7 @@ import compression
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import defaults, export
 from compression.compare import weight_sparsity
+from compression.pareto import runtime_note
 from compression.registry import get_method, list_methods
 from nnlab import jobs, session, widgets
 from nnlab.workspace import WorkspaceError
@@ -162,7 +163,11 @@ with right:
                           disabled=s["cancel_requested"])
             elif job.status == jobs.DONE:
                 r = job.result or {}
-                runtime = f", runs in {r['runtime']}" if r.get("runtime") else ""
+                made = next((v for v in variants if v.id == r.get("variant_id")), None)
+                if made is not None:  # the runtime that runs it, and how nnlab chose it (every candidate's figures)
+                    runtime = f"; {runtime_note(made)}"
+                else:
+                    runtime = f", runs in {r['runtime']}" if r.get("runtime") else ""
                 st.success(f"Done in {s['elapsed']:.1f} s: **{r.get('name', '')}** — accuracy "
                            f"{r.get('accuracy', float('nan')):.2%}, {r.get('size_bytes', 0) / 1024:.0f} KiB, "
                            f"weight sparsity {r.get('weight_sparsity', 0.0):.1%}{runtime}")
@@ -222,7 +227,7 @@ with right:
             e1.caption(str(exc))
         e2.download_button("Record (JSON)", export.record_json(rec), file_name=f"{rec.id}.json",
                            mime="application/json", key="lab_dl_record")
-        if rec.artifact_format != "onnx-int8":
+        if not rec.artifact_format.endswith("-int8"):  # runtime artifacts have no PyTorch state dict
             def _state() -> bytes:
                 from compression.variant import load_variant_model
 

@@ -25,19 +25,22 @@ if scope == "of this model":
 else:
     shown = [v for v in variants if v.dataset == cur.data.id]
 records = [cur.record, *[v for v in shown if v.status == "ok"]]
-st.caption(f"Base **{cur.record.name}** and {len(records) - 1} variant(s). Bubble area ∝ MACs, colour = method, "
-           "a star marks the base; the dashed line is the Pareto frontier (no other point is both more accurate and "
-           "cheaper). "
+st.caption(f"Base **{cur.record.name}** and {len(records) - 1} variant(s). Bubble area ∝ MACs, colour = method "
+           "or runtime, a star marks the base; the dashed line is the Pareto frontier (no other point is both more "
+           "accurate and cheaper). "
            "Select points (click, box or lasso) to compare them.")
 if len(records) == 1:
     st.info("No variant yet: make some in the Compression lab, or run the automatic search below.")
 
+color_by = st.radio("Colour by", ["method", "runtime"], key="pareto_color_by", horizontal=True,
+                    help="runtime: what executed each model's latency measurement (OpenVINO, ONNX Runtime, "
+                         "PyTorch …), threads as stated in its record")
 tab_size, tab_lat, tab_macs = st.tabs(["Accuracy vs size", "Accuracy vs latency", "Accuracy vs MACs"])
 picked: list[str] = []
 figs = {}
 for tab, cost in ((tab_size, "size"), (tab_lat, "latency"), (tab_macs, "macs")):
     with tab:
-        fig = pareto.pareto_figure(records, cost, base_id=cur.record.id)
+        fig = pareto.pareto_figure(records, cost, base_id=cur.record.id, color_by=color_by)
         figs[cost] = fig
         event = widgets.chart(fig, key=f"pareto_fig_{cost}", on_select="rerun",
                               selection_mode=("points", "box", "lasso"))

@@ -260,4 +260,5 @@ if rep is not None:
                                        "similarity": du.similarity, "pixel difference": du.pixel_diff,
                                        "same label": du.same_label}), hide_index=True, width="stretch",
                          height=200, key="data_dups")
-    st.caption(f"All feature-based checks took {rep.seconds:.1f} s.")
+    st.caption(f"All feature-based checks took {rep.seconds:.1f} s"
+               + (f"; the feature pass ran in {rep.runtime}." if rep.runtime else "."))

@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+import nnlab.tasks
 from nnlab import session, widgets
 from nnlab.viz import as_image, display_scale, grid
 
@@ -19,6 +20,10 @@ ev = session.evaluation("test", cur)
 st.caption(f"Dataset: **{data.name}** — {data.source}. Model: **{rec.name}** (`{cur.model_id}`).")
 st.caption(f"Preprocessing (owned by the model, used by every page): {data.preprocessing.describe()}"
            + (f" — {data.preprocessing.source}" if data.preprocessing.source else "") + ".")
+rt = session.workspace().load_run(nnlab.tasks.runtime_key(cur.model_id, data.id, "test"))
+if rt:
+    st.caption(f"Evaluation pass (every test image, stored for every page) ran in **{rt['runtime']}**: "
+               f"{rt['summary']}.")
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Test accuracy", f"{ev.accuracy:.2%}", help="Top-1 on the whole test split (the shared evaluation pass).")
 c2.metric("Train accuracy", f"{rec.train_accuracy:.2%}", help="Top-1 on up to 10 000 training samples.")

@@ -36,7 +36,7 @@ def fp32_logits(demo, digits) -> np.ndarray:
 def ort_static(demo, digits, tmp_path_factory):
     model, _, _ = demo
     before = model_hash(model)
-    res = apply(model, Int8Config(calibration_samples=128), CompressContext(
+    res = apply(model, Int8Config(backend="onnxruntime", calibration_samples=128), CompressContext(
         data=digits, workdir=tmp_path_factory.mktemp("ort"), arch="demo-cnn"))
     assert model_hash(model) == before
     return res
@@ -96,7 +96,7 @@ def test_onnx_artifact_loads_back_with_identical_outputs(ort_static, digits) -> 
 
 def test_qoperator_format_uses_integer_kernels(demo, digits, tmp_path, fp32_logits) -> None:
     model, _, _ = demo
-    res = apply(model, Int8Config(quant_format="qoperator", calibration_samples=64, per_channel=False,
+    res = apply(model, Int8Config(backend="onnxruntime", quant_format="qoperator", calibration_samples=64, per_channel=False,
                                   exporter="torchscript"),
                 CompressContext(data=digits, workdir=tmp_path))
     ops = {n.op_type for n in onnx.load(str(res.artifact)).graph.node}
@@ -107,7 +107,7 @@ def test_qoperator_format_uses_integer_kernels(demo, digits, tmp_path, fp32_logi
 
 def test_onnxruntime_dynamic_quantizes_linear_only(demo, digits, tmp_path, fp32_logits) -> None:
     model, _, _ = demo
-    res = apply(model, Int8Config(mode="dynamic"), CompressContext(data=digits, workdir=tmp_path))
+    res = apply(model, Int8Config(backend="onnxruntime", mode="dynamic"), CompressContext(data=digits, workdir=tmp_path))
     ops = [n.op_type for n in onnx.load(str(res.artifact)).graph.node]
     assert ops.count("MatMulInteger") == 2 and ops.count("Conv") == 3
     int8 = res.runner.predict_logits(digits.tensors("test")[0])
@@ -140,7 +140,7 @@ def test_torch_fx_static_int8_agrees_with_fp32_and_onnxruntime(demo, digits, tmp
 
 def test_calibration_uses_the_chosen_number_of_samples(demo, digits, tmp_path, ort_static) -> None:
     model, _, _ = demo
-    res = apply(model, Int8Config(calibration_samples=16), CompressContext(data=digits, workdir=tmp_path))
+    res = apply(model, Int8Config(backend="onnxruntime", calibration_samples=16), CompressContext(data=digits, workdir=tmp_path))
     assert res.extra["calibration_samples"] == 16 and ort_static.extra["calibration_samples"] == 128
     x, _ = digits.tensors("test")
     # different calibration sets give different activation ranges, hence different int8 outputs
@@ -168,7 +168,7 @@ def test_variant_end_to_end_records_int8_runtime(demo, digits, tmp_path) -> None
 
     model, record, _ = demo
     ws = Workspace(tmp_path / "ws")
-    rec = make_variant(model, record.id, "demo-cnn", [Int8Config(calibration_samples=64, threads=1)], digits, ws,
+    rec = make_variant(model, record.id, "demo-cnn", [Int8Config(backend="onnxruntime", calibration_samples=64, threads=1)], digits, ws,
                        latency_repeats=5, threads=1)
     assert rec.artifact_format == ONNX_FORMAT
     assert rec.latency["1"]["runtime"].startswith("onnxruntime-int8") and rec.latency["1"]["threads"] == 1

@@ -122,3 +122,35 @@ def test_search_returns_the_frontier_within_budget(demo, digits, tmp_path):
     assert {r.id for r in ws.list_variants()} == {r.id for r in res.frontier if r.id != base.id}
     assert seen == sorted(seen) and seen[-1] == 1.0
     assert len(result_rows(res)) == 3
+
+
+def test_points_coloured_by_runtime():
+    records = [rec("base", 0.99, 1000), rec("q1", 0.98, 300, method="int8"), rec("q2", 0.97, 250, method="int8"),
+               rec("p", 0.96, 500, method="prune-channels")]
+    for r, runtime in zip(records, ["pytorch-eager-cpu", "openvino-int8-cpu", "onnxruntime-int8-static-cpu",
+                                    "openvino-fp32-cpu"]):
+        r.latency["1"]["runtime"] = runtime
+    fig = pareto_figure(records, "size", color_by="runtime")
+    traces = {t.name: sorted(c[0] for c in t.customdata) for t in fig.data if t.name != "Pareto frontier"}
+    assert traces == {"pytorch-eager-cpu": ["base"], "openvino-int8-cpu": ["q1"],
+                      "onnxruntime-int8-static-cpu": ["q2"], "openvino-fp32-cpu": ["p"]}
+    assert fig.layout.legend.title.text == "runtime"
+    by_method = {t.name for t in pareto_figure(records, "size").data}
+    assert by_method == {"m", "int8", "prune-channels", "Pareto frontier"}
+    assert summary_rows(records)[1]["runtime"] == "openvino-int8-cpu"
+    with pytest.raises(ValueError):
+        pareto_figure(records, "size", color_by="colour")
+
+
+def test_runtime_note_names_the_choice_and_every_candidate():
+    from compression.pareto import runtime_note
+
+    r = rec("q", 0.98, 300, lat=2.5, method="int8")
+    r.latency["1"].update(runtime="openvino-int8-cpu", threads=2)
+    r.extra = {"runtime_choice": {"choice": "openvino", "threads": 2, "batch": 1, "rounds": 5, "cached": False,
+                                  "figures": [{"name": "onnxruntime", "median_ms": 3.0, "status": "ok"},
+                                              {"name": "openvino", "median_ms": 2.5, "status": "ok"},
+                                              {"name": "torchao", "median_ms": None, "status": "failed"}]}}
+    assert runtime_note(r) == ("runs in openvino-int8-cpu, 2 thread(s), 2.5 ms at batch 1 — chosen by measurement: "
+                               "openvino 2.5 ms, onnxruntime 3 ms; torchao failed (2 thread(s), batch 1, medians "
+                               "of 5 interleaved rounds)")

@@ -1,0 +1,76 @@
+"""Bulk passes (a whole split's evaluation or features) in the fastest runtime verified for the model.
+
+:func:`bulk_runtime` picks, by interleaved measurement (:func:`nnlab.runtimes.fastest_fp32_runner`), the
+fastest of eager PyTorch, ONNX Runtime fp32 and OpenVINO fp32 for one model at the pass's batch size,
+after checking each candidate against eager PyTorch on real images of the split (top-1 agreement 100 %,
+max logit difference at most 1e-3). Eager PyTorch stays the fallback. Small passes skip the selection
+(exporting and timing cost more than they save). ``NNLAB_BULK_RUNTIME=pytorch`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# below this many images per pass, eager PyTorch is used without measuring (export + timing take seconds)
+MIN_IMAGES = 5000
+BATCH = 256
+PROBE = 16
+EAGER = "pytorch-eager-fp32-cpu"
+
+
+@dataclass
+class BulkRuntime:
+    """The runtime of one bulk pass.
+
+    Attributes:
+        runner: Runs ``predict_logits(np.ndarray)``; None means eager PyTorch in-process.
+        runtime: Runtime name ("openvino-fp32-cpu", "onnxruntime-fp32-cpu", "pytorch-eager-fp32-cpu").
+        summary: One line for the page: the choice and each candidate's time, or why no choice was made.
+        figures: Per-candidate measurements (see :class:`nnlab.runtimes.Selection`).
+    """
+
+    runner: Any
+    runtime: str
+    summary: str
+    figures: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime, "summary": self.summary, "figures": self.figures}
+
+
+def _enabled() -> bool:
+    return os.environ.get("NNLAB_BULK_RUNTIME", "auto").strip().lower() not in ("pytorch", "eager", "off", "0")
+
+
+def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = None, batch: int = BATCH,
+                 min_images: int = MIN_IMAGES, threads: int | None = None) -> BulkRuntime:
+    """The fastest verified runtime for a pass of ``model`` over ``images`` images of ``split``.
+
+    ``model`` is not changed (candidates convert copies). Its output must be what the pass stores (logits,
+    or :func:`diagnostics.mismatch.feature_model`'s features-and-logits): the check compares exactly that.
+    """
+    n = int(images if images is not None else len(data.labels(split)))
+    if not _enabled():
+        return BulkRuntime(None, EAGER, "eager PyTorch (NNLAB_BULK_RUNTIME=pytorch)")
+    if n < min_images:
+        return BulkRuntime(None, EAGER, f"eager PyTorch ({n:,} images: too few to pay for choosing a runtime)")
+    if next(model.parameters()).device.type != "cpu":
+        return BulkRuntime(None, f"pytorch-eager-fp32-{next(model.parameters()).device.type}",
+                           "eager PyTorch on the accelerator")
+    from nnlab.runtimes import fastest_fp32_runner
+
+    probe = next(iter(data.stream(split, PROBE)))[0].numpy()  # real, preprocessed images of the split
+    try:
+        sel = fastest_fp32_runner(model, tuple(probe.shape[1:]), threads=threads, probe=probe,
+                                  batch=min(batch, n), rounds=3)
+    except Exception as exc:  # noqa: BLE001 - no other runtime is usable: the pass runs in eager PyTorch
+        return BulkRuntime(None, EAGER, f"eager PyTorch (choosing a runtime failed: {type(exc).__name__}: {exc})")
+    runner = None if sel.choice == "pytorch" else sel.runner
+    summary = sel.summary() + (f" — {sel.note}" if sel.note else "")
+    return BulkRuntime(runner, sel.runtime if runner is not None else EAGER, summary, sel.figures)

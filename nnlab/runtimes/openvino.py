@@ -1,0 +1,225 @@
+"""OpenVINO as a runtime and NNCF as its int8 quantizer.
+
+- :func:`convert` turns a PyTorch model into an ``ov.Model`` with a dynamic batch axis (``ov.convert_model``
+  on a copy, traced with an example input), falling back to converting its ONNX export.
+- :class:`OpenVINORunner` compiles a model (in memory or a saved IR) for the CPU with the intra-op thread
+  count fixed (``INFERENCE_NUM_THREADS``), one stream, the latency hint, and an explicit inference
+  precision: ``f32`` by default (this CPU plugin would otherwise run float layers in bf16 wherever the CPU
+  has bf16 instructions), ``bf16`` or ``f16`` on request where the CPU supports them.
+- :func:`quantize` runs ``nncf.quantize`` (post-training: statistics on calibration samples, fast bias
+  correction) with its presets and ignored scopes; :func:`quantize_with_accuracy_control` runs
+  ``nncf.quantize_with_accuracy_control`` with a maximum accuracy drop on labelled validation samples.
+- :func:`save_ir` writes the IR (``.xml`` + ``.bin``) atomically, float weights kept in fp32
+  (``compress_to_fp16=False``); :func:`load_ir` reads it back.
+
+Nothing here changes process-wide state (NNCF's progress bars are printed as NNCF prints them).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnlab.runtimes.base import as_input
+
+PRECISIONS = ("f32", "bf16", "f16")
+PRESETS = ("performance", "mixed")
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def available() -> bool:
+    """True when OpenVINO (and so this runtime) can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: not available
+        return False
+    return True
+
+
+def core() -> Any:
+    """The process's one ``ov.Core`` (created on first use; compiling models on it is thread-safe)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
+
+
+def supported_precisions() -> tuple[str, ...]:
+    """Inference precisions this CPU runs natively: always f32, plus bf16 / f16 when the plugin reports them."""
+    caps = set(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return ("f32",) + (("bf16",) if "BF16" in caps else ()) + (("f16",) if "FP16" in caps else ())
+
+
+def convert(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """A PyTorch model as an ``ov.Model`` with a dynamic batch axis; the caller's model is not touched.
+
+    ``ov.convert_model`` traces a copy with a zero example input; when that fails the model is exported to
+    ONNX and the ONNX file is converted instead.
+    """
+    import openvino as ov
+
+    work = copy.deepcopy(model).cpu().eval()
+    shape = ov.PartialShape([-1, *map(int, input_shape)])
+    try:
+        with torch.no_grad():
+            return ov.convert_model(work, example_input=torch.zeros(1, *input_shape), input=[shape])
+    except Exception as first:  # noqa: BLE001 - try the ONNX route before giving up
+        import tempfile
+
+        from nnlab.runtimes.onnx import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="nnlab-ov-") as d:
+            path = Path(d) / "model.onnx"
+            try:
+                export_onnx(work, input_shape, path)
+                return ov.convert_model(str(path))
+            except Exception as second:  # noqa: BLE001 - report both routes
+                raise RuntimeError(f"OpenVINO could not convert the model (PyTorch: {type(first).__name__}: "
+                                   f"{str(first)[:160]}; ONNX: {type(second).__name__}: {str(second)[:160]})"
+                                   ) from second
+
+
+class OpenVINORunner:
+    """An OpenVINO model compiled for the CPU with a fixed thread count and inference precision.
+
+    Args:
+        model: An ``ov.Model`` or the path of a saved IR ``.xml`` (or ``.onnx``) file.
+        threads: Intra-op threads (default: torch's current count); one stream, latency hint.
+        precision: Inference precision of the float layers: "f32" (exact; the default), "bf16" or "f16"
+            (only where :func:`supported_precisions` lists it). Int8 layers run in int8 either way.
+        runtime: Name recorded with latencies (default "openvino-<precision>-cpu").
+    """
+
+    def __init__(self, model: Any, threads: int | None = None, precision: str = "f32",
+                 runtime: str | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision not in supported_precisions():
+            raise ValueError(f"this CPU has no native {precision} support in OpenVINO "
+                             f"(supported: {', '.join(supported_precisions())})")
+        self.threads = int(threads or torch.get_num_threads())
+        self.precision = precision
+        self.runtime = runtime or f"openvino-{precision}-cpu"
+        self.path = Path(model) if isinstance(model, (str, Path)) else None
+        config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": precision}
+        self.compiled = core().compile_model(str(model) if self.path else model, "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+
+    def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Logits for normalised ``N×C×H×W`` inputs."""
+        x = as_input(x)
+        with self._lock:
+            out = self._request.infer({0: x})
+            return np.array(out[0], dtype=np.float32, copy=True)  # the request reuses its output buffer
+
+
+def save_ir(model: Any, xml_path: str | Path) -> tuple[Path, Path]:
+    """Write ``model`` as an IR (``.xml`` + ``.bin``), float weights in fp32, atomically.
+
+    Both files are written into a temporary folder beside the target, flushed, then renamed into place
+    (the ``.bin`` first, the ``.xml`` last): a reader never sees an ``.xml`` without its complete ``.bin``.
+    Returns the two paths.
+    """
+    import openvino as ov
+
+    xml = Path(xml_path)
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = xml.parent / f".{xml.stem}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    tmp.mkdir()
+    try:
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        for f in (tmp / "model.bin", tmp / "model.xml"):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp / "model.bin", xml.with_suffix(".bin"))
+        os.replace(tmp / "model.xml", xml)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return xml, xml.with_suffix(".bin")
+
+
+def load_ir(xml_path: str | Path) -> Any:
+    """Read a saved IR back as an ``ov.Model`` (the ``.bin`` beside the ``.xml``)."""
+    xml = Path(xml_path)
+    if not xml.is_file() or not xml.with_suffix(".bin").is_file():
+        raise FileNotFoundError(f"the OpenVINO IR {xml} (or its .bin) is missing")
+    return core().read_model(str(xml))
+
+
+def ignored_scope(names: str = "", patterns: str = "", types: str = "") -> Any:
+    """An ``nncf.IgnoredScope`` from comma-separated node names, regular expressions and op types (or None)."""
+    import nncf
+
+    def split(text: str) -> list[str]:
+        return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+    n, p, t = split(names), split(patterns), split(types)
+    return nncf.IgnoredScope(names=n, patterns=p, types=t) if (n or p or t) else None
+
+
+def _dataset(samples: np.ndarray | torch.Tensor) -> Any:
+    import nncf
+
+    arr = as_input(samples)
+    return nncf.Dataset([arr[i:i + 1] for i in range(len(arr))])
+
+
+def quantize(model: Any, calib: np.ndarray | torch.Tensor, preset: str = "performance", scope: Any = None,
+             fast_bias_correction: bool = True) -> Any:
+    """``nncf.quantize`` on an ``ov.Model``: int8 weights and activations, ranges from ``calib`` samples.
+
+    Args:
+        model: The float ``ov.Model`` (not changed).
+        calib: Normalised calibration samples ``N×C×H×W`` (each one item of the NNCF dataset).
+        preset: "performance" (symmetric activations) or "mixed" (asymmetric activations).
+        scope: An ``nncf.IgnoredScope`` (see :func:`ignored_scope`) or None.
+        fast_bias_correction: NNCF's fast bias correction (else the slower full one).
+    """
+    import nncf
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}")
+    if len(calib) == 0:
+        raise ValueError("NNCF quantization needs calibration samples")
+    return nncf.quantize(model, _dataset(calib), preset=nncf.QuantizationPreset(preset), subset_size=len(calib),
+                         fast_bias_correction=fast_bias_correction, ignored_scope=scope)
+
+
+def quantize_with_accuracy_control(model: Any, calib: np.ndarray | torch.Tensor, val_x: np.ndarray | torch.Tensor,
+                                   val_y: Sequence[int] | np.ndarray, max_drop: float = 0.01,
+                                   preset: str = "performance", scope: Any = None,
+                                   fast_bias_correction: bool = True) -> Any:
+    """``nncf.quantize_with_accuracy_control``: layers go back to float until top-1 accuracy on the labelled
+    validation samples has dropped by at most ``max_drop`` (a fraction: 0.01 is one point)."""
+    import nncf
+
+    vx = as_input(val_x)
+    vy = np.asarray(val_y).astype(np.int64)
+    if len(vx) == 0 or len(vx) != len(vy):
+        raise ValueError("accuracy control needs labelled validation samples")
+    validation = nncf.Dataset([(vx[i:i + 1], int(vy[i])) for i in range(len(vx))], lambda item: item[0])
+
+    def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
+        hits = [float(np.asarray(compiled(x)[0]).argmax(1)[0] == y) for x, y in items]
+        return (float(np.mean(hits)) if hits else 0.0), hits
+
+    return nncf.quantize_with_accuracy_control(
+        model, _dataset(calib), validation, validate, max_drop=float(max_drop), preset=nncf.QuantizationPreset(preset),
+        subset_size=len(calib), fast_bias_correction=fast_bias_correction, ignored_scope=scope)

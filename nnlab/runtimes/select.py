@@ -1,0 +1,261 @@
+"""Choose the fastest runtime for a model by a short interleaved measurement on this machine.
+
+:func:`select` builds every candidate runner, optionally checks each one (fidelity), times the ones that
+pass round-robin on the same input with the thread count fixed (:func:`nnlab.runtimes.base.interleaved_latency`),
+and returns the fastest with every candidate's figures, so pages can show why. The choice is cached per
+key — for models: (content hash, input shape, threads, batch, kind) — for the life of the process; a cached
+choice builds only the chosen runner.
+
+:func:`fastest_fp32_runner` is the bulk-pass entry point: candidates eager PyTorch, ONNX Runtime fp32 and
+OpenVINO fp32, each verified against eager PyTorch on a probe batch (top-1 agreement 100 %, max logit
+difference ≤ 1e-3) before it may be chosen; eager PyTorch is the fallback and the note says why.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnlab.runtimes.base import Runner, RunnerFactory, agreement, as_input, interleaved_latency, torch_logits
+from nnlab.runtimes.torch_eager import TorchRunner
+
+# A check gets (candidate name, runner) and returns (accepted, facts to show beside the figures).
+Check = Callable[[str, Runner], tuple[bool, dict]]
+
+_CACHE: dict[tuple, dict] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass
+class Selection:
+    """The outcome of a selection.
+
+    Attributes:
+        choice: Name of the chosen candidate ("openvino", "onnxruntime", "pytorch" …).
+        runtime: The chosen runner's runtime name (e.g. "openvino-fp32-cpu").
+        runner: The chosen runner, ready to use.
+        threads: Thread count every candidate ran with.
+        batch: Batch size of the measurement.
+        figures: One dict per candidate: ``name``, ``runtime``, ``status`` ("ok", "rejected", "failed"),
+            ``median_ms``, ``p90_ms``, ``min_ms``, ``repeats``, ``note`` and whatever the check reported.
+        rounds: Round-robin rounds of the measurement.
+        cached: True when the choice came from the cache (the figures are the original measurement's).
+        note: Why this choice (e.g. a fallback's reason).
+    """
+
+    choice: str
+    runtime: str
+    runner: Runner | None
+    threads: int
+    batch: int
+    figures: list[dict] = field(default_factory=list)
+    rounds: int = 0
+    cached: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: everything but the runner."""
+        d = {k: v for k, v in self.__dict__.items() if k != "runner"}
+        d["figures"] = [dict(f) for f in self.figures]
+        return d
+
+    def summary(self) -> str:
+        """One line: the choice, then each candidate's median (or why it was left out)."""
+        parts = []
+        for f in sorted(self.figures, key=lambda f: (f.get("median_ms") is None, f.get("median_ms") or 0)):
+            if f.get("median_ms") is not None:
+                parts.append(f"{f['name']} {f['median_ms']:.2f} ms")
+            else:
+                parts.append(f"{f['name']} {f['status']}")
+        cached = ", cached" if self.cached else ""
+        return (f"{self.choice} ({self.runtime}; {self.threads} thread(s), batch {self.batch}, medians of "
+                f"{self.rounds} interleaved rounds{cached}): " + ", ".join(parts))
+
+
+def clear_cache() -> None:
+    """Forget every cached choice (tests; a changed machine)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def model_key(model: nn.Module, input_shape: tuple[int, ...], threads: int, batch: int, kind: str) -> tuple:
+    """Cache key of a model's runtime choice: content hash, input shape, threads, batch and what is chosen."""
+    from nnlab.models import model_hash
+
+    return (model_hash(model), tuple(int(s) for s in input_shape), int(threads), int(batch), kind)
+
+
+def select(candidates: dict[str, RunnerFactory], x: np.ndarray | torch.Tensor, threads: int,
+           key: tuple | None = None, rounds: int = 5, per_round: int = 3, check: Check | None = None,
+           fallback: str | None = None) -> Selection:
+    """Build, check and time every candidate; return the fastest.
+
+    Args:
+        candidates: Name → factory building the runner (with ``threads``); a factory may raise (the
+            candidate is then listed as failed with the reason).
+        x: The input every candidate is timed on (its batch size is the measurement's).
+        threads: The thread count the factories use (stated in the result).
+        key: Cache key (see :func:`model_key`); None: no caching.
+        rounds: Round-robin rounds; each times every candidate ``per_round`` times.
+        check: Accepts or rejects a built runner (e.g. fidelity); rejected ones are not timed.
+        fallback: Candidate chosen when none is accepted (its factory must work); None: raise.
+
+    Raises:
+        RuntimeError: When no candidate could be built and accepted and there is no fallback.
+    """
+    x = as_input(x)
+    if key is not None:
+        with _CACHE_LOCK:
+            hit = _CACHE.get(key)
+        if hit is not None and hit["choice"] in candidates:
+            try:
+                runner = candidates[hit["choice"]]()
+                if check is not None and not check(hit["choice"], runner)[0]:
+                    runner = None
+            except Exception:  # noqa: BLE001 - the cached choice no longer builds or passes: measure again
+                runner = None
+            if runner is not None:
+                return Selection(hit["choice"], runner.runtime, runner, threads, len(x),
+                                 [dict(f) for f in hit["figures"]], hit["rounds"], True, hit["note"])
+    figures: dict[str, dict] = {}
+    built: dict[str, Runner] = {}
+    for name, factory in candidates.items():
+        fig: dict[str, Any] = {"name": name, "runtime": "", "status": "ok", "median_ms": None, "p90_ms": None,
+                               "min_ms": None, "repeats": 0, "note": ""}
+        figures[name] = fig
+        try:
+            runner = factory()
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot take this model is left out, with why
+            fig.update(status="failed", note=f"{type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        fig["runtime"] = runner.runtime
+        if check is not None:
+            try:
+                ok, facts = check(name, runner)
+            except Exception as exc:  # noqa: BLE001 - a runner that cannot even run the probe
+                ok, facts = False, {"note": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            fig.update(facts)
+            if not ok:
+                fig["status"] = "rejected"
+                continue
+        built[name] = runner
+    note = ""
+    if not built:
+        reasons = "; ".join(f"{f['name']}: {f['status']} ({f['note']})" for f in figures.values())
+        if fallback is None or fallback not in candidates:
+            raise RuntimeError(f"no runtime could run this model: {reasons}")
+        runner = candidates[fallback]()
+        note = f"fell back to {fallback}: {reasons}"
+        return Selection(fallback, runner.runtime, runner, threads, len(x), list(figures.values()), 0, False, note)
+    lat = interleaved_latency(built, x, rounds=rounds, per_round=per_round)
+    for name, lt in lat.items():
+        figures[name].update(median_ms=round(lt.median_ms, 4), p90_ms=round(lt.p90_ms, 4), min_ms=round(lt.min_ms, 4),
+                             repeats=lt.repeats, threads=lt.threads)
+    choice = min(lat, key=lambda k: lat[k].median_ms)
+    left_out = [f for f in figures.values() if f["status"] != "ok"]
+    if left_out:
+        note = "left out: " + "; ".join(f"{f['name']} {f['status']} ({f['note']})" for f in left_out)
+    sel = Selection(choice, built[choice].runtime, built[choice], threads, len(x), list(figures.values()), rounds,
+                    False, note)
+    if key is not None:
+        with _CACHE_LOCK:
+            _CACHE[key] = {"choice": choice, "figures": sel.figures, "rounds": rounds, "note": note}
+    return sel
+
+
+# --- fp32: the bulk-pass runtime ------------------------------------------------------------------------
+
+FP32_CANDIDATES = ("pytorch", "onnxruntime", "openvino")
+
+
+def fp32_factories(model: nn.Module, input_shape: tuple[int, ...], threads: int,
+                   names: tuple[str, ...] = FP32_CANDIDATES) -> dict[str, RunnerFactory]:
+    """Factories of the fp32 runners of ``model`` (each works on its own copy; the model is not touched)."""
+    import copy
+
+    out: dict[str, RunnerFactory] = {}
+    if "pytorch" in names:
+        out["pytorch"] = lambda: TorchRunner(copy.deepcopy(model).cpu().eval(), threads, "pytorch-eager-fp32-cpu")
+    if "onnxruntime" in names:
+        def ort() -> Runner:
+            from nnlab.runtimes.onnx import ort_fp32_runner
+
+            return ort_fp32_runner(model, input_shape, threads)
+
+        out["onnxruntime"] = ort
+    if "openvino" in names:
+        def ov() -> Runner:
+            from nnlab.runtimes import openvino as ovr
+
+            return ovr.OpenVINORunner(ovr.convert(model, input_shape), threads, "f32", "openvino-fp32-cpu")
+
+        out["openvino"] = ov
+    return out
+
+
+def fidelity_check(reference: np.ndarray, probe: np.ndarray, model: nn.Module,
+                   tolerance: float = 1e-3) -> Check:
+    """A check accepting runners whose logits on ``probe`` match eager PyTorch: top-1 agreement 100 %,
+    max absolute logit difference ≤ ``tolerance``."""
+
+    def check(name: str, runner: Runner) -> tuple[bool, dict]:
+        agree, diff = agreement(runner, model, probe, reference)
+        ok = agree == 1.0 and diff <= tolerance
+        note = "" if ok else f"top-1 agreement {agree:.2%}, max |Δlogit| {diff:.2e} (needs 100 % and ≤ {tolerance:g})"
+        return ok, {"top1_agreement": agree, "max_abs_diff": diff, "note": note}
+
+    return check
+
+
+def fastest_fp32_runner(model: nn.Module, input_shape: tuple[int, ...], threads: int | None = None,
+                        probe: np.ndarray | torch.Tensor | None = None, batch: int = 1, rounds: int = 5,
+                        per_round: int | None = None, names: tuple[str, ...] = FP32_CANDIDATES, tolerance: float = 1e-3,
+                        cache: bool = True) -> Selection:
+    """The fastest fp32 runner for ``model`` on this machine, verified against eager PyTorch.
+
+    Every candidate (eager PyTorch, ONNX Runtime fp32, OpenVINO fp32) is built with ``threads``, checked on
+    the probe batch (top-1 agreement 100 %, max logit difference ≤ ``tolerance``), and the verified ones
+    are timed interleaved at ``batch``; the fastest wins. When no other runtime is verified, eager PyTorch
+    is returned and ``note`` says why.
+
+    Args:
+        model: The float model (not changed; copies are converted).
+        input_shape: ``(C, H, W)``.
+        threads: Intra-op threads of every candidate (default: PyTorch's current count).
+        probe: Normalised inputs for the fidelity check (default: 8 seeded random inputs).
+        batch: Batch size of the timing (bulk passes: their batch size; latency: 1).
+        rounds: Interleaved rounds of the timing.
+        per_round: Calls per candidate and round (default: 3 at batch ≤ 4, else 1, so that a bulk-sized batch
+            stays a short measurement).
+        names: Candidates to consider.
+        tolerance: Largest accepted absolute logit difference.
+        cache: Reuse (and store) the choice for this model content, shape, threads and batch.
+    """
+    threads = int(threads or torch.get_num_threads())
+    per_round = per_round or (3 if batch <= 4 else 1)
+    if probe is None:
+        probe = np.random.default_rng(0).standard_normal((8, *input_shape)).astype(np.float32)
+    probe = as_input(probe)
+    ref_model = model if not model.training else _eval_copy(model)
+    reference = torch_logits(ref_model, probe)
+    x = np.random.default_rng(1).standard_normal((batch, *input_shape)).astype(np.float32)
+    key = model_key(model, input_shape, threads, batch, f"fp32:{','.join(names)}:{tolerance:g}") if cache else None
+    factories = fp32_factories(model, input_shape, threads, tuple(dict.fromkeys(("pytorch", *names))))
+    sel = select(factories, x, threads, key=key, rounds=rounds, per_round=per_round,
+                 check=fidelity_check(reference, probe, ref_model, tolerance), fallback="pytorch")
+    if sel.choice == "pytorch" and not sel.note:
+        others = [f for f in sel.figures if f["name"] != "pytorch"]
+        sel.note = "eager PyTorch measured fastest" if others else "eager PyTorch only"
+    return sel
+
+
+def _eval_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()
