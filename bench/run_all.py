@@ -3,6 +3,8 @@
 Each ``bench/bench_*.py`` prints a markdown section on stdout. This script runs them one after another
 (never in parallel: they measure time), then replaces the text between ``<!-- bench:NAME -->`` and
 ``<!-- /bench:NAME -->`` in README.md (appending the markers under "## Benchmarks" the first time).
+
+    python bench/run_all.py [NAME ...] [NAME="--option value ..."]   # e.g. datacache="--images 20000"
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(names: list[str]) -> int:
+    import shlex
+
+    extra = {n.split("=", 1)[0]: shlex.split(n.split("=", 1)[1]) for n in names if "=" in n}
+    names = [n.split("=", 1)[0] for n in names]
     scripts = sorted((ROOT / "bench").glob("bench_*.py"))
     if names:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in names]
@@ -28,7 +34,7 @@ def main(names: list[str]) -> int:
         name = script.stem.removeprefix("bench_")
         print(f"== {script.name}", flush=True)
         t0 = time.time()
-        proc = run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
+        proc = run([sys.executable, str(script), *extra.get(name, [])], cwd=ROOT, capture_output=True, text=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
         out = proc.stdout.strip()
         print(out, flush=True)

@@ -170,8 +170,9 @@ if rep is not None:
             label_gallery(rep)
 
 with st.expander("Exact check: k-fold retraining of the architecture (slower)"):
-    n_max = int(st.number_input("Training samples to check (stratified subsample)", min_value=100,
-                                max_value=len(data.y_train), value=min(len(data.y_train), 2000), step=100,
+    n_train = len(data.y_train)
+    n_max = int(st.number_input("Training samples to check (stratified subsample)", min_value=min(100, n_train),
+                                max_value=n_train, value=min(n_train, 2000), step=min(100, n_train),
                                 key="data_retrain_n"))
     folds = int(st.number_input("Folds", min_value=2, max_value=10, value=4, key="data_retrain_folds"))
     retrain_params = {"model_id": cur.model_id, "data": cur.data_ref, "n": n_max, "folds": folds}

@@ -56,7 +56,7 @@ def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
     from playwright.sync_api import sync_playwright
 
     log = tmp_path / "server.log"
-    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "30"}
+    env = {"NNLAB_WORKSPACE": str(tmp_path / "ws"), "NNLAB_DEMO_EPOCHS": "60"}
     seen: list[int] = []
     with server(env, log=log) as url, sync_playwright() as p:
         browser = _launch(p)
@@ -82,7 +82,7 @@ def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
             browser.close()
     text = log.read_text()
     assert text.count("nnlab: training demo-cnn-digits") == 1, text[-3000:]
-    assert len(seen) >= 5 and seen == sorted(seen), seen  # progress never went backward
+    assert len(seen) >= 4 and seen == sorted(seen), seen  # progress never went backward (one reading per page)
     assert seen[-1] > seen[0]
     state = json.loads((tmp_path / "ws" / "jobs" / f"{_demo_key()}.json").read_text())
     assert state["status"] == "done" and state["runs"] == 1
