@@ -18,6 +18,7 @@ Run: ``python bench/bench_bulk.py [--threads 2] [--repeats 3] [--resnet-images 5
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -91,6 +92,8 @@ def main() -> None:
     rows = [compare("demo CNN, Fashion-MNIST test (1×28×28)", model, fashion, "test", args.repeats, args.batch)]
     with tempfile.TemporaryDirectory() as tmp:
         from nnlab.synthetic import make_shapes_folder
+
+        os.environ["NNLAB_ALLOWED_ROOTS"] = os.pathsep.join(filter(None, [os.environ.get("NNLAB_ALLOWED_ROOTS"), tmp]))
 
         folder = make_shapes_folder(Path(tmp) / "shapes", per_class=max(1, args.resnet_images // 10), size=256)
         shapes = load_dataset("imagefolder", folder, imagenet(), workspace=Path(tmp) / "ws")

@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 # below this many images per pass, eager PyTorch is used without measuring (export + timing take seconds)
