@@ -279,8 +279,8 @@ def report(rows: list[dict], notes: list[str], args: argparse.Namespace, seconds
     print(f"All runners of one model and thread count timed round-robin in one process ({args.rounds} rounds; "
           f"3 calls per round at batch 1, 1 at batch 8), medians; threads fixed per runner; {args.calib} random "
           f"calibration images; torch {torch.__version__}, CPU {platform.processor() or platform.machine()} "
-          f"({_cpu_name()}). The machine is shared with other agents: figures are noisy, ratios inside one "
-          f"run are what count.\n")
+          f"({_cpu_name()}), 1-minute load average {os.getloadavg()[0]:.1f} at the end. Ratios inside one run are "
+          f"what count.\n")
     print("| model | threads | batch | runner | runtime | median ms | p90 ms | ÷ fastest fp32 | ÷ fastest peer int8 "
           "| SQNR dB | top-1 agr. |")
     print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
