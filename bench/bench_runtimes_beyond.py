@@ -26,10 +26,8 @@ images; the test split is the full one throughout).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
-import os
 import math
 import sys
 import tempfile
@@ -53,6 +51,8 @@ from nnlab.runtimes.onnx import OrtRunner, export_onnx, quantize_static_defaults
 from nnlab.runtimes.select import fastest_fp32_runner  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
+
+from bench_runtimes import stdout_to_stderr  # noqa: E402  (this folder is on the path when run as a script)
 
 CLASSES = ("circle", "square", "triangle", "cross")
 SIZE = 224
@@ -250,21 +250,6 @@ def main() -> int:
         args.json.write_text(json.dumps({"tried": res.tried, "latency": {k: v.to_dict() for k, v in lat.items()},
                                          "accuracy": accs}, indent=2, default=str))
     return 0
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """While measuring, everything printed to stdout (NNCF's progress bars and log lines, the runtimes' own
-    messages, at the file-descriptor level) goes to stderr, so stdout carries only the markdown report."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 if __name__ == "__main__":

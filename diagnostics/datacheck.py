@@ -129,11 +129,11 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
     The feature pass runs in the fastest runtime verified for the model (:mod:`nnlab.bulk`; at least
     ``min_runtime_images`` images, default :data:`nnlab.bulk.MIN_IMAGES`, to be worth choosing one).
 
-    The feature hook goes on a private copy: the given model may be shared by other sessions running it
-    at the same time, and their forward passes would otherwise pass through the hook too.
+    When the feature pass stays in eager PyTorch, its hook goes on a private copy: the given model may be
+    shared by other sessions running it at the same time, and their forward passes would otherwise pass
+    through the hook too. A runtime runs its own converted copy, so no copy is made for it.
     """
     t0 = time.perf_counter()
-    model = copy.deepcopy(model)
     n_tr, n_te = len(data.y_train), len(data.y_test)
     share = n_tr / max(1, n_tr + n_te) * 0.8
 
@@ -142,7 +142,9 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
             return None
         return lambda m, f: progress(m, start + (end - start) * f)
 
-    rt, fm = features_runtime(model, data, n_tr + n_te, min_images=min_runtime_images)
+    rt, _ = features_runtime(model, data, n_tr + n_te, min_images=min_runtime_images)  # it converts copies
+    if rt.runner is None:
+        model = copy.deepcopy(model)  # the hook path: the hook goes on a private copy
     if progress is not None:
         progress(f"feature pass in {rt.runtime}", 0.0)
     f_train, _ = features_and_logits(model, data, "train", progress=part(0.0, share), cancel=cancel,
@@ -179,8 +181,7 @@ def features_runtime(model: nn.Module, data: ImageDataset, images: int, min_imag
     fm = feature_model(model, shape)
     if fm is None:
         return bulk.BulkRuntime(None, bulk.EAGER, "eager PyTorch (the head is not the model's last operation)"), None
-    return bulk.bulk_runtime(fm, data, "train", images,
-                             min_images=bulk.MIN_IMAGES if min_images is None else min_images), fm
+    return bulk.bulk_runtime(fm, data, "train", images, min_images=min_images), fm
 
 
 def class_neighbours(features: np.ndarray, labels: np.ndarray, query: np.ndarray, target: np.ndarray, k: int = 5,

@@ -47,8 +47,10 @@ def _enabled() -> bool:
 
 
 def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = None, batch: int = BATCH,
-                 min_images: int = MIN_IMAGES, threads: int | None = None) -> BulkRuntime:
+                 min_images: int | None = None, threads: int | None = None) -> BulkRuntime:
     """The fastest verified runtime for a pass of ``model`` over ``images`` images of ``split``.
+
+    Passes of fewer than ``min_images`` images (default :data:`MIN_IMAGES`) stay in eager PyTorch.
 
     ``model`` is not changed (candidates convert copies). Its output must be what the pass stores (logits,
     or :func:`diagnostics.mismatch.feature_model`'s features-and-logits): the check compares exactly that.
@@ -56,11 +58,11 @@ def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = N
     n = int(images if images is not None else len(data.labels(split)))
     if not _enabled():
         return BulkRuntime(None, EAGER, "eager PyTorch (NNLAB_BULK_RUNTIME=pytorch)")
-    if n < min_images:
+    if n < (MIN_IMAGES if min_images is None else min_images):
         return BulkRuntime(None, EAGER, f"eager PyTorch ({n:,} images: too few to pay for choosing a runtime)")
-    if next(model.parameters()).device.type != "cpu":
-        return BulkRuntime(None, f"pytorch-eager-fp32-{next(model.parameters()).device.type}",
-                           "eager PyTorch on the accelerator")
+    device = next(model.parameters()).device.type
+    if device != "cpu":
+        return BulkRuntime(None, f"pytorch-eager-fp32-{device}", "eager PyTorch on the accelerator")
     from nnlab.runtimes import fastest_fp32_runner
 
     probe = next(iter(data.stream(split, PROBE)))[0].numpy()  # real, preprocessed images of the split

@@ -142,7 +142,6 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
     """
     from nnlab import bulk
 
-    min_runtime_images = bulk.MIN_IMAGES if min_runtime_images is None else min_runtime_images
     res = load_evaluation(ws, model_id, data.id, split)
     if res is not None:
         return res

@@ -130,9 +130,10 @@ class Workspace:
 
     # base models
     def has_model(self, model_id: str) -> bool:
-        if not _SAFE_ID.match(model_id or ""):
-            return False  # a path or any other non-id names no stored model
-        d = self.model_dir(model_id)
+        try:
+            d = self.model_dir(model_id)
+        except WorkspaceError:  # a path or any other non-id names no stored model
+            return False
         return (d / "model.safetensors").is_file() and (d / "record.json").is_file()
 
     def save_model(self, model_id: str, state: dict[str, torch.Tensor], history: list[dict] | None = None) -> Path:
