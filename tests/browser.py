@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,13 +32,18 @@ def server(env: dict[str, str] | None = None, timeout: float = 90, log: Path | N
            port: int | None = None) -> Iterator[str]:
     """Run ``streamlit run app.py`` on a free loopback port; yields its URL; always stops it.
 
-    ``log``: write the server's output there (else it is kept in a pipe and shown only if the start fails).
+    ``log``: write the server's output there (else to a temporary file, shown only if the start fails). Never
+    a pipe: nobody reads it while the server runs, and a full pipe (64 KiB of warnings) blocks the server.
     """
     port = port or free_port()
+    tmp = None
+    if log is None:
+        tmp = tempfile.TemporaryDirectory(prefix="nnlab-server-")
+        log = Path(tmp.name) / "server.log"
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
-    out = open(log, "wb") if log is not None else subprocess.PIPE
+    out = open(log, "wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server.proc = proc  # type: ignore[attr-defined] - tests that kill the server on purpose
@@ -52,7 +58,7 @@ def server(env: dict[str, str] | None = None, timeout: float = 90, log: Path | N
             except OSError:
                 time.sleep(0.5)
             if proc.poll() is not None:
-                text = proc.stdout.read().decode() if proc.stdout else Path(log).read_text()
+                text = Path(log).read_text(errors="replace")
                 raise RuntimeError(f"server exited: {text[-2000:]}")
         else:
             raise RuntimeError("server did not become healthy")
@@ -64,8 +70,9 @@ def server(env: dict[str, str] | None = None, timeout: float = 90, log: Path | N
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if log is not None:
-            out.close()
+        out.close()
+        if tmp is not None:
+            tmp.cleanup()
 
 
 @contextlib.contextmanager
@@ -95,3 +102,21 @@ def no_exception(page) -> None:
     """Assert that no Streamlit exception element is on the page."""
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
         '[data-testid="stException"]').first.inner_text()
+
+
+def navigate(page, link: str, shows, tries: int = 3, wait_ms: int = 40_000) -> None:
+    """Click the sidebar link ``link`` until ``shows`` (text or regex) is visible.
+
+    A click that lands while the page is still finishing a rerun can be dropped by the frontend; the user would
+    click again, and so do we (at most ``tries`` times), instead of waiting out the whole default timeout.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(tries):
+        page.get_by_role("link", name=link).first.click()
+        try:
+            page.get_by_text(shows).first.wait_for(timeout=wait_ms)
+            return
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise

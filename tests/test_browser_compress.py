@@ -8,7 +8,7 @@ import time
 
 from compression.pareto import frontier
 from nnlab.workspace import Workspace
-from tests.browser import browser_page, no_exception, server
+from tests.browser import browser_page, navigate, no_exception, server
 
 
 def test_lab_pareto_compare_in_browser(demo, tmp_path):
@@ -33,8 +33,7 @@ def test_lab_pareto_compare_in_browser(demo, tmp_path):
         page.get_by_text(f"accuracy {made[0].accuracy:.2%}").first.wait_for()
         page.screenshot(path=str(tmp_path / "lab.png"), full_page=True)
 
-        page.get_by_role("link", name="Pareto").click()
-        page.get_by_text("Accuracy vs size").first.wait_for()
+        navigate(page, "Pareto", "Accuracy vs size")
         records = [base, *[r for r in Workspace().list_variants() if r.parent == base.id]]
         front = frontier(records, "size")
         page.get_by_text(f"{front[0].name} ({front[0].accuracy:.2%})").first.wait_for()

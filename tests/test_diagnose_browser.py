@@ -3,15 +3,14 @@ the worst-error gallery (its button opens the attribution page)."""
 
 from __future__ import annotations
 
-from tests.browser import browser_page, no_exception, server
+from tests.browser import browser_page, navigate, no_exception, server
 
 
 def test_confusion_matrix_and_worst_errors_in_browser(demo, tmp_path) -> None:
     with server() as url, browser_page() as page:
         page.goto(url)
         page.get_by_text("Test accuracy").first.wait_for()
-        page.get_by_role("link", name="Errors by class").click()
-        page.get_by_text("Most confused pairs").first.wait_for()
+        navigate(page, "Errors by class", "Most confused pairs")
         chart = page.locator('[data-testid="stPlotlyChart"]').first
         chart.wait_for()
         assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1  # the confusion-matrix heatmap
@@ -23,8 +22,7 @@ def test_confusion_matrix_and_worst_errors_in_browser(demo, tmp_path) -> None:
         page.get_by_text("test samples of class 0 predicted as 0").first.wait_for(timeout=60_000)
         no_exception(page)
         page.screenshot(path=str(tmp_path / "classes.png"), full_page=True)
-        page.get_by_role("link", name="Worst errors").click()
-        page.get_by_text("samples match").first.wait_for()
+        navigate(page, "Worst errors", "samples match")
         page.locator('[data-testid="stImage"]').first.wait_for()
         page.get_by_role("button", name="Attributions").first.wait_for()
         no_exception(page)

@@ -6,22 +6,20 @@ Streamlit's legacy pages/ discovery, without the app frame).
 
 from __future__ import annotations
 
-from tests.browser import browser_page, no_exception, server
+from tests.browser import browser_page, navigate, no_exception, server
 
 
 def test_filters_and_deconvnet_pages_in_browser(demo, tmp_path) -> None:
     with server() as url, browser_page() as page:
         page.goto(url)
         page.get_by_text("Test accuracy").first.wait_for()
-        page.get_by_role("link", name="Filters and weights").click()
-        page.get_by_text("Mean L1 norm").first.wait_for()
+        navigate(page, "Filters and weights", "Mean L1 norm")
         page.get_by_text("Weight histograms").first.wait_for()
         assert page.get_by_text("Data and model").count() == 1  # inside the app frame
         assert page.locator('[data-testid="stImage"]').count() >= 1
         no_exception(page)
         page.screenshot(path=str(tmp_path / "filters.png"), full_page=True)
-        page.get_by_role("link", name="Deconvnet and attributions").click()
-        page.get_by_text("IG delta:").first.wait_for()
+        navigate(page, "Deconvnet and attributions", "IG delta:")
         page.get_by_text("Deconvnet (Zeiler & Fergus) →").first.wait_for()
         assert page.locator('[data-testid="stImage"]').count() >= 8  # the input and seven maps
         no_exception(page)
