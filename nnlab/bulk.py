@@ -64,11 +64,12 @@ def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = N
     if device != "cpu":
         return BulkRuntime(None, f"pytorch-eager-fp32-{device}", "eager PyTorch on the accelerator")
     from nnlab.runtimes import fastest_fp32_runner
+    from nnlab.runtimes.select import BULK_CANDIDATES
 
     probe = next(iter(data.stream(split, PROBE)))[0].numpy()  # real, preprocessed images of the split
     try:
         sel = fastest_fp32_runner(model, tuple(probe.shape[1:]), threads=threads, probe=probe,
-                                  batch=min(batch, n), rounds=3)
+                                  batch=min(batch, n), rounds=3, names=BULK_CANDIDATES)
     except Exception as exc:  # noqa: BLE001 - no other runtime is usable: the pass runs in eager PyTorch
         return BulkRuntime(None, EAGER, f"eager PyTorch (choosing a runtime failed: {type(exc).__name__}: {exc})")
     runner = None if sel.choice == "pytorch" else sel.runner

@@ -83,6 +83,19 @@ def test_openvino_fp32_logits_match_pytorch(demo, fp32) -> None:
     assert out.shape == ref.shape and runner.predict_logits(x[:1]).shape == (1, ref.shape[1])  # dynamic batch
 
 
+def test_openvino_streams_split_the_batch_and_keep_its_order(demo, fp32) -> None:
+    """Two streams run parts of a batch at once (bulk passes); the rows come back in the input's order."""
+    model, _, _ = demo
+    x, ref, _ = fp32
+    runner = ovr.OpenVINORunner(ovr.convert(model, (1, 8, 8)), threads=2, streams=2)
+    assert runner.streams == 2
+    for n in (len(x), 5, 1):  # an odd batch splits unevenly; one image runs on one request
+        out = runner.predict_logits(x[:n])
+        assert out.shape == ref[:n].shape and np.abs(out - ref[:n]).max() <= 1e-3
+        assert top1_agreement(ref[:n], out) == 1.0
+    np.testing.assert_allclose(runner.predict_logits(x[::-1].copy()), runner.predict_logits(x)[::-1], atol=1e-5)
+
+
 def test_openvino_refuses_a_precision_the_cpu_lacks(demo) -> None:
     model, _, _ = demo
     missing = [p for p in ovr.PRECISIONS if p not in ovr.supported_precisions()]

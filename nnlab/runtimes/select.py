@@ -172,6 +172,8 @@ def select(candidates: dict[str, RunnerFactory], x: np.ndarray | torch.Tensor, t
 # --- fp32: the bulk-pass runtime ------------------------------------------------------------------------
 
 FP32_CANDIDATES = ("pytorch", "onnxruntime", "openvino")
+# bulk passes (large batches) also try OpenVINO with one stream per thread, the batch split between them
+BULK_CANDIDATES = (*FP32_CANDIDATES, "openvino-streams")
 
 
 def fp32_factories(model: nn.Module, input_shape: tuple[int, ...], threads: int,
@@ -189,13 +191,30 @@ def fp32_factories(model: nn.Module, input_shape: tuple[int, ...], threads: int,
             return ort_fp32_runner(model, input_shape, threads)
 
         out["onnxruntime"] = ort
+    converted: list = []  # one conversion shared by the OpenVINO candidates
+
+    def ov_model() -> Any:
+        from nnlab.runtimes import openvino as ovr
+
+        if not converted:
+            converted.append(ovr.convert(model, input_shape))
+        return converted[0]
+
     if "openvino" in names:
         def ov() -> Runner:
             from nnlab.runtimes import openvino as ovr
 
-            return ovr.OpenVINORunner(ovr.convert(model, input_shape), threads, "f32", "openvino-fp32-cpu")
+            return ovr.OpenVINORunner(ov_model(), threads, "f32", "openvino-fp32-cpu")
 
         out["openvino"] = ov
+    if "openvino-streams" in names and threads > 1:
+        def ov_streams() -> Runner:
+            from nnlab.runtimes import openvino as ovr
+
+            return ovr.OpenVINORunner(ov_model(), threads, "f32", f"openvino-fp32-cpu-{threads}streams",
+                                      streams=threads)
+
+        out["openvino-streams"] = ov_streams
     return out
 
 
