@@ -12,15 +12,17 @@ images), and against the fastest fp32 runtime. Goal: ≥ 1.5× faster than the b
 
 It trains ResNet-18 at 224 px on the CPU, so it is expensive on 2 cores; the sizes are options. From random
 weights ResNet-18 needs enough images and steps to generalise: 400 training images for 5 epochs stayed at
-chance on the test split (it memorised the training set). A run where accuracy means something, on a quiet
-machine: ``--train-per-class 500 --test-per-class 100 --warmup-epochs 6 --epochs 1 --search-train-per-class
-150 --finetune-epochs 2`` (most training at 112 px, a quarter of the cost; the search's fine-tuning on 600
-images; the test split is the full one throughout).
+chance on the test split (it memorised the training set), and so did 2,000 images for 6 epochs at 112 px + 1 at
+224 px (27.5 % on 4 classes after 22 minutes on 2 cores; lr 2e-3 with batch 16 diverges). A run where accuracy
+means something: train the base on a GPU with ``bench/beyond_base.py base.pt`` (same seeded images, nnlab's
+training loop, AdamW lr 1e-3, batch 64, 30 epochs), then here ``--base-weights base.pt --train-per-class 500
+--test-per-class 100 --search-train-per-class 150 --finetune-epochs 2`` (the search's fine-tuning on 600
+images on the CPU; the test split is the full one throughout).
 
     python bench/bench_runtimes_beyond.py [--train-per-class 150] [--test-per-class 50] [--epochs 4]
         [--warmup-size 112 --warmup-epochs 6] [--batch-size 16] [--search-train-per-class 0]
         [--finetune-epochs 2] [--amounts 0.5,0.65,0.8] [--round-to 8] [--threads 1] [--train-threads 2]
-        [--rounds 10] [--json out]
+        [--rounds 10] [--json out] [--base-weights base.pt]
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import tempfile
 import time
@@ -36,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,54 +53,7 @@ from nnlab.train import TrainConfig, train_model  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
 from bench_runtimes import stdout_to_stderr  # noqa: E402  (this folder is on the path when run as a script)
-
-CLASSES = ("circle", "square", "triangle", "cross")
-SIZE = 224
-
-
-def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    if kind == "square":
-        pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
-    elif kind == "triangle":
-        pts = [(0, -1.2), (1.05, 0.65), (-1.05, 0.65)]
-    else:  # cross: a plus sign of arm width 0.4 r
-        w = 0.35
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
-               (-w, -w)]
-    c, s = math.cos(angle), math.sin(angle)
-    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
-
-
-def shapes_dataset(per_class_train: int, per_class_test: int, seed: int = 0) -> ImageDataset:
-    """Coloured shapes at 224×224: the class is the shape; colours, size, place, rotation and noise are random."""
-    g = np.random.default_rng(seed)
-
-    def image(kind: str) -> np.ndarray:
-        bg = g.integers(0, 256, 3)
-        fg = g.integers(0, 256, 3)
-        while np.abs(fg.astype(int) - bg.astype(int)).sum() < 180:  # keep the shape visible
-            fg = g.integers(0, 256, 3)
-        im = Image.new("RGB", (SIZE, SIZE), tuple(int(v) for v in bg))
-        d = ImageDraw.Draw(im)
-        r = float(g.uniform(28, 70))
-        cx, cy = (float(v) for v in g.uniform(r + 4, SIZE - r - 4, 2))
-        if kind == "circle":
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(v) for v in fg))
-        else:
-            d.polygon(_polygon(kind, cx, cy, r, float(g.uniform(0, 2 * math.pi))), fill=tuple(int(v) for v in fg))
-        a = np.asarray(im, np.int16) + g.integers(-20, 21, (SIZE, SIZE, 3))
-        return np.clip(a, 0, 255).astype(np.uint8).transpose(2, 0, 1)
-
-    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ys = np.repeat(np.arange(len(CLASSES)), n)
-        g.shuffle(ys)
-        return torch.from_numpy(np.stack([image(CLASSES[y]) for y in ys])), torch.from_numpy(ys.astype(np.int64))
-
-    xtr, ytr = split(per_class_train)
-    xte, yte = split(per_class_test)
-    return ImageDataset(id="shapes224", name="coloured shapes 224", source="generated", classes=list(CLASSES),
-                        x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-
+from beyond_data import CLASSES, SIZE, shapes_dataset  # noqa: E402
 
 def resized(data: ImageDataset, size: int) -> ImageDataset:
     """The same images area-downsampled to ``size`` (progressive resizing: cheap early epochs)."""
@@ -157,6 +110,9 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--budget", type=float, default=0.01, help="accuracy drop allowed (0.01 = 1 point)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--base-weights", type=Path, default=None,
+                    help="a state dict written by bench/beyond_base.py (trained elsewhere, e.g. on a GPU): no training "
+                         "here; its JSON note beside it says how it was trained")
     args = ap.parse_args()
     torch.set_num_threads(args.train_threads)  # a benchmark script; every runner below has its own fixed count
     t0 = time.perf_counter()
@@ -165,12 +121,26 @@ def main() -> int:
         torch.manual_seed(0)
         model = create_model("resnet18", 3, len(CLASSES), (SIZE, SIZE))
         t = time.perf_counter()
-        if args.warmup_size and args.warmup_epochs:  # progressive resizing: most epochs at a quarter of the cost
+        trained_by = ""
+        if args.base_weights:
+            note = json.loads(args.base_weights.with_suffix(".json").read_text())
+            if (note["train_per_class"], note["test_per_class"]) != (args.train_per_class, args.test_per_class):
+                raise SystemExit(f"{args.base_weights} was trained on {note['train_per_class']}/"
+                                 f"{note['test_per_class']} images per class: pass the same --train-per-class and "
+                                 "--test-per-class")
+            model.load_state_dict(torch.load(args.base_weights, map_location="cpu", weights_only=True))
+            trained_by = (f"Trained by nnlab's training loop (`bench/beyond_base.py`) from random weights on "
+                          f"{note['device_name']} (torch {note['torch']}) for {note['epochs']} epochs at 224 px "
+                          f"(AdamW lr {note['lr']:g}, one-cycle, batch {note['batch_size']}, flips and crops) in "
+                          f"{note['train_s']:.0f} s, on the same seeded images; measured here")
+        elif args.warmup_size and args.warmup_epochs:  # progressive resizing: most epochs at a quarter of the cost
             train_model(model, resized(data, args.warmup_size), TrainConfig(
                 epochs=args.warmup_epochs, lr=2e-3, batch_size=args.batch_size, eval_test=False),
                 device=torch.device("cpu"))
-        train_model(model, data, TrainConfig(epochs=args.epochs, lr=2e-3 if not args.warmup_epochs else 5e-4,
-                                             batch_size=args.batch_size, eval_test=False), device=torch.device("cpu"))
+        if not args.base_weights:
+            train_model(model, data, TrainConfig(epochs=args.epochs, lr=2e-3 if not args.warmup_epochs else 5e-4,
+                                                 batch_size=args.batch_size, eval_test=False),
+                        device=torch.device("cpu"))
         model = model.cpu().eval()
         train_s = time.perf_counter() - t
         base = profile_model(model, data, "resnet18-shapes224", "ResNet-18 on coloured shapes", "resnet18", None,
@@ -221,8 +191,9 @@ def main() -> int:
     print(f"### Beyond the peers: ResNet-18 at 224 px on generated coloured shapes ({len(CLASSES)} classes, "
           f"{len(data.y_train)} train / {len(data.y_test)} test images)\n")
     warm = f"{args.warmup_epochs} epochs at {args.warmup_size} px, then " if args.warmup_epochs else ""
-    print(f"Trained by nnlab from random weights for {warm}{args.epochs} epochs at 224 px in {train_s:.0f} s: test accuracy "
-          f"{base.accuracy:.2%}. Search: channel pruning ({', '.join(f'{a:.0%}' for a in amounts)} of MACs removed, "
+    trained_by = trained_by or (f"Trained by nnlab from random weights for {warm}{args.epochs} epochs at 224 px "
+                                f"in {train_s:.0f} s")
+    print(f"{trained_by}: test accuracy {base.accuracy:.2%}. Search: channel pruning ({', '.join(f'{a:.0%}' for a in amounts)} of MACs removed, "
           f"{args.finetune_epochs} fine-tuning epochs, channels rounded to {args.round_to}) → int8 (auto), and "
           f"int8 alone; {len(ok)} of {len(cands)} within {100 * args.budget:g} point(s); search took "
           f"{search_s:.0f} s. Latency: batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds, "
