@@ -44,31 +44,14 @@ def main() -> None:
 
     from nnlab.synthetic import make_shapes_folder
     from tests.browser import browser_page, no_exception, server
-    from tests.test_browser_zoo import _open, _settle
+    from tests.test_browser_zoo import _settle, pick_resnet18_and_folder
 
     folder = make_shapes_folder(tmp / "shapes", per_class=args.images // 10, size=256)
     t_all = time.perf_counter()
     with server(log=tmp / "server.log") as url, browser_page() as page:
         page.set_default_timeout(300_000)
         page.goto(url)
-        page.get_by_text("Test accuracy").first.wait_for()
-        query = page.locator(".st-key-arch_query input")
-        query.fill("resnet18")
-        query.press("Enter")
-        _settle(page)
-        _open(page, "Architecture")
-        page.get_by_role("option", name=re.compile(r"^resnet18 · torchvision")).first.click()
-        _settle(page)
-        page.get_by_text("Random weights (untrained)").first.click()
-        _settle(page)
-        _open(page, "Dataset")
-        page.get_by_role("option", name=re.compile("^ImageFolder")).click()
-        box = page.locator(".st-key-dataset_path input")
-        box.fill(str(folder))
-        box.press("Enter")
-        page.get_by_text(re.compile("seen by the model as 3×224×224")).first.wait_for()
-        _settle(page)
-        no_exception(page)
+        pick_resnet18_and_folder(page, folder)
 
         page.get_by_role("link", name="Train or fine-tune").first.click()
         page.get_by_role("heading", name="Train or fine-tune").first.wait_for()

@@ -38,30 +38,35 @@ def _open(page, label: str) -> None:
     box.press("ArrowDown")
 
 
+def pick_resnet18_and_folder(page, folder) -> None:  # noqa: ANN001
+    """In the sidebar: torchvision's ResNet-18 with random weights, then the ImageFolder ``folder`` (seen at 224)."""
+    page.get_by_text("Test accuracy").first.wait_for()
+    # architecture and weights first (a demo model would start training on the new folder)
+    query = page.locator(".st-key-arch_query input")
+    query.fill("resnet18")
+    query.press("Enter")
+    _settle(page)
+    _open(page, "Architecture")
+    page.get_by_role("option", name=re.compile(r"^resnet18 · torchvision")).first.click()
+    _settle(page)
+    page.get_by_text("Random weights (untrained)").first.click()
+    _settle(page)
+    _open(page, "Dataset")
+    page.get_by_role("option", name=re.compile("^ImageFolder")).click()
+    box = page.locator(".st-key-dataset_path input")
+    box.fill(str(folder))
+    box.press("Enter")
+    page.get_by_text(re.compile("seen by the model as 3×224×224")).first.wait_for()
+    _settle(page)
+    no_exception(page)
+
+
 def test_every_page_for_resnet18_at_224_in_the_browser(tmp_path):
     folder = make_shapes_folder(tmp_path / "shapes", per_class=8, size=256)  # 64 train / 16 test
     with server() as url, browser_page() as page:
         page.set_default_timeout(300_000)
         page.goto(url)
-        page.get_by_text("Test accuracy").first.wait_for()
-        # architecture and weights first (a demo model would start training on the new folder)
-        query = page.locator(".st-key-arch_query input")
-        query.fill("resnet18")
-        query.press("Enter")
-        _settle(page)
-        _open(page, "Architecture")
-        page.get_by_role("option", name=re.compile(r"^resnet18 · torchvision")).first.click()
-        _settle(page)
-        page.get_by_text("Random weights (untrained)").first.click()
-        _settle(page)
-        _open(page, "Dataset")
-        page.get_by_role("option", name=re.compile("^ImageFolder")).click()
-        box = page.locator(".st-key-dataset_path input")
-        box.fill(str(folder))
-        box.press("Enter")
-        page.get_by_text(re.compile("seen by the model as 3×224×224")).first.wait_for()
-        _settle(page)
-        no_exception(page)
+        pick_resnet18_and_folder(page, folder)
         for link, title in PAGES.items():
             page.get_by_role("link", name=link).first.click()
             page.get_by_role("heading", name=title).first.wait_for()
