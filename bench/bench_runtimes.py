@@ -10,12 +10,15 @@ with 1 and 2 intra-op threads, this times:
   at batch 1 with this thread count), and each backend on its own (``openvino`` = NNCF, ``onnxruntime`` =
   ORT static QDQ per channel, ``torch-fx``);
 - int8 by the peers applied directly: OpenVINO + NNCF with their defaults (``ov.convert_model``,
-  ``nncf.quantize``, ``compile_model`` with only the thread count set), ONNX Runtime ``quantize_static``
+  ``nncf.quantize``, ``compile_model`` with only the thread count set), once with a dynamic batch axis and
+  once converted at a static batch of 1 and reshaped to each timed batch size (as OpenVINO's notebooks and
+  ``benchmark_app`` run models: static shapes are faster on small models), ONNX Runtime ``quantize_static``
   with its defaults on the raw export, and torchao's pt2e (``X86InductorQuantizer`` + ``torch.compile``),
   reported as failed with the reason when it does not run.
 
 Every runner of one model and thread count is timed round-robin in one process (each round times each
-runner ``per_round`` times, so load drifts hit all alike), medians over all calls; thread counts fixed per
+runner ``per_round`` times, so load drifts hit all alike, after a 0.1 s pause that lets the threads of the
+runner before go idle), medians over all calls; thread counts fixed per
 runner (PyTorch via ``nnlab.measure.torch_threads``, ONNX Runtime intra-op threads, OpenVINO
 ``INFERENCE_NUM_THREADS``). Calibration: ``--calib`` random images. Prints a markdown section.
 
@@ -50,8 +53,10 @@ from nnlab.runtimes.select import clear_cache  # noqa: E402
 from nnlab.runtimes.torch_eager import TorchRunner  # noqa: E402
 
 SHAPE = (3, 224, 224)
+SETTLE_S = 0.1  # the ORT peer keeps its defaults (spinning threads): see interleaved_latency
 FP32 = ("fp32 PyTorch eager", "fp32 ONNX Runtime", "fp32 OpenVINO")
-PEERS = ("int8 peer OpenVINO+NNCF defaults", "int8 peer ORT quantize_static defaults", "int8 peer torchao pt2e")
+PEERS = ("int8 peer OpenVINO+NNCF defaults", "int8 peer OpenVINO+NNCF static shape",
+         "int8 peer ORT quantize_static defaults", "int8 peer torchao pt2e")
 
 
 def build_model(arch: str) -> torch.nn.Module:
@@ -150,6 +155,8 @@ def build_artifacts(arch: str, model: torch.nn.Module, data: ImageDataset, calib
 
     peer = ov.convert_model(copy.deepcopy(model), example_input=calib[:1], input=[ov.PartialShape([-1, *SHAPE])])
     art["ov_peer"] = nncf.quantize(peer, nncf.Dataset([c[None].numpy() for c in calib]))
+    static = ov.convert_model(copy.deepcopy(model), example_input=calib[:1], input=[ov.PartialShape([1, *SHAPE])])
+    art["ov_peer_static"] = nncf.quantize(static, nncf.Dataset([c[None].numpy() for c in calib]))
     art["seconds"]["peer OpenVINO+NNCF"] = time.perf_counter() - t
     t = time.perf_counter()
     art["ort_peer"] = workdir / f"{arch}.ort-defaults.onnx"
@@ -176,10 +183,14 @@ def runners_for(arch: str, model: torch.nn.Module, data: ImageDataset, calib: to
     r["int8 nnlab onnxruntime"] = OrtRunner(art["onnxruntime"].artifact, threads, "onnxruntime-int8-static-cpu")
     r["int8 nnlab torch-fx"] = TorchRunner(art["torch-fx"].runner.module, threads, "pytorch-fx-int8-static-cpu")
     r["int8 peer OpenVINO+NNCF defaults"] = OVDefaults(art["ov_peer"], threads)
-    r["int8 peer ORT quantize_static defaults"] = OrtRunner(art["ort_peer"], threads, "onnxruntime-int8-defaults")
+    r["int8 peer ORT quantize_static defaults"] = OrtRunner(art["ort_peer"], threads, "onnxruntime-int8-defaults",
+                                                                 spin=True)
     per_batch: dict[int, dict] = {b: {} for b in batches}
     failures: dict[str, str] = {}
     for b in batches:
+        static = art["ov_peer_static"].clone()
+        static.reshape([b, *SHAPE])
+        per_batch[b]["int8 peer OpenVINO+NNCF static shape"] = OVDefaults(static, threads)
         try:
             per_batch[b]["int8 peer torchao pt2e"] = torchao_pt2e(model, calib, b, threads)
         except Exception as exc:  # noqa: BLE001 - report why the peer does not run here
@@ -266,7 +277,8 @@ def main() -> int:
                         x = np.random.default_rng(1).standard_normal((b, *SHAPE)).astype(np.float32)
                         all_r = {**runners, **extra_runners[b]}
                         per_round = 3 if b == 1 else 1
-                        lat = interleaved_latency(all_r, x, rounds=args.rounds, per_round=per_round, warmup=2)
+                        lat = interleaved_latency(all_r, x, rounds=args.rounds, per_round=per_round, warmup=2,
+                                                  settle_s=SETTLE_S)
                         for name, lt in lat.items():
                             s, a = fid.get(name, (float("nan"), float("nan")))
                             rows.append({"model": arch, "threads": threads, "batch": b, "runner": name,
@@ -295,7 +307,7 @@ def report(rows: list[dict], notes: list[str], args: argparse.Namespace, seconds
            prune_lines: list[str]) -> None:
     print("### Runtimes at 224 px: fp32 and int8, nnlab against the peers (random weights, batch-norm statistics re-estimated on random inputs, 1000 classes)\n")
     print(f"All runners of one model and thread count timed round-robin in one process ({args.rounds} rounds; "
-          f"3 calls per round at batch 1, 1 at batch 8), medians; threads fixed per runner; {args.calib} random "
+          f"3 calls per round at batch 1, 1 at batch 8, each runner's turn after a {SETTLE_S:g} s pause), medians; threads fixed per runner; {args.calib} random "
           f"calibration images; torch {torch.__version__}, CPU {platform.processor() or platform.machine()} "
           f"({_cpu_name()}), 1-minute load average {os.getloadavg()[0]:.1f} at the end. Ratios inside one run are "
           f"what count.\n")

@@ -178,12 +178,12 @@ def main() -> int:
             runners = {f"fp32 fastest ({fp32.choice})": fp32.runner,
                        "int8 peer OpenVINO+NNCF defaults": OVDefaults(peer_ov, args.threads),
                        "int8 peer ORT quantize_static defaults": OrtRunner(Path(tmp) / "peer-ort.onnx", args.threads,
-                                                                           "onnxruntime-int8-defaults")}
+                                                                           "onnxruntime-int8-defaults", spin=True)}
             recs = {r.id: r for r in res.records}
             for r in sorted(res.records, key=lambda r: r.latency_ms(1)):
                 runners[f"nnlab {r.name.removeprefix('search · ')}"] = load_variant_result(ws, r).runner
             x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
-            lat = interleaved_latency(runners, x, rounds=args.rounds, per_round=3)
+            lat = interleaved_latency(runners, x, rounds=args.rounds, per_round=3, settle_s=0.1)
             accs = {k: accuracy(r, data) for k, r in runners.items()}
             macs = {f"nnlab {r.name.removeprefix('search · ')}": r.macs for r in recs.values()}
     peers = {k: v.median_ms for k, v in lat.items() if "peer" in k}

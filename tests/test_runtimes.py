@@ -20,7 +20,7 @@ from nnlab.data import ImageDataset
 from nnlab.models import DemoCNN, create_model, model_hash
 from nnlab.runtimes import openvino as ovr
 from nnlab.runtimes import select as sel
-from nnlab.runtimes.base import agreement, artifact_sizes, simd_width, top1_agreement
+from nnlab.runtimes.base import agreement, artifact_sizes, interleaved_latency, simd_width, top1_agreement
 from nnlab.runtimes.torch_eager import TorchRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +72,32 @@ def test_agreement_exact_values() -> None:
     assert agreement(FixedRunner(np.zeros((3, 2), np.float32)), Identity(), x) == (0.0, float("inf"))
 
 
+def test_interleaved_latency_lets_each_runner_start_on_settled_cores() -> None:
+    """Round-robin order, per_round calls per turn, and a pause of settle_s before every turn (so spinning
+    threads of the runner before cannot take the cores of the next one)."""
+    import time
+
+    calls: list[tuple[str, float, float]] = []
+
+    class Logged(FixedRunner):
+        def __init__(self, name: str) -> None:
+            super().__init__(np.zeros((1, 2), np.float32))
+            self.name = name
+
+        def predict_logits(self, x: np.ndarray) -> np.ndarray:
+            t0 = time.perf_counter()
+            calls.append((self.name, t0, time.perf_counter()))
+            return self.out
+
+    lat = interleaved_latency({"a": Logged("a"), "b": Logged("b")}, np.zeros((1, 2), np.float32), rounds=2,
+                              per_round=3, warmup=1, settle_s=0.03)
+    timed = calls[2:]  # after one warm-up call each
+    assert [c[0] for c in timed] == list("aaabbbaaabbb")
+    assert lat["a"].repeats == lat["b"].repeats == 6
+    turns = [i for i in range(1, len(timed)) if timed[i][0] != timed[i - 1][0]]
+    assert turns == [3, 6, 9] and all(timed[i][1] - timed[i - 1][2] >= 0.03 for i in turns)
+
+
 def test_openvino_fp32_logits_match_pytorch(demo, fp32) -> None:
     model, _, _ = demo
     x, ref, _ = fp32
@@ -81,6 +107,25 @@ def test_openvino_fp32_logits_match_pytorch(demo, fp32) -> None:
     assert np.abs(out - ref).max() <= 1e-3
     assert top1_agreement(ref, out) == 1.0
     assert out.shape == ref.shape and runner.predict_logits(x[:1]).shape == (1, ref.shape[1])  # dynamic batch
+
+
+def test_openvino_first_batch_sizes_get_static_compilations(demo, fp32) -> None:
+    """The first two batch sizes run on static-shape compilations, later ones on the dynamic model; all agree,
+    and a shape the model does not accept neither spends the budget nor runs."""
+    model, _, _ = demo
+    x, ref, _ = fp32
+    runner = ovr.OpenVINORunner(ovr.convert(model, (1, 8, 8)), threads=1)
+    with pytest.raises(ValueError, match=r"shape \[\?,1,8,8\], not \[1, 1, 9, 9\]"):
+        runner.predict_logits(np.zeros((1, 1, 9, 9), np.float32))  # not the model's image size
+    for n in (1, len(x), 3, 1):
+        out = runner.predict_logits(x[:n])
+        assert out.shape == ref[:n].shape and np.abs(out - ref[:n]).max() <= 1e-3
+    static = {shape: req for shape, req in runner._static.items() if req is not None}
+    assert sorted(static) == [(1, 1, 8, 8), (len(x), 1, 8, 8)] and runner._static_left == 0
+    assert all(req.get_input_tensor(0).shape == list(shape) for shape, req in static.items())
+    plain = ovr.OpenVINORunner(ovr.convert(model, (1, 8, 8)), threads=1, static_shapes=0)
+    np.testing.assert_array_equal(plain.predict_logits(x[:1]), runner.predict_logits(x[:1]))
+    assert plain._static == {}
 
 
 def test_openvino_streams_split_the_batch_and_keep_its_order(demo, fp32) -> None:

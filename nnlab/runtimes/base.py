@@ -82,12 +82,17 @@ def agreement(runner: Runner, model: nn.Module, x: np.ndarray | torch.Tensor,
 
 
 def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, rounds: int = 5, per_round: int = 3,
-                        warmup: int = 2) -> dict[str, Latency]:
+                        warmup: int = 2, settle_s: float = 0.02) -> dict[str, Latency]:
     """Time every runner on the same input, round-robin, and summarise each (medians over all calls).
 
     Each round times every runner ``per_round`` times, so load drifts on a shared machine hit all of them
-    alike. The whole measurement holds :data:`nnlab.measure.TIMING_LOCK`: no other measurement (another
-    session, another job) runs in between or changes a thread count halfway.
+    alike. Before each runner's turn the thread sleeps ``settle_s`` seconds, so threads the runner before
+    left busy (ONNX Runtime's spinning intra-op threads, OpenVINO's TBB workers) do not take the cores of the
+    next one. nnlab's own ONNX Runtime sessions do not spin, and 20 ms is then enough; timing a runner that
+    spins (ONNX Runtime with its defaults, 2 threads on 2 cores) needs about 100 ms: with 20 ms, OpenVINO
+    int8 right after it measured 9.2 ms against 5.2 ms alone. The whole measurement holds
+    :data:`nnlab.measure.TIMING_LOCK`: no other measurement (another session, another job) runs in between
+    or changes a thread count halfway.
     """
     import time
 
@@ -99,6 +104,7 @@ def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, rounds: int =
                 r.predict_logits(x)
         for _ in range(rounds):
             for name, r in runners.items():
+                time.sleep(settle_s)
                 for _ in range(per_round):
                     t0 = time.perf_counter()
                     r.predict_logits(x)
