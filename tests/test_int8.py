@@ -68,10 +68,11 @@ def test_onnxruntime_static_int8_agrees_with_fp32(ort_static, digits, fp32_logit
     print(f"ORT static int8: SQNR {sqnr:.1f} dB, top-1 agreement {agree:.4f}")
     assert sqnr >= 20.0
     assert agree >= 0.98
-    opts = res.runner.session.get_session_options()  # idle threads do not spin (they would slow the next runner)
-    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    opts = res.runner.session.get_session_options()  # threads stop spinning when a call returns
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
     spinning = OrtRunner(res.artifact, 2, spin=True).session.get_session_options()
-    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's defaults
+        spinning.get_session_config_entry("session.force_spinning_stop")
     assert not np.array_equal(int8, fp32_logits)  # it really is a different (quantized) computation
     # the PyTorch-facing model is the same runtime
     with torch.no_grad():
