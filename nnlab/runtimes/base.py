@@ -90,9 +90,9 @@ def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, rounds: int =
     left busy (ONNX Runtime's spinning intra-op threads, OpenVINO's TBB workers) do not take the cores of the
     next one. nnlab's own ONNX Runtime sessions stop spinning when a call returns, and 20 ms is then enough;
     timing a runner that keeps spinning (ONNX Runtime with its defaults, 2 threads on 2 cores) needs about
-    100 ms: with 20 ms, OpenVINO int8 right after it measured 9.2 ms against 5.2 ms alone. The whole measurement holds
-    :data:`nnlab.measure.TIMING_LOCK`: no other measurement (another session, another job) runs in between
-    or changes a thread count halfway.
+    100 ms: with 20 ms, OpenVINO int8 right after it measured 9.2 ms against 5.2 ms alone. The whole
+    measurement holds :data:`nnlab.measure.TIMING_LOCK`: no other measurement (another session, another
+    job) runs in between or changes a thread count halfway.
     """
     import time
 

@@ -168,7 +168,8 @@ class OpenVINORunner:
                 self._static[shape] = None
             if not self._static_left:
                 self._model = None  # the budget is spent: the graph is no longer needed
-        return self._static.get(shape) or self._request
+        static = self._static.get(shape)
+        return self._request if static is None else static
 
     def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits for normalised ``N×C×H×W`` inputs."""
