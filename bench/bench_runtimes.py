@@ -153,10 +153,9 @@ def build_artifacts(arch: str, model: torch.nn.Module, data: ImageDataset, calib
     import nncf
     import openvino as ov
 
-    peer = ov.convert_model(copy.deepcopy(model), example_input=calib[:1], input=[ov.PartialShape([-1, *SHAPE])])
-    art["ov_peer"] = nncf.quantize(peer, nncf.Dataset([c[None].numpy() for c in calib]))
-    static = ov.convert_model(copy.deepcopy(model), example_input=calib[:1], input=[ov.PartialShape([1, *SHAPE])])
-    art["ov_peer_static"] = nncf.quantize(static, nncf.Dataset([c[None].numpy() for c in calib]))
+    for key, batch in (("ov_peer", -1), ("ov_peer_static", 1)):  # a dynamic batch axis, and a static batch of 1
+        peer = ov.convert_model(copy.deepcopy(model), example_input=calib[:1], input=[ov.PartialShape([batch, *SHAPE])])
+        art[key] = nncf.quantize(peer, nncf.Dataset([c[None].numpy() for c in calib]))
     art["seconds"]["peer OpenVINO+NNCF"] = time.perf_counter() - t
     t = time.perf_counter()
     art["ort_peer"] = workdir / f"{arch}.ort-defaults.onnx"
@@ -307,7 +306,8 @@ def report(rows: list[dict], notes: list[str], args: argparse.Namespace, seconds
            prune_lines: list[str]) -> None:
     print("### Runtimes at 224 px: fp32 and int8, nnlab against the peers (random weights, batch-norm statistics re-estimated on random inputs, 1000 classes)\n")
     print(f"All runners of one model and thread count timed round-robin in one process ({args.rounds} rounds; "
-          f"3 calls per round at batch 1, 1 at batch 8, each runner's turn after a {SETTLE_S:g} s pause), medians; threads fixed per runner; {args.calib} random "
+          f"3 calls per round at batch 1, 1 at batch 8, each runner's turn after a {SETTLE_S:g} s pause), medians; "
+          f"threads fixed per runner; {args.calib} random "
           f"calibration images; torch {torch.__version__}, CPU {platform.processor() or platform.machine()} "
           f"({_cpu_name()}), 1-minute load average {os.getloadavg()[0]:.1f} at the end. Ratios inside one run are "
           f"what count.\n")

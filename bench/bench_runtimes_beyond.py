@@ -45,14 +45,13 @@ from compression.variant import load_variant_result  # noqa: E402
 from nnlab.base import profile_model  # noqa: E402
 from nnlab.data import ImageDataset  # noqa: E402
 from nnlab.models import create_model  # noqa: E402
-from nnlab.runtimes import openvino as ovr  # noqa: E402
-from nnlab.runtimes.base import as_input, interleaved_latency  # noqa: E402
+from nnlab.runtimes.base import interleaved_latency  # noqa: E402
 from nnlab.runtimes.onnx import OrtRunner, export_onnx, quantize_static_defaults  # noqa: E402
 from nnlab.runtimes.select import fastest_fp32_runner  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
-from bench_runtimes import stdout_to_stderr  # noqa: E402  (this folder is on the path when run as a script)
+from bench_runtimes import SETTLE_S, OVDefaults, stdout_to_stderr  # noqa: E402  (this folder is on the path)
 from beyond_data import CLASSES, SIZE, shapes_dataset  # noqa: E402
 
 def resized(data: ImageDataset, size: int) -> ImageDataset:
@@ -72,17 +71,6 @@ def subset(data: ImageDataset, per_class: int) -> ImageDataset:
     return ImageDataset(id=f"{data.id}-sub{per_class}", name=data.name, source=data.source, classes=data.classes,
                         x_train=data.x_train[idx], y_train=data.y_train[idx], x_test=data.x_test, y_test=data.y_test,
                         mean=data.mean, std=data.std)  # same normalisation as the full set the base was trained on
-
-
-class OVDefaults:
-    """The OpenVINO peer as its docs use it: compile_model with only the thread count set."""
-
-    def __init__(self, model: object, threads: int) -> None:
-        self.threads, self.runtime = threads, "openvino-int8-cpu (defaults)"
-        self.request = ovr.core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads}).create_infer_request()
-
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer({0: as_input(x)})[0], copy=True)
 
 
 def accuracy(runner: object, data: ImageDataset) -> float:
@@ -183,7 +171,7 @@ def main() -> int:
             for r in sorted(res.records, key=lambda r: r.latency_ms(1)):
                 runners[f"nnlab {r.name.removeprefix('search · ')}"] = load_variant_result(ws, r).runner
             x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
-            lat = interleaved_latency(runners, x, rounds=args.rounds, per_round=3, settle_s=0.1)
+            lat = interleaved_latency(runners, x, rounds=args.rounds, per_round=3, settle_s=SETTLE_S)
             accs = {k: accuracy(r, data) for k, r in runners.items()}
             macs = {f"nnlab {r.name.removeprefix('search · ')}": r.macs for r in recs.values()}
     peers = {k: v.median_ms for k, v in lat.items() if "peer" in k}

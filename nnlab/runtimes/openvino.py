@@ -132,6 +132,8 @@ class OpenVINORunner:
         self._model, self._config = model, config
         self.compiled = core().compile_model(str(model) if self.path else model, "CPU", config)
         self._request = self.compiled.create_infer_request()
+        # the input shape the model accepts (None with several inputs: OpenVINO checks those itself)
+        self._accepts = self.compiled.input(0).partial_shape if len(self.compiled.inputs) == 1 else None
         self._static: dict[tuple[int, ...], Any] = {}  # input shape → infer request (None: could not reshape)
         self._static_left = max(0, int(static_shapes)) if self.streams == 1 else 0
         if not self._static_left:
@@ -152,9 +154,7 @@ class OpenVINORunner:
         """Whether ``shape`` is one the dynamic model accepts (only the free axes differ)."""
         import openvino as ov
 
-        if len(self.compiled.inputs) != 1:
-            return True  # several inputs: OpenVINO checks them
-        return self.compiled.input(0).partial_shape.compatible(ov.PartialShape(list(shape)))
+        return self._accepts is None or self._accepts.compatible(ov.PartialShape(list(shape)))
 
     def _request_for(self, shape: tuple[int, ...]) -> Any:
         """The infer request compiled for exactly ``shape`` while the budget lasts, else the dynamic one."""
@@ -175,7 +175,7 @@ class OpenVINORunner:
         """Logits for normalised ``N×C×H×W`` inputs."""
         x = as_input(x)
         if not self._fits(tuple(x.shape)):  # OpenVINO itself would return an empty array, not raise
-            raise ValueError(f"this model takes inputs of shape {self.compiled.input(0).partial_shape}, "
+            raise ValueError(f"this model takes inputs of shape {self._accepts}, "
                              f"not {list(x.shape)}")
         with self._lock:
             if self._queue is None or len(x) < 2:
