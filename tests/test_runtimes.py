@@ -89,9 +89,15 @@ def test_interleaved_latency_lets_each_runner_start_on_settled_cores() -> None:
             calls.append((self.name, t0, time.perf_counter()))
             return self.out
 
-    lat = interleaved_latency({"a": Logged("a"), "b": Logged("b")}, np.zeros((1, 2), np.float32), rounds=2,
+    class Prepared(Logged):
+        def prepare(self, shape: tuple[int, ...]) -> bool:
+            calls.append((f"prepare {self.name} {tuple(shape)}", 0.0, 0.0))
+            return True
+
+    lat = interleaved_latency({"a": Prepared("a"), "b": Logged("b")}, np.zeros((1, 2), np.float32), rounds=2,
                               per_round=3, warmup=1, settle_s=0.03)
-    timed = calls[2:]  # after one warm-up call each
+    assert [c[0] for c in calls[:3]] == ["prepare a (1, 2)", "a", "b"]  # prepared for the shape, then warmed up
+    timed = calls[3:]  # after one warm-up call each
     assert [c[0] for c in timed] == list("aaabbbaaabbb")
     assert lat["a"].repeats == lat["b"].repeats == 6
     turns = [i for i in range(1, len(timed)) if timed[i][0] != timed[i - 1][0]]
@@ -109,23 +115,40 @@ def test_openvino_fp32_logits_match_pytorch(demo, fp32) -> None:
     assert out.shape == ref.shape and runner.predict_logits(x[:1]).shape == (1, ref.shape[1])  # dynamic batch
 
 
-def test_openvino_first_batch_sizes_get_static_compilations(demo, fp32) -> None:
-    """The first two batch sizes run on static-shape compilations, later ones on the dynamic model; all agree,
-    and a shape the model does not accept neither spends the budget nor runs."""
+def test_openvino_static_compilations_go_to_timed_and_recurring_shapes(demo, fp32) -> None:
+    """Shapes that are prepared (timed) or recur get static-shape compilations, at most ``static_shapes`` of
+    them, the least recently used one making room for a prepared shape; a one-off shape, a shape the model
+    does not accept, and a recurring shape with no free place stay on the dynamic model. All agree."""
     model, _, _ = demo
     x, ref, _ = fp32
     runner = ovr.OpenVINORunner(ovr.convert(model, (1, 8, 8)), threads=1)
-    with pytest.raises(ValueError, match=r"shape \[\?,1,8,8\], not \[1, 1, 9, 9\]"):
-        runner.predict_logits(np.zeros((1, 1, 9, 9), np.float32))  # not the model's image size
-    for n in (1, len(x), 3, 1):
+    shape = lambda n: (n, 1, 8, 8)  # noqa: E731
+
+    def run(n: int) -> None:
         out = runner.predict_logits(x[:n])
         assert out.shape == ref[:n].shape and np.abs(out - ref[:n]).max() <= 1e-3
-    static = {shape: req for shape, req in runner._static.items() if req is not None}
-    assert sorted(static) == [(1, 1, 8, 8), (len(x), 1, 8, 8)] and runner._static_left == 0
-    assert all(req.get_input_tensor(0).shape == list(shape) for shape, req in static.items())
+
+    with pytest.raises(ValueError, match=r"shape \[\?,1,8,8\], not \[1, 1, 9, 9\]"):
+        runner.predict_logits(np.zeros((1, 1, 9, 9), np.float32))  # not the model's image size
+    assert not runner.prepare((1, 1, 9, 9))
+    run(3)
+    run(1)
+    assert list(runner._static) == []  # each seen once
+    run(1)
+    assert list(runner._static) == [shape(1)]  # recurring
+    assert runner.prepare(shape(len(x))) and list(runner._static) == [shape(1), shape(len(x))]
+    run(5)
+    run(5)
+    assert list(runner._static) == [shape(1), shape(len(x))]  # recurring, but no free place
+    run(1)  # now shape(len(x)) is the least recently used
+    assert runner.prepare(shape(5)) and list(runner._static) == [shape(1), shape(5)]
+    run(5)
+    run(len(x))
+    assert all(req.get_input_tensor(0).shape == list(s) for s, req in runner._static.items())
     plain = ovr.OpenVINORunner(ovr.convert(model, (1, 8, 8)), threads=1, static_shapes=0)
     np.testing.assert_array_equal(plain.predict_logits(x[:1]), runner.predict_logits(x[:1]))
-    assert plain._static == {}
+    assert not plain.prepare(shape(1)) and plain.predict_logits(x[:1]).shape == (1, ref.shape[1])
+    assert list(plain._static) == []
 
 
 def test_openvino_streams_split_the_batch_and_keep_its_order(demo, fp32) -> None:

@@ -92,7 +92,8 @@ def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, rounds: int =
     timing a runner that keeps spinning (ONNX Runtime with its defaults, 2 threads on 2 cores) needs about
     100 ms: with 20 ms, OpenVINO int8 right after it measured 9.2 ms against 5.2 ms alone. The whole
     measurement holds :data:`nnlab.measure.TIMING_LOCK`: no other measurement (another session, another
-    job) runs in between or changes a thread count halfway.
+    job) runs in between or changes a thread count halfway. A runner with a ``prepare(shape)`` method is
+    prepared for the input's shape before its warm-up, so what is timed is how it runs that shape from then on.
     """
     import time
 
@@ -100,6 +101,9 @@ def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, rounds: int =
     times: dict[str, list[float]] = {k: [] for k in runners}
     with TIMING_LOCK:
         for r in runners.values():
+            prepare = getattr(r, "prepare", None)  # e.g. OpenVINO compiles this input shape statically
+            if prepare is not None:
+                prepare(x.shape)
             for _ in range(warmup):
                 r.predict_logits(x)
         for _ in range(rounds):

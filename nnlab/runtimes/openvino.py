@@ -5,9 +5,9 @@
 - :class:`OpenVINORunner` compiles a model (in memory or a saved IR) for the CPU with the intra-op thread
   count fixed (``INFERENCE_NUM_THREADS``), one stream, the latency hint, and an explicit inference
   precision: ``f32`` by default (this CPU plugin would otherwise run float layers in bf16 wherever the CPU
-  has bf16 instructions), ``bf16`` or ``f16`` on request where the CPU supports them. The first batch sizes
-  it sees get their own static-shape compilation (MobileNetV2 int8 at 224, batch 1: about 10 % faster
-  than the dynamic-batch model); other sizes run on the dynamic one.
+  has bf16 instructions), ``bf16`` or ``f16`` on request where the CPU supports them. Batch sizes that are
+  timed (:meth:`OpenVINORunner.prepare`) or that recur get their own static-shape compilation (MobileNetV2
+  int8 at 224, batch 1: about 10 % faster than the dynamic-batch model); others run on the dynamic one.
 - :func:`quantize` runs ``nncf.quantize`` (post-training: statistics on calibration samples, fast bias
   correction) with its presets and ignored scopes; :func:`quantize_with_accuracy_control` runs
   ``nncf.quantize_with_accuracy_control`` with a maximum accuracy drop on labelled validation samples.
@@ -24,6 +24,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,12 @@ class OpenVINORunner:
         precision: Inference precision of the float layers: "f32" (exact; the default), "bf16" or "f16"
             (only where :func:`supported_precisions` lists it). Int8 layers run in int8 either way.
         runtime: Name recorded with latencies (default "openvino-<precision>-cpu").
-        static_shapes: How many distinct input shapes (the first ones seen, one stream only) get a
-            static-shape compilation of their own; 0 runs everything on the dynamic-batch model. Each one
-            holds its own copy of the packed weights, so the number is small; later shapes (or a model that
-            cannot be reshaped) run on the dynamic model, so nothing is recompiled back and forth.
+        static_shapes: How many input shapes at most hold a static-shape compilation of their own (one stream
+            only); 0 runs everything on the dynamic-batch model. Each one holds its own copy of the packed
+            weights, so the number is small. A shape gets one when :meth:`prepare` asks for it (timing code
+            does, before its warm-up: the least recently used one makes room), or when it comes a second
+            time while a place is free (a one-off probe batch takes none). Other shapes, and every shape of a
+            model that cannot be reshaped, run on the dynamic model.
     """
 
     def __init__(self, model: Any, threads: int | None = None, precision: str = "f32",
@@ -134,10 +137,12 @@ class OpenVINORunner:
         self._request = self.compiled.create_infer_request()
         # the input shape the model accepts (None with several inputs: OpenVINO checks those itself)
         self._accepts = self.compiled.input(0).partial_shape if len(self.compiled.inputs) == 1 else None
-        self._static: dict[tuple[int, ...], Any] = {}  # input shape → infer request (None: could not reshape)
-        self._static_left = max(0, int(static_shapes)) if self.streams == 1 else 0
-        if not self._static_left:
-            self._model = None  # nothing will be reshaped: do not keep the float graph alive
+        # input shape → its static-shape infer request, least recently used first
+        self._static: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._budget = max(0, int(static_shapes)) if self.streams == 1 else 0
+        self._seen: dict[tuple[int, ...], int] = {}  # calls per shape not (yet) compiled static
+        if not self._budget:
+            self._model = None  # nothing will be reshaped: do not keep the graph alive
         self._queue = None
         if self.streams > 1:  # a batch is split over the streams, each running its part on its own threads
             import openvino as ov
@@ -156,19 +161,49 @@ class OpenVINORunner:
 
         return self._accepts is None or self._accepts.compatible(ov.PartialShape(list(shape)))
 
+    def _compile_static(self, shape: tuple[int, ...], evict: bool) -> Any:
+        """The static-shape infer request for ``shape``, compiled now if there is room (or ``evict`` makes
+        room by dropping the least recently used one); None where it stays on the dynamic model."""
+        if shape in self._static:
+            self._static.move_to_end(shape)
+            return self._static[shape]
+        if not self._budget or not self._fits(shape):
+            return None
+        if len(self._static) >= self._budget:
+            if not evict:
+                return None
+            self._static.popitem(last=False)
+        try:
+            m = core().read_model(str(self.path)) if self.path else self._model.clone()
+            m.reshape(list(shape))
+            request = core().compile_model(m, "CPU", self._config).create_infer_request()
+        except Exception:  # noqa: BLE001 - a model that cannot be reshaped runs every shape dynamic
+            self._budget, self._model = 0, None
+            self._static.clear()
+            return None
+        self._static[shape] = request
+        return request
+
+    def prepare(self, shape: Sequence[int]) -> bool:
+        """Compile ``shape`` statically now, so that the calls timed next run what later calls of that shape
+        run (and the compilation is not timed). Returns whether ``shape`` has a static compilation."""
+        with self._lock:
+            return self._compile_static(tuple(int(s) for s in shape), evict=True) is not None
+
     def _request_for(self, shape: tuple[int, ...]) -> Any:
-        """The infer request compiled for exactly ``shape`` while the budget lasts, else the dynamic one."""
-        if shape not in self._static and self._static_left > 0:
-            self._static_left -= 1
-            try:
-                m = core().read_model(str(self._model)) if self.path else self._model.clone()
-                m.reshape(list(shape))
-                self._static[shape] = core().compile_model(m, "CPU", self._config).create_infer_request()
-            except Exception:  # noqa: BLE001 - a model that cannot take this static shape runs dynamic
-                self._static[shape] = None
-            if not self._static_left:
-                self._model = None  # the budget is spent: the graph is no longer needed
+        """The infer request to run ``shape`` on: its static one, else the dynamic-batch one."""
         static = self._static.get(shape)
+        if static is None and self._budget:
+            calls = self._seen.get(shape, 0) + 1
+            if calls >= 2:  # a recurring shape takes a free place
+                static = self._compile_static(shape, evict=False)
+                self._seen.pop(shape, None)
+            else:
+                if len(self._seen) >= 64:  # many one-off shapes: forget them rather than grow
+                    self._seen.clear()
+                self._seen[shape] = calls
+        elif static is not None:
+            self._static.move_to_end(shape)
         return self._request if static is None else static
 
     def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
