@@ -154,3 +154,7 @@ def test_runtime_note_names_the_choice_and_every_candidate():
     assert runtime_note(r) == ("runs in openvino-int8-cpu, 2 thread(s), 2.5 ms at batch 1 — chosen by measurement: "
                                "openvino 2.5 ms, onnxruntime 3 ms; torchao failed (2 thread(s), batch 1, medians "
                                "of 5 interleaved rounds)")
+    for f in r.extra["runtime_choice"]["figures"][:2]:
+        f["remeasured"] = True
+    assert runtime_note(r).endswith("medians of 5 interleaved rounds; openvino and onnxruntime were close and were "
+                                    "timed again, longer)")

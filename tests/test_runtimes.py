@@ -294,6 +294,33 @@ def test_selector_lists_failed_and_rejected_candidates_and_falls_back() -> None:
         sel.select({"broken": boom}, x, 1)
 
 
+def test_selector_times_a_close_call_again_and_lets_that_decide(monkeypatch) -> None:
+    """A runner-up within CLOSE_CALL of the fastest is timed again with it, longer; a distant one is not."""
+    import time
+
+    class Sleeper(FixedRunner):
+        def __init__(self, ms: float) -> None:
+            super().__init__(np.zeros((1, 2), np.float32))
+            self.ms, self.runtime = ms, f"sleep-{ms}"
+
+        def predict_logits(self, x: np.ndarray) -> np.ndarray:
+            time.sleep(self.ms / 1000.0)
+            return self.out
+
+    monkeypatch.setattr(sel, "CLOSE_CALL", 0.5)
+    x = np.zeros((1, 2), np.float32)
+    s = sel.select({"a": lambda: Sleeper(4.0), "b": lambda: Sleeper(4.4), "far": lambda: Sleeper(12.0)}, x, 1,
+                   rounds=2, per_round=2)
+    figs = {f["name"]: f for f in s.figures}
+    assert [figs[k]["repeats"] for k in ("a", "b", "far")] == [2 * 2 * sel.CLOSE_CALL_ROUNDS] * 2 + [2 * 2]
+    assert figs["a"]["remeasured"] and figs["b"]["remeasured"] and not figs["far"]["remeasured"]
+    assert s.choice == min(("a", "b"), key=lambda k: figs[k]["median_ms"])
+    assert "a and b were within 50%" in s.note or "b and a were within 50%" in s.note
+    s2 = sel.select({"a": lambda: Sleeper(4.0), "far": lambda: Sleeper(12.0)}, x, 1, rounds=2, per_round=2)
+    assert s2.choice == "a" and not any(f["remeasured"] for f in s2.figures) and s2.note == ""
+    assert [f["repeats"] for f in s2.figures] == [4, 4]
+
+
 def _conv_channels(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
