@@ -114,7 +114,8 @@ class OpenVINORunner:
             weights, so the number is small. A shape gets one when :meth:`prepare` asks for it (timing code
             does, before its warm-up: the least recently used one makes room), or when it comes a second
             time while a place is free (a one-off probe batch takes none). Other shapes, and every shape of a
-            model that cannot be reshaped, run on the dynamic model.
+            model that cannot be reshaped, run on the dynamic model. A runner of an in-memory ``ov.Model``
+            keeps that graph to compile from (a runner of a file reads the file again).
     """
 
     def __init__(self, model: Any, threads: int | None = None, precision: str = "f32",
