@@ -297,14 +297,19 @@ def _build(backend: str, model: nn.Module, data: ImageDataset, cfg: Int8Config, 
 
 
 def _auto(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path, calib: torch.Tensor,
-          threads: int, seed: int, reference: np.ndarray, x_ref: torch.Tensor) -> tuple[_Built, Selection]:
-    """Quantize with every candidate backend, time them interleaved, keep the fastest (cached per model)."""
+          threads: int, seed: int, reference: np.ndarray,
+          x_ref: torch.Tensor) -> tuple[_Built, Selection, np.ndarray | None]:
+    """Quantize with every candidate backend, time them interleaved, keep the fastest (cached per model).
+
+    Also returns the chosen runner's logits on ``x_ref`` from its fidelity check (None if it was not checked).
+    """
     candidates = [b for b in AUTO_CANDIDATES if cfg.mode == "static" or b != "openvino"]
     if cfg.accuracy_control:
         candidates = [b for b in candidates if b == "openvino"]
     if not candidates:
         raise ValueError("no int8 backend is available for these settings")
     built: dict[str, _Built] = {}
+    outputs: dict[str, np.ndarray] = {}  # each checked runner's logits on x_ref
 
     def factory(b: str) -> Any:
         def make() -> Any:
@@ -313,7 +318,7 @@ def _auto(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path, 
         return make
 
     def check(name: str, runner: Any) -> tuple[bool, dict]:
-        out = np.asarray(runner.predict_logits(x_ref), np.float32)
+        out = outputs[name] = np.asarray(runner.predict_logits(x_ref), np.float32)
         sqnr = sqnr_db(reference, out)
         facts = {"calibration_top1_agreement": round(top1_agreement(reference, out), 4),
                  "calibration_sqnr_db": round(sqnr, 2)}
@@ -334,7 +339,7 @@ def _auto(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path, 
         if b != sel.choice:
             for f in other.files:
                 f.unlink(missing_ok=True)
-    return keep, sel
+    return keep, sel, outputs.get(sel.choice)
 
 
 def to_int8(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path,
@@ -352,15 +357,17 @@ def to_int8(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path
     with torch.inference_mode():
         ref_logits = reference_model(x_ref).numpy()
     extra: dict[str, Any] = {"mode": cfg.mode, "calibration_samples": int(len(calib)), "threads": threads}
+    test_logits = None
     if cfg.backend == "auto":
-        b, sel = _auto(model, data, cfg, workdir, calib, threads, seed, ref_logits, x_ref)
+        b, sel, test_logits = _auto(model, data, cfg, workdir, calib, threads, seed, ref_logits, x_ref)
         extra["runtime_choice"] = {**sel.to_dict(), "summary": sel.summary()}
         extra["backend"] = sel.choice
     else:
         b = _build(cfg.backend, model, data, cfg, workdir, calib, threads, seed)
         extra["backend"] = cfg.backend
     extra.update(b.extra)
-    test_logits = b.runner.predict_logits(x_ref)
+    if test_logits is None:
+        test_logits = b.runner.predict_logits(x_ref)
     extra["calibration_sqnr_db"] = round(sqnr_db(ref_logits, test_logits), 2)
     extra["calibration_top1_agreement"] = round(top1_agreement(ref_logits, test_logits), 4)
     return CompressResult(model=RuntimeModule(b.runner, reference_model), layers=rows, artifact=b.path,

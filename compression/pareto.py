@@ -68,11 +68,11 @@ def runtime_note(record: Record) -> str:
                       key=lambda f: f["median_ms"])
         shown = ", ".join(f"{f['name']} {f['median_ms']:.3g} ms" for f in figs)
         left = [f"{f['name']} {f['status']}" for f in choice.get("figures", []) if f.get("median_ms") is None]
-        again = [f["name"] for f in figs if f.get("remeasured")]
+        again = any(f.get("remeasured") for f in figs)
         text += (f" — chosen by measurement: {shown}" + (f"; {', '.join(left)}" if left else "")
                  + f" ({choice.get('threads')} thread(s), batch {choice.get('batch')}, medians of "
                  f"{choice.get('rounds')} interleaved rounds"
-                 + (f"; {' and '.join(again)} were close and were timed again, longer" if again else "")
+                 + ("; the two fastest were close, so all were timed again over twice the rounds" if again else "")
                  + f"{', cached' if choice.get('cached') else ''})")
     if "latency_ratio" in extra and "macs_ratio" in extra:
         text += (f"; pruned/unpruned in {extra.get('latency_runtime', 'the same runtime')}: "

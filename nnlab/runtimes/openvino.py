@@ -37,6 +37,9 @@ from nnlab.runtimes.base import as_input
 
 PRECISIONS = ("f32", "bf16", "f16")
 PRESETS = ("performance", "mixed")
+# The call on which a shape counts as recurring and may take a free static-shape place. Probes run a shape
+# once or twice (the int8 calibration check runs its batch twice); bulk passes run theirs many times.
+RECURS = 3
 
 _CORE: Any = None
 _CORE_LOCK = threading.Lock()
@@ -112,9 +115,10 @@ class OpenVINORunner:
         static_shapes: How many input shapes at most hold a static-shape compilation of their own (one stream
             only); 0 runs everything on the dynamic-batch model. Each one holds its own copy of the packed
             weights, so the number is small. A shape gets one when :meth:`prepare` asks for it (timing code
-            does, before its warm-up: the least recently used one makes room), or when it comes a second
-            time while a place is free (a one-off probe batch takes none). Other shapes, and every shape of a
-            model that cannot be reshaped, run on the dynamic model. A runner of an in-memory ``ov.Model``
+            does, before its warm-up: the least recently used one makes room), or on its :data:`RECURS`-th
+            call while a place is free (a probe batch run once or twice takes none). Other shapes, a shape
+            whose compilation failed, and every shape of a model that never reshapes run on the dynamic
+            model. A runner of an in-memory ``ov.Model``
             keeps that graph to compile from (a runner of a file reads the file again).
     """
 
@@ -142,6 +146,8 @@ class OpenVINORunner:
         self._static: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._budget = max(0, int(static_shapes)) if self.streams == 1 else 0
         self._seen: dict[tuple[int, ...], int] = {}  # calls per shape not (yet) compiled static
+        self._failed: set[tuple[int, ...]] = set()  # shapes whose static compilation failed
+        self._reshaped = False  # whether any static compilation has worked
         if not self._budget:
             self._model = None  # nothing will be reshaped: do not keep the graph alive
         self._queue = None
@@ -168,20 +174,24 @@ class OpenVINORunner:
         if shape in self._static:
             self._static.move_to_end(shape)
             return self._static[shape]
-        if not self._budget or not self._fits(shape):
+        if not self._budget or shape in self._failed or not self._fits(shape):
             return None
-        if len(self._static) >= self._budget:
-            if not evict:
-                return None
-            self._static.popitem(last=False)
+        if len(self._static) >= self._budget and not evict:
+            return None
         try:
             m = core().read_model(str(self.path)) if self.path else self._model.clone()
             m.reshape(list(shape))
             request = core().compile_model(m, "CPU", self._config).create_infer_request()
-        except Exception:  # noqa: BLE001 - a model that cannot be reshaped runs every shape dynamic
-            self._budget, self._model = 0, None
-            self._static.clear()
+        except Exception:  # noqa: BLE001 - this shape runs dynamic; a model that never reshapes, every shape
+            if len(self._failed) >= 64:
+                self._failed.clear()
+            self._failed.add(shape)
+            if not self._reshaped:
+                self._budget, self._model = 0, None
             return None
+        self._reshaped = True
+        if len(self._static) >= self._budget:  # evicted only once the new one is there
+            self._static.popitem(last=False)
         self._static[shape] = request
         return request
 
@@ -196,7 +206,7 @@ class OpenVINORunner:
         static = self._static.get(shape)
         if static is None and self._budget:
             calls = self._seen.get(shape, 0) + 1
-            if calls >= 2:  # a recurring shape takes a free place
+            if calls >= RECURS:  # a recurring shape takes a free place
                 static = self._compile_static(shape, evict=False)
                 self._seen.pop(shape, None)
             else:
