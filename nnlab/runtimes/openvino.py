@@ -118,8 +118,8 @@ class OpenVINORunner:
             does, before its warm-up: the least recently used one makes room), or on its :data:`RECURS`-th
             call while a place is free (a probe batch run once or twice takes none). Other shapes, a shape
             whose compilation failed, and every shape of a model that never reshapes run on the dynamic
-            model. A runner of an in-memory ``ov.Model``
-            keeps that graph to compile from (a runner of a file reads the file again).
+            model. A runner of an in-memory ``ov.Model`` keeps that graph to compile from (a runner of a file
+            reads the file again).
     """
 
     def __init__(self, model: Any, threads: int | None = None, precision: str = "f32",
@@ -147,7 +147,6 @@ class OpenVINORunner:
         self._budget = max(0, int(static_shapes)) if self.streams == 1 else 0
         self._seen: dict[tuple[int, ...], int] = {}  # calls per shape not (yet) compiled static
         self._failed: set[tuple[int, ...]] = set()  # shapes whose static compilation failed
-        self._reshaped = False  # whether any static compilation has worked
         if not self._budget:
             self._model = None  # nothing will be reshaped: do not keep the graph alive
         self._queue = None
@@ -186,10 +185,9 @@ class OpenVINORunner:
             if len(self._failed) >= 64:
                 self._failed.clear()
             self._failed.add(shape)
-            if not self._reshaped:
+            if not self._static:  # none ever worked (one that did keeps a place: eviction only replaces)
                 self._budget, self._model = 0, None
             return None
-        self._reshaped = True
         if len(self._static) >= self._budget:  # evicted only once the new one is there
             self._static.popitem(last=False)
         self._static[shape] = request
@@ -203,18 +201,14 @@ class OpenVINORunner:
 
     def _request_for(self, shape: tuple[int, ...]) -> Any:
         """The infer request to run ``shape`` on: its static one, else the dynamic-batch one."""
-        static = self._static.get(shape)
-        if static is None and self._budget:
-            calls = self._seen.get(shape, 0) + 1
-            if calls >= RECURS:  # a recurring shape takes a free place
-                static = self._compile_static(shape, evict=False)
-                self._seen.pop(shape, None)
-            else:
+        if shape not in self._static and self._budget:
+            calls = self._seen.pop(shape, 0) + 1
+            if calls < RECURS:  # not recurring (yet): no compilation
                 if len(self._seen) >= 64:  # many one-off shapes: forget them rather than grow
                     self._seen.clear()
                 self._seen[shape] = calls
-        elif static is not None:
-            self._static.move_to_end(shape)
+                return self._request
+        static = self._compile_static(shape, evict=False)  # its own, or a free place for a recurring one
         return self._request if static is None else static
 
     def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
