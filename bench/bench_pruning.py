@@ -13,7 +13,6 @@ the rounds. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from compression.registry import CompressContext, apply  # noqa: E402
 from nnlab.base import ensure_demo  # noqa: E402
 from nnlab.data import ImageDataset, load_fashion_mnist  # noqa: E402
 from nnlab.evaluate import evaluate  # noqa: E402
-from nnlab.measure import count_macs, count_parameters, time_call  # noqa: E402
+from nnlab.measure import count_macs, count_parameters, interleaved_latency  # noqa: E402
+from nnlab.runtimes.torch_eager import TorchRunner  # noqa: E402
 from nnlab.models import create_model  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
@@ -35,17 +35,10 @@ from nnlab.workspace import Workspace  # noqa: E402
 
 def side_by_side(models: dict[str, torch.nn.Module], shape: tuple[int, ...], batch: int, rounds: int,
                  per_round: int) -> dict[str, float]:
-    """Median ms per call of each model, timed round-robin."""
+    """Median ms per call of each model, timed by nnlab's one harness (interleaved rounds)."""
     x = torch.randn(batch, *shape)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            for _ in range(5):
-                m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                times[k].append(statistics.median(time_call(lambda: m(x), warmup=1, repeats=per_round)))
-    return {k: statistics.median(v) for k, v in times.items()}
+    runners = {k: TorchRunner(m, torch.get_num_threads(), k) for k, m in models.items()}
+    return {k: v.median_ms for k, v in interleaved_latency(runners, x, rounds=rounds, per_round=per_round).items()}
 
 
 def main() -> int:

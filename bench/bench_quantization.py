@@ -42,7 +42,7 @@ from compression.int8 import (  # noqa: E402
     top1_agreement,
 )
 from nnlab.data import ImageDataset  # noqa: E402
-from nnlab.measure import summarize, time_call  # noqa: E402
+from nnlab.measure import interleaved_latency  # noqa: E402
 from nnlab.models import create_model  # noqa: E402
 
 MODELS = [("demo-cnn", (1, 28, 28)), ("resnet18", (3, 32, 32))]
@@ -107,14 +107,8 @@ def build_runtimes(arch: str, shape: tuple[int, int, int], threads: int, workdir
 def measure(runners: dict[str, object], shape: tuple[int, int, int], batch: int, rounds: int,
             reps: int, threads: int) -> dict[str, dict]:
     x = np.random.default_rng(1).standard_normal((batch, *shape)).astype(np.float32)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for r in runners.values():  # warm-up
-        for _ in range(3):
-            r.predict_logits(x)
-    for _ in range(rounds):
-        for name, r in runners.items():
-            times[name] += time_call(lambda r=r: r.predict_logits(x), warmup=1, repeats=reps)
-    return {k: summarize(v, batch, threads, getattr(runners[k], "runtime", k)).to_dict() for k, v in times.items()}
+    lat = interleaved_latency(runners, x, rounds=rounds, per_round=reps, warmup=3)  # nnlab's one harness
+    return {k: v.to_dict() for k, v in lat.items()}
 
 
 def main() -> None:

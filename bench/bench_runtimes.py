@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compression.int8 import Int8Config, to_int8  # noqa: E402
 from nnlab.data import ImageDataset  # noqa: E402
 from nnlab.runtimes import openvino as ovr  # noqa: E402
-from nnlab.runtimes.base import as_input, interleaved_latency, sqnr_db, top1_agreement  # noqa: E402
+from nnlab.measure import interleaved_latency  # noqa: E402
+from nnlab.runtimes.base import as_input, sqnr_db, top1_agreement  # noqa: E402
 from nnlab.runtimes.onnx import OrtRunner, export_onnx, quantize_static_defaults  # noqa: E402
 from nnlab.runtimes.select import clear_cache  # noqa: E402
 from nnlab.runtimes.torch_eager import TorchRunner  # noqa: E402
@@ -109,7 +110,7 @@ class CompiledRunner:
         self.fn, self.threads, self.runtime = fn, threads, "torchao-pt2e-inductor-int8-cpu"
 
     def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        from nnlab.measure import torch_threads
+        from nnlab.threads import torch_threads
 
         with torch_threads(self.threads), torch.no_grad():
             return self.fn(torch.from_numpy(as_input(x))).numpy()

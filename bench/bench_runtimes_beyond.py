@@ -45,7 +45,7 @@ from compression.variant import load_variant_result  # noqa: E402
 from nnlab.base import profile_model  # noqa: E402
 from nnlab.data import ImageDataset  # noqa: E402
 from nnlab.models import create_model  # noqa: E402
-from nnlab.runtimes.base import interleaved_latency  # noqa: E402
+from nnlab.measure import interleaved_latency  # noqa: E402
 from nnlab.runtimes.onnx import OrtRunner, export_onnx, quantize_static_defaults  # noqa: E402
 from nnlab.runtimes.select import fastest_fp32_runner  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402

@@ -12,6 +12,13 @@ Examples::
     python -m compression sweep configs.yaml --ray-address 10.0.0.5:6379  # on a Ray cluster
     python -m compression search --model demo --dataset digits --strategy nsga2 --budget 0.01 --trials 24
 
+``--dataset`` takes a dataset key (digits, fashion-mnist …) or, as the sidebar does, a path under the allowed
+roots (``NNLAB_ALLOWED_ROOTS``): a folder is read as an ImageFolder, a file as a CSV/JSON list of path,label.
+
+stdout carries one JSON document and nothing else (``methods`` and ``--help`` print text): while a command
+works, everything else bound for stdout, third-party progress bars and C libraries included, goes to stderr,
+with the progress lines (``--quiet`` drops those).
+
 A sweep file (YAML or JSON) holds ``model``, ``arch``, ``dataset`` (each overridable on the command line)
 and ``variants``: a list whose items are a method config (``{method: cluster, k: 16}``), a list of configs
 (a pipeline), or ``{name: ..., steps: [...]}``.
@@ -25,11 +32,15 @@ it already wrote. On a cluster the workspace must be the same path on every node
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from compression.registry import (
     MethodConfig,
@@ -79,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, required: bool) -> None:
         sp.add_argument("--model", required=required, help="workspace model id, a state-dict file, or 'demo'")
         sp.add_argument("--arch", default=None, help="architecture of --model (default demo-cnn)")
-        sp.add_argument("--dataset", default=None, help="dataset key (default digits)")
+        sp.add_argument("--dataset", default=None,
+                        help="dataset key (default digits), or the path of an ImageFolder or of a CSV/JSON list "
+                             "under the allowed roots ($NNLAB_ALLOWED_ROOTS)")
         sp.add_argument("--workspace", default=None, help="workspace folder (default $NNLAB_WORKSPACE)")
         sp.add_argument("--device", default="cpu", help="device for fine-tuning / calibration")
         sp.add_argument("--repeats", type=int, default=20, help="latency repeats at batch 1")
@@ -121,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _progress(quiet: bool):  # noqa: ANN202
+def _progress(quiet: bool):
     if quiet:
         return None
 
@@ -131,27 +144,52 @@ def _progress(quiet: bool):  # noqa: ANN202
     return show
 
 
-def _report(args: argparse.Namespace, ws: Any) -> int:
+def _report(args: argparse.Namespace, ws: Any) -> tuple[int, str]:
     """The same report the pages build, written to ``--out``."""
     import diagnostics.tasks as dtasks
     from nnlab import refs
 
-    dataset = args.dataset or "digits"
-    _, model_id, _ = _load(args.model or "demo", args.arch or "demo-cnn", dataset, ws)
+    dref = _data_ref(args.dataset or "digits")
+    _, model_id, _ = _load(args.model or "demo", args.arch or "demo-cnn", dref, ws)
     if not ws.has_model(model_id):
         raise ValueError(f"--model must be a workspace model id or 'demo' for a report (got {args.model!r})")
     rec = ws.load_model_record(model_id)
     pre = rec.extra.get("preprocessing") if rec is not None else None
-    src = refs.load_source(refs.data_ref(dataset))
-    ref = refs.data_ref(dataset, "", pre if pre and pre != src.native(ws.root).to_dict() else None)
+    src = refs.load_source(dref)
+    ref = refs.data_ref(dref["key"], dref["path"], pre if pre and pre != src.native(ws.root).to_dict() else None)
     out = Path(args.out).resolve()
     res = dtasks.build_report(ws, model_id, ref, [v for v in args.variants.split(",") if v.strip()], args.goal,
                               progress=_progress(args.quiet), out=out)
-    print(json.dumps(res, indent=1))
-    return 0
+    return 0, json.dumps(res, indent=1)
 
 
-def _load(model_ref: str, arch: str, dataset: str, ws):  # noqa: ANN001, ANN202
+def _data_ref(dataset: str) -> dict:
+    """The dataset reference (:func:`nnlab.refs.data_ref`) that ``--dataset`` names, read as the sidebar reads it.
+
+    A registered key names itself; anything else is a path under the allowed roots: a folder is an ImageFolder,
+    a file a CSV/JSON list (the ``imagefolder`` and ``filelist`` sources check the roots again as they load).
+
+    Raises:
+        DatasetError: neither a key nor an existing path, or a path outside the allowed roots.
+    """
+    from nnlab import refs
+    from nnlab.data import DATASETS, DatasetError, check_allowed
+
+    entry = DATASETS.get(dataset)
+    if entry is not None and not entry.needs_path:
+        return refs.data_ref(dataset)
+    keys = ", ".join(k for k, e in DATASETS.items() if not e.needs_path)
+    if entry is not None:
+        raise DatasetError(f"--dataset {dataset}: give the path of the folder or list itself instead of the key")
+    if not Path(dataset).expanduser().exists():
+        raise DatasetError(f"--dataset {dataset!r} is neither a dataset key ({keys}) nor an existing folder or "
+                           "CSV/JSON list")
+    path = check_allowed(dataset)
+    return refs.data_ref("imagefolder" if path.is_dir() else "filelist", str(path))
+
+
+def _load(model_ref: str, arch: str, dref: dict, ws):
+    """The model, its id, and the dataset ``dref`` names (through the model's preprocessing when stored)."""
     from nnlab.base import ensure_demo
     from nnlab.data import load_dataset
     from nnlab.models import create_model, load_into, read_state_dict_file
@@ -161,10 +199,10 @@ def _load(model_ref: str, arch: str, dataset: str, ws):  # noqa: ANN001, ANN202
 
         rec = ws.load_model_record(model_ref)
         pre = rec.extra.get("preprocessing") if rec is not None else None
-        data = load_dataset(dataset, preprocessing=pre or None, workspace=ws.root)
+        data = load_dataset(dref["key"], dref["path"], preprocessing=pre or None, workspace=ws.root)
         model, _ = refs.load_model(model_ref, ws.root)
         return model, model_ref, data
-    data = load_dataset(dataset, workspace=ws.root)
+    data = load_dataset(dref["key"], dref["path"], workspace=ws.root)
     if model_ref == "demo":
         model, rec, _ = ensure_demo(data, ws, arch=arch)
         return model, rec.id, data
@@ -218,7 +256,7 @@ def _use_ray(args: argparse.Namespace) -> bool:
     return ex.kind == "ray"
 
 
-def _task_progress(quiet: bool, names: list[str]):  # noqa: ANN202
+def _task_progress(quiet: bool, names: list[str]):
     if quiet:
         return None
 
@@ -228,7 +266,7 @@ def _task_progress(quiet: bool, names: list[str]):  # noqa: ANN202
     return show
 
 
-def _sweep(args: argparse.Namespace, ws) -> int:  # noqa: ANN001
+def _sweep(args: argparse.Namespace, ws) -> tuple[int, str]:
     from compression.search import drop_incomplete, measure_piece
     from compression.variant import describe_configs
     from nnlab import distributed
@@ -237,13 +275,13 @@ def _sweep(args: argparse.Namespace, ws) -> int:  # noqa: ANN001
     doc = read_sweep(args.file)
     variants = [_variant_configs(v) for v in doc["variants"]]  # validate all before any work
     arch = args.arch or doc.get("arch", "demo-cnn")
-    dataset = args.dataset or doc.get("dataset", "digits")
+    dataset = _data_ref(str(args.dataset or doc.get("dataset", "digits")))
     model_ref = str(args.model or doc.get("model", "demo"))
     model, parent, data = _load(model_ref, arch, dataset, ws)
     mref = distributed.model_ref(model, parent, arch, ws.root)
     if Path(model_ref).is_file():
         mref["path"] = str(Path(model_ref).resolve())
-    dref = distributed.dataset_ref(data, key=dataset)
+    dref = distributed.dataset_ref(data, key=dataset["key"], path=dataset["path"])
     configs = [[c.to_dict() for c in cfgs] for _, cfgs in variants]
     kwargs = {"latency_repeats": args.repeats, "device": str(args.device)}
     who = {k: mref[k] for k in ("model_id", "arch", "weights_hash")}
@@ -262,14 +300,13 @@ def _sweep(args: argparse.Namespace, ws) -> int:  # noqa: ANN001
             out.append(Record.from_dict(r.value["record"]).to_dict())
         else:
             print(f"error: variant {r.index + 1} ({names[r.index]}) {r.status}: {r.error}", file=sys.stderr)
-    print(json.dumps(out, indent=2, sort_keys=True, allow_nan=False))
-    return 0 if len(out) == len(results) else 1
+    return 0 if len(out) == len(results) else 1, json.dumps(out, indent=2, sort_keys=True, allow_nan=False)
 
 
-def _search(args: argparse.Namespace, ws) -> int:  # noqa: ANN001
+def _search(args: argparse.Namespace, ws) -> tuple[int, str]:
     from compression.search import search
 
-    arch, dataset = args.arch or "demo-cnn", args.dataset or "digits"
+    arch, dataset = args.arch or "demo-cnn", _data_ref(args.dataset or "digits")
     candidates = read_sweep(args.candidates)["variants"] if args.candidates else None
     if candidates is not None:
         candidates = [[c.to_dict() for c in _variant_configs(v)[1]] for v in candidates]
@@ -281,36 +318,101 @@ def _search(args: argparse.Namespace, ws) -> int:  # noqa: ANN001
                  cost=args.cost, keep_all=args.keep_all, seed=args.seed, progress=_progress(args.quiet),
                  use_ray=_use_ray(args), threads=args.threads, sweep_id=args.sweep_id, trials=args.trials,
                  population=args.population, latency_repeats=args.repeats, device=str(args.device))
-    print(json.dumps({"sweep_id": res.sweep_id, "executor": res.executor, "tried": res.tried,
-                      "frontier": [r.to_dict() for r in res.frontier]}, indent=2, sort_keys=True, default=str))
-    return 0
+    return 0, json.dumps({"sweep_id": res.sweep_id, "executor": res.executor, "tried": res.tried,
+                          "frontier": [r.to_dict() for r in res.frontier]}, indent=2, sort_keys=True, default=str)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "methods":
-        print(describe_methods())
-        return 0
+def _apply(args: argparse.Namespace, ws) -> tuple[int, str]:
     from compression.variant import make_variant
+
+    if not getattr(args, "steps", None):
+        raise ValueError("give at least one --method")
+    configs = [config_from_strings(get_method(m).method, sets) for m, sets in args.steps]
+    arch = args.arch or "demo-cnn"
+    model, parent, data = _load(args.model, arch, _data_ref(args.dataset or "digits"), ws)
+    rec = make_variant(model, parent, arch, configs, data, ws, name=args.name, progress=_progress(args.quiet),
+                       device=args.device, latency_repeats=args.repeats)
+    return 0, rec.to_json()
+
+
+def _flush_all(*streams: Any) -> None:
+    for s in streams:
+        with contextlib.suppress(Exception):  # a closed or odd stream is no reason to lose the others
+            s.flush()
+    with contextlib.suppress(Exception):  # C stdio buffers (printf from native libraries) too
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout while the block runs to stderr: ``sys.stdout`` and file descriptor 1
+    alike, so third-party progress bars, loggers bound to the old ``sys.stdout`` and C libraries too.
+
+    Both are restored afterwards, pending buffers flushed to stderr first.
+    """
+    before = sys.stdout
+    _flush_all(sys.stdout, sys.stderr)
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (an embedding host): Python's sys.stdout only
+        saved = None
+    if saved is not None:
+        try:
+            os.dup2(2, 1)
+        except OSError:
+            os.close(saved)
+            saved = None
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        _flush_all(before, sys.stdout, sys.stderr)
+        sys.stdout = before
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _run(args: argparse.Namespace) -> tuple[int, str | None]:
+    """The command's exit code and its JSON document (None after an error, which is reported on stderr)."""
     from nnlab.workspace import Workspace
 
-    ws = Workspace(args.workspace)
     try:
+        ws = Workspace(args.workspace)
         if args.command == "apply":
-            if not getattr(args, "steps", None):
-                raise ValueError("give at least one --method")
-            configs = [config_from_strings(get_method(m).method, sets) for m, sets in args.steps]
-            arch, dataset = args.arch or "demo-cnn", args.dataset or "digits"
-            model, parent, data = _load(args.model, arch, dataset, ws)
-            rec = make_variant(model, parent, arch, configs, data, ws, name=args.name,
-                               progress=_progress(args.quiet), device=args.device, latency_repeats=args.repeats)
-            print(rec.to_json())
-            return 0
+            return _apply(args, ws)
         if args.command == "search":
             return _search(args, ws)
         if args.command == "report":
             return _report(args, ws)
         return _sweep(args, ws)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2, None
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
+    """Run one command; its JSON document (or the method list, or the help) is all that goes to ``stdout``.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        stdout: Where the document goes (default: ``sys.stdout`` as it is at the call). While the command works
+            everything else bound for stdout goes to stderr (:func:`stdout_to_stderr`); the document is written
+            after that, so this may be the process's own stdout.
+
+    Returns:
+        0 on success, 1 when some sweep variants failed, 2 for bad input (with a message on stderr).
+    """
+    out = stdout if stdout is not None else sys.stdout
+    with contextlib.redirect_stdout(out):  # argparse prints --help to sys.stdout
+        args = build_parser().parse_args(argv)
+    if args.command == "methods":
+        doc: str | None = describe_methods()
+        rc = 0
+    else:
+        with stdout_to_stderr():
+            rc, doc = _run(args)
+    if doc is not None:
+        out.write(doc + "\n")
+        out.flush()
+    return rc

@@ -16,7 +16,12 @@ from torch import nn
 
 from nnlab.data import ImageDataset
 from nnlab.evaluate import EvalResult, evaluate, result_from_logits
+from nnlab.measure import comparable, speedups
 from nnlab.records import Record
+
+SPEEDUP_SAME = "speed-up b1, same runtime (×)"
+SPEEDUP_SAME_32 = "speed-up b32, same runtime (×)"
+SPEEDUP_FASTEST = "speed-up b1 vs base's fastest fp32 (×)"
 
 LAYER_KEYS = ("sparsity", "weight_sparsity", "bits", "clusters", "channels", "params", "nonzero")
 
@@ -26,27 +31,36 @@ def _check_same(a: EvalResult, b: EvalResult) -> None:
         raise ValueError("the two evaluations are not over the same samples")
 
 
-def metrics_table(records: list[Record]) -> pd.DataFrame:
-    """One row per record (the first is the reference) with deltas against the first.
+def metrics_table(records: list[Record], base: Record | None = None) -> pd.DataFrame:
+    """One row per record (the first is the reference), the compared quantities first and ids last.
 
-    Columns: accuracy, Δ accuracy (points), size, size ratio, gzip size, latency b1/b32 and ratios, MACs,
-    parameters, nonzero parameters, sparsity.
+    Columns: name, accuracy and Δ accuracy (points) against the first; size, gzip size and size ÷ ref;
+    latency b1/b32 with both speed-ups against the base model (``base``, default: the first record when it
+    is a base): in the record's own runtime (the two timed in one run) and against the base's fastest fp32
+    runtime (labelled); then MACs and ratio, parameters, sparsity, runtime, format, method and id.
     """
     if not records:
         return pd.DataFrame()
     ref = records[0]
+    base = base if base is not None else (ref if not ref.parent else None)
     rows = []
     for r in records:
+        parent = base if base is not None and r.parent == base.id else None
+        sp1, sp32 = speedups(r, parent, 1), speedups(r, parent, 32)
+        ok = comparable(r)
         rows.append({
-            "id": r.id, "name": r.name, "method": r.method, "accuracy": r.accuracy,
-            "Δ accuracy (points)": 100 * (r.accuracy - ref.accuracy),
+            "name": r.name, "accuracy": r.accuracy, "Δ accuracy (points)": 100 * (r.accuracy - ref.accuracy),
             "size (KiB)": r.size_bytes / 1024, "size ÷ ref": _ratio(r.size_bytes, ref.size_bytes),
             "gzip (KiB)": r.size_gzip_bytes / 1024,
-            "latency b1 (ms)": r.latency_ms(1), "latency b1 ÷ ref": _ratio(r.latency_ms(1), ref.latency_ms(1)),
-            "latency b32 (ms)": r.latency_ms(32), "latency b32 ÷ ref": _ratio(r.latency_ms(32), ref.latency_ms(32)),
+            "latency b1 (ms)": r.latency_ms(1) if ok else np.nan,
+            SPEEDUP_SAME: sp1["same_runtime"], SPEEDUP_FASTEST: sp1["vs_fastest_fp32"],
+            "latency b32 (ms)": r.latency_ms(32) if ok else np.nan,
+            SPEEDUP_SAME_32: sp32["same_runtime"], "speed-up b32 vs base's fastest fp32 (×)": sp32["vs_fastest_fp32"],
             "MACs (M)": r.macs / 1e6, "MACs ÷ ref": _ratio(r.macs, ref.macs), "params": r.params,
             "nonzero params": r.nonzero_params, "sparsity": r.sparsity, "weight sparsity": weight_sparsity(r),
-            "runtime": (r.latency.get("1") or {}).get("runtime", ""), "format": r.artifact_format})
+            "runtime": (r.latency.get("1") or {}).get("runtime", ""), "base timed in": sp1["same_runtime_base"],
+            "base's fastest fp32": sp1["fastest_fp32_runtime"], "latency comparable": ok,
+            "format": r.artifact_format, "method": r.method, "id": r.id})
     return pd.DataFrame(rows)
 
 
@@ -148,18 +162,21 @@ def changed_samples(a: EvalResult, b: EvalResult, limit: int | None = None) -> l
     return items[:limit] if limit is not None else items
 
 
-def comparison_table(records: list[Record], evals: list[EvalResult] | None = None) -> pd.DataFrame:
-    """The metrics table plus, when evaluations are given, agreement and changed count against the first."""
-    df = metrics_table(records)
+def comparison_table(records: list[Record], evals: list[EvalResult] | None = None,
+                     base: Record | None = None) -> pd.DataFrame:
+    """The metrics table plus, when evaluations are given, agreement and changed count against the first
+    (placed after Δ accuracy)."""
+    df = metrics_table(records, base)
     if evals is not None and len(evals) == len(records) and len(records):
-        df["agreement with ref"] = [agreement(evals[0], e) for e in evals]
-        df["changed predictions"] = [int(len(changed_indices(evals[0], e))) for e in evals]
+        df.insert(3, "agreement with ref", [agreement(evals[0], e) for e in evals])
+        df.insert(4, "changed predictions", [int(len(changed_indices(evals[0], e))) for e in evals])
     return df
 
 
-def comparison_csv(records: list[Record], evals: list[EvalResult] | None = None) -> str:
+def comparison_csv(records: list[Record], evals: list[EvalResult] | None = None,
+                   base: Record | None = None) -> str:
     """The comparison table as CSV text."""
-    return comparison_table(records, evals).to_csv(index=False)
+    return comparison_table(records, evals, base).to_csv(index=False)
 
 
 def evaluate_model(model: nn.Module, data: ImageDataset, split: str = "test") -> EvalResult:

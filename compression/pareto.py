@@ -3,15 +3,22 @@
 A record is on the frontier when no other record is at least as accurate *and* at most as costly while
 being strictly better in one of the two. Records whose accuracy or cost is unknown (NaN, or a size of 0
 for a model held only in memory) are plotted nowhere and never on the frontier.
+
+Latency is compared like with like: on a latency axis the base appears once per runtime it was timed in
+(:func:`base_points`), every variant's speed-up is stated against the base in the variant's own runtime (and,
+labelled as such, against the base's fastest fp32 runtime), and a record timed by an older harness
+(:func:`nnlab.measure.comparable`) is left off the latency axes until it is measured again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import plotly.graph_objects as go
 
+from nnlab.measure import comparable, speedups
 from nnlab.records import Record
 
 COSTS: dict[str, str] = {
@@ -80,6 +87,36 @@ def runtime_note(record: Record) -> str:
     return text
 
 
+LATENCY_COSTS = ("latency", "latency32")
+
+
+def base_points(base: Record) -> list[Record]:
+    """The base once per runtime it was timed in (fp32), fastest first; the base itself when it has one."""
+    lats = base.latencies or {}
+    if len(lats) < 2:
+        return [base]
+    order = sorted(lats, key=lambda rt: float((lats[rt].get("1") or {}).get("median_ms", float("inf"))))
+    return [dataclasses.replace(base, name=f"{base.name} · {rt}", latency=dict(lats[rt]),
+                                extra={**base.extra, "base_runtime": rt}) for rt in order]
+
+
+def stale(records: list[Record]) -> list[Record]:
+    """Records whose latency is not comparable with today's harness (measured by an older one, or alone)."""
+    return [r for r in records if r.latency and not comparable(r)]
+
+
+def plotted(records: list[Record], cost: str, base_id: str | None = None) -> list[Record]:
+    """The records to draw on one axis: on a latency axis the base once per runtime and no stale record."""
+    if cost not in LATENCY_COSTS:
+        return records
+    out: list[Record] = []
+    for r in records:
+        if not comparable(r):
+            continue
+        out.extend(base_points(r) if r.id == base_id and not r.parent else [r])
+    return out
+
+
 def pareto_mask(accuracy: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """Boolean mask of the non-dominated points (maximise ``accuracy``, minimise ``cost``).
 
@@ -112,28 +149,50 @@ def frontier_ids(records: list[Record], cost: str = "size") -> set[str]:
 
 
 def summary_rows(records: list[Record], base: Record | None = None, cost: str = "size") -> list[dict]:
-    """One row per record: accuracy, drop vs ``base``, size and ratio, latency, MACs, sparsity, on frontier."""
+    """One row per record, the compared quantities first and the id last: accuracy, drop vs ``base``, size and
+    how many times smaller, latency and both speed-ups (same runtime; vs the base's fastest fp32), MACs."""
     on = frontier_ids(records, cost)
     rows = []
     for r in records:
-        row = {"id": r.id, "name": r.name, "method": r.method, "runtime": runtime_of(r), "accuracy": r.accuracy,
-               "size (KiB)": r.size_bytes / 1024 if r.size_bytes else float("nan"),
-               "latency b1 (ms)": r.latency_ms(1), "latency b32 (ms)": r.latency_ms(32),
-               "MACs (M)": r.macs / 1e6, "sparsity": r.sparsity, "frontier": r.id in on}
+        sp1 = speedups(r, base if base is not None and r.parent == base.id else None, 1)
+        sp32 = speedups(r, base if base is not None and r.parent == base.id else None, 32)
+        row = {"name": r.name, "accuracy": r.accuracy}
         if base is not None:
             row["drop (points)"] = 100 * (base.accuracy - r.accuracy)
+        row["size (KiB)"] = r.size_bytes / 1024 if r.size_bytes else float("nan")
+        if base is not None:
             row["size ×smaller"] = (base.size_bytes / r.size_bytes if r.size_bytes and base.size_bytes
                                     else float("nan"))
+        row.update({"latency b1 (ms)": r.latency_ms(1) if comparable(r) else float("nan"),
+                    SPEEDUP_SAME: sp1["same_runtime"], SPEEDUP_FASTEST: sp1["vs_fastest_fp32"],
+                    "latency b32 (ms)": r.latency_ms(32) if comparable(r) else float("nan"),
+                    SPEEDUP_SAME_32: sp32["same_runtime"], "runtime": runtime_of(r),
+                    "base timed in": sp1["same_runtime_base"], "MACs (M)": r.macs / 1e6, "sparsity": r.sparsity,
+                    "frontier": r.id in on, "method": r.method, "comparable": comparable(r), "id": r.id})
         rows.append(row)
     return rows
 
 
-def _hover(r: Record) -> str:
+SPEEDUP_SAME = "speed-up b1, same runtime (×)"
+SPEEDUP_SAME_32 = "speed-up b32, same runtime (×)"
+SPEEDUP_FASTEST = "speed-up b1 vs base's fastest fp32 (×)"
+
+
+def _hover(r: Record, base: Record | None = None) -> str:
     lat = r.latency_ms(1)
     size = f"{r.size_bytes / 1024:.1f} KiB" if r.size_bytes else "in memory"
-    return (f"<b>{r.name}</b><br>id {r.id}<br>method {r.method}<br>accuracy {r.accuracy:.2%}<br>size {size}"
+    text = (f"<b>{r.name}</b><br>id {r.id}<br>method {r.method}<br>accuracy {r.accuracy:.2%}<br>size {size}"
             f" (gzip {r.size_gzip_bytes / 1024:.1f} KiB)<br>latency b1 {lat:.3f} ms ({runtime_of(r)})"
             f"<br>MACs {r.macs / 1e6:.2f} M<br>sparsity {r.sparsity:.1%}")
+    if r.parent:
+        sp = speedups(r, base if base is not None and base.id == r.parent else None, 1)
+        if math.isfinite(sp["same_runtime"]):
+            text += f"<br>speed-up {sp['same_runtime']:.2f}× vs the base in {sp['same_runtime_base']} (same run)"
+        if math.isfinite(sp["vs_fastest_fp32"]):
+            text += f"<br>{sp['vs_fastest_fp32']:.2f}× vs the base's fastest fp32 ({sp['fastest_fp32_runtime']})"
+        if not comparable(r):
+            text += "<br>latency from an older harness: not compared"
+    return text
 
 
 def bubble_sizes(macs: np.ndarray, smallest: float = 10.0, largest: float = 40.0) -> np.ndarray:
@@ -152,7 +211,8 @@ def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None
     Every marker carries its record id as ``customdata[0]`` (for selections). ``log_x`` defaults to True
     when the costs span more than a factor 10.
     """
-    pts = [(r, cost_of(r, cost)) for r in records]
+    base = next((r for r in records if r.id == base_id), None)
+    pts = [(r, cost_of(r, cost)) for r in plotted(records, cost, base_id)]
     pts = [(r, c) for r, c in pts if math.isfinite(c) and math.isfinite(r.accuracy)]
     fig = go.Figure()
     if not pts:
@@ -165,8 +225,11 @@ def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None
     for m in dict.fromkeys(group_of(r) for r, _ in pts):
         group = [(r, c) for r, c in pts if group_of(r) == m]
         fig.add_trace(go.Scatter(
-            x=[c for _, c in group], y=[r.accuracy for r, _ in group], mode="markers", name=m,
-            customdata=[[r.id] for r, _ in group], hovertext=[_hover(r) for r, _ in group],
+            x=[c for _, c in group], y=[r.accuracy for r, _ in group], name=m,
+            mode="markers+text" if any("base_runtime" in r.extra for r, _ in group) else "markers",
+            text=[f"base · {r.extra['base_runtime']}" if "base_runtime" in r.extra else "" for r, _ in group],
+            textposition="top center",
+            customdata=[[r.id] for r, _ in group], hovertext=[_hover(r, base) for r, _ in group],
             hovertemplate="%{hovertext}<extra></extra>",
             marker=dict(size=[sizes[r.id] for r, _ in group], opacity=0.75, line=dict(width=1, color="#333"),
                         symbol=["star" if r.id == base_id else "circle" for r, _ in group])))

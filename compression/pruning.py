@@ -34,8 +34,8 @@ from compression.registry import (
     check_range,
     register,
 )
-from nnlab.measure import count_macs, count_parameters
-from nnlab.runtimes.base import interleaved_latency, simd_width
+from nnlab.measure import count_macs, count_parameters, interleaved_latency
+from nnlab.runtimes.base import simd_width
 from nnlab.runtimes.select import FP32_CANDIDATES, fastest_fp32_runner, fp32_factories
 from nnlab.train import Progress, TrainConfig, cross_entropy_loss, quick_eval, train_model
 

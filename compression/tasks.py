@@ -35,10 +35,39 @@ def variant_job(params: dict, ctx: JobContext) -> dict:
     configs = [config_from_dict(c) for c in params["configs"]]
     rec = make_variant(model, record.id, record.arch, configs, data, Workspace(ctx.workspace),
                        name=params.get("name") or None, progress=ctx.progress, cancel=ctx.cancelled,
-                       latency_repeats=int(params.get("latency_repeats", 20)))
+                       latency_repeats=params.get("latency_repeats") or None)
     return {"variant_id": rec.id, "name": rec.name, "accuracy": rec.accuracy, "size_bytes": rec.size_bytes,
             "runtime": rec.extra.get("runtime", ""), "weight_sparsity": _weight_sparsity(rec),
             "seconds": rec.extra.get("seconds")}
+
+
+@job_kind("remeasure", label=lambda p: f"Measure again {len(p['ids'])} record(s) of {p['model_id']} "
+                                       "with today's latency harness")
+def remeasure_job(params: dict, ctx: JobContext) -> dict:
+    """Time a base (every fp32 runtime) and its variants (each beside the base in its own runtime) again, so
+    records from an older harness become comparable; each record is rewritten atomically when done."""
+    from compression.variant import remeasure_variant
+    from nnlab.base import remeasure_latency
+    from nnlab.measure import comparable
+
+    model, record, data = _model_and_data(params, ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    ids, done = list(params["ids"]), []
+    for i, rid in enumerate(ids):
+        ctx.check_cancel()
+        ctx.progress(f"timing {rid} ({i + 1}/{len(ids)})", i / max(1, len(ids)))
+        if rid == record.id:
+            if not comparable(record):
+                ws.save_model_record(record.id, remeasure_latency(model, record, data.input_shape))
+                refs.forget_model(record.id, ctx.workspace)  # the next load reads the new record
+            done.append(rid)
+            continue
+        rec = ws.load_variant(rid)
+        if rec is None or rec.parent != record.id or rec.status != "ok":
+            continue
+        ws.save_variant(remeasure_variant(ws, rec, model))
+        done.append(rid)
+    return {"remeasured": done}
 
 
 def _weight_sparsity(rec: Any) -> float:

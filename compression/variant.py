@@ -1,13 +1,15 @@
 """A compressed variant, end to end: apply a pipeline, write the real artifact, measure it, store its record.
 
-Every variant is measured the way base models are (``nnlab.base.profile_model``): top-1 and per-class
-accuracy on the test split, size of the artifact on disk and gzipped beside the dense fp32 size, latency
-at batch 1 and 32 with threads fixed, in the runtime that executes it (the handler's runner when it has
-one, eager PyTorch otherwise), MACs, parameters and nonzero parameters, and per-layer details.
+Every variant is measured by :mod:`nnlab.measure`, the way base models are: top-1 and per-class accuracy on
+the test split, size of the artifact on disk and gzipped beside the dense fp32 size, latency at batch 1 and
+32 with threads fixed in the runtime that executes it (the handler's runner when it has one, eager PyTorch
+otherwise) timed in one interleaved run with the base as fp32 in that same runtime (the record's
+``baseline``), MACs, parameters and nonzero parameters, and per-layer details.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -29,19 +31,22 @@ from compression.registry import (
     apply_pipeline,
 )
 from nnlab.data import ImageDataset
-from nnlab.evaluate import evaluate, result_from_logits
-from nnlab.measure import count_macs, count_parameters, layer_table, measure_latency
+from nnlab.evaluate import predict_logits, result_from_logits
+from nnlab.measure import (
+    BATCHES,
+    against_base,
+    artifact_sizes,
+    count_macs,
+    count_parameters,
+    dense_fp32_bytes,
+    latency_dicts,
+    layer_table,
+    rounds_for,
+)
 from nnlab.models import create_model, load_into, state_dict_hash
 from nnlab.records import Record
-from nnlab.runtimes.base import artifact_sizes, runner_latency
+from nnlab.runtimes.torch_eager import TorchRunner
 from nnlab.workspace import Workspace, new_id, save_state_dict
-
-
-def dense_fp32_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict stored dense as fp32 safetensors (the comparison size)."""
-    state = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
-    return len(st_save(state)) if state else 0
 
 
 def write_default_artifact(model: nn.Module, workdir: Path, meta: dict) -> tuple[Path, str, list[dict]]:
@@ -62,17 +67,10 @@ def write_default_artifact(model: nn.Module, workdir: Path, meta: dict) -> tuple
     return path, "safetensors", []
 
 
-def runner_logits(runner: Runner, data: ImageDataset, split: str, indices: np.ndarray | None = None,
-                  batch_size: int = 256) -> np.ndarray:
-    """Logits of a split (or ``indices`` of it) computed by a real runtime (ONNX Runtime, int8 FX …)."""
-    outs = [np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)
-            for x, _ in data.batches(split, batch_size, indices=indices)]
-    return np.concatenate(outs) if outs else np.zeros((0, data.num_classes), np.float32)
-
-
-def _runner_latency(runner: Runner, input_shape: tuple[int, ...], repeats: int) -> dict[str, dict]:
-    """Batch 1 and 32 latency in the runner's own runtime and thread count, under the timing lock."""
-    return {str(b): lat.to_dict() for b, lat in runner_latency(runner, input_shape, (1, 32), repeats).items()}
+def runner_logits(runner: Runner, data: ImageDataset, split: str, indices: np.ndarray | None = None) -> np.ndarray:
+    """Logits of a split (or ``indices`` of it) computed by a real runtime: the one pass,
+    :func:`nnlab.evaluate.predict_logits`, run by ``runner``."""
+    return predict_logits(None, data, split, indices=indices, runner=runner)
 
 
 def layer_rows(model: nn.Module, input_shape: tuple[int, ...], handler_rows: list[dict]) -> list[dict]:
@@ -101,7 +99,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...], handler_rows: lis
 def make_variant(parent_model: nn.Module, parent_id: str, arch: str, configs: list[MethodConfig],
                  data: ImageDataset, ws: Workspace, name: str | None = None, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None, device: torch.device | str = "cpu",
-                 latency_repeats: int = 20, threads: int | None = None, variant_id: str | None = None) -> Record:
+                 latency_repeats: int | None = None, threads: int | None = None, variant_id: str | None = None) -> Record:
     """Apply ``configs`` in order to a copy of ``parent_model``, write the artifact, measure, store the record.
 
     Args:
@@ -115,7 +113,7 @@ def make_variant(parent_model: nn.Module, parent_id: str, arch: str, configs: li
         progress: ``progress(message, fraction)``.
         cancel: Returns True to stop; the run then raises ``Cancelled`` and leaves nothing behind.
         device: Where handlers train or calibrate.
-        latency_repeats: Timed repeats at batch 1 (half as many at batch 32).
+        latency_repeats: About this many timed calls per runtime at batch 1 (default: the measurement's policy).
         threads: CPU threads for the latency measurement of variants run by eager PyTorch (default: torch's
             current setting); a variant run by another runtime is timed with its runner's fixed thread count.
         variant_id: Force the id (default: a fresh one).
@@ -167,17 +165,12 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
         artifact, fmt, packed_rows = write_default_artifact(model, workdir, meta)
     size, gz = artifact_sizes(artifact)  # an OpenVINO IR counts its .xml and its .bin
     threads = threads or torch.get_num_threads()
-    runner = result.runner
-    if runner is not None:
-        ev = result_from_logits(runner_logits(runner, data, "test"), data.labels("test").numpy())
-        tr_idx = np.arange(min(len(data.y_train), 10000))
-        tr = result_from_logits(runner_logits(runner, data, "train", tr_idx), data.labels("train").numpy()[tr_idx])
-        latency = _runner_latency(runner, data.input_shape, repeats)
-    else:
-        ev = evaluate(model, data, "test")
-        tr = evaluate(model, data, "train", indices=np.arange(min(len(data.y_train), 10000)))
-        latency = {str(b): v.to_dict() for b, v in
-                   measure_latency(model, data.input_shape, (1, 32), repeats=repeats, threads=threads).items()}
+    runner = result.runner or TorchRunner(model, threads, "pytorch-eager-fp32-cpu")
+    ev = result_from_logits(runner_logits(runner, data, "test"), data.labels("test").numpy())
+    tr_idx = np.arange(min(len(data.y_train), 10000))
+    tr = result_from_logits(runner_logits(runner, data, "train", tr_idx), data.labels("train").numpy()[tr_idx])
+    lat, baseline = against_base(runner, parent, data.input_shape, BATCHES, rounds_for(repeats))
+    latency = latency_dicts(lat)
     params, nonzero = count_parameters(model)
     try:
         macs = count_macs(model, data.input_shape)
@@ -202,10 +195,24 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
     return Record(id=vid, name=name or describe_configs(configs)[:120], method="+".join(methods), config=cfg_dict,
                   parent=parent_id, arch=out_arch, dataset=data.id, accuracy=ev.accuracy,
                   per_class_accuracy=ev.per_class_accuracy(data.num_classes), train_accuracy=tr.accuracy,
-                  size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=dense, latency=latency, macs=macs,
+                  size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=dense, latency=latency,
+                  baseline={**baseline, "parent": parent_id}, macs=macs,
                   params=params, nonzero_params=nonzero, layers=rows,
                   artifact=str(artifact.relative_to(ws.root)), artifact_format=fmt, created=time.time(),
                   status="ok", extra=extra)
+
+
+def remeasure_variant(ws: Workspace, record: Record, parent: nn.Module) -> Record:
+    """A variant's latency measured again by today's harness, beside its base in the same runtime (a new record,
+    the rest kept), e.g. for a record made by an older harness."""
+    result = load_variant_result(ws, record)
+    shape = tuple(record.extra["input_shape"])
+    threads = int((record.latency.get("1") or {}).get("threads") or torch.get_num_threads())
+    runner = result.runner or TorchRunner(result.model.eval(), threads, "pytorch-eager-fp32-cpu")
+    lat, baseline = against_base(runner, parent, shape, BATCHES)
+    latency = latency_dicts(lat)
+    return dataclasses.replace(record, latency=latency, baseline={**baseline, "parent": record.parent},
+                               extra={**record.extra, "runtime": latency["1"]["runtime"], "remeasured": time.time()})
 
 
 def describe_configs(configs: list[MethodConfig], settings: int = 2) -> str:

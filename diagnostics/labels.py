@@ -204,7 +204,7 @@ def logistic_regression_probs(x_train: np.ndarray, y_train: np.ndarray, x_eval: 
             b.grad = r.sum(dim=0).div_(n)
             return loss / n  # the same optimum, better-scaled for the line search
 
-    from nnlab.measure import torch_threads
+    from nnlab.threads import torch_threads
 
     # small problems run faster on one thread (the tiny ops of L-BFGS pay more for waking threads than they win)
     with torch_threads(1 if xt.numel() < 4_000_000 else None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from diagnostics.diagnosis import default_goal, diagnose
 from diagnostics.errors import class_metrics, confusion, confusion_figure, rank_samples
 from nnlab.data import ImageDataset
 from nnlab.evaluate import EvalResult
+from nnlab.measure import speedups
 from nnlab.records import Record
 from nnlab.viz import as_image, display_scale
 from nnlab.workspace import Workspace
@@ -193,6 +195,17 @@ def _lat(rec: Record, batch: int = 1) -> str:
     return f"{float(lat['median_ms']):.2f} ms ({lat.get('runtime', '')}, {lat.get('threads', '?')} threads)"
 
 
+def _speedups(v: Record, base: Record) -> dict[str, str]:
+    """Both speed-ups of a variant at batch 1 as text: against the base in its runtime (one run) and against the
+    base's fastest fp32 runtime; "n/a" where not measured by today's harness."""
+    sp = speedups(v, base if v.parent == base.id else None, 1)
+    same = (f"{sp['same_runtime']:.2f}× (base in {sp['same_runtime_base']})"
+            if math.isfinite(sp["same_runtime"]) else "n/a")
+    fast = (f"{sp['vs_fastest_fp32']:.2f}× ({sp['fastest_fp32_runtime']})"
+            if math.isfinite(sp["vs_fastest_fp32"]) else "n/a")
+    return {"speed-up, same runtime": same, "speed-up vs base's fastest fp32": fast}
+
+
 def render_html(r: ReportData) -> str:
     """The report as one HTML document (no script, no external resource)."""
     rec, data = r.record, r.data
@@ -261,13 +274,15 @@ def render_html(r: ReportData) -> str:
     if r.variants:
         base = r.record
         side = [{"model": base.name + " (base)", "method": "base", "accuracy": f"{base.accuracy:.2%}", "Δ points": "",
-                 "size (KiB)": f"{base.size_bytes / 1024:.1f}", "latency b1": _lat(base), "MACs (M)": f"{base.macs / 1e6:.2f}",
-                 "runtime": str(base.latency.get("1", {}).get("runtime", ""))}]
+                 "size (KiB)": f"{base.size_bytes / 1024:.1f}", "latency b1": _lat(base),
+                 "speed-up, same runtime": "1.00×", "speed-up vs base's fastest fp32": "1.00×",
+                 "MACs (M)": f"{base.macs / 1e6:.2f}", "runtime": str(base.latency.get("1", {}).get("runtime", ""))}]
         for v in r.variants:
             side.append({"model": v.name, "method": v.method, "accuracy": f"{v.accuracy:.2%}",
                          "Δ points": f"{100 * (v.accuracy - base.accuracy):+.2f}",
                          "size (KiB)": f"{v.size_bytes / 1024:.1f}", "latency b1": _lat(v),
-                         "MACs (M)": f"{v.macs / 1e6:.2f}", "runtime": str(v.extra.get("runtime", ""))})
+                         **_speedups(v, base), "MACs (M)": f"{v.macs / 1e6:.2f}",
+                         "runtime": str(v.extra.get("runtime", ""))})
         deltas = []
         for i, c in enumerate(data.classes):
             row = {"class": c, "base": f"{base.per_class_accuracy[i]:.2%}" if i < len(base.per_class_accuracy) else ""}

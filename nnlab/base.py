@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import torch
+import numpy as np
 from torch import nn
 
 from nnlab import config
 from nnlab.data import ImageDataset
-from nnlab.evaluate import evaluate
-from nnlab.measure import count_macs, count_parameters, file_sizes, layer_table, measure_latency
+from nnlab.evaluate import predict_logits, result_from_logits
+from nnlab.measure import (
+    BATCHES,
+    artifact_sizes,
+    count_macs,
+    count_parameters,
+    fp32_latencies,
+    layer_table,
+    rounds_for,
+    state_sizes,
+)
 from nnlab.models import create_model, load_into, state_dict_hash
 from nnlab.records import Record
 from nnlab.train import EpochStats, Progress, TrainConfig, train_model
 from nnlab.workspace import Workspace, WorkspaceError
+
+# the train accuracy of a record is measured on the first this-many training samples
+TRAIN_SAMPLE = 10000
 
 
 def demo_id(data: ImageDataset, arch: str = "demo-cnn") -> str:
@@ -99,29 +112,51 @@ def ensure_demo(data: ImageDataset, ws: Workspace, progress: Callable[[Progress]
 
 def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str, arch: str,
                   artifact: Path | None, method: str = "base", parent: str = "", cfg: dict | None = None,
-                  extra: dict | None = None, latency_repeats: int = 20) -> Record:
-    """Measure a float model: test and train accuracy, parameters, MACs, latency (batch 1 and 32), size."""
+                  extra: dict | None = None, latency_repeats: int | None = None) -> Record:
+    """Measure a float model the one way (:mod:`nnlab.measure`): fp32 latency in every runtime available here
+    (one interleaved run per batch size), test and train accuracy in the fastest verified runtime, parameters,
+    MACs, size on disk and gzipped (``artifact``, or the weights as safetensors when there is none yet).
+
+    The record's ``latency`` is the fastest runtime's at each batch size; ``latencies`` holds every runtime.
+    """
     model = model.eval()
-    ev = evaluate(model, data, "test")
-    n_train = len(data.y_train)
-    train_ev = evaluate(model, data, "train", indices=torch.arange(min(n_train, 10000)).numpy())
-    params, nonzero = count_parameters(model)
     cpu_model = model.cpu()
-    lat = measure_latency(cpu_model, data.input_shape, (1, 32), repeats=latency_repeats)
-    size = gz = 0
+    probe = next(iter(data.stream("test", 8)))[0].numpy()  # real, preprocessed images: the fidelity check
+    table = fp32_latencies(cpu_model, data.input_shape, batches=BATCHES, rounds=rounds_for(latency_repeats),
+                           probe=probe)
+    latency = {str(b): table.latencies[table.fastest(b)][str(b)] for b in BATCHES if table.latencies}
+    eval_rt = table.fastest(BATCHES[-1])
+    runner = table.runners.get(eval_rt)
+    ev = result_from_logits(predict_logits(cpu_model, data, "test", runner=runner), data.labels("test").numpy())
+    tr_idx = np.arange(min(len(data.y_train), TRAIN_SAMPLE))
+    tr = result_from_logits(predict_logits(cpu_model, data, "train", indices=tr_idx, runner=runner),
+                            data.labels("train").numpy()[tr_idx])
+    params, nonzero = count_parameters(cpu_model)
     if artifact is not None and Path(artifact).is_file():
-        size, gz = file_sizes(artifact)
+        size, gz = artifact_sizes(artifact)
+    else:
+        size, gz = state_sizes(cpu_model)
     rows = layer_table(cpu_model, data.input_shape)
     c, h, w = data.input_shape
     shape_extra = {"input_shape": [c, h, w], "num_classes": data.num_classes,
-                   "preprocessing": data.preprocessing.to_dict()}
+                   "preprocessing": data.preprocessing.to_dict(), "runtime_figures": table.figures,
+                   "eval_runtime": eval_rt, "train_accuracy_samples": len(tr_idx)}
     return Record(id=model_id, name=name, method=method, config=cfg or {}, parent=parent, arch=arch, dataset=data.id,
                   accuracy=ev.accuracy, per_class_accuracy=ev.per_class_accuracy(data.num_classes),
-                  train_accuracy=train_ev.accuracy, size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=size,
-                  latency={str(b): v.to_dict() for b, v in lat.items()}, macs=count_macs(cpu_model, data.input_shape),
+                  train_accuracy=tr.accuracy, size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=size,
+                  latency=latency, latencies=table.latencies, macs=count_macs(cpu_model, data.input_shape),
                   params=params, nonzero_params=nonzero, layers=rows, artifact_format="safetensors",
                   created=time.time(), extra={**shape_extra, **(extra or {}),
                                                  "weights_hash": state_dict_hash(model.state_dict())})
+
+
+def remeasure_latency(model: nn.Module, record: Record, input_shape: tuple[int, ...]) -> Record:
+    """The base's fp32 latency in every runtime measured again by today's harness (a new record; the rest of
+    the record is kept)."""
+    table = fp32_latencies(model.cpu().eval(), input_shape, batches=BATCHES)
+    latency = {str(b): table.latencies[table.fastest(b)][str(b)] for b in BATCHES if table.latencies}
+    return dataclasses.replace(record, latency=latency, latencies=table.latencies,
+                               extra={**record.extra, "runtime_figures": table.figures, "remeasured": time.time()})
 
 
 def history_as_stats(history: list[dict]) -> list[EpochStats]:

@@ -4,7 +4,9 @@
 fastest of eager PyTorch, ONNX Runtime fp32 and OpenVINO fp32 for one model at the pass's batch size,
 after checking each candidate against eager PyTorch on real images of the split (top-1 agreement 100 %,
 max logit difference at most 1e-3). Eager PyTorch stays the fallback. Small passes skip the selection
-(exporting and timing cost more than they save). ``NNLAB_BULK_RUNTIME=pytorch`` turns it off.
+(exporting and timing cost more than they save), unless the model's record already names its fastest fp32
+runtime (measured once, when the model was profiled): then that runtime is built and checked, not timed
+again, whatever the size of the pass. ``NNLAB_BULK_RUNTIME=pytorch`` turns it off.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ def _enabled() -> bool:
 
 
 def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = None, batch: int = BATCH,
-                 min_images: int | None = None, threads: int | None = None) -> BulkRuntime:
+                 min_images: int | None = None, threads: int | None = None, prefer: str = "") -> BulkRuntime:
     """The fastest verified runtime for a pass of ``model`` over ``images`` images of ``split``.
 
-    Passes of fewer than ``min_images`` images (default :data:`MIN_IMAGES`) stay in eager PyTorch.
+    ``prefer``: the runtime measured fastest for this model (its record's ``latencies``): it is built and
+    checked on real images, not timed again, for passes of any size. Otherwise passes of fewer than
+    ``min_images`` images (default :data:`MIN_IMAGES`) stay in eager PyTorch.
 
     ``model`` is not changed (candidates convert copies). Its output must be what the pass stores (logits,
     or :func:`diagnostics.mismatch.feature_model`'s features-and-logits): the check compares exactly that.
@@ -58,13 +62,14 @@ def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = N
     n = int(images if images is not None else len(data.labels(split)))
     if not _enabled():
         return BulkRuntime(None, EAGER, "eager PyTorch (NNLAB_BULK_RUNTIME=pytorch)")
-    if n < (MIN_IMAGES if min_images is None else min_images):
-        return BulkRuntime(None, EAGER, f"eager PyTorch ({n:,} images: too few to pay for choosing a runtime)")
     device = next(model.parameters()).device.type
     if device != "cpu":
         return BulkRuntime(None, f"pytorch-eager-fp32-{device}", "eager PyTorch on the accelerator")
-    from nnlab.runtimes import fastest_fp32_runner
-    from nnlab.runtimes.select import BULK_CANDIDATES
+    if prefer:
+        return _preferred(model, data, split, prefer, threads)
+    if n < (MIN_IMAGES if min_images is None else min_images):
+        return BulkRuntime(None, EAGER, f"eager PyTorch ({n:,} images: too few to pay for choosing a runtime)")
+    from nnlab.runtimes.select import BULK_CANDIDATES, fastest_fp32_runner
 
     probe = next(iter(data.stream(split, PROBE)))[0].numpy()  # real, preprocessed images of the split
     try:
@@ -75,3 +80,27 @@ def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = N
     runner = None if sel.choice == "pytorch" else sel.runner
     summary = sel.summary() + (f" — {sel.note}" if sel.note else "")
     return BulkRuntime(runner, sel.runtime if runner is not None else EAGER, summary, sel.figures)
+
+
+def _preferred(model: nn.Module, data: Any, split: str, runtime: str, threads: int | None) -> BulkRuntime:
+    """The runtime the model's own measurement chose, built and checked against eager PyTorch on real images."""
+    import torch
+
+    from nnlab.runtimes.base import torch_logits
+    from nnlab.runtimes.candidates import engine_of, fidelity_check, fp32_factories
+
+    name = engine_of(runtime)
+    why = f"measured fastest for this model when it was profiled ({runtime}); built once, not timed again"
+    if name == "pytorch":
+        return BulkRuntime(None, EAGER, f"eager PyTorch ({why})")
+    probe = next(iter(data.stream(split, PROBE)))[0].numpy()
+    try:
+        factory = fp32_factories(model, tuple(probe.shape[1:]), int(threads or torch.get_num_threads()), (name,))[name]
+        runner = factory()
+        ok, facts = fidelity_check(torch_logits(model.eval(), probe), probe, model)(name, runner)
+    except Exception as exc:  # noqa: BLE001 - the chosen runtime cannot take the model here: eager, and why
+        return BulkRuntime(None, EAGER, f"eager PyTorch ({runtime} failed: {type(exc).__name__}: {exc})"[:300])
+    if not ok:
+        return BulkRuntime(None, EAGER, f"eager PyTorch ({runtime} rejected on real images: {facts['note']})")
+    return BulkRuntime(runner, runner.runtime, f"{runner.runtime}: {why}; matches eager PyTorch on {len(probe)} "
+                       f"images (max |Δlogit| {facts['max_abs_diff']:.1e})", [{"name": name, **facts}])

@@ -255,7 +255,7 @@ def _import_function(path: str) -> Callable:
 
 def _run_piece(fn_path: str, piece: dict, report: Report) -> dict:
     """Run one piece with its thread count set (the same in Ray and in-process); returns the task's facts."""
-    from nnlab.measure import torch_threads
+    from nnlab.threads import torch_threads
 
     fn = _import_function(fn_path)
     t0 = time.perf_counter()

@@ -48,7 +48,7 @@ class EvalResult:
         return out
 
 
-def predict_logits(model: nn.Module, data: ImageDataset, split: str, batch_size: int = 512,
+def predict_logits(model: nn.Module | None, data: ImageDataset, split: str, batch_size: int = 512,
                    indices: np.ndarray | None = None, device: torch.device | None = None,
                    progress: Callable[[str, float], None] | None = None,
                    cancel: Callable[[], bool] | None = None, runner: Any = None) -> np.ndarray:
@@ -56,11 +56,14 @@ def predict_logits(model: nn.Module, data: ImageDataset, split: str, batch_size:
 
     Batches stream from the dataset (read and normalised ahead in a background thread). ``runner``: run the
     batches in that runtime (anything with ``predict_logits(np.ndarray) -> np.ndarray``, e.g. ONNX Runtime)
-    instead of eager PyTorch. ``progress(message, fraction)`` hears about every batch; ``cancel()`` returning
+    instead of eager PyTorch (``model`` may then be None). ``progress(message, fraction)`` hears about every batch; ``cancel()`` returning
     True stops the pass (raising :class:`nnlab.train.Cancelled`).
     """
-    device = device or _model_device(model)
-    model.eval()
+    if runner is None:
+        if model is None:
+            raise ValueError("predict_logits needs a model or a runner")
+        device = device or _model_device(model)
+        model.eval()
     outs = []
     n = len(indices) if indices is not None else len(data.labels(split))
     done = 0

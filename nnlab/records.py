@@ -26,7 +26,12 @@ class Record:
         size_bytes: Bytes of the artifact on disk.
         size_gzip_bytes: Bytes of the artifact gzipped.
         size_dense_bytes: Bytes of the same weights stored dense in fp32 (for comparison).
-        latency: Batch size (as a string key) → latency dict (median_ms, p90_ms, threads, runtime …).
+        latency: Batch size (as a string key) → latency dict (median_ms, p90_ms, threads, runtime, precision,
+            harness …) in the runtime that executes the model (a base model: its fastest fp32 runtime).
+        latencies: A base model: runtime → batch → latency dict, the fp32 model in every runtime available,
+            timed in one interleaved run (:func:`nnlab.measure.fp32_latencies`).
+        baseline: A variant: the base as fp32 in the variant's runtime, timed in the same interleaved run as
+            the variant: ``{"runtime", "latency": {batch: dict}}`` (:func:`nnlab.measure.against_base`).
         macs: Multiply-accumulates for one input.
         params: Parameter count.
         nonzero_params: Nonzero parameter count.
@@ -52,6 +57,8 @@ class Record:
     size_gzip_bytes: int = 0
     size_dense_bytes: int = 0
     latency: dict[str, dict] = field(default_factory=dict)
+    latencies: dict[str, dict[str, dict]] = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)
     macs: int = 0
     params: int = 0
     nonzero_params: int = 0

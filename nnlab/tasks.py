@@ -19,6 +19,7 @@ from nnlab.base import demo_id, ensure_demo, profile_model
 from nnlab.data import ImageDataset
 from nnlab.evaluate import EvalResult, predict_logits, result_from_logits
 from nnlab.jobs import JobContext, job_kind
+from nnlab.measure import artifact_sizes
 from nnlab.models import CheckpointError, arch_label, create_model, load_into, output_shape_ok, read_state_dict_file
 from nnlab.workspace import Workspace, WorkspaceError, atomic_write_bytes, safe_key
 
@@ -101,12 +102,12 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     ctx.progress("measuring the model (accuracy, latency, MACs)", 0.2)
     label = arch_label(arch)
     name = params.get("name") or f"{label} ({ {'upload': 'your weights', 'pretrained': 'pretrained', 'random': 'random weights'}[kind] })"
-    record = profile_model(model, data, model_id, name, arch, None, latency_repeats=5,
-                           extra={"source": source})
+    record = profile_model(model, data, model_id, name, arch, None, extra={"source": source})
     ctx.check_cancel()
     try:
         path = ws.save_model(model_id, model.state_dict())
-        record.size_bytes = record.size_dense_bytes = path.stat().st_size
+        record.size_bytes, record.size_gzip_bytes = artifact_sizes(path)
+        record.size_dense_bytes = record.size_bytes
         ws.save_model_record(model_id, record)
     except WorkspaceError:
         refs.remember_model(model_id, model, record, ws.root)
@@ -145,7 +146,9 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
     res = load_evaluation(ws, model_id, data.id, split)
     if res is not None:
         return res
-    rt = bulk.bulk_runtime(model, data, split, min_images=min_runtime_images)
+    record = ws.load_model_record(model_id) if ws.has_model(model_id) else None
+    prefer = _fastest_bulk_runtime(record) if min_runtime_images is None else ""
+    rt = bulk.bulk_runtime(model, data, split, min_images=min_runtime_images, prefer=prefer)
     if progress is not None:
         progress(f"evaluating the {split} split in {rt.runtime}", 0.0)
     logits = predict_logits(model, data, split, progress=progress, cancel=cancel, runner=rt.runner)
@@ -159,6 +162,15 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
     return result_from_logits(logits, labels)
 
 
+def _fastest_bulk_runtime(record: Any) -> str:
+    """The fp32 runtime measured fastest for a model at its largest timed batch ("" when never measured)."""
+    from nnlab.measure import fastest_fp32
+
+    lats = getattr(record, "latencies", None) or {}
+    batches = sorted({int(b) for by_batch in lats.values() for b in by_batch})
+    return fastest_fp32(record, batches[-1])[0] if batches else ""
+
+
 @job_kind("evaluate", label=lambda p: f"Evaluate {p['model_id']} on the {p['split']} split")
 def evaluate_job(params: dict, ctx: JobContext) -> dict:
     """One pass of a stored model over a split; per-sample logits go to the workspace."""
@@ -168,7 +180,7 @@ def evaluate_job(params: dict, ctx: JobContext) -> dict:
     res = ensure_evaluation(Workspace(ctx.workspace), params["model_id"], model, data, split, ctx.progress,
                             ctx.cancelled)
     return {"key": eval_key(params["model_id"], data.id, split), "accuracy": res.accuracy,
-            "samples": int(len(res.labels))}
+            "samples": len(res.labels)}
 
 
 _MEMORY: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -185,8 +197,17 @@ def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> E
     return None
 
 
-__all__ = ["train_demo", "register_model", "evaluate_job", "load_evaluation", "eval_key", "user_model_id",
-           "stash_upload", "demo_id", "CheckpointError"]
+__all__ = [
+    "CheckpointError",
+    "demo_id",
+    "eval_key",
+    "evaluate_job",
+    "load_evaluation",
+    "register_model",
+    "stash_upload",
+    "train_demo",
+    "user_model_id",
+]
 
 
 # --- training or fine-tuning any architecture -----------------------------------------------------------------
@@ -238,12 +259,13 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     label = arch_label(arch)
     name = params.get("name") or f"{label} trained by nnlab ({init['kind']}, {cfg.epochs} epochs)"
     hist = [e.to_dict() for e in history]
-    record = profile_model(model, data, model_id, name, arch, None, latency_repeats=5,
+    record = profile_model(model, data, model_id, name, arch, None,
                            extra={"trained_by": "nnlab-train", "train_config": cfg.to_dict(), "init": init,
                                   "train_seconds": round(seconds, 1)})
     try:
         path = ws.save_model(model_id, model.state_dict(), hist)
-        record.size_bytes = record.size_dense_bytes = path.stat().st_size
+        record.size_bytes, record.size_gzip_bytes = artifact_sizes(path)
+        record.size_dense_bytes = record.size_bytes
         ws.save_model_record(model_id, record)
     except WorkspaceError:
         refs.remember_model(model_id, model, record, ws.root)

@@ -89,18 +89,29 @@ except (OSError, ValueError, RuntimeError) as exc:
 ref, ref_ev = chosen[0], evals[0]
 
 st.subheader("Metrics")
-table = compare.comparison_table(chosen, evals)
+table = compare.comparison_table(chosen, evals, cur.record)
+st.caption("Speed-ups are the base's latency ÷ the model's: **same runtime** times the variant and the base (as "
+           "fp32 in the variant's runtime) in one interleaved run; **vs base's fastest fp32** divides by the base's "
+           "fastest fp32 runtime (a separate run, same harness) — what compression gains over the best float "
+           "deployment. A model timed by an older harness shows no latency until it is measured again (Pareto page).")
+ratio = st.column_config.NumberColumn(format="%.2f×")
 st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
-             column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+             column_config={"name": st.column_config.TextColumn(pinned=True),
+                            "accuracy": st.column_config.NumberColumn(format="percent"),
                             "sparsity": st.column_config.NumberColumn(format="percent"),
-                            "agreement with ref": st.column_config.NumberColumn(format="percent")})
+                            "weight sparsity": st.column_config.NumberColumn(format="percent"),
+                            "agreement with ref": st.column_config.NumberColumn(format="percent"),
+                            compare.SPEEDUP_SAME: ratio, compare.SPEEDUP_FASTEST: ratio, compare.SPEEDUP_SAME_32: ratio,
+                            "speed-up b32 vs base's fastest fp32 (×)": ratio,
+                            "size ÷ ref": st.column_config.NumberColumn(format="%.3f"),
+                            "MACs ÷ ref": st.column_config.NumberColumn(format="%.3f")})
 cols = st.columns(len(chosen) - 1)
 for col, r, ev in zip(cols, chosen[1:], evals[1:]):
     br = compare.change_breakdown(ref_ev, ev)
     col.metric(f"Changed predictions · {r.name}", br["changed"],
                help=f"fixed {br['fixed']}, broken {br['broken']}, wrong→wrong {br['wrong→wrong']}")
     col.metric(f"Agreement · {r.name}", f"{compare.agreement(ref_ev, ev):.2%}")
-st.download_button("Comparison (CSV)", compare.comparison_csv(chosen, evals), file_name="comparison.csv",
+st.download_button("Comparison (CSV)", compare.comparison_csv(chosen, evals, cur.record), file_name="comparison.csv",
                    mime="text/csv", key="compare_dl_csv")
 
 st.subheader("Per layer: sparsity, bit-width, clusters, channels")

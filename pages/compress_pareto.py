@@ -27,8 +27,20 @@ else:
 records = [cur.record, *[v for v in shown if v.status == "ok"]]
 st.caption(f"Base **{cur.record.name}** and {len(records) - 1} variant(s). Bubble area ∝ MACs, colour = method "
            "or runtime, a star marks the base; the dashed line is the Pareto frontier (no other point is both more "
-           "accurate and cheaper). "
+           "accurate and cheaper). On the latency axes the base appears once per runtime it was timed in (fp32), so "
+           "a variant is read against the base in its own runtime; each variant's speed-up in the table is measured "
+           "beside the base in that runtime, in one run. "
            "Select points (click, box or lasso) to compare them.")
+old_records = pareto.stale(records)
+if old_records:
+    st.warning(f"{len(old_records)} record(s) were timed by an older latency harness (or without their base beside "
+               "them): they are left off the latency axes and their speed-ups are not shown until measured again: "
+               + ", ".join(r.name for r in old_records[:6]) + (" …" if len(old_records) > 6 else ""))
+    if st.button("Measure them again", key="pareto_remeasure"):
+        jobs.submit("remeasure", {"model_id": cur.model_id, "data": cur.data_ref,
+                                  "ids": [r.id for r in old_records if r.id == cur.model_id or r.parent == cur.model_id]},
+                    owner=session.owner())
+        st.info("Measuring again in the background (Jobs page); the plots update when it is done.")
 if len(records) == 1:
     st.info("No variant yet: make some in the Compression lab, or run the automatic search below.")
 
@@ -60,8 +72,12 @@ cost = st.radio("Frontier of the table", list(pareto.COSTS), key="pareto_cost", 
                 format_func=lambda k: pareto.COSTS[k])
 table = pd.DataFrame(pareto.summary_rows(records, cur.record, cost))
 st.dataframe(table, hide_index=True, width="stretch", key="pareto_table",
-             column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
-                            "sparsity": st.column_config.NumberColumn(format="percent")})
+             column_config={"name": st.column_config.TextColumn(pinned=True),
+                            "accuracy": st.column_config.NumberColumn(format="percent"),
+                            "sparsity": st.column_config.NumberColumn(format="percent"),
+                            pareto.SPEEDUP_SAME: st.column_config.NumberColumn(format="%.2f×"),
+                            pareto.SPEEDUP_SAME_32: st.column_config.NumberColumn(format="%.2f×"),
+                            pareto.SPEEDUP_FASTEST: st.column_config.NumberColumn(format="%.2f×")})
 d1, d2, d4 = st.columns(3)  # PNG and SVG of each figure: the buttons under it
 d1.download_button("Figure (HTML)", lambda: export.figure_html(figs["size"]), file_name="pareto-size.html",
                    mime="text/html", key="pareto_dl_html", on_click="ignore")

@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 import nnlab.tasks
-from nnlab import session, widgets
+from nnlab import measure, session, widgets
 from nnlab.viz import as_image, display_scale, grid
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
@@ -26,19 +26,34 @@ if rt:
                f"{rt['summary']}.")
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Test accuracy", f"{ev.accuracy:.2%}", help="Top-1 on the whole test split (the shared evaluation pass).")
-c2.metric("Train accuracy", f"{rec.train_accuracy:.2%}", help="Top-1 on up to 10 000 training samples.")
+full_train = nnlab.tasks.load_evaluation(session.workspace(), cur.model_id, data.id, "train")
+if full_train is not None:  # the shared pass over every training image: the number the report and E_train use
+    c2.metric("Train accuracy", f"{full_train.accuracy:.2%}",
+              help=f"Top-1 on all {len(full_train.labels):,} training images (the shared evaluation pass).")
+else:
+    n_tr = int(rec.extra.get("train_accuracy_samples") or min(10000, len(data.y_train)))
+    c2.metric("Train accuracy", f"{rec.train_accuracy:.2%}",
+              help=f"Top-1 on the first {n_tr:,} training images, measured with the model; the Error-vs-goal "
+                   "page runs the pass over every training image.")
 c3.metric("Parameters", f"{rec.params:,}", help=f"{rec.nonzero_params:,} nonzero")
 c4.metric("MACs / image", f"{rec.macs / 1e6:.2f} M", help="torch.utils.flop_counter, FLOPs / 2")
 size = f"{rec.size_bytes / 1024:.0f} KiB" if rec.size_bytes else "in memory"
 c5.metric("Size on disk", size, help=f"gzipped: {rec.size_gzip_bytes / 1024:.0f} KiB" if rec.size_bytes else None)
 
 lat = rec.latency
-if lat:
+if rec.latencies:
+    st.write("**Latency as fp32 in every runtime** (timed together, interleaved rounds; medians, p90 in brackets). "
+             "Compressed variants are compared with the base in their own runtime.")
+    st.dataframe(pd.DataFrame(measure.runtime_rows(rec)), hide_index=True, key="overview_runtimes")
+    if not measure.comparable(rec):
+        st.caption("Timed by an older harness: measure it again from the Pareto page.")
+elif lat:
     l1 = lat.get("1", {})
     l32 = lat.get("32", {})
     st.write(f"Latency (CPU, {l1.get('threads', '?')} threads, {l1.get('runtime', '')}): batch 1 median "
              f"**{l1.get('median_ms', float('nan')):.2f} ms** (p90 {l1.get('p90_ms', float('nan')):.2f}); batch 32 "
-             f"median **{l32.get('median_ms', float('nan')):.2f} ms** (p90 {l32.get('p90_ms', float('nan')):.2f}).")
+             f"median **{l32.get('median_ms', float('nan')):.2f} ms** (p90 {l32.get('p90_ms', float('nan')):.2f}) — "
+             "timed by an older harness, in one runtime only.")
 
 left, right = st.columns([3, 2])
 with left:

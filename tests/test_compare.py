@@ -53,25 +53,45 @@ def test_mismatched_evaluations_are_refused():
         compare.agreement(A, ev_from_preds([0, 1], [0, 1]))
 
 
-def _rec(i, acc, size, lat, layers=()):
+def _lat(ms, runtime):
+    from nnlab.measure import HARNESS
+
+    return {"median_ms": ms, "runtime": runtime, "harness": HARNESS, "threads": 2}
+
+
+def _rec(i, acc, size, lat, layers=(), parent="", runtime="openvino-int8-cpu", baseline=None, latencies=None):
     return Record(id=i, name=i, method="m", accuracy=acc, size_bytes=size, size_gzip_bytes=size // 2, macs=100,
-                  params=10, nonzero_params=5, latency={"1": {"median_ms": lat, "runtime": "x"}}, layers=list(layers))
+                  params=10, nonzero_params=5, latency={"1": _lat(lat, runtime)}, layers=list(layers), parent=parent,
+                  baseline=baseline or {}, latencies=latencies or {})
 
 
-def test_metrics_table_deltas_and_layer_details_and_csv():
-    ref = _rec("base", 0.99, 4000, 2.0, [{"name": "c1", "sparsity": 0.0}])
-    v = _rec("v", 0.97, 1000, 1.0, [{"name": "c1", "sparsity": 0.5, "bits": 8}, {"name": "fc", "clusters": 16}])
-    df = compare.metrics_table([ref, v])
+def test_metrics_table_deltas_both_speedups_and_layer_details_and_csv():
+    ref = _rec("base", 0.99, 4000, 1.5, [{"name": "c1", "sparsity": 0.0}], runtime="openvino-fp32-cpu",
+               latencies={"openvino-fp32-cpu": {"1": _lat(1.5, "openvino-fp32-cpu")},
+                          "pytorch-eager-fp32-cpu": {"1": _lat(4.0, "pytorch-eager-fp32-cpu")}})
+    v = _rec("v", 0.97, 1000, 0.5, [{"name": "c1", "sparsity": 0.5, "bits": 8}, {"name": "fc", "clusters": 16}],
+             parent="base", baseline={"runtime": "openvino-fp32-cpu", "latency": {"1": _lat(1.6, "openvino-fp32-cpu")}})
+    old = _rec("old", 0.97, 1000, 0.1, parent="base")  # no harness, no baseline: not compared
+    old.latency["1"].pop("harness")
+    df = compare.metrics_table([ref, v, old])
     row = df.set_index("id").loc["v"]
     assert row["Δ accuracy (points)"] == pytest.approx(-2.0)
-    assert row["size ÷ ref"] == pytest.approx(0.25) and row["latency b1 ÷ ref"] == pytest.approx(0.5)
+    assert row["size ÷ ref"] == pytest.approx(0.25)
+    assert row[compare.SPEEDUP_SAME] == pytest.approx(1.6 / 0.5)  # against the base timed beside it
+    assert row[compare.SPEEDUP_FASTEST] == pytest.approx(1.5 / 0.5)  # against the base's fastest fp32
+    assert row["base timed in"] == "openvino-fp32-cpu" and row["base's fastest fp32"] == "openvino-fp32-cpu"
+    assert df.set_index("id").loc["base", compare.SPEEDUP_SAME] == pytest.approx(1.0)
+    stale = df.set_index("id").loc["old"]
+    assert np.isnan(stale["latency b1 (ms)"]) and np.isnan(stale[compare.SPEEDUP_SAME]) and not stale["latency comparable"]
+    assert list(df.columns[:2]) == ["name", "accuracy"] and df.columns[-1] == "id"  # compared quantities first
     lay = compare.layer_details([ref, v]).set_index("layer")
     assert lay.loc["c1", "sparsity · v"] == 0.5 and lay.loc["c1", "bits · v"] == 8
     assert lay.loc["fc", "clusters · v"] == 16
     evs = [A, B]
     csv = compare.comparison_csv([ref, v], evs)
-    assert csv.splitlines()[0].startswith("id,name,method,accuracy")
-    assert csv.splitlines()[2].split(",")[-1] == "3"  # changed predictions of v against base
+    head = csv.splitlines()[0].split(",")
+    assert head[:5] == ["name", "accuracy", "Δ accuracy (points)", "agreement with ref", "changed predictions"]
+    assert csv.splitlines()[2].split(",")[4] == "3"  # changed predictions of v against base
 
 
 def test_real_pruned_variant_changed_count(demo, digits, tmp_path):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import compression  # noqa: F401
-from compression.cli import main
+from compression.cli import main, stdout_to_stderr
 from compression.registry import list_methods
 from nnlab.records import Record
 from nnlab.workspace import Workspace
@@ -21,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_help_lists_every_method_and_its_parameters():
     out = subprocess.run([sys.executable, "-m", "compression", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     for cls in list_methods():
         assert cls.method in out.stdout
@@ -141,3 +144,92 @@ def test_search_subcommand_prints_the_frontier(demo, tmp_path, capsys):
     assert front == {i for i, m in zip(ids, mask) if m}
     kept = {r.id for r in ws.list_variants()}
     assert kept == front - {base.id}
+
+
+# --- stdout carries one JSON document; --dataset takes paths like the sidebar (issue 20) ----------------------
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m compression ...`` in a fresh interpreter, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "compression", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600, check=False)
+
+
+def make_image_folder(root: Path, per_class: int = 12) -> Path:
+    """A tiny ImageFolder of 8×8 greyscale PNGs: three classes, each a bright column band at its own place."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c, name in enumerate(["left", "middle", "right"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            x = g.integers(0, 40, size=(8, 8))
+            x[:, c * 3:c * 3 + 2] += 200
+            Image.fromarray(x.clip(0, 255).astype(np.uint8), mode="L").save(root / name / f"{i:02d}.png")
+    return root
+
+
+def test_stdout_to_stderr_moves_python_fd_and_c_writes(capfd):
+    with stdout_to_stderr():
+        print("python-level")
+        os.write(1, b"fd-level\n")
+        ctypes.CDLL(None).puts(b"c-level")  # buffered by C stdio: must be flushed before fd 1 comes back
+    print("after")
+    out, err = capfd.readouterr()
+    assert out == "after\n"
+    assert "python-level" in err and "fd-level" in err and "c-level" in err
+
+
+def test_quiet_int8_apply_prints_exactly_one_json_document(demo, tmp_path):
+    model, base, _ = demo
+    ws = Workspace(tmp_path / "ws")  # the suite's demo, so the subprocess does not train it again
+    ws.save_model(base.id, model.state_dict())
+    ws.save_model_record(base.id, base)
+    res = run_cli("apply", "--model", "demo", "--dataset", "digits", "--method", "int8", "--workspace", str(ws.root),
+                  "--repeats", "3", "--quiet")
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(res.stdout)  # the whole stdout: NNCF's progress bars or anything else would break this
+    assert rec["method"] == "int8" and rec["parent"] == base.id and rec["accuracy"] > 0.9
+    assert ws.load_variant(rec["id"]).to_dict() == Record.from_dict(rec).to_dict()
+
+
+def test_dataset_may_be_an_image_folder_under_the_allowed_roots(tmp_path):
+    allowed = tmp_path / "data"
+    folder = make_image_folder(allowed / "shapes")
+    res = run_cli("apply", "--model", "demo", "--dataset", str(folder), "--method", "int8", "--workspace",
+                  str(tmp_path / "ws"), "--repeats", "2", "--quiet", env={"NNLAB_ALLOWED_ROOTS": str(allowed)})
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(res.stdout)
+    assert rec["method"] == "int8" and rec["dataset"].startswith("imagefolder-") and rec["id"]
+    assert 0.0 <= rec["accuracy"] <= 1.0
+    assert Workspace(tmp_path / "ws").load_variant(rec["id"]) is not None
+
+
+def test_dataset_may_be_a_csv_list_under_the_allowed_roots(tmp_path, monkeypatch, capsys):
+    allowed = tmp_path / "data"
+    folder = make_image_folder(allowed / "images")
+    rows = ["path,label"] + [f"{p.relative_to(allowed).as_posix()},{p.parent.name}"
+                             for p in sorted(folder.rglob("*.png"))]
+    (allowed / "list.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setenv("NNLAB_ALLOWED_ROOTS", str(allowed))
+    rc = main(["apply", "--model", "demo", "--dataset", str(allowed / "list.csv"), "--workspace", str(tmp_path / "ws"),
+               "--method", "prune-unstructured", "--set", "sparsity=0.5", "--repeats", "2", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    rec = Record.from_json(captured.out)
+    assert rec.dataset.startswith("filelist-") and rec.method == "prune-unstructured"
+
+
+@pytest.mark.parametrize("where, message", [
+    ("outside", "is outside the folders nnlab may read"),
+    ("missing", "is neither a dataset key"),
+])
+def test_dataset_path_outside_the_allowed_roots_is_refused(where, message, tmp_path, monkeypatch, capsys):
+    folder = make_image_folder(tmp_path / "elsewhere") if where == "outside" else tmp_path / "no-such-folder"
+    (tmp_path / "allowed").mkdir()
+    monkeypatch.setenv("NNLAB_ALLOWED_ROOTS", str(tmp_path / "allowed"))
+    rc = main(["apply", "--model", "demo", "--dataset", str(folder), "--workspace", str(tmp_path / "ws"),
+               "--method", "int8", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert message in err and str(folder) in err and "Traceback" not in err
+    assert Workspace(tmp_path / "ws").list_variants() == []

@@ -47,7 +47,7 @@ def test_mac_counting_and_latency_do_not_touch_other_threads():
             while not stop.is_set() or n < 3:
                 macs_seen.append(count_macs(shared, (1, 28, 28)))
                 want = 1 + n % 2
-                lat = measure_latency(shared, (1, 28, 28), (1,), warmup=0, repeats=2, threads=want)
+                lat = measure_latency(shared, (1, 28, 28), (1,), threads=want, rounds=1)
                 seen_threads.append((want, lat[1].threads))
                 with torch_threads(want) as got:
                     seen_threads.append((want, got if torch.get_num_threads() == want else -1))

@@ -20,7 +20,8 @@ from nnlab.data import ImageDataset
 from nnlab.models import DemoCNN, create_model, model_hash
 from nnlab.runtimes import openvino as ovr
 from nnlab.runtimes import select as sel
-from nnlab.runtimes.base import agreement, artifact_sizes, interleaved_latency, simd_width, top1_agreement
+from nnlab.measure import artifact_sizes, interleaved_latency
+from nnlab.runtimes.base import agreement, simd_width, top1_agreement
 from nnlab.runtimes.torch_eager import TorchRunner
 
 ROOT = Path(__file__).resolve().parents[1]

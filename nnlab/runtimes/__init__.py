@@ -1,6 +1,7 @@
 """Runtimes: one Runner protocol over eager PyTorch, ONNX Runtime and OpenVINO, and the fastest one by measurement.
 
-- :mod:`nnlab.runtimes.base` — the protocol, fidelity against PyTorch, interleaved timing, artifact sizes.
+- :mod:`nnlab.runtimes.base` — the protocol, fidelity against PyTorch, the files of an artifact.
+- :mod:`nnlab.runtimes.candidates` — the fp32 runners of a model in every runtime, the fidelity check.
 - :mod:`nnlab.runtimes.torch_eager` — :class:`TorchRunner`.
 - :mod:`nnlab.runtimes.onnx` — ONNX export, ONNX Runtime sessions and int8 quantization.
 - :mod:`nnlab.runtimes.openvino` — OpenVINO conversion and sessions, NNCF int8, IR files.
@@ -14,10 +15,7 @@ the int8 patterns to oneDNN kernels) fails in inductor's fake-tensor pass becaus
 pass inserts ``onednn.qconv_prepack``, which has no meta kernel in this torch; without freezing the
 compiled model took 27 s to compile and ran no faster than eager fp32 (54 vs 52 ms, ResNet-18 at 224,
 1 thread). ``bench/bench_runtimes.py`` tries it as a peer and reports the failure.
+
+Timing and sizes are :mod:`nnlab.measure`'s (the one measurement path); this package imports nothing, so
+``from nnlab.runtimes import openvino`` loads only what it names.
 """
-
-from nnlab.runtimes.base import Runner, agreement, artifact_sizes, interleaved_latency, simd_width
-from nnlab.runtimes.select import Selection, fastest_fp32_runner
-
-__all__ = ["Runner", "Selection", "agreement", "artifact_sizes", "fastest_fp32_runner", "interleaved_latency",
-           "simd_width"]

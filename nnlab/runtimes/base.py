@@ -6,8 +6,8 @@ thread count it was built with, fixed for its life) and ``predict_logits(x)`` ta
 times a model goes through a runner, so the figures always come from the runtime that executes it.
 
 This module also holds the helpers every runtime shares: fidelity against eager PyTorch
-(:func:`agreement`), interleaved timing (:func:`interleaved_latency`), file sizes of multi-file artifacts,
-and the CPU's SIMD width (channel counts that are multiples of it suit the kernels).
+(:func:`agreement`), the files of multi-file artifacts, and the CPU's SIMD width (channel counts that are
+multiples of it suit the kernels). Timing and sizes live in :mod:`nnlab.measure`, the one measurement path.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
-
-from nnlab.measure import TIMING_LOCK, Latency, file_sizes, summarize
 
 
 @runtime_checkable
@@ -81,52 +79,6 @@ def agreement(runner: Runner, model: nn.Module, x: np.ndarray | torch.Tensor,
     return top1_agreement(ref, out), float(np.abs(ref - out).max()) if out.size else 0.0
 
 
-def interleaved_latency(runners: dict[str, Runner], x: np.ndarray, rounds: int = 5, per_round: int = 3,
-                        warmup: int = 2, settle_s: float = 0.02) -> dict[str, Latency]:
-    """Time every runner on the same input, round-robin, and summarise each (medians over all calls).
-
-    Each round times every runner ``per_round`` times, so load drifts on a shared machine hit all of them
-    alike. Before each runner's turn the thread sleeps ``settle_s`` seconds, so threads the runner before
-    left busy (ONNX Runtime's spinning intra-op threads, OpenVINO's TBB workers) do not take the cores of the
-    next one. nnlab's own ONNX Runtime sessions stop spinning when a call returns, and 20 ms is then enough;
-    timing a runner that keeps spinning (ONNX Runtime with its defaults, 2 threads on 2 cores) needs about
-    100 ms: with 20 ms, OpenVINO int8 right after it measured 9.2 ms against 5.2 ms alone. The whole
-    measurement holds :data:`nnlab.measure.TIMING_LOCK`: no other measurement (another session, another
-    job) runs in between or changes a thread count halfway. A runner with a ``prepare(shape)`` method is
-    prepared for the input's shape before its warm-up, so what is timed is how it runs that shape from then on.
-    """
-    import time
-
-    x = as_input(x)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    with TIMING_LOCK:
-        for r in runners.values():
-            prepare = getattr(r, "prepare", None)  # e.g. OpenVINO compiles this input shape statically
-            if prepare is not None:
-                prepare(x.shape)
-            for _ in range(warmup):
-                r.predict_logits(x)
-        for _ in range(rounds):
-            for name, r in runners.items():
-                time.sleep(settle_s)
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    r.predict_logits(x)
-                    times[name].append((time.perf_counter() - t0) * 1000.0)
-    return {k: summarize(v, len(x), int(runners[k].threads), runners[k].runtime) for k, v in times.items()}
-
-
-def runner_latency(runner: Runner, input_shape: tuple[int, ...], batch_sizes: tuple[int, ...] = (1, 32),
-                   repeats: int = 20, warmup: int = 3, seed: int = 0) -> dict[int, Latency]:
-    """Latency of one runner at each batch size (random inputs, seeded), under the timing lock."""
-    out = {}
-    for b in batch_sizes:
-        x = np.random.default_rng(seed).standard_normal((b, *input_shape)).astype(np.float32)
-        reps = repeats if b == 1 else max(5, repeats // 2)
-        out[b] = interleaved_latency({"r": runner}, x, rounds=1, per_round=reps, warmup=warmup)["r"]
-    return out
-
-
 def artifact_files(path: str | Path) -> list[Path]:
     """The files an artifact consists of: an OpenVINO IR is its ``.xml`` plus the ``.bin`` beside it."""
     p = Path(path)
@@ -134,15 +86,6 @@ def artifact_files(path: str | Path) -> list[Path]:
     if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
         files.append(p.with_suffix(".bin"))
     return files
-
-
-def artifact_sizes(path: str | Path) -> tuple[int, int]:
-    """``(bytes on disk, gzip -9 bytes)`` summed over every file of the artifact."""
-    size = gz = 0
-    for f in artifact_files(path):
-        s, g = file_sizes(f)
-        size, gz = size + s, gz + g
-    return size, gz
 
 
 def cpu_flags() -> set[str]:

@@ -1,7 +1,7 @@
 """Choose the fastest runtime for a model by a short interleaved measurement on this machine.
 
 :func:`select` builds every candidate runner, optionally checks each one (fidelity), times the ones that
-pass round-robin on the same input with the thread count fixed (:func:`nnlab.runtimes.base.interleaved_latency`),
+pass round-robin on the same input with the thread count fixed (:func:`nnlab.measure.interleaved_latency`),
 and returns the fastest with every candidate's figures, so pages can show why. The choice is cached per
 key — for models: (content hash, input shape, threads, batch, kind) — for the life of the process; a cached
 choice builds only the chosen runner.
@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnlab.runtimes.base import Runner, RunnerFactory, agreement, as_input, interleaved_latency, torch_logits
-from nnlab.runtimes.torch_eager import TorchRunner
+from nnlab.measure import interleaved_latency
+from nnlab.runtimes.base import Runner, RunnerFactory, as_input, torch_logits
+from nnlab.runtimes.candidates import BULK_CANDIDATES, FP32_CANDIDATES, fidelity_check, fp32_factories
 
 # A check gets (candidate name, runner) and returns (accepted, facts to show beside the figures).
-Check = Callable[[str, Runner], tuple[bool, dict]]
+Check = Callable[[str, Runner], tuple[bool, dict]]  # see nnlab.runtimes.candidates.fidelity_check
 
 # When the runner-up's median is within this fraction of the fastest one's, every candidate is timed again
 # over CLOSE_CALL_ROUNDS times as many rounds, and that measurement decides (and is the one shown). Two
@@ -193,65 +194,8 @@ def select(candidates: dict[str, RunnerFactory], x: np.ndarray | torch.Tensor, t
 
 # --- fp32: the bulk-pass runtime ------------------------------------------------------------------------
 
-FP32_CANDIDATES = ("pytorch", "onnxruntime", "openvino")
-# bulk passes (large batches) also try OpenVINO with one stream per thread, the batch split between them
-BULK_CANDIDATES = (*FP32_CANDIDATES, "openvino-streams")
-
-
-def fp32_factories(model: nn.Module, input_shape: tuple[int, ...], threads: int,
-                   names: tuple[str, ...] = FP32_CANDIDATES) -> dict[str, RunnerFactory]:
-    """Factories of the fp32 runners of ``model`` (each works on its own copy; the model is not touched)."""
-    import copy
-
-    out: dict[str, RunnerFactory] = {}
-    if "pytorch" in names:
-        out["pytorch"] = lambda: TorchRunner(copy.deepcopy(model).cpu().eval(), threads, "pytorch-eager-fp32-cpu")
-    if "onnxruntime" in names:
-        def ort() -> Runner:
-            from nnlab.runtimes.onnx import ort_fp32_runner
-
-            return ort_fp32_runner(model, input_shape, threads)
-
-        out["onnxruntime"] = ort
-    converted: list = []  # one conversion shared by the OpenVINO candidates
-
-    def ov_model() -> Any:
-        from nnlab.runtimes import openvino as ovr
-
-        if not converted:
-            converted.append(ovr.convert(model, input_shape))
-        return converted[0]
-
-    if "openvino" in names:
-        def ov() -> Runner:
-            from nnlab.runtimes import openvino as ovr
-
-            return ovr.OpenVINORunner(ov_model(), threads, "f32", "openvino-fp32-cpu")
-
-        out["openvino"] = ov
-    if "openvino-streams" in names and threads > 1:
-        def ov_streams() -> Runner:
-            from nnlab.runtimes import openvino as ovr
-
-            return ovr.OpenVINORunner(ov_model(), threads, "f32", f"openvino-fp32-cpu-{threads}streams",
-                                      streams=threads)
-
-        out["openvino-streams"] = ov_streams
-    return out
-
-
-def fidelity_check(reference: np.ndarray, probe: np.ndarray, model: nn.Module,
-                   tolerance: float = 1e-3) -> Check:
-    """A check accepting runners whose logits on ``probe`` match eager PyTorch: top-1 agreement 100 %,
-    max absolute logit difference ≤ ``tolerance``."""
-
-    def check(name: str, runner: Runner) -> tuple[bool, dict]:
-        agree, diff = agreement(runner, model, probe, reference)
-        ok = agree == 1.0 and diff <= tolerance
-        note = "" if ok else f"top-1 agreement {agree:.2%}, max |Δlogit| {diff:.2e} (needs 100 % and ≤ {tolerance:g})"
-        return ok, {"top1_agreement": agree, "max_abs_diff": diff, "note": note}
-
-    return check
+__all__ = ["BULK_CANDIDATES", "FP32_CANDIDATES", "Selection", "fastest_fp32_runner", "fidelity_check",
+           "fp32_factories", "select"]
 
 
 def fastest_fp32_runner(model: nn.Module, input_shape: tuple[int, ...], threads: int | None = None,

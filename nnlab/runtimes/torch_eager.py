@@ -6,13 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnlab.measure import torch_threads
+from nnlab.threads import torch_threads
 
 
 class TorchRunner:
     """A PyTorch module run in inference mode with its thread count fixed during each call.
 
-    The thread count is set only through :func:`nnlab.measure.torch_threads` (under the timing lock), so a
+    The thread count is set only through :func:`nnlab.threads.torch_threads` (under the timing lock), so a
     call never changes another measurement's threads halfway.
 
     Args:
@@ -20,17 +20,22 @@ class TorchRunner:
         threads: Intra-op threads (default: PyTorch's current count when the runner is built).
         runtime: Name recorded with latencies.
         dtype: Input dtype the module computes in (bf16/fp16 variants).
+        device: Where the module runs ("cuda": inputs are copied there and each call waits for the GPU).
     """
 
     def __init__(self, module: nn.Module, threads: int | None = None, runtime: str = "pytorch-eager-fp32-cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
         self.module = module.eval()
         self.threads = int(threads or torch.get_num_threads())
         self.runtime = runtime
         self.dtype = dtype
+        self.device = torch.device(device)
 
     def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits for normalised ``N×C×H×W`` inputs."""
-        t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
+        t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
         with torch_threads(self.threads), torch.inference_mode():
-            return self.module(t.to(self.dtype)).float().numpy()
+            out = self.module(t.to(self.device, self.dtype)).float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return out.cpu().numpy()
