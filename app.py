@@ -8,8 +8,9 @@ import streamlit as st
 
 import compression.tasks  # noqa: F401 - the job kinds every page may start or rerun (Jobs page)
 import diagnostics.tasks  # noqa: F401
-import nnlab.tasks  # noqa: F401
-from nnlab import config, session
+import nnlab.jobs.kinds  # noqa: F401
+from nnlab import config
+from nnlab.ui import session
 
 config.apply_cli_args(sys.argv[1:])
 

@@ -143,8 +143,9 @@ def main() -> None:
     import torch
     import torchvision
 
-    from nnlab import datacache, filelists
-    from nnlab.preprocess import imagenet
+    from nnlab.data import cache as datacache
+    from nnlab.data import filelists
+    from nnlab.data.preprocess import imagenet
     from nnlab.sampleresults import SampleResults
 
     torch.set_num_threads(args.threads)

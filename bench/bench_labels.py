@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diagnostics.datacheck import data_report  # noqa: E402
 from nnlab.base import demo_config  # noqa: E402
-from nnlab.data import load_dataset  # noqa: E402
-from nnlab.models import create_model  # noqa: E402
-from nnlab.randinit import seeded_init  # noqa: E402
+from nnlab.data.sets import load_dataset  # noqa: E402
+from nnlab.models.randinit import seeded_init  # noqa: E402
+from nnlab.models.registry import create_model  # noqa: E402
 from nnlab.train import train_model  # noqa: E402
 
 

@@ -23,7 +23,7 @@ A sweep file (YAML or JSON) holds ``model``, ``arch``, ``dataset`` (each overrid
 and ``variants``: a list whose items are a method config (``{method: cluster, k: 16}``), a list of configs
 (a pipeline), or ``{name: ..., steps: [...]}``.
 
-Sweeps and searches run their configurations as pieces (:func:`nnlab.distributed.map_tasks`): in-process by
+Sweeps and searches run their configurations as pieces (:func:`nnlab.jobs.pieces.map_tasks`): in-process by
 default, on Ray with ``--ray-address`` ("local" starts a local Ray; ``NNLAB_RAY_ADDRESS`` does the same as
 the flag). Variant ids are deterministic (``<sweep id>-<index>``), so rerunning a sweep reuses the records
 it already wrote. On a cluster the workspace must be the same path on every node.
@@ -147,7 +147,7 @@ def _progress(quiet: bool):
 def _report(args: argparse.Namespace, ws: Any) -> tuple[int, str]:
     """The same report the pages build, written to ``--out``."""
     import diagnostics.tasks as dtasks
-    from nnlab import refs
+    from nnlab.jobs import refs
 
     dref = _data_ref(args.dataset or "digits")
     _, model_id, _ = _load(args.model or "demo", args.arch or "demo-cnn", dref, ws)
@@ -164,7 +164,7 @@ def _report(args: argparse.Namespace, ws: Any) -> tuple[int, str]:
 
 
 def _data_ref(dataset: str) -> dict:
-    """The dataset reference (:func:`nnlab.refs.data_ref`) that ``--dataset`` names, read as the sidebar reads it.
+    """The dataset reference (:func:`nnlab.jobs.refs.data_ref`) that ``--dataset`` names, read as the sidebar reads it.
 
     A registered key names itself; anything else is a path under the allowed roots: a folder is an ImageFolder,
     a file a CSV/JSON list (the ``imagefolder`` and ``filelist`` sources check the roots again as they load).
@@ -172,8 +172,8 @@ def _data_ref(dataset: str) -> dict:
     Raises:
         DatasetError: neither a key nor an existing path, or a path outside the allowed roots.
     """
-    from nnlab import refs
-    from nnlab.data import DATASETS, DatasetError, check_allowed
+    from nnlab.data.sets import DATASETS, DatasetError, check_allowed
+    from nnlab.jobs import refs
 
     entry = DATASETS.get(dataset)
     if entry is not None and not entry.needs_path:
@@ -191,11 +191,11 @@ def _data_ref(dataset: str) -> dict:
 def _load(model_ref: str, arch: str, dref: dict, ws):
     """The model, its id, and the dataset ``dref`` names (through the model's preprocessing when stored)."""
     from nnlab.base import ensure_demo
-    from nnlab.data import load_dataset
-    from nnlab.models import create_model, load_into, read_state_dict_file
+    from nnlab.data.sets import load_dataset
+    from nnlab.models.registry import create_model, load_into, read_state_dict_file
 
     if ws.has_model(model_ref):  # a stored model is seen through its own preprocessing
-        from nnlab import refs
+        from nnlab.jobs import refs
 
         rec = ws.load_model_record(model_ref)
         pre = rec.extra.get("preprocessing") if rec is not None else None
@@ -243,7 +243,7 @@ def read_sweep(path: str | Path) -> dict:
 
 def _use_ray(args: argparse.Namespace) -> bool:
     """Start or attach Ray when asked (flag, else ``NNLAB_RAY_ADDRESS``); say where the pieces run."""
-    from nnlab import distributed
+    from nnlab.jobs import pieces as distributed
 
     address = args.ray_address or distributed.ray_address()
     if not address:
@@ -269,7 +269,7 @@ def _task_progress(quiet: bool, names: list[str]):
 def _sweep(args: argparse.Namespace, ws) -> tuple[int, str]:
     from compression.search import drop_incomplete, measure_piece
     from compression.variant import describe_configs
-    from nnlab import distributed
+    from nnlab.jobs import pieces as distributed
     from nnlab.records import Record
 
     doc = read_sweep(args.file)

@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import EvalResult, evaluate, result_from_logits
 from nnlab.measure import comparable, speedups
 from nnlab.records import Record

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnlab.data import ImageDataset
-from nnlab.train import Cancelled
+from nnlab.data.sets import ImageDataset
+from nnlab.errors import Cancelled
 
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
@@ -318,7 +318,7 @@ def apply(model: nn.Module, cfg: MethodConfig, ctx: CompressContext) -> Compress
     handler = HANDLERS.get(type(cfg))
     if handler is None:
         raise ValueError(f"no handler registered for {type(cfg).__name__}")
-    from nnlab.archinfo import check_method
+    from nnlab.models.archinfo import check_method
 
     check_method(model, cfg)  # e.g. channel pruning through attention: a clear reason, before any work
     ctx.workdir.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,9 @@ from torch.nn.utils import prune
 
 from compression.pruning import prunable_layers, split_train
 from compression.registry import CancelFn, ProgressFn
-from nnlab.data import ImageDataset
-from nnlab.train import Cancelled, quick_eval
+from nnlab.data.sets import ImageDataset
+from nnlab.errors import Cancelled
+from nnlab.train import quick_eval
 
 # kind → (transform(weight, level) → new weight, "higher level = stronger compression")
 LayerTransform = Callable[[torch.Tensor, float], torch.Tensor]

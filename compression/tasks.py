@@ -12,8 +12,8 @@ from typing import Any
 
 import compression  # noqa: F401 - registers the methods
 from compression.registry import config_from_dict
-from nnlab import refs
-from nnlab.jobs import JobContext, job_kind
+from nnlab.jobs import refs
+from nnlab.jobs.manager import JobContext, job_kind
 from nnlab.workspace import Workspace, safe_key
 
 
@@ -126,7 +126,7 @@ def evaluate_variant_job(params: dict, ctx: JobContext) -> dict:
 
     from compression.compare import evaluate_model
     from compression.variant import load_variant_model
-    from nnlab.tasks import eval_key
+    from nnlab.jobs.kinds import eval_key
 
     ws = Workspace(ctx.workspace)
     rec = ws.load_variant(params["variant_id"])

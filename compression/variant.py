@@ -30,8 +30,9 @@ from compression.registry import (
     Runner,
     apply_pipeline,
 )
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import predict_logits, result_from_logits
+from nnlab.jobs.pieces import register_variant_loader
 from nnlab.measure import (
     BATCHES,
     against_base,
@@ -43,7 +44,7 @@ from nnlab.measure import (
     layer_table,
     rounds_for,
 )
-from nnlab.models import create_model, load_into, state_dict_hash
+from nnlab.models.registry import create_model, load_into, state_dict_hash
 from nnlab.records import Record
 from nnlab.runtimes.torch_eager import TorchRunner
 from nnlab.workspace import Workspace, new_id, save_state_dict
@@ -251,6 +252,8 @@ def load_variant_result(ws: Workspace, record: Record) -> CompressResult:
     return CompressResult(model=model, artifact=path, artifact_format=fmt)
 
 
+@register_variant_loader
 def load_variant_model(ws: Workspace, record: Record) -> nn.Module:
-    """The variant's PyTorch model in eval mode (for comparisons, histograms)."""
+    """The variant's PyTorch model in eval mode (for comparisons, histograms); also how job pieces load a
+    variant they are given by reference."""
     return load_variant_result(ws, record).model.eval()

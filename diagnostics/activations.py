@@ -18,7 +18,7 @@ from torch import nn
 
 from diagnostics.features import channels_first, output_layout, private_copy
 from diagnostics.hooks import capture_outputs
-from nnlab.archinfo import token_layout
+from nnlab.models.archinfo import token_layout
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
                nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Mish, nn.PReLU, nn.Softplus)

@@ -35,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 from diagnostics.features import output_layout, to_map
 from diagnostics.filters import diverging_rgb
 from diagnostics.hooks import borrowed, forward_hooks
-from nnlab.archinfo import ArchInfo, arch_info
+from nnlab.models.archinfo import ArchInfo, arch_info
 
 METHODS = {
     "deconvnet": "Deconvnet (Zeiler & Fergus)",
@@ -210,8 +210,16 @@ def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_step
     Raises:
         ValueError: unknown method, missing layer, or a target outside the model's classes.
     """
-    from captum.attr import (Deconvolution, GuidedBackprop, GuidedGradCam, IntegratedGradients, LayerAttribution,
-                             LayerGradCam, Occlusion, Saliency)
+    from captum.attr import (
+        Deconvolution,
+        GuidedBackprop,
+        GuidedGradCam,
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        Occlusion,
+        Saliency,
+    )
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -326,7 +334,7 @@ def gradcam_layers(model: nn.Module) -> list[str]:
     """Candidate Grad-CAM layers, the recommended one first.
 
     CNNs: conv layers, last one first (the usual choice). Vision transformers: the recommended token layer
-    (:attr:`nnlab.archinfo.ArchInfo.gradcam_layer`), the same place in earlier blocks, then the patch
+    (:attr:`nnlab.models.archinfo.ArchInfo.gradcam_layer`), the same place in earlier blocks, then the patch
     embedding.
     """
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][::-1]

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from torch import nn
 
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
+from nnlab.models.randinit import seeded_init
 from nnlab.train import Progress, TrainConfig, train_model
 from nnlab.workspace import Workspace
-from nnlab.randinit import seeded_init
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 

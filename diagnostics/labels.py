@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import predict_logits
+from nnlab.models.randinit import seeded_init
 from nnlab.train import Progress, TrainConfig, train_model
-from nnlab.randinit import seeded_init
 
 _EPS = 1e-6  # cleanlab's fuzzy comparison
 

@@ -11,26 +11,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from diagnostics import curves, datacheck, labels
-from nnlab import refs
+from diagnostics.datacheck import data_checks_key, load_data_report  # noqa: F401 - also read from here
 from nnlab.base import demo_config
-from nnlab.jobs import JobContext, job_kind
-from nnlab.models import create_model
+from nnlab.jobs import refs
+from nnlab.jobs.manager import JobContext, job_kind
+from nnlab.models.registry import create_model
 from nnlab.workspace import Workspace, safe_key
-
-
-def data_checks_key(model_id: str, data_id: str) -> str:
-    """Workspace run key of the full data-check report of a model on a dataset."""
-    return safe_key("datareport", model_id, data_id)
-
-
-def load_data_report(ws: Workspace, model_id: str, data_id: str) -> datacheck.DataReport | None:
-    payload = ws.load_run(data_checks_key(model_id, data_id))
-    if not payload:
-        return None
-    try:
-        return datacheck.DataReport.from_dict(payload)
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 @job_kind("data-checks", label=lambda p: f"Data checks of {p['model_id']}")
@@ -108,8 +94,8 @@ def build_report(ws: Workspace, model_id: str, data_ref: dict, variant_ids: list
     import time
 
     from diagnostics.report import gather, render_html, to_pdf
-    from nnlab.tasks import ensure_evaluation
-    from nnlab.train import Cancelled
+    from nnlab.errors import Cancelled
+    from nnlab.jobs.kinds import ensure_evaluation
     from nnlab.workspace import atomic_write_text
 
     def say(message: str, fraction: float) -> None:

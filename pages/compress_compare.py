@@ -8,10 +8,10 @@ import streamlit as st
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import compare, export
 from compression.variant import load_variant_model
-from nnlab import session, widgets
+from nnlab.data.viz import as_image, display_scale
 from nnlab.evaluate import EvalResult
-from nnlab.tasks import eval_key, load_evaluation
-from nnlab.viz import as_image, display_scale
+from nnlab.jobs.kinds import eval_key, load_evaluation
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Side by side")

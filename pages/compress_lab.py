@@ -12,7 +12,8 @@ from compression import defaults, export
 from compression.compare import weight_sparsity
 from compression.pareto import runtime_note
 from compression.registry import get_method, list_methods
-from nnlab import jobs, session, widgets
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session, widgets
 from nnlab.workspace import WorkspaceError
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py

@@ -10,7 +10,8 @@ import streamlit as st
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import export, pareto
 from compression import search as csearch
-from nnlab import jobs, session, widgets
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Pareto")

@@ -11,9 +11,9 @@ from torch import nn
 
 from diagnostics import activations as A
 from diagnostics.filters import histogram_figure
-from nnlab import session, widgets
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.records import Record
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Activations")

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from diagnostics import features as FM
-from nnlab import session
-from nnlab.data import ImageDataset
-from nnlab.viz import as_image, display_scale, grid
-from nnlab.widgets import pick_input, show_input
+from nnlab.data.sets import ImageDataset
+from nnlab.data.viz import as_image, display_scale, grid
+from nnlab.ui import session
+from nnlab.ui.widgets import pick_input, show_input
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Feature maps")

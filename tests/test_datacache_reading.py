@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from nnlab.diskimages import DiskImages, batch_loader, write_images
+from nnlab.data.diskimages import DiskImages, batch_loader, write_images
 from nnlab.sampleresults import SampleResults
 
 

@@ -8,7 +8,7 @@ import torch
 from cleanlab.filter import find_label_issues as cleanlab_find
 
 from diagnostics import labels as L
-from nnlab.models import create_model
+from nnlab.models.registry import create_model
 from nnlab.train import TrainConfig
 
 

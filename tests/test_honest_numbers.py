@@ -15,8 +15,8 @@ from compression.registry import config_from_dict
 from compression.variant import make_variant, remeasure_variant
 from nnlab import measure
 from nnlab.base import profile_model
-from nnlab.data import ImageDataset
-from nnlab.models import create_model
+from nnlab.data.sets import ImageDataset
+from nnlab.models.registry import create_model
 from nnlab.runtimes.candidates import engine_of, fp32_factories, same_runtime_factory
 from nnlab.workspace import Workspace
 
@@ -152,7 +152,7 @@ def test_every_model_and_variant_has_a_nonzero_gzip_size(demo, digits, tmp_path)
 
 
 def test_a_small_evaluation_pass_uses_the_runtime_measured_for_the_model(demo, digits, tmp_path):
-    from nnlab.tasks import ensure_evaluation, runtime_key
+    from nnlab.jobs.kinds import ensure_evaluation, runtime_key
 
     model, rec, _ = demo
     ws = Workspace(tmp_path)
@@ -173,11 +173,11 @@ CLOCK_ALLOWED = {
     "nnlab/measure.py": "THE measurement module",
     "nnlab/base.py": "training duration of the demo model",
     "nnlab/train.py": "epoch duration for the history",
-    "nnlab/tasks.py": "training duration of a trained model",
-    "nnlab/jobs.py": "progress rate and time left",
-    "nnlab/distributed.py": "piece durations and cancel grace",
-    "nnlab/_cachebuild.py": "decode progress and commit intervals",
-    "nnlab/datacache.py": "unique names of deleted folders",
+    "nnlab/jobs/kinds.py": "training duration of a trained model",
+    "nnlab/jobs/manager.py": "progress rate and time left",
+    "nnlab/jobs/pieces.py": "piece durations and cancel grace",
+    "nnlab/data/_cachebuild.py": "decode progress and commit intervals",
+    "nnlab/data/cache.py": "unique names of deleted folders",
     "nnlab/workspace.py": "unique temporary file names",
     "nnlab/runtimes/openvino.py": "unique temporary file names",
     "compression/variant.py": "duration of applying a pipeline",

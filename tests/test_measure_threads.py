@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nnlab.measure import count_macs, measure_latency, torch_threads
-from nnlab.models import DemoCNN, model_hash
+from nnlab.models.registry import DemoCNN, model_hash
 
 
 def _hooks(model: nn.Module) -> int:

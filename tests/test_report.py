@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from nnlab import refs
+from nnlab.jobs import refs
 from nnlab.workspace import Workspace
 
 

@@ -96,7 +96,7 @@ def clear_cache() -> None:
 
 def model_key(model: nn.Module, input_shape: tuple[int, ...], threads: int, batch: int, kind: str) -> tuple:
     """Cache key of a model's runtime choice: content hash, input shape, threads, batch and what is chosen."""
-    from nnlab.models import model_hash
+    from nnlab.models.registry import model_hash
 
     return (model_hash(model), tuple(int(s) for s in input_shape), int(threads), int(batch), kind)
 

@@ -1,11 +1,11 @@
 """Building a data cache: lock, diff the file list against the index, decode the rest in worker processes.
 
-The protocol that makes a build safe to kill at any moment (see :mod:`nnlab.datacache` for the layout):
+The protocol that makes a build safe to kill at any moment (see :mod:`nnlab.data.cache` for the layout):
 
 1. rows of files no longer listed are deleted and committed first, so their slots can be reused;
 2. every image to decode gets a slot no committed row uses (a changed file gets a new one: its old slot is
    freed only by the commit that replaces its row);
-3. workers (:mod:`nnlab._cacheworker`, separate processes without torch) decode and ``pwrite`` the slots and
+3. workers (:mod:`nnlab.data._cacheworker`, separate processes without torch) decode and ``pwrite`` the slots and
    report back; every ``commit_seconds`` the parent fsyncs the data file, then commits the rows of what was
    reported. Rows are never ahead of the bytes they point to.
 
@@ -29,12 +29,21 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from nnlab import _cacheworker as worker
-from nnlab.datacache import (DISK_MARGIN, PENDING, SMALL_BUILD, UNREADABLE, BuildStats, CancelFn, DataCache,
-                             DataCacheError, ProgressFn)
+from nnlab.data import _cacheworker as worker
+from nnlab.data.cachetypes import (
+    DISK_MARGIN,
+    PENDING,
+    SMALL_BUILD,
+    UNREADABLE,
+    BuildStats,
+    CancelFn,
+    DataCacheError,
+    ProgressFn,
+)
 
 CHUNK = 16  # images per task sent to a worker
 IN_FLIGHT = 2  # chunks queued per worker
@@ -47,7 +56,7 @@ def default_workers() -> int:
 class Build:
     """One build: lock, diff against the index, decode the rest in workers, commit as slots land on disk."""
 
-    def __init__(self, cache: DataCache, progress: ProgressFn | None, cancel: CancelFn | None,
+    def __init__(self, cache: Any, progress: ProgressFn | None, cancel: CancelFn | None,
                  workers: int | None, commit_seconds: float) -> None:
         self.cache, self.files = cache, cache.files
         self.progress = progress or (lambda *a, **k: None)
@@ -85,7 +94,7 @@ class Build:
 
     def _check_cancel(self) -> None:
         if self.cancel():
-            from nnlab.train import Cancelled
+            from nnlab.errors import Cancelled
 
             raise Cancelled("data cache build cancelled")
 
@@ -256,7 +265,7 @@ class _Worker:
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "nnlab._cacheworker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "nnlab.data._cacheworker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, pass_fds=(lock_fd,), cwd=pkg_root)
         self.outbox = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
         self.inbox = Connection(os.dup(self.proc.stdout.fileno()), writable=False)

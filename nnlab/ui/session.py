@@ -1,9 +1,9 @@
 """Streamlit glue shared by every page: the sidebar pickers, the selected dataset and model, following jobs.
-The only module of :mod:`nnlab` (with :mod:`nnlab.widgets`) that imports streamlit.
+The only module of :mod:`nnlab` (with :mod:`nnlab.ui.widgets`) that imports streamlit.
 
 Pages call :func:`current` for the selected dataset and model, :func:`evaluation` for the one stored pass over a
 split, and :func:`follow` / :func:`run_job` to show a background job's live progress with a Cancel button. Long
-work never runs in a page script: it is a job (:mod:`nnlab.jobs`) that survives reruns, navigation and closed
+work never runs in a page script: it is a job (:mod:`nnlab.jobs.manager`) that survives reruns, navigation and closed
 tabs, shared by every session that asks for the same thing. Models and datasets are shared by every session:
 never mutate them (deep-copy first).
 """
@@ -24,15 +24,17 @@ import streamlit as st
 import torch
 from torch import nn
 
-import nnlab.tasks  # noqa: F401 - registers the foundation's job kinds
-from nnlab import config, jobs, refs
+import nnlab.jobs.kinds  # noqa: F401 - registers the foundation's job kinds
+from nnlab import config
 from nnlab.base import demo_id
-from nnlab.data import DATASETS, DatasetError, ImageDataset, Source
+from nnlab.data.preprocess import Preprocessing, PreprocessingError
+from nnlab.data.sets import DATASETS, DatasetError, ImageDataset, Source
 from nnlab.evaluate import EvalResult
-from nnlab.models import ARCHITECTURES, CheckpointError, arch_label
-from nnlab.preprocess import Preprocessing, PreprocessingError
+from nnlab.jobs import manager as jobs
+from nnlab.jobs import refs
+from nnlab.jobs.kinds import check_upload, load_evaluation, stash_upload, user_model_id
+from nnlab.models.registry import ARCHITECTURES, CheckpointError, arch_label
 from nnlab.records import Record
-from nnlab.tasks import check_upload, load_evaluation, stash_upload, user_model_id
 from nnlab.workspace import Workspace, WorkspaceError
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
@@ -224,7 +226,7 @@ def trained_models(arch: str, dataset_key: str) -> list[Record]:
 
 def architecture_choices(query: str, current: str, limit: int = 400) -> list[str]:
     """The architectures the sidebar offers: nnlab's own, then the zoo search results (the current one kept)."""
-    from nnlab.zoo import search_models
+    from nnlab.models.registry import search_models
 
     keys = [k for k, _ in search_models(query or "", limit=limit)] if query else list(ARCHITECTURES) + [
         k for k, _ in search_models("", limit=limit) if k not in ARCHITECTURES]
@@ -237,7 +239,7 @@ def architecture_choices(query: str, current: str, limit: int = 400) -> list[str
 def _has_pretrained(arch: str) -> bool:
     if arch in ARCHITECTURES:
         return ARCHITECTURES[arch].pretrained_available
-    from nnlab.zoo import has_pretrained
+    from nnlab.models.zoo import has_pretrained
 
     return has_pretrained(arch)
 
@@ -350,11 +352,11 @@ def arch_preprocessing(arch: str) -> Preprocessing | None:
     if arch.startswith("demo"):
         return None
     try:
-        from nnlab.models import default_preprocessing  # type: ignore[attr-defined]
+        from nnlab.models.registry import default_preprocessing  # type: ignore[attr-defined]
 
         return default_preprocessing(arch)
     except ImportError:
-        from nnlab.preprocess import imagenet
+        from nnlab.data.preprocess import imagenet
 
         return imagenet(source=f"{arch}: ImageNet defaults")
 
@@ -391,7 +393,7 @@ def preprocessing_editor(arch: str) -> None:
     if st.session_state.get("pp_arch") != arch or any(k not in st.session_state for k in _PP_KEYS):
         _set_pp_state(default)
         st.session_state["pp_arch"] = arch
-    from nnlab.preprocess import CONVERSIONS, INTERPOLATIONS, RESIZE_MODES
+    from nnlab.data.preprocess import CONVERSIONS, INTERPOLATIONS, RESIZE_MODES
 
     with st.sidebar.expander("Preprocessing (what the model was trained on)", icon=":material/tune:"):
         st.caption(f"Defaults: {default.source or arch}. Every page feeds the model exactly this.")
@@ -508,7 +510,7 @@ def evaluation(split: str = "test", cur: Current | None = None) -> EvalResult:
     """The one stored evaluation pass of the current model over ``split`` (run as a job the first time)."""
     cur = cur or current()
     ws = workspace()
-    path = ws.result_path(nnlab.tasks.eval_key(cur.model_id, cur.data.id, split))
+    path = ws.result_path(nnlab.jobs.kinds.eval_key(cur.model_id, cur.data.id, split))
     stamp = path.stat().st_mtime if path.is_file() else 0.0
     res = _stored_evaluation(str(ws.root), cur.model_id, cur.data.id, split, stamp) if stamp else \
         load_evaluation(ws, cur.model_id, cur.data.id, split)

@@ -1,7 +1,7 @@
 """A decode worker of the data cache: file → preprocessed uint8 pixels → its slot in the cache's data file.
 
-The build runs this module as ``python -m nnlab._cacheworker``: a fresh process that imports numpy, PIL and
-the pixel half of :class:`nnlab.preprocess.Preprocessing`, never torch (no fork of a threaded torch
+The build runs this module as ``python -m nnlab.data._cacheworker``: a fresh process that imports numpy, PIL and
+the pixel half of :class:`nnlab.data.preprocess.Preprocessing`, never torch (no fork of a threaded torch
 process, no 300 MB of torch per worker). Messages are pickled over the process's stdin/stdout pipes:
 
 * parent → worker: first a context dict (data file, slot shape, pixel preprocessing, root folder), then
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from nnlab.images import MAX_BYTES, load_image_bytes
-from nnlab.preprocess import Preprocessing
+from nnlab.data.images import MAX_BYTES, load_image_bytes
+from nnlab.data.preprocess import Preprocessing
 
 
 class FatalWriteError(OSError):

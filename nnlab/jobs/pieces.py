@@ -153,7 +153,7 @@ class Report:
     def check_cancel(self) -> None:
         """Raise :class:`nnlab.train.Cancelled` when the caller asked to stop."""
         if self.cancelled():
-            from nnlab.train import Cancelled
+            from nnlab.errors import Cancelled
 
             raise Cancelled("cancelled by the user")
 
@@ -517,7 +517,7 @@ def map_tasks(fn: PieceFn, pieces: list[dict], progress: ProgressFn | None = Non
 
 def _map_local(path: str, pieces: list[dict], progress: ProgressFn | None, stop: CancelFn,
                threads: int) -> list[TaskResult]:
-    from nnlab.train import Cancelled
+    from nnlab.errors import Cancelled
 
     results: list[TaskResult] = []
     stopped = False
@@ -608,7 +608,7 @@ def _collect(ray: Any, rex: Any, ref: Any, i: int, threads: int, cancelling: boo
         return TaskResult(i, "cancelled", error="cancelled", executor="ray", threads=threads, attempts=n)
     except rex.RayTaskError as exc:
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        from nnlab.train import Cancelled
+        from nnlab.errors import Cancelled
 
         if isinstance(cause, (Cancelled, KeyboardInterrupt)) or cancelling:
             return TaskResult(i, "cancelled", error="cancelled", executor="ray", threads=threads, attempts=n)
@@ -625,7 +625,7 @@ def _collect(ray: Any, rex: Any, ref: Any, i: int, threads: int, cancelling: boo
 
 
 # --- references to data and models ------------------------------------------------------------------------
-# Built on nnlab.refs (its process-wide caches: a worker loads each dataset and base model once); the extra
+# Built on nnlab.jobs.refs (its process-wide caches: a worker loads each dataset and base model once); the extra
 # fields here let a worker check that it resolved the caller's data and weights, not a look-alike.
 
 _CACHE_LOCK = threading.Lock()
@@ -674,20 +674,20 @@ def data_fingerprint(data: Any) -> str:
 
 
 def weights_hash(model: torch.nn.Module) -> str:
-    """:func:`nnlab.models.state_dict_hash` of a model (computed once per model object)."""
-    from nnlab.models import state_dict_hash
+    """:func:`nnlab.models.registry.state_dict_hash` of a model (computed once per model object)."""
+    from nnlab.models.registry import state_dict_hash
 
     return _cached_hash(model, lambda m: state_dict_hash(m.state_dict()))
 
 
 def dataset_ref(data: Any, key: str | None = None, path: str = "", preprocessing: dict | None = None) -> dict:
-    """A reference to ``data`` that a worker can load: :func:`nnlab.refs.data_ref` plus ``id`` and ``fingerprint``.
+    """A reference to ``data`` that a worker can load: :func:`nnlab.jobs.refs.data_ref` plus ``id`` and ``fingerprint``.
 
     ``key`` defaults to the dataset id when it is a registered dataset key (digits, fashion-mnist …); a
     folder dataset needs its key and ``path`` given.
     """
-    from nnlab import refs
-    from nnlab.data import DATASETS
+    from nnlab.data.sets import DATASETS
+    from nnlab.jobs import refs
 
     key = key or data.id
     if key not in DATASETS:
@@ -696,9 +696,9 @@ def dataset_ref(data: Any, key: str | None = None, path: str = "", preprocessing
 
 
 def load_dataset_ref(ref: dict) -> Any:
-    """The dataset a reference names (through :func:`nnlab.refs.load_data`); ``ValueError`` when it is not the
+    """The dataset a reference names (through :func:`nnlab.jobs.refs.load_data`); ``ValueError`` when it is not the
     caller's data (another fallback, another copy on this node)."""
-    from nnlab import refs
+    from nnlab.jobs import refs
 
     k = _key(ref)
     with _CACHE_LOCK:
@@ -713,6 +713,19 @@ def load_dataset_ref(ref: dict) -> Any:
     return data
 
 
+# How a compressed variant is loaded back: registered by compression.variant (which sits above this package), so
+# references to variants resolve wherever that module is imported: in this process and in every Ray worker that
+# runs a compression piece.
+_VARIANT_LOADER: Callable[[Any, Any], torch.nn.Module] | None = None
+
+
+def register_variant_loader(fn: Callable[[Any, Any], torch.nn.Module]) -> Callable[[Any, Any], torch.nn.Module]:
+    """Let :func:`load_model_ref` load variants with ``fn(workspace, record)``; returns ``fn``."""
+    global _VARIANT_LOADER
+    _VARIANT_LOADER = fn
+    return fn
+
+
 def model_ref(model: torch.nn.Module, model_id: str, arch: str, workspace: str | Path) -> dict:
     """A reference to a workspace model (base or variant) with the hash of the weights the caller has."""
     return {"model_id": model_id, "arch": arch, "workspace": str(workspace), "weights_hash": weights_hash(model)}
@@ -720,9 +733,9 @@ def model_ref(model: torch.nn.Module, model_id: str, arch: str, workspace: str |
 
 def load_model_ref(ref: dict, data: Any) -> torch.nn.Module:
     """The model a reference names: a state-dict file (``path``), a base model (shared, through
-    :func:`nnlab.refs.load_model`: never mutate it) or a variant; checked against the caller's weights hash."""
-    from nnlab import refs
-    from nnlab.models import create_model, load_into
+    :func:`nnlab.jobs.refs.load_model`: never mutate it) or a variant; checked against the caller's weights hash."""
+    from nnlab.jobs import refs
+    from nnlab.models.registry import create_model, load_into
     from nnlab.workspace import Workspace
 
     k = _key(ref)
@@ -733,7 +746,7 @@ def load_model_ref(ref: dict, data: Any) -> torch.nn.Module:
     mid = ref["model_id"]
     c, h, w = data.input_shape
     if ref.get("path"):
-        from nnlab.models import read_state_dict_file
+        from nnlab.models.registry import read_state_dict_file
 
         model = load_into(create_model(ref["arch"], c, data.num_classes, (h, w)), read_state_dict_file(ref["path"]))
         model = model.eval()
@@ -743,9 +756,10 @@ def load_model_ref(ref: dict, data: Any) -> torch.nn.Module:
         rec = ws.load_variant(mid)
         if rec is None:
             raise FileNotFoundError(f"model {mid!r} is not in the workspace {ws.root} on {node_name()}")
-        from compression.variant import load_variant_model
-
-        model = load_variant_model(ws, rec).cpu().eval()
+        if _VARIANT_LOADER is None:
+            raise RuntimeError(f"model {mid!r} is a compressed variant, and no variant loader is registered here "
+                               "(import compression.variant in the piece's module)")
+        model = _VARIANT_LOADER(ws, rec).cpu().eval()
     if ref.get("weights_hash") and weights_hash(model) != ref["weights_hash"]:
         raise ValueError(f"model {mid!r} in {ws.root} on {node_name()} is not the caller's (weights differ)")
     return model

@@ -5,12 +5,12 @@ list file or array name) and :meth:`Preprocessing.pixel_key` (mean and std are a
 that differ only there share a cache). It holds:
 
 * ``pixels.u8`` — fixed-size slots of ``C×H×W`` uint8 pixels, one image each, written with ``os.pwrite`` by
-  decode workers (:mod:`nnlab._cacheworker`), read with ``os.pread`` (:class:`nnlab.diskimages.DiskImages`);
+  decode workers (:mod:`nnlab.data._cacheworker`), read with ``os.pread`` (:class:`nnlab.data.diskimages.DiskImages`);
 * ``index.sqlite`` — per relative path: slot, fingerprint ``(size, stamp)`` of what was decoded, or why the
   file is unreadable. A row is committed only after the pixels it points to are fsynced, so a build killed
   at any moment restarts where it stopped and never trusts a half-written slot. A changed file gets a new
   slot (its old one is freed only by the commit that replaces it); a removed file's row is deleted first.
-* ``build.lock`` — held by a build (:mod:`nnlab._cachebuild`) and its workers: one build at a time, and no
+* ``build.lock`` — held by a build (:mod:`nnlab.data._cachebuild`) and its workers: one build at a time, and no
   stray worker of a killed build can write into slots a new build has reused.
 
 Greyscale array sources (Fashion-MNIST, MNIST, digits) are stored with one channel even for a 3-channel
@@ -35,65 +35,26 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from nnlab.diskimages import DiskImages, batch_loader
-from nnlab.filelists import FileList
-from nnlab.preprocess import Preprocessing
+from nnlab.data.cachetypes import (  # noqa: F401 - part of this module's interface
+    DISK_MARGIN,
+    PENDING,
+    SMALL_BUILD,
+    UNREADABLE,
+    BuildStats,
+    CancelFn,
+    DataCacheError,
+    ProgressFn,
+)
+from nnlab.data.diskimages import DiskImages, batch_loader
+from nnlab.data.filelists import FileList
+from nnlab.data.preprocess import Preprocessing
 
 FORMAT_VERSION = 1
-PENDING, UNREADABLE = -2, -1  # slot codes of list entries without pixels
-SMALL_BUILD = 64  # with the default worker count, this few images decode in the calling process
-DISK_MARGIN = 256 * 2**20  # leave this much free space
-ProgressFn = Callable[..., None]
-CancelFn = Callable[[], bool]
-
-
-class DataCacheError(RuntimeError):
-    """The cache cannot be built or read (disk full, incomplete, nothing readable), meant for the user."""
-
-
-@dataclass
-class BuildStats:
-    """What one build did.
-
-    Attributes:
-        total: Images in the file list.
-        reused: Images found in the cache with the same fingerprint (not decoded).
-        decoded: Images decoded by this build (``decoded_paths``), readable or not.
-        unreadable: ``(relpath, reason)`` of every image the cache could not use, earlier builds included.
-        removed: Cache entries dropped because their file is no longer listed.
-        resumed: True when this build continued an interrupted one (its committed slots are in ``reused``).
-        seconds: Wall time of the build.
-        workers: Decode processes used (0: decoded in the calling process).
-        decoded_paths: Relative paths decoded by this build, in list order.
-    """
-
-    total: int = 0
-    reused: int = 0
-    decoded: int = 0
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    removed: int = 0
-    resumed: bool = False
-    seconds: float = 0.0
-    workers: int = 0
-    decoded_paths: list[str] = field(default_factory=list)
-
-    @property
-    def ready(self) -> int:
-        """Images with pixels in the cache."""
-        return self.total - len(self.unreadable)
-
-    def summary(self) -> str:
-        bad = f"; {len(self.unreadable):,} unreadable" if self.unreadable else ""
-        return (f"{self.ready:,} of {self.total:,} images cached ({self.decoded:,} decoded, {self.reused:,} "
-                f"reused{bad}) in {self.seconds:.1f} s")
-
-
 @dataclass
 class CacheStatus:
     """Where a cache stands against its file list, without building anything."""
@@ -147,7 +108,7 @@ class DataCache:
     """The on-disk cache of one file list under one pixel preprocessing.
 
     Args:
-        files: The source's file list (:mod:`nnlab.filelists`).
+        files: The source's file list (:mod:`nnlab.data.filelists`).
         preprocessing: The model's preprocessing (only its pixel half decides what is cached).
         workspace: The workspace root (default: ``nnlab.config.workspace_dir()``).
     """
@@ -311,7 +272,7 @@ class DataCache:
                **kwargs):
         """A DataLoader of ``(uint8 images, int64 labels, int64 indices)`` batches of ``split``, in ``order``.
 
-        See :func:`nnlab.diskimages.batch_loader`.
+        See :func:`nnlab.data.diskimages.batch_loader`.
         """
         return batch_loader(self.images(split), self.labels(split), order=order, batch_size=batch_size,
                             num_workers=num_workers, **kwargs)
@@ -334,7 +295,7 @@ class DataCache:
             DataCacheError: The disk is too small or cannot be written, or no image could be read.
             nnlab.train.Cancelled: ``cancel()`` returned True.
         """
-        from nnlab._cachebuild import Build
+        from nnlab.data._cachebuild import Build
 
         return Build(self, progress, cancel, workers, commit_seconds).run()
 

@@ -17,9 +17,9 @@ from typing import Any
 from torch import nn
 
 from nnlab import config
-from nnlab.data import DATASETS, ImageDataset, Source, cache_for, dataset_at, open_source
-from nnlab.preprocess import Preprocessing
-from nnlab.models import create_model, load_into
+from nnlab.data.preprocess import Preprocessing
+from nnlab.data.sets import DATASETS, ImageDataset, Source, cache_for, dataset_at, open_source
+from nnlab.models.registry import create_model, load_into
 from nnlab.records import Record
 from nnlab.workspace import Workspace
 
@@ -92,7 +92,7 @@ def load_source(ref: DataRef) -> Source:
     """The source a reference names (its file list; loaded once per process)."""
     key = ref["key"]
     if key not in DATASETS:
-        from nnlab.data import DatasetError
+        from nnlab.data.sets import DatasetError
 
         raise DatasetError(f"unknown dataset {key!r}")
     return _SOURCES.get(json.dumps([key, ref.get("path", "")]), lambda: open_source(key, ref.get("path", "")))
