@@ -126,11 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--population", type=int, default=8, help="nsga2: trials per generation")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--keep-all", action="store_true", help="keep every measured variant, not only the frontier")
-    rp = sub.add_parser("report", help="write a model's one-file report (HTML, and a PDF when a browser can print)")
-    common(rp, False)
-    rp.add_argument("--variants", default="", help="comma-separated variant ids to put side by side")
-    rp.add_argument("--goal", type=float, default=None, help="E_goal as a fraction (default: the pages' default)")
-    rp.add_argument("--out", default="nnlab-report.html", help="where to write the HTML (the PDF goes beside it)")
     return p
 
 
@@ -142,25 +137,6 @@ def _progress(quiet: bool):
         print(f"[{frac:6.1%}] {msg}", file=sys.stderr, flush=True)
 
     return show
-
-
-def _report(args: argparse.Namespace, ws: Any) -> tuple[int, str]:
-    """The same report the pages build, written to ``--out``."""
-    import diagnostics.tasks as dtasks
-    from nnlab.jobs import refs
-
-    dref = _data_ref(args.dataset or "digits")
-    _, model_id, _ = _load(args.model or "demo", args.arch or "demo-cnn", dref, ws)
-    if not ws.has_model(model_id):
-        raise ValueError(f"--model must be a workspace model id or 'demo' for a report (got {args.model!r})")
-    rec = ws.load_model_record(model_id)
-    pre = rec.extra.get("preprocessing") if rec is not None else None
-    src = refs.load_source(dref)
-    ref = refs.data_ref(dref["key"], dref["path"], pre if pre and pre != src.native(ws.root).to_dict() else None)
-    out = Path(args.out).resolve()
-    res = dtasks.build_report(ws, model_id, ref, [v for v in args.variants.split(",") if v.strip()], args.goal,
-                              progress=_progress(args.quiet), out=out)
-    return 0, json.dumps(res, indent=1)
 
 
 def _data_ref(dataset: str) -> dict:
@@ -383,8 +359,6 @@ def _run(args: argparse.Namespace) -> tuple[int, str | None]:
             return _apply(args, ws)
         if args.command == "search":
             return _search(args, ws)
-        if args.command == "report":
-            return _report(args, ws)
         return _sweep(args, ws)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -251,21 +251,6 @@ def binned_figure(hists: dict[str, tuple[np.ndarray, np.ndarray]], title: str, l
     return fig
 
 
-def activation_histogram(model: nn.Module, data: ImageDataset, layer: str,
-                         samples: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
-    """Histogram ``(counts, edges)`` of one layer's outputs over the first ``samples`` test images.
-
-    The hooks go on a private copy: the given model may be shared by every session.
-    """
-    import copy
-
-    from diagnostics.activations import activation_stats
-
-    x = data.tensors("test", np.arange(min(samples, len(data.y_test))))[0]
-    stats = activation_stats(copy.deepcopy(model), x, layers=[layer])
-    return (stats[0].counts, stats[0].edges) if stats else None
-
-
 def runs_outside_pytorch(model: nn.Module) -> bool:
     """True for a variant executed by another runtime (int8 ONNX Runtime): no PyTorch weights or hooks."""
     return getattr(model, "runner", None) is not None

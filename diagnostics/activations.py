@@ -18,6 +18,7 @@ from torch import nn
 
 from diagnostics.features import channels_first, output_layout, private_copy
 from diagnostics.hooks import capture_outputs
+from nnlab.data.sets import ImageDataset
 from nnlab.models.archinfo import token_layout
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
@@ -197,3 +198,16 @@ def compare(base: list[LayerActivation], other: list[LayerActivation]) -> list[d
             row[f"Δ {key}"] = vb - va
         rows.append(row)
     return rows
+
+
+def activation_histogram(model: nn.Module, data: ImageDataset, layer: str,
+                         samples: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
+    """Histogram ``(counts, edges)`` of one layer's outputs over the first ``samples`` test images.
+
+    The hooks go on a private copy: the given model may be shared by every session.
+    """
+    import copy
+
+    x = data.tensors("test", np.arange(min(samples, len(data.y_test))))[0]
+    stats = activation_stats(copy.deepcopy(model), x, layers=[layer])
+    return (stats[0].counts, stats[0].edges) if stats else None

@@ -26,7 +26,12 @@ import numpy as np
 from torch import nn
 
 from diagnostics.diagnosis import Facts
-from diagnostics.labels import LabelIssues, crossval_probs_features, find_label_issues, subsample
+from diagnostics.labels import (
+    LabelIssues,
+    crossval_probs_features,
+    find_label_issues,
+    subsample,
+)
 from diagnostics.mismatch import (
     ClassShift,
     Duplicates,

@@ -28,11 +28,20 @@ import numpy as np
 import torch
 from safetensors.torch import save as st_save
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,
+    _get_current_dispatch_mode_stack,
+)
 from torch.utils.flop_counter import flop_registry
 
 from nnlab.runtimes.base import Runner, artifact_files, as_input, torch_logits
-from nnlab.runtimes.candidates import available_fp32, fidelity_check, fp32_factories, precision_of, same_runtime_factory
+from nnlab.runtimes.candidates import (
+    available_fp32,
+    fidelity_check,
+    fp32_factories,
+    precision_of,
+    same_runtime_factory,
+)
 from nnlab.runtimes.torch_eager import TorchRunner
 from nnlab.threads import TIMING_LOCK, torch_threads
 

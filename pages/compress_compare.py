@@ -8,6 +8,7 @@ import streamlit as st
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import compare, export
 from compression.variant import load_variant_model
+from diagnostics.activations import activation_histogram
 from nnlab.data.viz import as_image, display_scale
 from nnlab.evaluate import EvalResult
 from nnlab.jobs.kinds import eval_key, load_evaluation
@@ -45,7 +46,7 @@ def _variant_eval(rec) -> EvalResult:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _activation_hist(root: str, record_id: str, created: float, layer: str, dataset_id: str, _model, _data):
-    return compare.activation_histogram(_model, _data, layer)
+    return activation_histogram(_model, _data, layer)
 
 
 variants = [v for v in ws.list_variants() if v.dataset == data.id and v.status == "ok"]

@@ -8,10 +8,12 @@ Results go to the workspace; the job's own result is a small summary naming them
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 from torch import nn
 
 from nnlab.base import demo_id, ensure_demo, profile_model
@@ -165,7 +167,8 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
         ws.save_run(runtime_key(model_id, data.id, split), rt.to_dict())  # first: the arrays mark completion
         ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
     except WorkspaceError:
-        _MEMORY[key] = (logits, labels)
+        with _MEMORY_LOCK:
+            _MEMORY[key] = (logits, labels)
     return result_from_logits(logits, labels)
 
 
@@ -190,7 +193,9 @@ def evaluate_job(params: dict, ctx: JobContext) -> dict:
             "samples": len(res.labels)}
 
 
-_MEMORY: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+# Evaluations kept in memory when the workspace is read-only: at most this many (least recently used out).
+_MEMORY: LRUCache = LRUCache(maxsize=16)
+_MEMORY_LOCK = threading.Lock()
 
 
 def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> EvalResult | None:
@@ -199,8 +204,10 @@ def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> E
     arrays = ws.load_arrays(key)
     if arrays is not None and "logits" in arrays:
         return result_from_logits(arrays["logits"], arrays["labels"])
-    if key in _MEMORY:
-        return result_from_logits(*_MEMORY[key])
+    with _MEMORY_LOCK:
+        kept = _MEMORY.get(key)
+    if kept is not None:
+        return result_from_logits(*kept)
     return None
 
 

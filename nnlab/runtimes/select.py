@@ -24,7 +24,12 @@ from torch import nn
 
 from nnlab.measure import interleaved_latency
 from nnlab.runtimes.base import Runner, RunnerFactory, as_input, torch_logits
-from nnlab.runtimes.candidates import BULK_CANDIDATES, FP32_CANDIDATES, fidelity_check, fp32_factories
+from nnlab.runtimes.candidates import (
+    BULK_CANDIDATES,
+    FP32_CANDIDATES,
+    fidelity_check,
+    fp32_factories,
+)
 
 # A check gets (candidate name, runner) and returns (accepted, facts to show beside the figures).
 Check = Callable[[str, Runner], tuple[bool, dict]]  # see nnlab.runtimes.candidates.fidelity_check
