@@ -263,7 +263,7 @@ class _Worker:
 
     def __init__(self, ctx: worker.Context, lock_fd: int) -> None:
         env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[1])
+        pkg_root = str(Path(__file__).resolve().parents[2])  # the project root (nnlab/data/_cachebuild.py)
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen([sys.executable, "-m", "nnlab.data._cacheworker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, pass_fds=(lock_fd,), cwd=pkg_root)

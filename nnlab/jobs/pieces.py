@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # importing this module stays light (Ray's helper processes i
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project root (nnlab/jobs/pieces.py)
 PACKAGES = ("nnlab", "compression", "diagnostics")
 
 ProgressFn = Callable[[int, str, float], None]

@@ -262,7 +262,7 @@ def workspace_writable(root: str) -> bool:
 
 
 _IN_FRAME: contextvars.ContextVar[bool] = contextvars.ContextVar("nnlab_in_frame", default=False)
-APP = Path(__file__).resolve().parents[1] / "app.py"
+APP = Path(__file__).resolve().parents[2] / "app.py"  # nnlab/ui/session.py → the project root
 
 
 @contextlib.contextmanager
