@@ -56,6 +56,16 @@ class LayerActivation:
     counts: np.ndarray = field(repr=False)
     edges: np.ndarray = field(repr=False)
 
+    def to_dict(self) -> dict:
+        """JSON-able (NaN stays NaN); :meth:`from_dict` gives back the same numbers."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {**d, "shape": list(self.shape), "counts": self.counts.tolist(), "edges": self.edges.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerActivation:
+        return cls(**{**d, "shape": tuple(d["shape"]), "counts": np.asarray(d["counts"], dtype=np.int64),
+                      "edges": np.asarray(d["edges"], dtype=np.float64)})
+
     def row(self) -> dict:
         return {"layer": self.name, "type": self.type, "shape": "×".join(map(str, self.shape)),
                 "mean": self.mean, "std": self.std, "min": self.min, "max": self.max,

@@ -53,6 +53,19 @@ _INPLACE_FUNCS = {torch.relu_, torch.Tensor.relu_, F.relu_}
 _OTHER_ACTS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU,
                nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softplus)
 _inside = threading.local()
+# Captum's notes about what it does here on purpose (hooks on the ReLUs, the input made to require gradients).
+# Silenced once, by message and module, at import: never by changing the filters around a call, which
+# ``warnings.catch_warnings`` does for the whole process (not thread-safe: pages and jobs attribute concurrently).
+CAPTUM_NOTES = (r"Setting backward hooks on ReLU activations", r"Input Tensor \d+ did not already require gradients")
+
+
+def silence_captum_notes() -> None:
+    """Add the filters ignoring :data:`CAPTUM_NOTES` from Captum's modules (done at import; idempotent)."""
+    for message in CAPTUM_NOTES:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=r"captum\.")
+
+
+silence_captum_notes()
 
 
 class _ModuleReLU(nn.ReLU):
@@ -228,8 +241,7 @@ def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_step
     m = prep.model
     x = x[:1].detach().to(_device(m)).float()
     delta = float("nan")
-    with borrowed(m), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with borrowed(m):
         mode = _FunctionalReLUs("deconv" if method == "deconvnet" else "guided") if method in GUIDED else None
         if mode is not None:
             mode.__enter__()

@@ -1,4 +1,5 @@
-"""The diagnostics' job kinds: the data checks, the exact label check by k-fold retraining, learning curves.
+"""The diagnostics' job kinds: the data checks, the exact label check by k-fold retraining, learning curves,
+the Look-inside scans (channel scores over many samples, activation statistics over a batch).
 
 Parameters are JSON (the model by workspace id, the dataset by reference); results go to the workspace as runs
 (written once, at the end), so a cancelled or failed job leaves nothing behind and every page and session that
@@ -10,13 +11,15 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from diagnostics import curves, datacheck, labels
+import numpy as np
+
+from diagnostics import activations, curves, datacheck, features, labels
 from diagnostics.datacheck import data_checks_key, load_data_report  # noqa: F401 - also read from here
 from nnlab.base import demo_config
 from nnlab.jobs import refs
 from nnlab.jobs.manager import JobContext, job_kind
 from nnlab.models.registry import create_model
-from nnlab.workspace import Workspace, safe_key
+from nnlab.workspace import Workspace, WorkspaceError, safe_key
 
 
 @job_kind("data-checks", label=lambda p: f"Data checks of {p['model_id']}")
@@ -69,6 +72,106 @@ def learning_curve_job(params: dict, ctx: JobContext) -> dict:
     key = curves.cache_key(params["model_id"], data.id, fractions, epochs)
     Workspace(ctx.workspace).save_run(key, {"points": [asdict(p) for p in points]})
     return {"run": key, "points": len(points)}
+
+
+# --- Look inside: scans over many samples -------------------------------------------------------------------
+# Stored in the workspace under a key of their inputs (in this process's memory when the workspace is read-only).
+
+_MEMORY: dict[str, object] = {}
+_MEMORY_ENTRIES = 16
+
+
+def _remember(key: str, value: object) -> None:
+    _MEMORY.pop(key, None)
+    _MEMORY[key] = value
+    while len(_MEMORY) > _MEMORY_ENTRIES:
+        _MEMORY.pop(next(iter(_MEMORY)))
+
+
+def channel_scores_key(model_id: str, data_id: str, layer: str, split: str, limit: int, reduce: str) -> str:
+    return safe_key("chscores", model_id, data_id, layer, split, str(int(limit)), reduce)
+
+
+def load_channel_scores(ws: Workspace, key: str) -> np.ndarray | None:
+    """Stored :func:`diagnostics.features.channel_scores` (``N×C``; None when not computed yet)."""
+    arrays = ws.load_arrays(key)
+    if arrays is not None and "scores" in arrays:
+        return arrays["scores"]
+    value = _MEMORY.get(key)
+    return value if isinstance(value, np.ndarray) else None
+
+
+@job_kind("channel-scores", label=lambda p: f"Channel scores of {p['layer']} over {p['limit']:,} {p['split']} "
+                                            f"samples ({p['reduce']}) of {p['model_id']}")
+def channel_scores_job(params: dict, ctx: JobContext) -> dict:
+    """Every channel's score of one layer for the first ``limit`` samples of a split (the Feature maps page)."""
+    data = refs.load_data(params["data"], ctx.workspace)
+    model, _ = refs.load_model(params["model_id"], ctx.workspace)
+    layer, split, limit, reduce = params["layer"], params["split"], int(params["limit"]), params["reduce"]
+
+    def progress(fraction: float) -> None:
+        ctx.progress(f"{layer}: {int(fraction * min(limit, len(data.labels(split)))):,} samples", fraction)
+        ctx.check_cancel()
+
+    scores = features.channel_scores(model, data, layer, split, limit, reduce, progress=progress)
+    key = channel_scores_key(params["model_id"], data.id, layer, split, limit, reduce)
+    try:
+        Workspace(ctx.workspace).save_arrays(key, scores=scores)
+    except WorkspaceError:
+        _remember(key, scores)
+    return {"key": key, "samples": int(scores.shape[0]), "channels": int(scores.shape[1]) if scores.ndim > 1 else 0}
+
+
+def activation_stats_key(model_id: str, data_id: str, split: str, n: int, kind: str, bins: int,
+                         variant_id: str = "") -> str:
+    who = f"variant-{variant_id}" if variant_id else model_id
+    return safe_key("actstats", who, data_id, split, str(int(n)), kind, str(int(bins)))
+
+
+def load_activation_stats(ws: Workspace, key: str) -> list[activations.LayerActivation] | None:
+    """Stored :func:`diagnostics.activations.activation_stats` (None when not computed yet)."""
+    run = ws.load_run(key)
+    if run is None:
+        run = _MEMORY.get(key) if isinstance(_MEMORY.get(key), dict) else None
+    if run is None or "layers" not in run:
+        return None
+    return [activations.LayerActivation.from_dict(d) for d in run["layers"]]
+
+
+@job_kind("activation-stats", label=lambda p: f"Activation statistics of {p.get('variant_id') or p['model_id']} "
+                                              f"over {p['n']:,} {p['split']} images ({p['kind']})")
+def activation_stats_job(params: dict, ctx: JobContext) -> dict:
+    """Each layer's output statistics over the first ``n`` images of a split (the Activations page).
+
+    The model is the base ``model_id``, or the compressed variant ``variant_id`` when given.
+    """
+    data = refs.load_data(params["data"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    if params.get("variant_id"):
+        from compression.variant import load_variant_model  # the variant's own loader (compression sits above)
+
+        rec = ws.load_variant(params["variant_id"])
+        if rec is None:
+            raise ValueError(f"no variant {params['variant_id']!r} in the workspace")
+        ctx.progress("loading the variant", 0.0)
+        model = load_variant_model(ws, rec)
+    else:
+        model, _ = refs.load_model(params["model_id"], ctx.workspace)
+    split, n, kind, bins = params["split"], int(params["n"]), params["kind"], int(params["bins"])
+    x, _ = data.tensors(split, np.arange(n))
+
+    def progress(fraction: float) -> None:
+        ctx.progress(f"{int(fraction * n):,} of {n:,} images", fraction)
+        ctx.check_cancel()
+
+    stats = activations.activation_stats(model, x, kind=kind, bins=bins, batch_size=32, progress=progress)
+    key = activation_stats_key(params["model_id"], data.id, split, n, kind, bins, params.get("variant_id", ""))
+    run = {"layers": [s.to_dict() for s in stats]}
+    try:
+        ws.save_run(key, run)
+    except WorkspaceError:
+        _remember(key, run)
+    return {"key": key, "layers": len(stats)}
 
 
 def report_path(ws: Workspace, model_id: str, data_id: str, variant_ids: list[str], e_goal: float | None) -> Path:

@@ -24,7 +24,8 @@ Threads: Ray sets ``OMP_NUM_THREADS`` to a task's CPU count (1 when the task sta
 reused worker keeps the thread count it started with. Here every task asks for
 ``max(cpus_per_task, threads_per_task)`` CPUs (so Ray's ``OMP_NUM_THREADS`` is the thread count; when more
 CPUs than threads are reserved, the task's runtime environment sets ``OMP_NUM_THREADS`` explicitly) and runs
-under :func:`nnlab.measure.torch_threads` with ``threads_per_task``, in Ray and in-process alike; the count
+under :func:`nnlab.threads.torch_threads` with ``threads_per_task``, in Ray and in-process alike (an untimed
+block: it holds no lock while the piece runs, so pages and other jobs never wait for a piece); the count
 is given to the piece (``report.threads``) so that it can record it. Reserving CPUs is what keeps other tasks
 off those cores on a node, which fair latency needs (one task per node: ``cpus_per_task`` = the node's CPUs).
 
@@ -254,7 +255,11 @@ def _import_function(path: str) -> Callable:
 
 
 def _run_piece(fn_path: str, piece: dict, report: Report) -> dict:
-    """Run one piece with its thread count set (the same in Ray and in-process); returns the task's facts."""
+    """Run one piece with its thread count set (the same in Ray and in-process); returns the task's facts.
+
+    The count is set by :func:`nnlab.threads.torch_threads`, which holds no lock across the piece; a piece that
+    times something does so inside :func:`nnlab.measure.interleaved_latency` (the timed section).
+    """
     from nnlab.threads import torch_threads
 
     fn = _import_function(fn_path)
