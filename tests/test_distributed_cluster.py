@@ -120,6 +120,7 @@ VOLATILE = {"created", "latency", "extra"}  # times differ by nature; extra is c
 def same_part(ws: Workspace, rec) -> dict:
     d = {k: v for k, v in rec.to_dict().items() if k not in VOLATILE}
     d["extra"] = {k: v for k, v in rec.extra.items() if k not in ("seconds", "node", "executor")}
+    d["baseline"] = {k: v for k, v in rec.baseline.items() if k != "latency"}  # where the base was timed, not how fast
     d["artifact_sha1"] = hashlib.sha1((ws.root / rec.artifact).read_bytes()).hexdigest()
     return d
 
