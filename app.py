@@ -36,6 +36,7 @@ PAGES = {
         st.Page("pages/compress_lab.py", title="Compression lab", icon=":material/compress:"),
         st.Page("pages/compress_pareto.py", title="Pareto", icon=":material/scatter_plot:"),
         st.Page("pages/compress_compare.py", title="Side by side", icon=":material/compare:"),
+        st.Page("pages/compress_diagnose.py", title="Diagnose a variant", icon=":material/troubleshoot:"),
     ],
     "Jobs": [st.Page("pages/jobs.py", title="Jobs", icon=":material/pending_actions:")],
 }

@@ -240,3 +240,46 @@ def build_report(ws: Workspace, model_id: str, data_ref: dict, variant_ids: list
     return {"html": rel(path), "pdf": rel(pdf) if has_pdf else "", "bytes": path.stat().st_size,
             "pdf_bytes": pdf.stat().st_size if has_pdf else 0, "seconds": round(time.perf_counter() - t0, 1),
             "notes": rep.notes}
+
+
+# --- a variant against its base --------------------------------------------------------------------------
+
+def variant_diagnosis_key(model_id: str, variant_id: str, data_id: str, samples: int) -> str:
+    return safe_key("variantdiag", model_id, variant_id, data_id, str(samples))
+
+
+@job_kind("variant-diagnosis", label=lambda p: f"Diagnose variant {p['variant_id']} against {p['model_id']}")
+def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
+    """Per-layer error of a variant against its base on the first ``samples`` test images, and accuracy with
+    each of the ``top_k`` worst layers put back (:mod:`diagnostics.variantdiff`); the table goes to a run."""
+    from compression.compare import runs_outside_pytorch
+    from compression.variant import load_variant_model
+    from diagnostics import variantdiff
+
+    data = refs.load_data(params["data"], ctx.workspace)
+    base, _ = refs.load_model(params["model_id"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    rec = ws.load_variant(params["variant_id"])
+    if rec is None or rec.parent != params["model_id"]:
+        raise ValueError(f"no variant {params['variant_id']!r} of {params['model_id']!r} in the workspace")
+    ctx.progress("loading the variant", 0.05)
+    variant = load_variant_model(ws, rec)
+    n = min(int(params.get("samples", 256)), len(data.labels("test")))
+    x, y = data.tensors("test", np.arange(n))
+    out: dict = {"samples": n, "variant_id": rec.id, "runtime": rec.latency.get("1", {}).get("runtime", "")}
+    if runs_outside_pytorch(variant):
+        out.update(errors=[], recovery=[], note=f"{rec.name} runs in {out['runtime']}: its layers are not PyTorch "
+                   "modules, so the per-layer error needs the runtime's own intermediate outputs (not measured yet)")
+    else:
+        ctx.progress("per-layer error", 0.2)
+        errors = variantdiff.layer_errors(base, variant, x)
+        ctx.check_cancel()
+        ranked = sorted((e for e in errors if np.isfinite(e.local_rel)), key=lambda e: -e.local_rel)
+        top = [e.name for e in ranked[: int(params.get("top_k", 5))]]
+        ctx.progress(f"putting back the {len(top)} layers with the largest error, one at a time", 0.5)
+        acc_b, acc_v, rec_rows = variantdiff.recovery(base, variant, x, y.numpy(), [[t] for t in top])
+        out.update(errors=[e.to_dict() for e in errors], recovery=[r.to_dict() for r in rec_rows],
+                   base_accuracy=acc_b, variant_accuracy=acc_v, note="")
+    key = variant_diagnosis_key(params["model_id"], rec.id, data.id, n)
+    ws.save_run(key, out)
+    return {"run": key, "layers": len(out["errors"])}

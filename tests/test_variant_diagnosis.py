@@ -96,3 +96,29 @@ def test_pies_on_a_synthetic_population_equal_the_definition():
     assert out["pie_rate_low_confidence"] == 1.0 and out["pie_rate"] == pytest.approx(2 / 6)
     assert out["base_accuracy_pie"] == 0.5 and out["base_accuracy_rest"] == 0.75
     assert np.array_equal(vd.modal(np.array([[0, 1], [1, 0]]), 2), [0, 0])  # ties go to the lower class
+
+
+def test_the_page_shows_layer_errors_recovery_flips_and_pies(demo, digits):
+    from compression.registry import config_from_dict
+    from compression.variant import make_variant
+    from nnlab.workspace import Workspace
+    from tests.conftest import app_test
+
+    model, base, _ = demo
+    ws = Workspace()
+    pruned = make_variant(model, base.id, base.arch,
+                          [config_from_dict({"method": "prune-unstructured", "sparsity": 0.8})], digits, ws)
+    make_variant(model, base.id, base.arch, [config_from_dict({"method": "prune-unstructured", "sparsity": 0.6})],
+                 digits, ws)
+    at = app_test("pages/compress_diagnose.py", timeout=300)
+    at.session_state["compare_ids"] = [pruned.id]
+    at.run()
+    assert not at.exception, at.exception
+    errors = next(d.value for d in at.dataframe if "local_rel" in d.value.columns)
+    assert len(errors) >= 2 and list(errors["depth"]) == list(range(len(errors)))
+    assert (errors["local_rel"] > 0).any()  # 80 % of the weights are gone: every pruned layer has an error
+    recovery = next(d.value for d in at.dataframe if "recovered" in d.value.columns)
+    assert len(recovery) == min(5, len(errors)) and recovery["accuracy"].is_monotonic_decreasing
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Changed predictions"]) >= int(metrics["Right → wrong"]) + int(metrics["Wrong → right"])
+    assert "PIEs" in metrics
