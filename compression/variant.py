@@ -9,6 +9,7 @@ otherwise) timed in one interleaved run with the base as fp32 in that same runti
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import time
@@ -186,14 +187,18 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
         e = enc.get(f"{r['name']}.weight")
         if e:
             r["encoding"], r["stored_bytes"] = e["encoding"], e["bytes"]
-    methods = [cfg.method for cfg in configs]
-    cfg_dict = configs[0].to_dict() if len(configs) == 1 else {"steps": [cfg.to_dict() for cfg in configs]}
+    if isinstance(configs, dict):  # a model made outside the registry (e.g. layers put back): its own description
+        methods, cfg_dict, default_name = [configs["method"]], configs, configs["method"]
+    else:
+        methods = [cfg.method for cfg in configs]
+        cfg_dict = configs[0].to_dict() if len(configs) == 1 else {"steps": [cfg.to_dict() for cfg in configs]}
+        default_name = describe_configs(configs)
     extra = {**result.extra, **meta, "seconds": round(seconds, 2), "runtime": latency["1"]["runtime"],
              "latency_threads": latency["1"]["threads"],
              "size_packed_bytes": size if fmt == packing.FORMAT else None}
     if params:
         extra["weights_hash"] = state_dict_hash(model.state_dict())
-    return Record(id=vid, name=name or describe_configs(configs)[:120], method="+".join(methods), config=cfg_dict,
+    return Record(id=vid, name=(name or default_name)[:120], method="+".join(methods), config=cfg_dict,
                   parent=parent_id, arch=out_arch, dataset=data.id, accuracy=ev.accuracy,
                   per_class_accuracy=ev.per_class_accuracy(data.num_classes), train_accuracy=tr.accuracy,
                   size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=dense, latency=latency,
@@ -201,6 +206,24 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
                   params=params, nonzero_params=nonzero, layers=rows,
                   artifact=str(artifact.relative_to(ws.root)), artifact_format=fmt, created=time.time(),
                   status="ok", extra=extra)
+
+
+def store_model_variant(model: nn.Module, parent_model: nn.Module, parent_id: str, arch: str, config: dict,
+                        data: ImageDataset, ws: Workspace, name: str, extra: dict | None = None) -> Record:
+    """Measure and store a model made outside the method registry (``config["method"]`` names how, e.g.
+    "restore" for layers put back into a variant) exactly like any variant: artifact, accuracy, size, latency
+    beside the base in its runtime, MACs. The model is not changed."""
+    vid = new_id("v")
+    workdir = ws.variant_dir(vid)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = CompressResult(model=copy.deepcopy(model).cpu().eval(), extra=dict(extra or {}))
+        record = _measure(result, parent_model, parent_id, arch, config, data, ws, vid, name, None, None, 0.0)
+        ws.save_variant(record)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return record
 
 
 def remeasure_variant(ws: Workspace, record: Record, parent: nn.Module) -> Record:

@@ -283,3 +283,46 @@ def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
     key = variant_diagnosis_key(params["model_id"], rec.id, data.id, n)
     ws.save_run(key, out)
     return {"run": key, "layers": len(out["errors"])}
+
+
+@job_kind("variant-repair", label=lambda p: f"Put layers of {p['variant_id']} back until within "
+                                            f"{100 * p['budget']:g} points")
+def variant_repair_job(params: dict, ctx: JobContext) -> dict:
+    """Rank the variant's layers by what putting each back recovers, put them back in that order until the
+    drop on ``samples`` test images is within ``budget``, and store the result as a new variant, measured like
+    any other (its restored layers listed in the record)."""
+    from compression.compare import runs_outside_pytorch
+    from compression.variant import load_variant_model, store_model_variant
+    from diagnostics import variantdiff
+
+    data = refs.load_data(params["data"], ctx.workspace)
+    base, base_rec = refs.load_model(params["model_id"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    rec = ws.load_variant(params["variant_id"])
+    if rec is None or rec.parent != params["model_id"]:
+        raise ValueError(f"no variant {params['variant_id']!r} of {params['model_id']!r} in the workspace")
+    variant = load_variant_model(ws, rec)
+    if runs_outside_pytorch(variant):
+        raise ValueError(f"{rec.name} runs in {rec.latency.get('1', {}).get('runtime', 'another runtime')}: putting "
+                         "layers back there (nodes left in float) is not built yet; repair works on PyTorch variants")
+    budget = float(params["budget"])
+    n = min(int(params.get("samples", 512)), len(data.labels("test")))
+    x, y = data.tensors("test", np.arange(n))
+    ctx.progress("ranking the layers by what putting each back recovers", 0.1)
+    errors = variantdiff.layer_errors(base, variant, x[:64])  # candidates: the layers with the largest own error
+    by_error = sorted((e for e in errors if np.isfinite(e.local_rel) and e.local_rel > 0), key=lambda e: -e.local_rel)
+    names = [e.name for e in by_error[: int(params.get("max_layers", 16))]]
+    _, _, ranking = variantdiff.recovery(base, variant, x, y.numpy(), [[nm] for nm in names])
+    ctx.check_cancel()
+    order = [r.layers[0] for r in ranking if r.accuracy > 0]
+    ctx.progress("putting layers back until the drop is within the budget", 0.4)
+    chosen, acc_b, acc = variantdiff.restore_until(base, variant, x, y.numpy(), order, budget)
+    ctx.check_cancel()
+    ctx.progress(f"measuring the repaired variant ({len(chosen)} layer(s) back)", 0.6)
+    repaired = variantdiff.put_back(base, variant, chosen)
+    config = {"method": "restore", "from_variant": rec.id, "layers": chosen, "budget": budget, "samples": n}
+    new = store_model_variant(repaired, base, base_rec.id, base_rec.arch, config, data, ws,
+                              name=f"{rec.name} · {len(chosen)} layer(s) back (≤ {100 * budget:g} pt)",
+                              extra={"restored_layers": chosen, "from_variant": rec.id,
+                                     "repair_samples": n, "repair_accuracy": acc, "repair_base_accuracy": acc_b})
+    return {"variant_id": new.id, "restored_layers": chosen, "accuracy": new.accuracy}

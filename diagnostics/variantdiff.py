@@ -190,6 +190,26 @@ def recovery(base: nn.Module, variant: nn.Module, x: torch.Tensor, y: np.ndarray
     return acc_b, acc_v, out
 
 
+def restore_until(base: nn.Module, variant: nn.Module, x: torch.Tensor, y: np.ndarray, ranking: list[str],
+                  budget: float) -> tuple[list[str], float, float]:
+    """Put layers back in ``ranking`` order until the variant's accuracy on ``x``, ``y`` is within ``budget``
+    (a fraction, 0.005 = half a point) of the base's; ``([] , ...)`` when it already is.
+
+    Returns:
+        ``(layers put back, base accuracy, accuracy with them back)``.
+    """
+    y = np.asarray(y)
+    acc_b = float((_preds(copy.deepcopy(base).eval(), x) == y).mean())
+    chosen: list[str] = []
+    acc = float((_preds(copy.deepcopy(variant).eval(), x) == y).mean())
+    for name in ranking:
+        if acc_b - acc <= budget:
+            break
+        chosen.append(name)
+        acc = float((_preds(put_back(base, variant, chosen), x) == y).mean())
+    return chosen, acc_b, acc
+
+
 @dataclass
 class Flips:
     """How predictions changed from the base to a variant (same samples, same order)."""

@@ -115,6 +115,9 @@ for col, r, ev in zip(cols, chosen[1:], evals[1:]):
 st.download_button("Comparison (CSV)", compare.comparison_csv(chosen, evals, cur.record), file_name="comparison.csv",
                    mime="text/csv", key="compare_dl_csv")
 
+st.page_link("pages/compress_diagnose.py", label="Diagnose a variant: which layer lost the accuracy, put layers back, "
+             "what several variants forgot", icon=":material/troubleshoot:")
+
 st.subheader("Per layer: sparsity, bit-width, clusters, channels")
 st.dataframe(compare.layer_details(chosen), hide_index=True, width="stretch", key="compare_layers")
 

@@ -90,6 +90,22 @@ if len(errors):
                                 "agreement": st.column_config.NumberColumn(format="percent"),
                                 "recovered": st.column_config.NumberColumn(format="percent")})
 
+    st.subheader("Put layers back until the drop is within a budget")
+    r1, r2 = st.columns([1, 3])
+    budget = r1.number_input("Largest drop (points)", 0.0, 50.0, 0.5, step=0.1, key="diag_budget")
+    r2.caption("Ranks the layers by what putting each back recovers, puts them back in that order until the drop on "
+               "512 test images is within the budget, and stores the result as a new variant, measured like any "
+               "other (it appears on the Pareto plot with its latency cost; the restored layers are in its record).")
+    if st.button("Repair", key="diag_repair", type="primary"):
+        job = session.run_job("variant-repair", {"model_id": cur.model_id, "data": cur.data_ref, "variant_id": rec.id,
+                                                 "budget": budget / 100, "samples": 512},
+                              title=f"Repairing **{rec.name}**…", what="The repair", retry=True)
+        out = job.result or {}
+        st.success(f"New variant {out.get('variant_id')}: {len(out.get('restored_layers', []))} layer(s) put back "
+                   f"({', '.join(out.get('restored_layers', [])) or 'none needed'}), test accuracy "
+                   f"{out.get('accuracy', float('nan')):.2%}.")
+        st.page_link("pages/compress_pareto.py", label="See it on the Pareto plot", icon=":material/scatter_plot:")
+
 st.subheader("Samples whose prediction changed")
 if fl.changed:
     m = pd.DataFrame(fl.matrix, index=[f"base: {c}" for c in data.classes], columns=[f"variant: {c}" for c in data.classes])

@@ -185,6 +185,8 @@ with right:
     progress_panel()
 
     st.subheader("Variants")
+    st.page_link("pages/compress_diagnose.py", label="Diagnose a variant: which layer lost the accuracy",
+                 icon=":material/troubleshoot:")
     here = [v for v in variants if v.dataset == cur.data.id]
     if ws.errors:
         st.warning("Some variants could not be read: " + "; ".join(ws.errors))

@@ -68,6 +68,8 @@ if picked:
     st.success("Selected: " + ", ".join(names.get(i, i) for i in picked))
     if st.button("Open the comparison", key="pareto_open_compare", type="primary"):
         st.switch_page("pages/compress_compare.py")
+    st.page_link("pages/compress_diagnose.py", label="Diagnose the selected variant against the base",
+                 icon=":material/troubleshoot:")
 
 cost = st.radio("Frontier of the table", list(pareto.COSTS), key="pareto_cost", horizontal=True,
                 format_func=lambda k: pareto.COSTS[k])

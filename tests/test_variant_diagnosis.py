@@ -122,3 +122,29 @@ def test_the_page_shows_layer_errors_recovery_flips_and_pies(demo, digits):
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Changed predictions"]) >= int(metrics["Right → wrong"]) + int(metrics["Wrong → right"])
     assert "PIEs" in metrics
+
+
+def test_repair_puts_layers_back_until_within_budget_and_stores_a_measured_variant(demo, digits):
+    from compression.registry import config_from_dict
+    import diagnostics.tasks  # noqa: F401 - registers the job kinds
+    from compression.variant import make_variant
+    from nnlab.jobs import manager as jobs
+    from nnlab.jobs.refs import data_ref
+    from nnlab.measure import comparable
+    from nnlab.workspace import Workspace
+
+    model, base, _ = demo
+    ws = Workspace()
+    v = make_variant(model, base.id, base.arch, [config_from_dict({"method": "prune-unstructured", "sparsity": 0.9})],
+                     digits, ws)
+    job = jobs.submit("variant-repair", {"model_id": base.id, "data": data_ref("digits"), "variant_id": v.id,
+                                         "budget": 0.005, "samples": 450})
+    jobs.wait(job.key, 300)
+    assert job.status == jobs.DONE, job.error
+    new = ws.load_variant(job.result["variant_id"])
+    layers = new.extra["restored_layers"]
+    assert new.parent == base.id and new.config["layers"] == layers and new.config["from_variant"] == v.id
+    assert base.accuracy - new.extra["repair_accuracy"] <= 0.005 + 1e-9  # within the budget on its samples
+    assert base.accuracy - v.accuracy > 0.02 and layers  # 90 % of the weights gone: a real drop, layers went back
+    assert len(layers) < len([r for r in v.layers if r.get("type") in ("Conv2d", "Linear")])  # not all of them
+    assert new.accuracy >= v.accuracy and comparable(new) and new.size_gzip_bytes > 0
