@@ -170,8 +170,59 @@ def run_job(kind: str, params: dict, title: str = "", what: str = "", retry: boo
 
 # --- the selection ----------------------------------------------------------------------------------------
 
+_WEIGHTS_CODE = {NNLAB_TRAINED: "demo", UPLOAD: "upload", PRETRAINED: "pretrained", RANDOM: "random",
+                 TRAINED: "trained"}
+_URL_KEYS = ("dataset", "path", "arch", "weights", "model", "upload")
+
+
+def selection_from_url() -> None:
+    """On a session's first run, take the selection from the URL, so a copied link opens the same view.
+
+    ``?dataset=KEY&path=FOLDER&arch=ARCH&weights=demo|trained|upload|pretrained|random&model=ID&upload=SHA``; the
+    page is the URL's path. An uploaded checkpoint travels by its workspace id (the hash it is stored under), never
+    as a file. Unknown values are ignored (the defaults stay).
+    """
+    if st.session_state.get("_url_read"):
+        return
+    st.session_state["_url_read"] = True
+    q = st.query_params
+    if q.get("dataset") in DATASETS:
+        st.session_state["dataset"] = q["dataset"]
+    if q.get("path"):
+        st.session_state["dataset_path"] = q["path"]
+    if q.get("arch"):
+        st.session_state["arch"] = q["arch"]
+    by_code = {v: k for k, v in _WEIGHTS_CODE.items()}
+    if q.get("weights") in by_code:
+        st.session_state["weights"] = by_code[q["weights"]]
+    if q.get("model"):
+        st.session_state["trained_model"] = q["model"]
+    if q.get("upload") and all(c in "0123456789abcdef" for c in q["upload"]):
+        st.session_state["upload_sha"] = q["upload"]
+
+
+def selection_to_url() -> None:
+    """Write the current selection into the URL (only what changed, so the browser history stays short)."""
+    key = st.session_state.get("dataset", default_dataset())
+    weights = st.session_state.get("weights")
+    want = {"dataset": key, "arch": st.session_state.get("arch", "demo-cnn"),
+            "weights": _WEIGHTS_CODE.get(weights, "")}
+    if DATASETS[key].needs_path and st.session_state.get("dataset_path"):
+        want["path"] = st.session_state["dataset_path"]
+    if weights == TRAINED and st.session_state.get("trained_model"):
+        want["model"] = st.session_state["trained_model"]
+    if weights == UPLOAD and st.session_state.get("upload_sha"):
+        want["upload"] = st.session_state["upload_sha"]
+    for k in _URL_KEYS:
+        if k in want and want[k] and st.query_params.get(k) != want[k]:
+            st.query_params[k] = want[k]
+        elif k not in want and k in st.query_params:
+            del st.query_params[k]
+
+
 def sidebar() -> None:
-    """Render the dataset and model pickers; their values live in ``st.session_state``."""
+    """Render the dataset and model pickers; their values live in ``st.session_state`` and in the URL."""
+    selection_from_url()
     st.sidebar.header("Data and model")
     keys = list(DATASETS)
     st.session_state.setdefault("dataset", default_dataset())
@@ -205,6 +256,7 @@ def sidebar() -> None:
                                  type=["pt", "pth", "safetensors", "bin"], key="checkpoint")
     if st.session_state["weights"] not in (NNLAB_TRAINED, TRAINED):
         preprocessing_editor(arch)
+    selection_to_url()
     jobs_summary()
 
 
@@ -432,6 +484,14 @@ def chosen_preprocessing(arch: str, weights: str) -> Preprocessing | None:
         st.stop()
 
 
+def _stashed_upload(ws: Workspace, sha: str) -> tuple[str, str] | None:
+    """``(relative path, sha)`` of an upload already stored in the workspace under ``sha`` (None: not there)."""
+    if not sha:
+        return None
+    found = sorted((ws.root / "uploads").glob(f"{sha}.*")) if (ws.root / "uploads").is_dir() else []
+    return (str(found[0].relative_to(ws.root)), sha) if found else None
+
+
 def current() -> Current:
     """The selected dataset and model; on a problem, show a clear message and stop the page.
 
@@ -469,21 +529,26 @@ def current() -> Current:
         source: dict = {"kind": _SOURCE[weights]}
         if weights == UPLOAD:
             up = st.session_state.get("checkpoint")
-            if up is None:
+            stashed = _stashed_upload(ws, st.session_state.get("upload_sha", "")) if up is None else None
+            if stashed is not None:  # a link that names an upload already in the workspace
+                source["file"], token = stashed
+            elif up is None:
                 st.info("Upload a checkpoint in the sidebar (a state dict saved with `torch.save(model.state_dict())` "
                         "or safetensors).")
                 st.stop()
-            blob = up.getvalue()
-            try:  # refuse a bad file at once, before anything is stored or a job starts
-                check_upload(blob, up.name, arch, data)
-            except (CheckpointError, ValueError, RuntimeError) as exc:
-                st.error(f"The model cannot be used: {exc}")
-                st.stop()
-            try:
-                source["file"], token = stash_upload(ws, blob, up.name)
-            except WorkspaceError:
-                st.error("The workspace is not writable, so the checkpoint cannot be stored for measuring.")
-                st.stop()
+            if stashed is None:
+                blob = up.getvalue()
+                try:  # refuse a bad file at once, before anything is stored or a job starts
+                    check_upload(blob, up.name, arch, data)
+                except (CheckpointError, ValueError, RuntimeError) as exc:
+                    st.error(f"The model cannot be used: {exc}")
+                    st.stop()
+                try:
+                    source["file"], token = stash_upload(ws, blob, up.name)
+                except WorkspaceError:
+                    st.error("The workspace is not writable, so the checkpoint cannot be stored for measuring.")
+                    st.stop()
+                st.session_state["upload_sha"] = token
         elif weights == RANDOM:
             source["seed"], token = 0, "s0"
         else:
