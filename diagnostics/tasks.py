@@ -326,3 +326,41 @@ def variant_repair_job(params: dict, ctx: JobContext) -> dict:
                               extra={"restored_layers": chosen, "from_variant": rec.id,
                                      "repair_samples": n, "repair_accuracy": acc, "repair_base_accuracy": acc_b})
     return {"variant_id": new.id, "restored_layers": chosen, "accuracy": new.accuracy}
+
+
+def flip_attributions_key(model_id: str, variant_id: str, data_id: str, method: str, indices: list[int]) -> str:
+    return safe_key("flipattr", model_id, variant_id, data_id, method, ",".join(str(i) for i in indices))
+
+
+@job_kind("flip-attributions", label=lambda p: f"Attributions of {len(p['indices'])} flipped samples of "
+                                               f"{p['variant_id']}")
+def flip_attributions_job(params: dict, ctx: JobContext) -> dict:
+    """Base and variant attributions for the same target (the base's prediction) on the given test samples, with
+    their rank correlation (:func:`diagnostics.variantdiff.attribution_pairs`); maps stored as arrays."""
+    from compression.compare import runs_outside_pytorch
+    from compression.variant import load_variant_model
+    from diagnostics import variantdiff
+
+    data = refs.load_data(params["data"], ctx.workspace)
+    base, _ = refs.load_model(params["model_id"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    rec = ws.load_variant(params["variant_id"])
+    if rec is None:
+        raise ValueError(f"no variant {params['variant_id']!r} in the workspace")
+    variant = load_variant_model(ws, rec)
+    if runs_outside_pytorch(variant):
+        raise ValueError(f"{rec.name} runs outside PyTorch: its attributions need its PyTorch model")
+    idx = [int(i) for i in params["indices"]]
+    x, _ = data.tensors("test", np.array(idx, dtype=np.int64))
+    import torch
+
+    with torch.no_grad():
+        targets = base(x).argmax(1).tolist()
+    ctx.progress(f"{params['method']} on {len(idx)} samples, base and variant", 0.1)
+    pairs = variantdiff.attribution_pairs(base, variant, x, targets, params["method"])
+    key = flip_attributions_key(params["model_id"], rec.id, data.id, params["method"], idx)
+    ws.save_arrays(key, base=np.stack([p["base"] for p in pairs]).astype(np.float32),
+                   variant=np.stack([p["variant"] for p in pairs]).astype(np.float32),
+                   similarity=np.array([p["similarity"] for p in pairs], np.float64),
+                   targets=np.array(targets, np.int64), indices=np.array(idx, np.int64))
+    return {"key": key, "similarity": [p["similarity"] for p in pairs]}

@@ -244,6 +244,37 @@ def flips(base_preds: np.ndarray, variant_preds: np.ndarray, labels: np.ndarray,
                  float((pv == y).mean()) if len(y) else float("nan"), idx, mat)
 
 
+def attribution_pairs(base: nn.Module, variant: nn.Module, x: torch.Tensor, targets: list[int],
+                      method: str = "integrated_gradients", layer: str | None = None) -> list[dict]:
+    """Base and variant attributions for the same target, per sample, with their Spearman rank correlation.
+
+    Args:
+        x: Normalised inputs ``N×C×H×W``.
+        targets: The class to explain per sample (e.g. the base's prediction, so both explain the same thing).
+        method: A method of :mod:`diagnostics.attributions` ("integrated_gradients", "gradcam" …).
+        layer: The Grad-CAM layer (default: the last one the attribution module suggests).
+
+    Returns:
+        Per sample: ``base`` and ``variant`` maps (``C×H×W`` arrays) and ``similarity`` (Spearman's ρ of the two
+        maps' |values| summed over channels; 1 = the same ranking of pixels).
+    """
+    from scipy.stats import spearmanr
+
+    from diagnostics import attributions as attr
+
+    pb, pv = attr.prepare(base, x[:1]), attr.prepare(variant, x[:1])
+    if method in attr.NEEDS_LAYER and layer is None:
+        layer = attr.gradcam_layers(pb.model)[0]  # the recommended one
+    out = []
+    for i, t in enumerate(targets):
+        a = attr.attribute(pb, x[i:i + 1], method, int(t), layer=layer).values
+        b = attr.attribute(pv, x[i:i + 1], method, int(t), layer=layer).values
+        ha, hb = np.abs(a).sum(0).ravel(), np.abs(b).sum(0).ravel()
+        rho = float(spearmanr(ha, hb).statistic) if ha.std() > 0 and hb.std() > 0 else float("nan")
+        out.append({"base": a, "variant": b, "similarity": rho, "target": int(t)})
+    return out
+
+
 def modal(preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Per sample, the most frequent class across the rows of ``preds`` (V×N); ties go to the lower class."""
     preds = np.asarray(preds, np.int64)

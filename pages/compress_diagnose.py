@@ -119,6 +119,33 @@ if fl.changed:
             c.image(as_image(data.x_test[int(i)], scale),
                     caption=f"#{int(i)} · true {data.classes[int(base_ev.labels[i])]}\n"
                             f"{data.classes[int(base_ev.preds[i])]} → {data.classes[int(var_ev.preds[i])]}")
+    a1, a2 = st.columns([1, 3])
+    method = a1.selectbox("Attribution", ["integrated_gradients", "gradcam"], key="diag_attr_method",
+                          format_func={"integrated_gradients": "Integrated gradients", "gradcam": "Grad-CAM"}.get)
+    a2.caption("Base and variant explain the same class (the base's prediction); ρ is Spearman's rank correlation of "
+               "the two maps (1: the same pixels matter in the same order).")
+    if st.button("Attributions of the first six flipped samples", key="diag_attr_run"):
+        st.session_state["diag_attr_ask"] = True
+    if st.session_state.get("diag_attr_ask"):
+        idx = [int(i) for i in fl.indices[:6]]
+        aparams = {"model_id": cur.model_id, "data": cur.data_ref, "variant_id": rec.id, "method": method,
+                   "indices": idx}
+        akey = dtasks.flip_attributions_key(cur.model_id, rec.id, data.id, method, idx)
+        arr = ws.load_arrays(akey)
+        if arr is None:
+            session.run_job("flip-attributions", aparams, title="Attributions of the flipped samples…",
+                            what="The attributions")
+            arr = ws.load_arrays(akey) or {}
+        if arr:
+            from diagnostics.attributions import render
+
+            for j, i in enumerate(arr["indices"]):
+                cols = st.columns([1, 1, 1, 2])
+                pic = as_image(data.x_test[int(i)])
+                cols[0].image(as_image(data.x_test[int(i)], scale), caption=f"#{int(i)}")
+                cols[1].image(render(arr["base"][j], pic, scale=scale), caption="base")
+                cols[2].image(render(arr["variant"][j], pic, scale=scale), caption="variant")
+                cols[3].metric("ρ base vs variant", f"{arr['similarity'][j]:.2f}")
 else:
     st.success("No test prediction changed.")
 

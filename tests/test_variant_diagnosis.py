@@ -122,6 +122,11 @@ def test_the_page_shows_layer_errors_recovery_flips_and_pies(demo, digits):
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Changed predictions"]) >= int(metrics["Right → wrong"]) + int(metrics["Wrong → right"])
     assert "PIEs" in metrics
+    if int(metrics["Changed predictions"]):  # base and variant attributions of the flipped samples, side by side
+        at.button(key="diag_attr_run").click().run()
+        assert not at.exception, at.exception
+        rhos = [m.value for m in at.metric if m.label == "ρ base vs variant"]
+        assert 0 < len(rhos) <= 6
 
 
 def test_repair_puts_layers_back_until_within_budget_and_stores_a_measured_variant(demo, digits):
@@ -148,3 +153,21 @@ def test_repair_puts_layers_back_until_within_budget_and_stores_a_measured_varia
     assert base.accuracy - v.accuracy > 0.02 and layers  # 90 % of the weights gone: a real drop, layers went back
     assert len(layers) < len([r for r in v.layers if r.get("type") in ("Conv2d", "Linear")])  # not all of them
     assert new.accuracy >= v.accuracy and comparable(new) and new.size_gzip_bytes > 0
+
+
+def test_attribution_pairs_compare_the_same_target_by_rank_correlation(demo, digits):
+    from scipy.stats import spearmanr
+
+    model, _, _ = demo
+    x, _ = digits.tensors("test", np.arange(3))
+    targets = model(x).argmax(1).tolist()
+    same = vd.attribution_pairs(model, model, x, targets, "integrated_gradients")
+    assert all(p["similarity"] == pytest.approx(1.0) for p in same)  # a model against itself
+    noisy = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    pairs = vd.attribution_pairs(model, noisy, x, targets, "integrated_gradients")
+    for p in pairs:  # scipy as the referee
+        want = spearmanr(np.abs(p["base"]).sum(0).ravel(), np.abs(p["variant"]).sum(0).ravel()).statistic
+        assert p["similarity"] == pytest.approx(want) and p["similarity"] < 0.999
