@@ -43,7 +43,7 @@ from nnlab.runtimes.candidates import (
     same_runtime_factory,
 )
 from nnlab.runtimes.torch_eager import TorchRunner
-from nnlab.threads import TIMING_LOCK, torch_threads
+from nnlab.threads import TIMING_LOCK
 
 # The version of the timing harness, stored with every latency: records timed by another harness (or none)
 # are not compared with these (:func:`comparable`) until they are measured again.
@@ -53,7 +53,6 @@ ROUNDS = 5
 WARMUP = 2
 SETTLE_S = 0.02
 
-__all__ = ["TIMING_LOCK", "torch_threads"]  # re-exported for callers of the old location
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -8,7 +8,8 @@ import threading
 import torch
 from torch import nn
 
-from nnlab.measure import count_macs, measure_latency, torch_threads
+from nnlab.measure import count_macs, measure_latency
+from nnlab.threads import torch_threads
 from nnlab.models.registry import DemoCNN, model_hash
 
 
