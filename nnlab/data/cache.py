@@ -280,16 +280,21 @@ class DataCache:
     # --- building ---------------------------------------------------------------------------------------
 
     def build(self, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-              workers: int | None = None, commit_seconds: float = 1.0) -> BuildStats:
+              workers: int | None = None, commit_seconds: float = 1.0, use_ray: bool | None = None) -> BuildStats:
         """Decode what is missing or changed, drop what is no longer listed; reuse everything else.
+
+        The images are decoded in shards (see :mod:`nnlab.data._cachebuild`): as Ray tasks through
+        :func:`nnlab.jobs.pieces.map_tasks` when Ray is on, else in decode processes, or in this process.
 
         Args:
             progress: ``progress(message, fraction)``, called a few times a second.
             cancel: Returns True to stop; what is decoded so far is committed, then
                 :class:`nnlab.train.Cancelled` is raised (the next build resumes).
-            workers: Decode processes (default: the CPU count up to 8, none for 64 images or fewer; 0
-                decodes in this process).
-            commit_seconds: How often decoded slots are fsynced and committed.
+            workers: Decode processes when Ray is off (default: the CPU count up to 8, none for 64 images or
+                fewer; 0 decodes in this process, Ray or not). On Ray, the cluster's CPUs decide.
+            commit_seconds: How often decoded slots are fsynced and committed (on Ray: about how long a wave of
+                shards takes; each wave is committed).
+            use_ray: True: Ray tasks; False: no Ray; None: Ray unless ``NNLAB_RAY=0``.
 
         Raises:
             DataCacheError: The disk is too small or cannot be written, or no image could be read.
@@ -297,7 +302,7 @@ class DataCache:
         """
         from nnlab.data._cachebuild import Build
 
-        return Build(self, progress, cancel, workers, commit_seconds).run()
+        return Build(self, progress, cancel, workers, commit_seconds, use_ray).run()
 
 
 def list_caches(workspace: str | os.PathLike | None = None) -> list[dict]:

@@ -104,8 +104,17 @@ class TaskResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def worker_lost(self) -> bool:
+        """True when the piece failed because its worker was lost (after Ray's ``max_retries``), not because the
+        piece function raised: the piece itself may be fine, so a caller can split it and try again."""
+        return self.status == "failed" and self.error.startswith(WORKER_LOST)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+WORKER_LOST = "worker lost"  # how the error of a piece whose worker was lost begins (see TaskResult.worker_lost)
 
 
 @dataclass
@@ -623,7 +632,7 @@ def _collect(ray: Any, rex: Any, ref: Any, i: int, threads: int, cancelling: boo
         if cancelling:
             return TaskResult(i, "cancelled", error="cancelled (worker stopped)", executor="ray", threads=threads,
                               attempts=n)
-        return TaskResult(i, "failed", error=f"worker lost after {n} attempt(s): {type(exc).__name__}",
+        return TaskResult(i, "failed", error=f"{WORKER_LOST} after {n} attempt(s): {type(exc).__name__}",
                           executor="ray", threads=threads, attempts=n)
     return TaskResult(i, "ok", value=out["value"], node=out["node"], executor="ray", threads=out["threads"],
                       seconds=out["seconds"], attempts=n)
@@ -799,6 +808,6 @@ def stable_id(*parts: Any, prefix: str = "s", length: int = 10) -> str:
     return f"{prefix}-{digest}"
 
 
-__all__ = ["Executor", "Report", "TaskResult", "dataset_ref", "ensure_ray", "executor", "load_dataset_ref",
-           "load_model_ref", "map_tasks", "model_ref", "node_name", "primed", "ray_address", "ray_disabled",
-           "ref_key", "shutdown_ray", "stable_id"]
+__all__ = ["WORKER_LOST", "Executor", "Report", "TaskResult", "dataset_ref", "ensure_ray", "executor",
+           "load_dataset_ref", "load_model_ref", "map_tasks", "model_ref", "node_name", "primed", "ray_address",
+           "ray_disabled", "ref_key", "shutdown_ray", "stable_id"]
