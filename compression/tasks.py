@@ -85,9 +85,15 @@ def sensitivity_job(params: dict, ctx: JobContext) -> dict:
     """Compress one layer at a time over a grid of levels; the table goes to the workspace's runs."""
     from compression import sensitivity
 
-    model, _, data = _model_and_data(params, ctx.workspace)
+    from nnlab.jobs import pieces
+
+    model, record, data = _model_and_data(params, ctx.workspace)
     table = sensitivity.layer_sensitivity(model, data, params["kind"], max_samples=int(params["samples"]),
-                                          progress=ctx.progress, cancel=ctx.cancelled)
+                                          progress=ctx.progress, cancel=ctx.cancelled,
+                                          model_ref=pieces.model_ref(model, record.id, record.arch, ctx.workspace),
+                                          data_ref=pieces.dataset_ref(data, params["data"]["key"],
+                                                                      params["data"].get("path", ""),
+                                                                      params["data"].get("preprocessing")))
     key = sensitivity_key(params["model_id"], params["kind"], int(params["samples"]))
     Workspace(ctx.workspace).save_run(key, table.to_dict())
     return {"run": key, "layers": len(table.layers())}

@@ -8,10 +8,12 @@ asks for the same check reads the same result.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
 
 from diagnostics import activations, curves, datacheck, features, labels
 from diagnostics.datacheck import data_checks_key, load_data_report  # noqa: F401 - also read from here
@@ -58,6 +60,13 @@ def label_retrain_job(params: dict, ctx: JobContext) -> dict:
     return {"run": key, "flagged": len(out["indices"]), "checked": res.checked}
 
 
+def _pieces_data_ref(data, ref: dict) -> dict:
+    """How job pieces (Ray workers) load the job's dataset: its reference, with the id and fingerprint to check."""
+    from nnlab.jobs import pieces
+
+    return pieces.dataset_ref(data, ref["key"], ref.get("path", ""), ref.get("preprocessing"))
+
+
 @job_kind("learning-curve", label=lambda p: f"Learning curve of {p['model_id']} "
                                             f"({', '.join(f'{f:.0%}' for f in p['fractions'])})")
 def learning_curve_job(params: dict, ctx: JobContext) -> dict:
@@ -68,7 +77,8 @@ def learning_curve_job(params: dict, ctx: JobContext) -> dict:
     c, h, w = data.input_shape
     points = curves.learning_curve(lambda: create_model(record.arch, c, data.num_classes, (h, w)), data, fractions,
                                    replace(demo_config(data), epochs=epochs),
-                                   progress=lambda f, m: ctx.progress(m, f), cancel=ctx.cancelled)
+                                   progress=lambda f, m: ctx.progress(m, f), cancel=ctx.cancelled,
+                                   arch=record.arch, data_ref=_pieces_data_ref(data, params["data"]))
     key = curves.cache_key(params["model_id"], data.id, fractions, epochs)
     Workspace(ctx.workspace).save_run(key, {"points": [asdict(p) for p in points]})
     return {"run": key, "points": len(points)}
@@ -77,15 +87,18 @@ def learning_curve_job(params: dict, ctx: JobContext) -> dict:
 # --- Look inside: scans over many samples -------------------------------------------------------------------
 # Stored in the workspace under a key of their inputs (in this process's memory when the workspace is read-only).
 
-_MEMORY: dict[str, object] = {}
-_MEMORY_ENTRIES = 16
+_MEMORY: LRUCache = LRUCache(maxsize=16)  # bound: 16 results, least recently used out
+_MEMORY_LOCK = threading.Lock()
 
 
 def _remember(key: str, value: object) -> None:
-    _MEMORY.pop(key, None)
-    _MEMORY[key] = value
-    while len(_MEMORY) > _MEMORY_ENTRIES:
-        _MEMORY.pop(next(iter(_MEMORY)))
+    with _MEMORY_LOCK:
+        _MEMORY[key] = value
+
+
+def _recall(key: str) -> object | None:
+    with _MEMORY_LOCK:
+        return _MEMORY.get(key)
 
 
 def channel_scores_key(model_id: str, data_id: str, layer: str, split: str, limit: int, reduce: str) -> str:
@@ -97,7 +110,7 @@ def load_channel_scores(ws: Workspace, key: str) -> np.ndarray | None:
     arrays = ws.load_arrays(key)
     if arrays is not None and "scores" in arrays:
         return arrays["scores"]
-    value = _MEMORY.get(key)
+    value = _recall(key)
     return value if isinstance(value, np.ndarray) else None
 
 
@@ -132,7 +145,8 @@ def load_activation_stats(ws: Workspace, key: str) -> list[activations.LayerActi
     """Stored :func:`diagnostics.activations.activation_stats` (None when not computed yet)."""
     run = ws.load_run(key)
     if run is None:
-        run = _MEMORY.get(key) if isinstance(_MEMORY.get(key), dict) else None
+        kept = _recall(key)
+        run = kept if isinstance(kept, dict) else None
     if run is None or "layers" not in run:
         return None
     return [activations.LayerActivation.from_dict(d) for d in run["layers"]]

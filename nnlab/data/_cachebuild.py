@@ -11,7 +11,8 @@ The protocol that makes a build safe to kill at any moment (see :mod:`nnlab.data
 
 Who decodes the shards:
 
-* **Ray tasks**, when Ray is on (:func:`nnlab.jobs.pieces.executor`): each shard is a piece of
+* **Ray tasks**, when asked for or when a cluster is named (``NNLAB_RAY_ADDRESS``) and Ray is on
+  (:func:`nnlab.jobs.pieces.executor`): each shard is a piece of
   :func:`nnlab.jobs.pieces.map_tasks` (:func:`nnlab.data._cacheworker.decode_piece`), like a sweep's measurements, with
   its progress, cancel and retry. The shards go a wave at a time, sized so that a wave takes about
   ``commit_seconds``, and each wave is committed when it ends. The cache folder and the source must be at the same
@@ -62,7 +63,7 @@ from nnlab.data.cachetypes import (
     ProgressFn,
 )
 from nnlab.errors import Cancelled
-from nnlab.jobs.pieces import executor, map_tasks
+from nnlab.jobs.pieces import executor, map_tasks, ray_address
 
 CHUNK = 16  # images per task sent to a worker (a shard, a piece of map_tasks)
 IN_FLIGHT = 2  # chunks queued per worker
@@ -84,7 +85,9 @@ class Build:
         self.workers = workers if workers is not None else default_workers()
         self.auto_workers = workers is None
         self.commit_seconds = commit_seconds
-        self.use_ray = use_ray
+        # Ray only where it was asked for, or a cluster is named: a local build's first Ray start costs seconds
+        # and its workers hold torch, while the decode pool starts at once without it
+        self.use_ray = use_ray if use_ray is not None else (None if ray_address() else False)
         self.token = os.urandom(8).hex()
         self.stats = BuildStats(total=len(cache.files))
         self.pending_rows: list[tuple[str, int, int, int, str | None]] = []

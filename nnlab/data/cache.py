@@ -294,7 +294,8 @@ class DataCache:
                 fewer; 0 decodes in this process, Ray or not). On Ray, the cluster's CPUs decide.
             commit_seconds: How often decoded slots are fsynced and committed (on Ray: about how long a wave of
                 shards takes; each wave is committed).
-            use_ray: True: Ray tasks; False: no Ray; None: Ray unless ``NNLAB_RAY=0``.
+            use_ray: True: Ray tasks; False: no Ray; None: Ray when a cluster is named (``NNLAB_RAY_ADDRESS``)
+                and not ``NNLAB_RAY=0``, else the local decode pool (it starts at once and holds no torch).
 
         Raises:
             DataCacheError: The disk is too small or cannot be written, or no image could be read.
