@@ -369,7 +369,7 @@ def test_all_three_on_a_local_ray(local_ray, demo, digits, folder, tmp_path, mon
     spies = {m.__name__: m.map_tasks for m in (C, S, _cachebuild)}
     # data-cache shards in Ray tasks
     files = filelists.image_folder(folder)
-    stats = DataCache(files, PRE, tmp_path).build()
+    stats = DataCache(files, PRE, tmp_path).build(use_ray=True)  # local builds use Ray only when asked
     assert stats.workers == 2 and stats.unreadable == [] and _exact(DataCache(files, PRE, tmp_path), files)
     assert {r.executor for c in spies[_cachebuild.__name__].calls for r in c["results"]} == {"ray"}
     # curve subsets: Ray workers rebuild the architecture and load digits by reference; same points as in-process

@@ -63,7 +63,7 @@ from nnlab.data.cachetypes import (
     ProgressFn,
 )
 from nnlab.errors import Cancelled
-from nnlab.jobs.pieces import executor, map_tasks, ray_address
+from nnlab.jobs.engine import executor, map_tasks, ray_address
 
 CHUNK = 16  # images per task sent to a worker (a shard, a piece of map_tasks)
 IN_FLIGHT = 2  # chunks queued per worker
