@@ -170,7 +170,9 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
         progress("label errors (cross-validated logistic regression), mismatch, near-duplicates", 0.82)
     ytr = data.y_train.numpy()
     sub = subsample(ytr, max_label or len(ytr), seed)  # by default every training sample is checked
-    probs = crossval_probs_features(f_train[sub], ytr[sub], seed=seed)
+    # the folds' fits take seconds: in this process (starting Ray would cost more than it saves)
+    probs = crossval_probs_features(f_train[sub], ytr[sub], seed=seed, progress=part(0.82, 0.9), cancel=cancel,
+                                    use_ray=False)
     issues = find_label_issues(ytr[sub], probs)
     issues = replace(issues, method=f"penultimate features + 5-fold logistic regression on {len(sub):,} of "
                                     f"{len(ytr):,} training samples")
