@@ -26,6 +26,8 @@ def test_unknown_values_in_the_link_are_ignored(demo):
     at.query_params["dataset"] = "no-such-dataset"
     at.query_params["weights"] = "stolen"
     at.query_params["upload"] = "../../etc/passwd"
+    at.query_params["arch"] = "no-such-arch; rm -rf /"
     at.run()
     assert not at.exception, at.exception
     assert at.session_state["dataset"] == "digits" and "upload_sha" not in at.session_state
+    assert at.session_state["arch"] == "demo-cnn"

@@ -190,7 +190,7 @@ def selection_from_url() -> None:
         st.session_state["dataset"] = q["dataset"]
     if q.get("path"):
         st.session_state["dataset_path"] = q["path"]
-    if q.get("arch"):
+    if q.get("arch") and (q["arch"] in ARCHITECTURES or _known_zoo_key(q["arch"])):
         st.session_state["arch"] = q["arch"]
     by_code = {v: k for k, v in _WEIGHTS_CODE.items()}
     if q.get("weights") in by_code:
@@ -199,6 +199,15 @@ def selection_from_url() -> None:
         st.session_state["trained_model"] = q["model"]
     if q.get("upload") and all(c in "0123456789abcdef" for c in q["upload"]):
         st.session_state["upload_sha"] = q["upload"]
+
+
+def _known_zoo_key(key: str) -> bool:
+    from nnlab.models.zoo import is_known
+
+    try:
+        return is_known(key)
+    except Exception:  # noqa: BLE001 - a malformed key from a URL is simply not a known architecture
+        return False
 
 
 def selection_to_url() -> None:
