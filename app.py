@@ -8,8 +8,9 @@ import streamlit as st
 
 import compression.tasks  # noqa: F401 - the job kinds every page may start or rerun (Jobs page)
 import diagnostics.tasks  # noqa: F401
-import nnlab.tasks  # noqa: F401
-from nnlab import config, session
+import nnlab.jobs.kinds  # noqa: F401
+from nnlab import config
+from nnlab.ui import session
 
 config.apply_cli_args(sys.argv[1:])
 
@@ -35,6 +36,7 @@ PAGES = {
         st.Page("pages/compress_lab.py", title="Compression lab", icon=":material/compress:"),
         st.Page("pages/compress_pareto.py", title="Pareto", icon=":material/scatter_plot:"),
         st.Page("pages/compress_compare.py", title="Side by side", icon=":material/compare:"),
+        st.Page("pages/compress_diagnose.py", title="Diagnose a variant", icon=":material/troubleshoot:"),
     ],
     "Jobs": [st.Page("pages/jobs.py", title="Jobs", icon=":material/pending_actions:")],
 }

@@ -1,7 +1,7 @@
 """Benchmark: bulk passes in the runtime nnlab chooses against eager PyTorch, and the full data checks.
 
 1. The evaluation pass over a split, streamed from the data cache in batches of 256, in eager PyTorch and
-   in the runtime :func:`nnlab.bulk.bulk_runtime` picks (verified against PyTorch first), interleaved,
+   in the runtime :func:`nnlab.runtimes.bulk.bulk_runtime` picks (verified against PyTorch first), interleaved,
    medians over ``--repeats``: the demo CNN over Fashion-MNIST's 10,000 test images, and ResNet-18 (random
    weights) at 224 over a generated JPEG folder (``--resnet-images`` images, ImageNet preprocessing).
    Goal: bulk ÷ eager ≤ 0.5.
@@ -31,15 +31,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diagnostics.datacheck import data_report  # noqa: E402
-from nnlab import bulk  # noqa: E402
-from nnlab.data import load_dataset  # noqa: E402
+from nnlab.data.preprocess import imagenet  # noqa: E402
+from nnlab.data.sets import load_dataset  # noqa: E402
 from nnlab.evaluate import predict_logits  # noqa: E402
-from nnlab.models import create_model  # noqa: E402
-from nnlab.preprocess import imagenet  # noqa: E402
+from nnlab.models.registry import create_model  # noqa: E402
+from nnlab.runtimes import bulk  # noqa: E402
 
 
 def demo_model(data) -> tuple[torch.nn.Module, str]:  # noqa: ANN001
-    from nnlab import refs
+    from nnlab.jobs import refs
 
     mid = f"demo-cnn-{data.id}"
     try:
@@ -91,7 +91,7 @@ def main() -> None:
     model, how = demo_model(fashion)
     rows = [compare("demo CNN, Fashion-MNIST test (1×28×28)", model, fashion, "test", args.repeats, args.batch)]
     with tempfile.TemporaryDirectory() as tmp:
-        from nnlab.synthetic import make_shapes_folder
+        from nnlab.data.synthetic import make_shapes_folder
 
         os.environ["NNLAB_ALLOWED_ROOTS"] = os.pathsep.join(filter(None, [os.environ.get("NNLAB_ALLOWED_ROOTS"), tmp]))
 

@@ -143,9 +143,9 @@ def main() -> None:
     import torch
     import torchvision
 
-    from nnlab import datacache, filelists
-    from nnlab.preprocess import imagenet
-    from nnlab.sampleresults import SampleResults
+    from nnlab.data import cache as datacache
+    from nnlab.data import filelists
+    from nnlab.data.preprocess import imagenet
 
     torch.set_num_threads(args.threads)
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="nnlab-bench-datacache-"))
@@ -183,13 +183,15 @@ def main() -> None:
         x_first = cache.images("all")[order[:args.batch]]
         with torch.inference_mode():
             model(pre.normalize(x_first))  # warm-up
-        results = SampleResults(work / "results")
+        (work / "results").mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(work / "results" / "logits.npy", "w+", np.float32, (len(order), 1000))
         with PeakMemory() as mem, torch.inference_mode():
             t0 = time.perf_counter()
-            with results.writer("logits", len(order), (1000,), np.float32) as out:
-                for xb, _, _ in cache.loader("all", batch_size=args.batch, order=order,
-                                             num_workers=args.loader_workers):
-                    out.write(model(pre.normalize(xb)))
+            done = 0
+            for xb, _, _ in cache.loader("all", batch_size=args.batch, order=order, num_workers=args.loader_workers):
+                out[done:done + len(xb)] = model(pre.normalize(xb)).numpy()
+                done += len(xb)
+            out.flush()
             eval_s = time.perf_counter() - t0
         rows.append((f"ResNet-18 over the cache, streamed (batch {args.batch}, {args.loader_workers} reader "
                      f"process{'es' if args.loader_workers != 1 else ''}, logits stored)", len(order), eval_s, mem,

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diagnostics import errors  # noqa: E402
 from diagnostics.mismatch import features_and_logits  # noqa: E402
-from nnlab.data import load_fashion_mnist  # noqa: E402
+from nnlab.data.sets import load_fashion_mnist  # noqa: E402
 from nnlab.evaluate import evaluate, predict_logits, result_from_logits  # noqa: E402
-from nnlab.models import create_model  # noqa: E402
+from nnlab.models.registry import create_model  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402
 
 

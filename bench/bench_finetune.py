@@ -1,6 +1,6 @@
 """Benchmark: training ResNet-18 at 224 on a generated ImageFolder, through the job the Train page submits.
 
-A folder of ``--images`` JPEGs at 256 px (10 classes of coloured shapes, ``nnlab.synthetic``) is seen through
+A folder of ``--images`` JPEGs at 256 px (10 classes of coloured shapes, ``nnlab.data.synthetic``) is seen through
 ResNet-18's own preprocessing (shorter side 256, centre crop 224, ImageNet mean/std); the ``train-model`` job
 (the one the *Train or fine-tune* page submits, same parameters) trains torchvision's ResNet-18 from
 scratch (seeded) with AdamW, a one-cycle schedule, flips and crops, and stores the model. Printed: test
@@ -36,10 +36,12 @@ def main() -> None:
     os.environ["NNLAB_ALLOWED_ROOTS"] = os.pathsep.join(filter(None, [os.environ.get("NNLAB_ALLOWED_ROOTS"), str(tmp)]))
     import torch
 
-    from nnlab import config, jobs, refs
-    from nnlab.models import default_preprocessing
-    from nnlab.synthetic import make_shapes_folder
-    from nnlab.tasks import trained_model_id
+    from nnlab import config
+    from nnlab.data.synthetic import make_shapes_folder
+    from nnlab.jobs import manager as jobs
+    from nnlab.jobs import refs
+    from nnlab.jobs.kinds import trained_model_id
+    from nnlab.models.registry import default_preprocessing
     from nnlab.train import TrainConfig
 
     torch.set_num_threads(args.threads)

@@ -24,7 +24,7 @@ from compression import defaults  # noqa: E402
 from compression.registry import config_from_dict, list_methods  # noqa: E402
 from compression.variant import make_variant  # noqa: E402
 from nnlab.base import ensure_demo  # noqa: E402
-from nnlab import refs  # noqa: E402
+from nnlab.jobs import refs  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
 # The settings each default was chosen against (besides the default itself).

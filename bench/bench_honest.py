@@ -32,7 +32,7 @@ from compression.defaults import default_config  # noqa: E402
 from compression.registry import config_from_dict  # noqa: E402
 from compression.variant import make_variant  # noqa: E402
 from nnlab.base import profile_model  # noqa: E402
-from nnlab.data import ImageDataset  # noqa: E402
+from nnlab.data.sets import ImageDataset  # noqa: E402
 from nnlab.measure import HARNESS, speedups  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 

@@ -24,7 +24,7 @@ import compression  # noqa: E402,F401  (registers the methods)
 from compression.registry import config_from_dict  # noqa: E402
 from compression.variant import make_variant  # noqa: E402
 from nnlab.base import ensure_demo  # noqa: E402
-from nnlab.data import load_fashion_mnist  # noqa: E402
+from nnlab.data.sets import load_fashion_mnist  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
 

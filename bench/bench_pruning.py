@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compression.pruning import PruneChannelsConfig  # noqa: E402
 from compression.registry import CompressContext, apply  # noqa: E402
 from nnlab.base import ensure_demo  # noqa: E402
-from nnlab.data import ImageDataset, load_fashion_mnist  # noqa: E402
+from nnlab.data.sets import ImageDataset, load_fashion_mnist  # noqa: E402
 from nnlab.evaluate import evaluate  # noqa: E402
 from nnlab.measure import count_macs, count_parameters, interleaved_latency  # noqa: E402
+from nnlab.models.registry import create_model  # noqa: E402
 from nnlab.runtimes.torch_eager import TorchRunner  # noqa: E402
-from nnlab.models import create_model  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 

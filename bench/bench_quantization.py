@@ -41,9 +41,9 @@ from compression.int8 import (  # noqa: E402
     to_int8,
     top1_agreement,
 )
-from nnlab.data import ImageDataset  # noqa: E402
+from nnlab.data.sets import ImageDataset  # noqa: E402
 from nnlab.measure import interleaved_latency  # noqa: E402
-from nnlab.models import create_model  # noqa: E402
+from nnlab.models.registry import create_model  # noqa: E402
 
 MODELS = [("demo-cnn", (1, 28, 28)), ("resnet18", (3, 32, 32))]
 

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import compression  # noqa: E402,F401  (registers the methods)
 from compression.search import search, search_hypervolume  # noqa: E402
-from nnlab import distributed  # noqa: E402
 from nnlab.base import ensure_demo  # noqa: E402
-from nnlab.data import load_dataset  # noqa: E402
+from nnlab.data.sets import load_dataset  # noqa: E402
+from nnlab.jobs import pieces as distributed  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
 P, Q, C = "prune-unstructured", "quantize-weights", "cluster"

@@ -45,9 +45,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compression.int8 import Int8Config, to_int8  # noqa: E402
-from nnlab.data import ImageDataset  # noqa: E402
-from nnlab.runtimes import openvino as ovr  # noqa: E402
+from nnlab.data.sets import ImageDataset  # noqa: E402
 from nnlab.measure import interleaved_latency  # noqa: E402
+from nnlab.runtimes import openvino as ovr  # noqa: E402
 from nnlab.runtimes.base import as_input, sqnr_db, top1_agreement  # noqa: E402
 from nnlab.runtimes.onnx import OrtRunner, export_onnx, quantize_static_defaults  # noqa: E402
 from nnlab.runtimes.select import clear_cache  # noqa: E402

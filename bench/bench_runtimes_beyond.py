@@ -40,19 +40,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_runtimes import SETTLE_S, OVDefaults, stdout_to_stderr  # noqa: E402  (this folder is on the path)
+from beyond_data import CLASSES, SIZE, shapes_dataset  # noqa: E402
+
 from compression import search as csearch  # noqa: E402
 from compression.variant import load_variant_result  # noqa: E402
 from nnlab.base import profile_model  # noqa: E402
-from nnlab.data import ImageDataset  # noqa: E402
-from nnlab.models import create_model  # noqa: E402
+from nnlab.data.sets import ImageDataset  # noqa: E402
 from nnlab.measure import interleaved_latency  # noqa: E402
+from nnlab.models.registry import create_model  # noqa: E402
 from nnlab.runtimes.onnx import OrtRunner, export_onnx, quantize_static_defaults  # noqa: E402
 from nnlab.runtimes.select import fastest_fp32_runner  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
-from bench_runtimes import SETTLE_S, OVDefaults, stdout_to_stderr  # noqa: E402  (this folder is on the path)
-from beyond_data import CLASSES, SIZE, shapes_dataset  # noqa: E402
 
 def resized(data: ImageDataset, size: int) -> ImageDataset:
     """The same images area-downsampled to ``size`` (progressive resizing: cheap early epochs)."""

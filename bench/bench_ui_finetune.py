@@ -1,6 +1,6 @@
 """Fine-tuning ResNet-18 at 224 from the UI: the real server, driven in headless chromium, as a user would.
 
-A generated ImageFolder of 10 classes of coloured shapes (``--images`` JPEGs at 256 px, ``nnlab.synthetic``)
+A generated ImageFolder of 10 classes of coloured shapes (``--images`` JPEGs at 256 px, ``nnlab.data.synthetic``)
 is picked in the sidebar with torchvision's ResNet-18 (random weights: no pretrained weights offline; the
 model's own preprocessing, shorter side 256 → centre crop 224, ImageNet mean/std). On the *Train or
 fine-tune* page the user starts from scratch with ``--epochs`` epochs, AdamW, lr ``--lr``, one-cycle,
@@ -42,7 +42,7 @@ def main() -> None:
     os.environ.setdefault("NNLAB_DEFAULT_DATASET", "digits")  # the first page trains nothing big
     os.environ.setdefault("NNLAB_RAY", "0")
 
-    from nnlab.synthetic import make_shapes_folder
+    from nnlab.data.synthetic import make_shapes_folder
     from tests.browser import browser_page, no_exception, server
     from tests.test_browser_zoo import _settle, pick_resnet18_and_folder
 

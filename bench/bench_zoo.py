@@ -47,11 +47,11 @@ def main() -> None:
     import torch
 
     from diagnostics import attributions as A
-    from nnlab import bulk
-    from nnlab.data import load_dataset
+    from nnlab.data.sets import load_dataset
+    from nnlab.data.synthetic import make_shapes_folder
     from nnlab.evaluate import predict_logits, result_from_logits
-    from nnlab.models import arch_label, create_model, default_preprocessing
-    from nnlab.synthetic import make_shapes_folder
+    from nnlab.models.registry import arch_label, create_model, default_preprocessing
+    from nnlab.runtimes import bulk
 
     torch.set_num_threads(args.threads)
     folder = make_shapes_folder(tmp / "shapes", per_class=max(1, args.images // 10), size=256)
@@ -84,7 +84,7 @@ def main() -> None:
     # pages: cold, then warm
     from streamlit.testing.v1 import AppTest
 
-    from nnlab.session import RANDOM
+    from nnlab.ui.session import RANDOM
 
     page_times = []
     for page in PAGES:

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from beyond_data import CLASSES, SIZE, shapes_dataset  # noqa: E402
+
 from nnlab import config  # noqa: E402
-from nnlab.models import create_model  # noqa: E402
+from nnlab.models.registry import create_model  # noqa: E402
 from nnlab.train import TrainConfig, train_model  # noqa: E402
 
 

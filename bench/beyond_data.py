@@ -1,6 +1,6 @@
 """The data set of the beyond-the-peers benchmark: coloured shapes at 224 px, the class is the shape.
 
-Light on imports (numpy, PIL, torch, nnlab.data) so that ``bench/beyond_base.py`` can build the same images on a
+Light on imports (numpy, PIL, torch, nnlab.data.sets) so that ``bench/beyond_base.py`` can build the same images on a
 machine without OpenVINO or NNCF (the GPU machine that trains the base model).
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 
 CLASSES = ("circle", "square", "triangle", "cross")
 SIZE = 224

@@ -23,7 +23,7 @@ A sweep file (YAML or JSON) holds ``model``, ``arch``, ``dataset`` (each overrid
 and ``variants``: a list whose items are a method config (``{method: cluster, k: 16}``), a list of configs
 (a pipeline), or ``{name: ..., steps: [...]}``.
 
-Sweeps and searches run their configurations as pieces (:func:`nnlab.distributed.map_tasks`): in-process by
+Sweeps and searches run their configurations as pieces (:func:`nnlab.jobs.pieces.map_tasks`): in-process by
 default, on Ray with ``--ray-address`` ("local" starts a local Ray; ``NNLAB_RAY_ADDRESS`` does the same as
 the flag). Variant ids are deterministic (``<sweep id>-<index>``), so rerunning a sweep reuses the records
 it already wrote. On a cluster the workspace must be the same path on every node.
@@ -126,11 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--population", type=int, default=8, help="nsga2: trials per generation")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--keep-all", action="store_true", help="keep every measured variant, not only the frontier")
-    rp = sub.add_parser("report", help="write a model's one-file report (HTML, and a PDF when a browser can print)")
-    common(rp, False)
-    rp.add_argument("--variants", default="", help="comma-separated variant ids to put side by side")
-    rp.add_argument("--goal", type=float, default=None, help="E_goal as a fraction (default: the pages' default)")
-    rp.add_argument("--out", default="nnlab-report.html", help="where to write the HTML (the PDF goes beside it)")
     return p
 
 
@@ -144,27 +139,8 @@ def _progress(quiet: bool):
     return show
 
 
-def _report(args: argparse.Namespace, ws: Any) -> tuple[int, str]:
-    """The same report the pages build, written to ``--out``."""
-    import diagnostics.tasks as dtasks
-    from nnlab import refs
-
-    dref = _data_ref(args.dataset or "digits")
-    _, model_id, _ = _load(args.model or "demo", args.arch or "demo-cnn", dref, ws)
-    if not ws.has_model(model_id):
-        raise ValueError(f"--model must be a workspace model id or 'demo' for a report (got {args.model!r})")
-    rec = ws.load_model_record(model_id)
-    pre = rec.extra.get("preprocessing") if rec is not None else None
-    src = refs.load_source(dref)
-    ref = refs.data_ref(dref["key"], dref["path"], pre if pre and pre != src.native(ws.root).to_dict() else None)
-    out = Path(args.out).resolve()
-    res = dtasks.build_report(ws, model_id, ref, [v for v in args.variants.split(",") if v.strip()], args.goal,
-                              progress=_progress(args.quiet), out=out)
-    return 0, json.dumps(res, indent=1)
-
-
 def _data_ref(dataset: str) -> dict:
-    """The dataset reference (:func:`nnlab.refs.data_ref`) that ``--dataset`` names, read as the sidebar reads it.
+    """The dataset reference (:func:`nnlab.jobs.refs.data_ref`) that ``--dataset`` names, read as the sidebar reads it.
 
     A registered key names itself; anything else is a path under the allowed roots: a folder is an ImageFolder,
     a file a CSV/JSON list (the ``imagefolder`` and ``filelist`` sources check the roots again as they load).
@@ -172,8 +148,8 @@ def _data_ref(dataset: str) -> dict:
     Raises:
         DatasetError: neither a key nor an existing path, or a path outside the allowed roots.
     """
-    from nnlab import refs
-    from nnlab.data import DATASETS, DatasetError, check_allowed
+    from nnlab.data.sets import DATASETS, DatasetError, check_allowed
+    from nnlab.jobs import refs
 
     entry = DATASETS.get(dataset)
     if entry is not None and not entry.needs_path:
@@ -191,11 +167,11 @@ def _data_ref(dataset: str) -> dict:
 def _load(model_ref: str, arch: str, dref: dict, ws):
     """The model, its id, and the dataset ``dref`` names (through the model's preprocessing when stored)."""
     from nnlab.base import ensure_demo
-    from nnlab.data import load_dataset
-    from nnlab.models import create_model, load_into, read_state_dict_file
+    from nnlab.data.sets import load_dataset
+    from nnlab.models.registry import create_model, load_into, read_state_dict_file
 
     if ws.has_model(model_ref):  # a stored model is seen through its own preprocessing
-        from nnlab import refs
+        from nnlab.jobs import refs
 
         rec = ws.load_model_record(model_ref)
         pre = rec.extra.get("preprocessing") if rec is not None else None
@@ -243,7 +219,7 @@ def read_sweep(path: str | Path) -> dict:
 
 def _use_ray(args: argparse.Namespace) -> bool:
     """Start or attach Ray when asked (flag, else ``NNLAB_RAY_ADDRESS``); say where the pieces run."""
-    from nnlab import distributed
+    from nnlab.jobs import pieces as distributed
 
     address = args.ray_address or distributed.ray_address()
     if not address:
@@ -269,7 +245,7 @@ def _task_progress(quiet: bool, names: list[str]):
 def _sweep(args: argparse.Namespace, ws) -> tuple[int, str]:
     from compression.search import drop_incomplete, measure_piece
     from compression.variant import describe_configs
-    from nnlab import distributed
+    from nnlab.jobs import pieces as distributed
     from nnlab.records import Record
 
     doc = read_sweep(args.file)
@@ -383,8 +359,6 @@ def _run(args: argparse.Namespace) -> tuple[int, str | None]:
             return _apply(args, ws)
         if args.command == "search":
             return _search(args, ws)
-        if args.command == "report":
-            return _report(args, ws)
         return _sweep(args, ws)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import EvalResult, evaluate, result_from_logits
 from nnlab.measure import comparable, speedups
 from nnlab.records import Record
@@ -249,21 +249,6 @@ def binned_figure(hists: dict[str, tuple[np.ndarray, np.ndarray]], title: str, l
     fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10), title=title,
                       yaxis_type="log" if log_y else "linear")
     return fig
-
-
-def activation_histogram(model: nn.Module, data: ImageDataset, layer: str,
-                         samples: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
-    """Histogram ``(counts, edges)`` of one layer's outputs over the first ``samples`` test images.
-
-    The hooks go on a private copy: the given model may be shared by every session.
-    """
-    import copy
-
-    from diagnostics.activations import activation_stats
-
-    x = data.tensors("test", np.arange(min(samples, len(data.y_test))))[0]
-    stats = activation_stats(copy.deepcopy(model), x, layers=[layer])
-    return (stats[0].counts, stats[0].edges) if stats else None
 
 
 def runs_outside_pytorch(model: nn.Module) -> bool:

@@ -19,9 +19,9 @@ from torch import nn
 
 from compression.pruning import batch_size_for
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
-from nnlab.models import create_model, list_models
+from nnlab.models.randinit import seeded_init
+from nnlab.models.registry import create_model, list_models
 from nnlab.train import Progress, TrainConfig, train_model
-from nnlab.randinit import seeded_init
 
 
 def distillation_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, alpha: float, beta: float,

@@ -49,7 +49,7 @@ from compression.registry import (
     register,
     register_loader,
 )
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.measure import counting_macs
 from nnlab.runtimes import openvino as ovr
 from nnlab.runtimes.base import sqnr_db, top1_agreement

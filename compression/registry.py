@@ -29,14 +29,14 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from nnlab.data import ImageDataset
-from nnlab.train import Cancelled
+from nnlab.data.sets import ImageDataset
+from nnlab.errors import Cancelled
+from nnlab.runtimes.base import Runner  # noqa: F401 - the one Runner protocol; handlers' runners follow it
 
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
@@ -214,19 +214,6 @@ class CompressContext:
         return dataclasses.replace(self, progress=prog if parent else None, workdir=workdir or self.workdir)
 
 
-@runtime_checkable
-class Runner(Protocol):
-    """A model executed outside eager PyTorch (e.g. ONNX Runtime int8): used for accuracy and latency.
-
-    ``runtime`` names it in the record (e.g. "onnxruntime-int8-cpu"); ``predict_logits`` takes normalised
-    ``N×C×H×W`` float32 inputs and returns ``N×K`` logits.
-    """
-
-    runtime: str
-
-    def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray: ...
-
-
 @dataclass
 class CompressResult:
     """What a handler returns.
@@ -318,7 +305,7 @@ def apply(model: nn.Module, cfg: MethodConfig, ctx: CompressContext) -> Compress
     handler = HANDLERS.get(type(cfg))
     if handler is None:
         raise ValueError(f"no handler registered for {type(cfg).__name__}")
-    from nnlab.archinfo import check_method
+    from nnlab.models.archinfo import check_method
 
     check_method(model, cfg)  # e.g. channel pruning through attention: a clear reason, before any work
     ctx.workdir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ Three strategies:
   minimising the cost, with the accuracy budget as a constraint; generation after generation of
   ``population`` trials, ``trials`` in all.
 
-Every measurement is a *piece* run by :func:`nnlab.distributed.map_tasks` (Ray tasks, or in-process): the
+Every measurement is a *piece* run by :func:`nnlab.jobs.pieces.map_tasks` (Ray tasks, or in-process): the
 piece loads the model and the data from references, writes its variant to the workspace itself (record
 last) under a deterministic id — ``<sweep id>-<candidate index>`` (grid, halving) or
 ``<sweep id>-<hash of the pipeline>`` (nsga2) — and reuses a complete record already there, so a retried
@@ -41,8 +41,9 @@ from torch import nn
 from compression.pareto import cost_of, frontier
 from compression.registry import CompressContext, MethodConfig, apply_pipeline, config_from_dict
 from compression.variant import describe_configs
-from nnlab.data import ImageDataset
-from nnlab.distributed import (
+from nnlab.data.sets import ImageDataset
+from nnlab.errors import Cancelled
+from nnlab.jobs.pieces import (
     Executor,
     Report,
     TaskResult,
@@ -58,7 +59,7 @@ from nnlab.distributed import (
     weights_hash,
 )
 from nnlab.records import Record
-from nnlab.train import Cancelled, quick_eval
+from nnlab.train import quick_eval
 from nnlab.workspace import Workspace
 
 _CPU = torch.device("cpu")
@@ -111,7 +112,7 @@ class SearchResult:
         sweep_id: Prefix of the variant ids.
         measured: Every variant measured (kept or not).
         evaluations: Distinct pipelines measured (nsga2).
-        executor: Where the pieces ran (:class:`nnlab.distributed.Executor` as a dict).
+        executor: Where the pieces ran (:class:`nnlab.jobs.pieces.Executor` as a dict).
         tasks: One dict per piece (variant id, status, node, threads, seconds, attempts).
     """
 
@@ -222,7 +223,7 @@ def drop_incomplete(piece: dict) -> None:
 
 @dataclass
 class Measurer:
-    """Turns pipelines into measured variants through :func:`nnlab.distributed.map_tasks`.
+    """Turns pipelines into measured variants through :func:`nnlab.jobs.pieces.map_tasks`.
 
     Built by :func:`measurer`; holds the references every piece gets and what the in-process path may
     use without loading (the caller's live model and data).

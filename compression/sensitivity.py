@@ -7,12 +7,14 @@ so the budget is split evenly across layers); :func:`suggested_config` turns tha
 config of unstructured pruning or weight quantization.
 
 Accuracy is measured on a held-out part of the training split by default, so choosing levels does not
-tune on the test split.
+tune on the test split. The cells of the grid are independent pieces of :func:`nnlab.jobs.pieces.map_tasks`
+(Ray tasks, or in-process one after another).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,8 +25,19 @@ from torch.nn.utils import prune
 
 from compression.pruning import prunable_layers, split_train
 from compression.registry import CancelFn, ProgressFn
-from nnlab.data import ImageDataset
-from nnlab.train import Cancelled, quick_eval
+from nnlab.data.sets import ImageDataset
+from nnlab.errors import Cancelled
+from nnlab.jobs.pieces import (
+    Report,
+    dataset_ref,
+    executor,
+    load_dataset_ref,
+    load_model_ref,
+    map_tasks,
+    primed,
+    ref_key,
+)
+from nnlab.train import quick_eval
 
 # kind → (transform(weight, level) → new weight, "higher level = stronger compression")
 LayerTransform = Callable[[torch.Tensor, float], torch.Tensor]
@@ -94,11 +107,17 @@ class SensitivityTable:
 def layer_sensitivity(model: nn.Module, data: ImageDataset, kind: str = "prune",
                       levels: tuple[float, ...] | None = None, layers: list[str] | None = None,
                       split: str = "validation", max_samples: int = 2000, seed: int = 0,
-                      progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> SensitivityTable:
+                      progress: ProgressFn | None = None, cancel: CancelFn | None = None, *,
+                      model_ref: dict | None = None, data_ref: dict | None = None, use_ray: bool | None = None,
+                      threads: int | None = None) -> SensitivityTable:
     """Compress each Conv/Linear layer alone at each level and measure the accuracy.
 
+    Every (layer, level) cell is a piece of :func:`nnlab.jobs.pieces.map_tasks`: a Ray task when Ray is on and the
+    workers can load the model and the data by reference (``model_ref`` given, the data registered), in-process
+    otherwise (the caller's model and data, one cell after another). Both give the same table.
+
     Args:
-        model: Not changed (a copy is used).
+        model: Not changed (each cell works on a copy).
         data: The dataset.
         kind: A registered transform ("prune": sparsity levels; "quantize": bit widths).
         levels: Levels to try (default per kind).
@@ -108,47 +127,109 @@ def layer_sensitivity(model: nn.Module, data: ImageDataset, kind: str = "prune",
         seed: Seed of the validation split.
         progress: ``progress(message, fraction)``.
         cancel: Returns True to stop (raises ``Cancelled``).
+        model_ref: How Ray workers load ``model`` (:func:`nnlab.jobs.pieces.model_ref`); without it the cells run
+            in-process.
+        data_ref: How Ray workers load ``data`` (default: :func:`nnlab.jobs.pieces.dataset_ref` of it).
+        use_ray: True: Ray; False: in-process; None: Ray unless ``NNLAB_RAY=0``.
+        threads: Intra-op threads of each cell (default: this process's current count in-process, 1 on Ray).
+
+    Raises:
+        Cancelled: ``cancel()`` returned True.
+        RuntimeError: A cell failed (every failed cell named, with its error).
     """
     if kind not in TRANSFORMS:
         raise ValueError(f"unknown sensitivity kind {kind!r}; available: {', '.join(TRANSFORMS)}")
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
-    fn, _ = TRANSFORMS[kind]
     levels = tuple(levels or DEFAULT_LEVELS[kind])
     work = copy.deepcopy(model).cpu().eval()
-    if split == "validation":
-        idx = split_train(len(data.y_train), seed)[1][:max_samples]
-        ev_split = "train"
-    else:
-        idx, ev_split = np.arange(min(max_samples, len(data.y_test))), "test"
-    cpu = torch.device("cpu")
-    _, base = quick_eval(work, data, ev_split, indices=idx, device=cpu)
+    idx, ev_split = _eval_samples(data, split, max_samples, seed)
+    _, base = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
     all_layers = prunable_layers(work)
     chosen = [(n, m) for n, m in all_layers if layers is None or n in layers]
     if layers is not None and len(chosen) != len(set(layers)):
         missing = set(layers) - {n for n, _ in chosen}
         raise ValueError(f"no Conv/Linear layer named {', '.join(sorted(missing))}")
+    del work
     table = SensitivityTable(kind, base, split=split)
-    total = len(chosen) * len(levels)
-    done = 0
-    for name, mod in chosen:
-        original = mod.weight.detach().clone()
-        try:
-            for level in levels:
-                if cancel is not None and cancel():
-                    raise Cancelled("cancelled by the user")
-                with torch.no_grad():
-                    mod.weight.copy_(fn(original, level))
-                _, acc = quick_eval(work, data, ev_split, indices=idx, device=cpu)
-                table.rows.append({"layer": name, "level": level, "accuracy": acc, "drop": base - acc,
-                                   "params": original.numel()})
-                done += 1
-                if progress is not None:
-                    progress(f"{name} at {level:g}: accuracy {acc:.3f}", done / total)
-        finally:
-            with torch.no_grad():
-                mod.weight.copy_(original)
+    cells = [(name, mod.weight.numel(), level) for name, mod in chosen for level in levels]
+    if not cells:
+        return table
+
+    why = "" if model_ref is not None else "no model reference: workers cannot load the model"
+    try:
+        dref = data_ref or dataset_ref(data)
+    except ValueError as exc:
+        dref, why = {"key": data.id, "path": "", "preprocessing": None, "id": data.id}, f"data not shareable: {exc}"
+    mref = model_ref or {"live": os.urandom(8).hex()}
+    on_ray = not why and executor(use_ray).kind == "ray"
+    common = {"model": mref, "data": dref, "kind": kind, "split": split, "max_samples": int(max_samples),
+              "seed": int(seed)}
+    pieces = [{**common, "layer": name, "level": level} for name, _, level in cells]
+    names = [f"{name} at {level:g}" for name, _, level in cells]
+    n_threads = threads or (1 if on_ray else torch.get_num_threads())
+    with primed({} if on_ray else {ref_key(mref): model, ref_key(dref): data}):
+        results = map_tasks(cell_piece, pieces, _overall(progress, names), cancel, use_ray=on_ray,
+                            threads_per_task=n_threads)
+    if any(r.status == "cancelled" for r in results):
+        raise Cancelled("cancelled by the user")
+    failed = [f"{names[r.index]}: {r.error}" for r in results if not r.ok]
+    if failed:
+        raise RuntimeError("sensitivity: " + "; ".join(failed))
+    for (name, params, level), r in zip(cells, results):
+        acc = r.value["accuracy"]
+        table.rows.append({"layer": name, "level": level, "accuracy": acc, "drop": base - acc, "params": params})
     return table
+
+
+def cell_piece(piece: dict, report: Report) -> dict:
+    """Piece function: the accuracy with layer ``piece["layer"]`` alone compressed at ``piece["level"]``.
+
+    The piece holds the model and data references, the transform ``kind``, and the split, sample count and seed
+    that pick the evaluated samples. The model it resolves is shared: the cell works on a copy.
+    """
+    data = load_dataset_ref(piece["data"])
+    work = _copy_but_layer(load_model_ref(piece["model"], data), piece["layer"])
+    mod = dict(work.named_modules())[piece["layer"]]
+    fn, _ = TRANSFORMS[piece["kind"]]
+    with torch.no_grad():
+        mod.weight.copy_(fn(mod.weight.detach().clone(), piece["level"]))
+    idx, ev_split = _eval_samples(data, piece["split"], int(piece["max_samples"]), int(piece["seed"]))
+    _, acc = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
+    report(f"accuracy {acc:.3f}", 1.0)
+    return {"accuracy": acc}
+
+
+def _copy_but_layer(model: nn.Module, layer: str) -> nn.Module:
+    """A CPU copy of ``model`` in eval mode whose layer ``layer`` has its own weight; on CPU, every other tensor is
+    shared with ``model`` (read only: a cell changes that one weight), so a cell does not copy the whole model."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):  # .cpu() would move shared tensors: copy everything
+        return copy.deepcopy(model).cpu().eval()
+    own = dict(model.named_modules())[layer].weight
+    return copy.deepcopy(model, {id(t): t for t in tensors if t is not own}).eval()
+
+
+def _eval_samples(data: ImageDataset, split: str, max_samples: int, seed: int) -> tuple[np.ndarray, str]:
+    """The evaluated samples: held-out training indices ("validation") or the first test ones, and their split."""
+    if split == "validation":
+        return split_train(len(data.y_train), seed)[1][:max_samples], "train"
+    return np.arange(min(max_samples, len(data.y_test))), "test"
+
+
+def _overall(progress: ProgressFn | None, names: list[str]) -> Callable[[int, str, float], None] | None:
+    """Per-cell progress → one monotone progress of the table."""
+    if progress is None:
+        return None
+    done = [0.0] * len(names)
+    shown = [0.0]
+
+    def on_cell(i: int, message: str, fraction: float) -> None:
+        done[i] = max(done[i], fraction)
+        shown[0] = max(shown[0], sum(done) / len(done))
+        progress(f"{names[i]}: {message}", shown[0])
+
+    return on_cell
 
 
 def suggest_levels(table: SensitivityTable, max_drop: float) -> dict[str, float | None]:

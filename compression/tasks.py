@@ -12,8 +12,8 @@ from typing import Any
 
 import compression  # noqa: F401 - registers the methods
 from compression.registry import config_from_dict
-from nnlab import refs
-from nnlab.jobs import JobContext, job_kind
+from nnlab.jobs import refs
+from nnlab.jobs.manager import JobContext, job_kind
 from nnlab.workspace import Workspace, safe_key
 
 
@@ -85,9 +85,15 @@ def sensitivity_job(params: dict, ctx: JobContext) -> dict:
     """Compress one layer at a time over a grid of levels; the table goes to the workspace's runs."""
     from compression import sensitivity
 
-    model, _, data = _model_and_data(params, ctx.workspace)
+    from nnlab.jobs import pieces
+
+    model, record, data = _model_and_data(params, ctx.workspace)
     table = sensitivity.layer_sensitivity(model, data, params["kind"], max_samples=int(params["samples"]),
-                                          progress=ctx.progress, cancel=ctx.cancelled)
+                                          progress=ctx.progress, cancel=ctx.cancelled,
+                                          model_ref=pieces.model_ref(model, record.id, record.arch, ctx.workspace),
+                                          data_ref=pieces.dataset_ref(data, params["data"]["key"],
+                                                                      params["data"].get("path", ""),
+                                                                      params["data"].get("preprocessing")))
     key = sensitivity_key(params["model_id"], params["kind"], int(params["samples"]))
     Workspace(ctx.workspace).save_run(key, table.to_dict())
     return {"run": key, "layers": len(table.layers())}
@@ -126,7 +132,7 @@ def evaluate_variant_job(params: dict, ctx: JobContext) -> dict:
 
     from compression.compare import evaluate_model
     from compression.variant import load_variant_model
-    from nnlab.tasks import eval_key
+    from nnlab.jobs.kinds import eval_key
 
     ws = Workspace(ctx.workspace)
     rec = ws.load_variant(params["variant_id"])

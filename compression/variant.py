@@ -9,6 +9,7 @@ otherwise) timed in one interleaved run with the base as fp32 in that same runti
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import time
@@ -30,8 +31,9 @@ from compression.registry import (
     Runner,
     apply_pipeline,
 )
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import predict_logits, result_from_logits
+from nnlab.jobs.pieces import register_variant_loader
 from nnlab.measure import (
     BATCHES,
     against_base,
@@ -43,7 +45,7 @@ from nnlab.measure import (
     layer_table,
     rounds_for,
 )
-from nnlab.models import create_model, load_into, state_dict_hash
+from nnlab.models.registry import create_model, load_into, state_dict_hash
 from nnlab.records import Record
 from nnlab.runtimes.torch_eager import TorchRunner
 from nnlab.workspace import Workspace, new_id, save_state_dict
@@ -185,14 +187,18 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
         e = enc.get(f"{r['name']}.weight")
         if e:
             r["encoding"], r["stored_bytes"] = e["encoding"], e["bytes"]
-    methods = [cfg.method for cfg in configs]
-    cfg_dict = configs[0].to_dict() if len(configs) == 1 else {"steps": [cfg.to_dict() for cfg in configs]}
+    if isinstance(configs, dict):  # a model made outside the registry (e.g. layers put back): its own description
+        methods, cfg_dict, default_name = [configs["method"]], configs, configs["method"]
+    else:
+        methods = [cfg.method for cfg in configs]
+        cfg_dict = configs[0].to_dict() if len(configs) == 1 else {"steps": [cfg.to_dict() for cfg in configs]}
+        default_name = describe_configs(configs)
     extra = {**result.extra, **meta, "seconds": round(seconds, 2), "runtime": latency["1"]["runtime"],
              "latency_threads": latency["1"]["threads"],
              "size_packed_bytes": size if fmt == packing.FORMAT else None}
     if params:
         extra["weights_hash"] = state_dict_hash(model.state_dict())
-    return Record(id=vid, name=name or describe_configs(configs)[:120], method="+".join(methods), config=cfg_dict,
+    return Record(id=vid, name=(name or default_name)[:120], method="+".join(methods), config=cfg_dict,
                   parent=parent_id, arch=out_arch, dataset=data.id, accuracy=ev.accuracy,
                   per_class_accuracy=ev.per_class_accuracy(data.num_classes), train_accuracy=tr.accuracy,
                   size_bytes=size, size_gzip_bytes=gz, size_dense_bytes=dense, latency=latency,
@@ -200,6 +206,24 @@ def _measure(result: CompressResult, parent: nn.Module, parent_id: str, arch: st
                   params=params, nonzero_params=nonzero, layers=rows,
                   artifact=str(artifact.relative_to(ws.root)), artifact_format=fmt, created=time.time(),
                   status="ok", extra=extra)
+
+
+def store_model_variant(model: nn.Module, parent_model: nn.Module, parent_id: str, arch: str, config: dict,
+                        data: ImageDataset, ws: Workspace, name: str, extra: dict | None = None) -> Record:
+    """Measure and store a model made outside the method registry (``config["method"]`` names how, e.g.
+    "restore" for layers put back into a variant) exactly like any variant: artifact, accuracy, size, latency
+    beside the base in its runtime, MACs. The model is not changed."""
+    vid = new_id("v")
+    workdir = ws.variant_dir(vid)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = CompressResult(model=copy.deepcopy(model).cpu().eval(), extra=dict(extra or {}))
+        record = _measure(result, parent_model, parent_id, arch, config, data, ws, vid, name, None, None, 0.0)
+        ws.save_variant(record)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return record
 
 
 def remeasure_variant(ws: Workspace, record: Record, parent: nn.Module) -> Record:
@@ -251,6 +275,8 @@ def load_variant_result(ws: Workspace, record: Record) -> CompressResult:
     return CompressResult(model=model, artifact=path, artifact_format=fmt)
 
 
+@register_variant_loader
 def load_variant_model(ws: Workspace, record: Record) -> nn.Module:
-    """The variant's PyTorch model in eval mode (for comparisons, histograms)."""
+    """The variant's PyTorch model in eval mode (for comparisons, histograms); also how job pieces load a
+    variant they are given by reference."""
     return load_variant_result(ws, record).model.eval()

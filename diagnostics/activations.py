@@ -18,7 +18,8 @@ from torch import nn
 
 from diagnostics.features import channels_first, output_layout, private_copy
 from diagnostics.hooks import capture_outputs
-from nnlab.archinfo import token_layout
+from nnlab.data.sets import ImageDataset
+from nnlab.models.archinfo import token_layout
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
                nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Mish, nn.PReLU, nn.Softplus)
@@ -54,6 +55,16 @@ class LayerActivation:
     zero_fraction: float
     counts: np.ndarray = field(repr=False)
     edges: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict:
+        """JSON-able (NaN stays NaN); :meth:`from_dict` gives back the same numbers."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {**d, "shape": list(self.shape), "counts": self.counts.tolist(), "edges": self.edges.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerActivation:
+        return cls(**{**d, "shape": tuple(d["shape"]), "counts": np.asarray(d["counts"], dtype=np.int64),
+                      "edges": np.asarray(d["edges"], dtype=np.float64)})
 
     def row(self) -> dict:
         return {"layer": self.name, "type": self.type, "shape": "×".join(map(str, self.shape)),
@@ -197,3 +208,16 @@ def compare(base: list[LayerActivation], other: list[LayerActivation]) -> list[d
             row[f"Δ {key}"] = vb - va
         rows.append(row)
     return rows
+
+
+def activation_histogram(model: nn.Module, data: ImageDataset, layer: str,
+                         samples: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
+    """Histogram ``(counts, edges)`` of one layer's outputs over the first ``samples`` test images.
+
+    The hooks go on a private copy: the given model may be shared by every session.
+    """
+    import copy
+
+    x = data.tensors("test", np.arange(min(samples, len(data.y_test))))[0]
+    stats = activation_stats(copy.deepcopy(model), x, layers=[layer])
+    return (stats[0].counts, stats[0].edges) if stats else None

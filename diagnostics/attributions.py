@@ -35,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 from diagnostics.features import output_layout, to_map
 from diagnostics.filters import diverging_rgb
 from diagnostics.hooks import borrowed, forward_hooks
-from nnlab.archinfo import ArchInfo, arch_info
+from nnlab.models.archinfo import ArchInfo, arch_info
 
 METHODS = {
     "deconvnet": "Deconvnet (Zeiler & Fergus)",
@@ -53,6 +53,19 @@ _INPLACE_FUNCS = {torch.relu_, torch.Tensor.relu_, F.relu_}
 _OTHER_ACTS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU,
                nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softplus)
 _inside = threading.local()
+# Captum's notes about what it does here on purpose (hooks on the ReLUs, the input made to require gradients).
+# Silenced once, by message and module, at import: never by changing the filters around a call, which
+# ``warnings.catch_warnings`` does for the whole process (not thread-safe: pages and jobs attribute concurrently).
+CAPTUM_NOTES = (r"Setting backward hooks on ReLU activations", r"Input Tensor \d+ did not already require gradients")
+
+
+def silence_captum_notes() -> None:
+    """Add the filters ignoring :data:`CAPTUM_NOTES` from Captum's modules (done at import; idempotent)."""
+    for message in CAPTUM_NOTES:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=r"captum\.")
+
+
+silence_captum_notes()
 
 
 class _ModuleReLU(nn.ReLU):
@@ -210,8 +223,16 @@ def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_step
     Raises:
         ValueError: unknown method, missing layer, or a target outside the model's classes.
     """
-    from captum.attr import (Deconvolution, GuidedBackprop, GuidedGradCam, IntegratedGradients, LayerAttribution,
-                             LayerGradCam, Occlusion, Saliency)
+    from captum.attr import (
+        Deconvolution,
+        GuidedBackprop,
+        GuidedGradCam,
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        Occlusion,
+        Saliency,
+    )
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -220,8 +241,7 @@ def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_step
     m = prep.model
     x = x[:1].detach().to(_device(m)).float()
     delta = float("nan")
-    with borrowed(m), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with borrowed(m):
         mode = _FunctionalReLUs("deconv" if method == "deconvnet" else "guided") if method in GUIDED else None
         if mode is not None:
             mode.__enter__()
@@ -326,7 +346,7 @@ def gradcam_layers(model: nn.Module) -> list[str]:
     """Candidate Grad-CAM layers, the recommended one first.
 
     CNNs: conv layers, last one first (the usual choice). Vision transformers: the recommended token layer
-    (:attr:`nnlab.archinfo.ArchInfo.gradcam_layer`), the same place in earlier blocks, then the patch
+    (:attr:`nnlab.models.archinfo.ArchInfo.gradcam_layer`), the same place in earlier blocks, then the patch
     embedding.
     """
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][::-1]

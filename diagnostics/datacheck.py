@@ -26,11 +26,27 @@ import numpy as np
 from torch import nn
 
 from diagnostics.diagnosis import Facts
-from diagnostics.labels import LabelIssues, crossval_probs_features, find_label_issues, subsample
-from diagnostics.mismatch import (ClassShift, Duplicates, PixelStats, class_shift, domain_classifier,
-                                  feature_model, features_and_logits, imbalance_ratio, near_duplicates, pixel_stats)
-from nnlab import bulk
-from nnlab.data import ImageDataset
+from diagnostics.labels import (
+    LabelIssues,
+    crossval_probs_features,
+    find_label_issues,
+    subsample,
+)
+from diagnostics.mismatch import (
+    ClassShift,
+    Duplicates,
+    PixelStats,
+    class_shift,
+    domain_classifier,
+    feature_model,
+    features_and_logits,
+    imbalance_ratio,
+    near_duplicates,
+    pixel_stats,
+)
+from nnlab.data.sets import ImageDataset
+from nnlab.runtimes import bulk
+from nnlab.workspace import Workspace, safe_key
 
 REPORT_VERSION = 2  # 2: gallery fields (label-error neighbours, suggested-label probabilities, test-like samples)
 NEIGHBOURS = 5  # nearest training samples of the suggested class shown per suspected label error
@@ -126,8 +142,8 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
                 cancel: Callable[[], bool] | None = None, min_runtime_images: int | None = None) -> DataReport:
     """Run every data check for ``model`` on ``data``.
 
-    The feature pass runs in the fastest runtime verified for the model (:mod:`nnlab.bulk`; at least
-    ``min_runtime_images`` images, default :data:`nnlab.bulk.MIN_IMAGES`, to be worth choosing one).
+    The feature pass runs in the fastest runtime verified for the model (:mod:`nnlab.runtimes.bulk`; at least
+    ``min_runtime_images`` images, default :data:`nnlab.runtimes.bulk.MIN_IMAGES`, to be worth choosing one).
 
     When the feature pass stays in eager PyTorch, its hook goes on a private copy: the given model may be
     shared by other sessions running it at the same time, and their forward passes would otherwise pass
@@ -154,7 +170,9 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
         progress("label errors (cross-validated logistic regression), mismatch, near-duplicates", 0.82)
     ytr = data.y_train.numpy()
     sub = subsample(ytr, max_label or len(ytr), seed)  # by default every training sample is checked
-    probs = crossval_probs_features(f_train[sub], ytr[sub], seed=seed)
+    # the folds' fits take seconds: in this process (starting Ray would cost more than it saves)
+    probs = crossval_probs_features(f_train[sub], ytr[sub], seed=seed, progress=part(0.82, 0.9), cancel=cancel,
+                                    use_ray=False)
     issues = find_label_issues(ytr[sub], probs)
     issues = replace(issues, method=f"penultimate features + 5-fold logistic regression on {len(sub):,} of "
                                     f"{len(ytr):,} training samples")
@@ -307,3 +325,20 @@ def facts_from(summary: dict | None, history: list[dict] | None = None, test_slo
 def report_key(model_id: str, dataset_id: str) -> str:
     """Workspace run key of a data report's summary."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"datacheck_{model_id}_{dataset_id}")[:120]
+
+
+# --- the stored report of the shared data-checks job --------------------------------------------------
+
+def data_checks_key(model_id: str, data_id: str) -> str:
+    """Workspace run key of the full data-check report of a model on a dataset."""
+    return safe_key("datareport", model_id, data_id)
+
+
+def load_data_report(ws: Workspace, model_id: str, data_id: str) -> DataReport | None:
+    payload = ws.load_run(data_checks_key(model_id, data_id))
+    if not payload:
+        return None
+    try:
+        return DataReport.from_dict(payload)
+    except (KeyError, TypeError, ValueError):
+        return None

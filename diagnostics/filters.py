@@ -10,7 +10,7 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from nnlab.viz import grid
+from nnlab.data.viz import grid
 
 SCALES = ("shared", "per-filter")
 VIEWS = ("rgb", "channel", "mean")

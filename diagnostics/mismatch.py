@@ -8,17 +8,15 @@ that is always removed (``try/finally``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nnlab.data import ImageDataset
-from nnlab.train import Cancelled
-
+from nnlab.data.sets import ImageDataset
+from nnlab.errors import Cancelled
 
 # --- penultimate features ---------------------------------------------------------------------------------
 

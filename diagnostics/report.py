@@ -25,11 +25,11 @@ from diagnostics import datacheck
 from diagnostics.curves import cached_curves, error_slope
 from diagnostics.diagnosis import default_goal, diagnose
 from diagnostics.errors import class_metrics, confusion, confusion_figure, rank_samples
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
+from nnlab.data.viz import as_image, display_scale
 from nnlab.evaluate import EvalResult
 from nnlab.measure import speedups
 from nnlab.records import Record
-from nnlab.viz import as_image, display_scale
 from nnlab.workspace import Workspace
 
 SECTIONS = ("model-card", "diagnosis", "per-class", "worst-errors", "data-checks", "variants")
@@ -142,7 +142,7 @@ def _worst(model: nn.Module, data: ImageDataset, test: EvalResult, n: int, metho
 
 
 def _label_issues(ws: Workspace, model_id: str, data: ImageDataset, n: int = 12) -> list[dict]:
-    from diagnostics.tasks import load_data_report
+    from diagnostics.datacheck import load_data_report
 
     rep = load_data_report(ws, model_id, data.id)
     if rep is None:

@@ -1,4 +1,5 @@
-"""The diagnostics' job kinds: the data checks, the exact label check by k-fold retraining, learning curves.
+"""The diagnostics' job kinds: the data checks, the exact label check by k-fold retraining, learning curves,
+the Look-inside scans (channel scores over many samples, activation statistics over a batch).
 
 Parameters are JSON (the model by workspace id, the dataset by reference); results go to the workspace as runs
 (written once, at the end), so a cancelled or failed job leaves nothing behind and every page and session that
@@ -7,30 +8,20 @@ asks for the same check reads the same result.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from diagnostics import curves, datacheck, labels
-from nnlab import refs
+import numpy as np
+from cachetools import LRUCache
+
+from diagnostics import activations, curves, datacheck, features, labels
+from diagnostics.datacheck import data_checks_key, load_data_report  # noqa: F401 - also read from here
 from nnlab.base import demo_config
-from nnlab.jobs import JobContext, job_kind
-from nnlab.models import create_model
-from nnlab.workspace import Workspace, safe_key
-
-
-def data_checks_key(model_id: str, data_id: str) -> str:
-    """Workspace run key of the full data-check report of a model on a dataset."""
-    return safe_key("datareport", model_id, data_id)
-
-
-def load_data_report(ws: Workspace, model_id: str, data_id: str) -> datacheck.DataReport | None:
-    payload = ws.load_run(data_checks_key(model_id, data_id))
-    if not payload:
-        return None
-    try:
-        return datacheck.DataReport.from_dict(payload)
-    except (KeyError, TypeError, ValueError):
-        return None
+from nnlab.jobs import refs
+from nnlab.jobs.manager import JobContext, job_kind
+from nnlab.models.registry import create_model
+from nnlab.workspace import Workspace, WorkspaceError, safe_key
 
 
 @job_kind("data-checks", label=lambda p: f"Data checks of {p['model_id']}")
@@ -69,6 +60,13 @@ def label_retrain_job(params: dict, ctx: JobContext) -> dict:
     return {"run": key, "flagged": len(out["indices"]), "checked": res.checked}
 
 
+def _pieces_data_ref(data, ref: dict) -> dict:
+    """How job pieces (Ray workers) load the job's dataset: its reference, with the id and fingerprint to check."""
+    from nnlab.jobs import pieces
+
+    return pieces.dataset_ref(data, ref["key"], ref.get("path", ""), ref.get("preprocessing"))
+
+
 @job_kind("learning-curve", label=lambda p: f"Learning curve of {p['model_id']} "
                                             f"({', '.join(f'{f:.0%}' for f in p['fractions'])})")
 def learning_curve_job(params: dict, ctx: JobContext) -> dict:
@@ -79,10 +77,115 @@ def learning_curve_job(params: dict, ctx: JobContext) -> dict:
     c, h, w = data.input_shape
     points = curves.learning_curve(lambda: create_model(record.arch, c, data.num_classes, (h, w)), data, fractions,
                                    replace(demo_config(data), epochs=epochs),
-                                   progress=lambda f, m: ctx.progress(m, f), cancel=ctx.cancelled)
+                                   progress=lambda f, m: ctx.progress(m, f), cancel=ctx.cancelled,
+                                   arch=record.arch, data_ref=_pieces_data_ref(data, params["data"]))
     key = curves.cache_key(params["model_id"], data.id, fractions, epochs)
     Workspace(ctx.workspace).save_run(key, {"points": [asdict(p) for p in points]})
     return {"run": key, "points": len(points)}
+
+
+# --- Look inside: scans over many samples -------------------------------------------------------------------
+# Stored in the workspace under a key of their inputs (in this process's memory when the workspace is read-only).
+
+_MEMORY: LRUCache = LRUCache(maxsize=16)  # bound: 16 results, least recently used out
+_MEMORY_LOCK = threading.Lock()
+
+
+def _remember(key: str, value: object) -> None:
+    with _MEMORY_LOCK:
+        _MEMORY[key] = value
+
+
+def _recall(key: str) -> object | None:
+    with _MEMORY_LOCK:
+        return _MEMORY.get(key)
+
+
+def channel_scores_key(model_id: str, data_id: str, layer: str, split: str, limit: int, reduce: str) -> str:
+    return safe_key("chscores", model_id, data_id, layer, split, str(int(limit)), reduce)
+
+
+def load_channel_scores(ws: Workspace, key: str) -> np.ndarray | None:
+    """Stored :func:`diagnostics.features.channel_scores` (``N×C``; None when not computed yet)."""
+    arrays = ws.load_arrays(key)
+    if arrays is not None and "scores" in arrays:
+        return arrays["scores"]
+    value = _recall(key)
+    return value if isinstance(value, np.ndarray) else None
+
+
+@job_kind("channel-scores", label=lambda p: f"Channel scores of {p['layer']} over {p['limit']:,} {p['split']} "
+                                            f"samples ({p['reduce']}) of {p['model_id']}")
+def channel_scores_job(params: dict, ctx: JobContext) -> dict:
+    """Every channel's score of one layer for the first ``limit`` samples of a split (the Feature maps page)."""
+    data = refs.load_data(params["data"], ctx.workspace)
+    model, _ = refs.load_model(params["model_id"], ctx.workspace)
+    layer, split, limit, reduce = params["layer"], params["split"], int(params["limit"]), params["reduce"]
+
+    def progress(fraction: float) -> None:
+        ctx.progress(f"{layer}: {int(fraction * min(limit, len(data.labels(split)))):,} samples", fraction)
+        ctx.check_cancel()
+
+    scores = features.channel_scores(model, data, layer, split, limit, reduce, progress=progress)
+    key = channel_scores_key(params["model_id"], data.id, layer, split, limit, reduce)
+    try:
+        Workspace(ctx.workspace).save_arrays(key, scores=scores)
+    except WorkspaceError:
+        _remember(key, scores)
+    return {"key": key, "samples": int(scores.shape[0]), "channels": int(scores.shape[1]) if scores.ndim > 1 else 0}
+
+
+def activation_stats_key(model_id: str, data_id: str, split: str, n: int, kind: str, bins: int,
+                         variant_id: str = "") -> str:
+    who = f"variant-{variant_id}" if variant_id else model_id
+    return safe_key("actstats", who, data_id, split, str(int(n)), kind, str(int(bins)))
+
+
+def load_activation_stats(ws: Workspace, key: str) -> list[activations.LayerActivation] | None:
+    """Stored :func:`diagnostics.activations.activation_stats` (None when not computed yet)."""
+    run = ws.load_run(key)
+    if run is None:
+        kept = _recall(key)
+        run = kept if isinstance(kept, dict) else None
+    if run is None or "layers" not in run:
+        return None
+    return [activations.LayerActivation.from_dict(d) for d in run["layers"]]
+
+
+@job_kind("activation-stats", label=lambda p: f"Activation statistics of {p.get('variant_id') or p['model_id']} "
+                                              f"over {p['n']:,} {p['split']} images ({p['kind']})")
+def activation_stats_job(params: dict, ctx: JobContext) -> dict:
+    """Each layer's output statistics over the first ``n`` images of a split (the Activations page).
+
+    The model is the base ``model_id``, or the compressed variant ``variant_id`` when given.
+    """
+    data = refs.load_data(params["data"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    if params.get("variant_id"):
+        from compression.variant import load_variant_model  # the variant's own loader (compression sits above)
+
+        rec = ws.load_variant(params["variant_id"])
+        if rec is None:
+            raise ValueError(f"no variant {params['variant_id']!r} in the workspace")
+        ctx.progress("loading the variant", 0.0)
+        model = load_variant_model(ws, rec)
+    else:
+        model, _ = refs.load_model(params["model_id"], ctx.workspace)
+    split, n, kind, bins = params["split"], int(params["n"]), params["kind"], int(params["bins"])
+    x, _ = data.tensors(split, np.arange(n))
+
+    def progress(fraction: float) -> None:
+        ctx.progress(f"{int(fraction * n):,} of {n:,} images", fraction)
+        ctx.check_cancel()
+
+    stats = activations.activation_stats(model, x, kind=kind, bins=bins, batch_size=32, progress=progress)
+    key = activation_stats_key(params["model_id"], data.id, split, n, kind, bins, params.get("variant_id", ""))
+    run = {"layers": [s.to_dict() for s in stats]}
+    try:
+        ws.save_run(key, run)
+    except WorkspaceError:
+        _remember(key, run)
+    return {"key": key, "layers": len(stats)}
 
 
 def report_path(ws: Workspace, model_id: str, data_id: str, variant_ids: list[str], e_goal: float | None) -> Path:
@@ -108,8 +211,8 @@ def build_report(ws: Workspace, model_id: str, data_ref: dict, variant_ids: list
     import time
 
     from diagnostics.report import gather, render_html, to_pdf
-    from nnlab.tasks import ensure_evaluation
-    from nnlab.train import Cancelled
+    from nnlab.errors import Cancelled
+    from nnlab.jobs.kinds import ensure_evaluation
     from nnlab.workspace import atomic_write_text
 
     def say(message: str, fraction: float) -> None:
@@ -151,3 +254,127 @@ def build_report(ws: Workspace, model_id: str, data_ref: dict, variant_ids: list
     return {"html": rel(path), "pdf": rel(pdf) if has_pdf else "", "bytes": path.stat().st_size,
             "pdf_bytes": pdf.stat().st_size if has_pdf else 0, "seconds": round(time.perf_counter() - t0, 1),
             "notes": rep.notes}
+
+
+# --- a variant against its base --------------------------------------------------------------------------
+
+def variant_diagnosis_key(model_id: str, variant_id: str, data_id: str, samples: int) -> str:
+    return safe_key("variantdiag", model_id, variant_id, data_id, str(samples))
+
+
+@job_kind("variant-diagnosis", label=lambda p: f"Diagnose variant {p['variant_id']} against {p['model_id']}")
+def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
+    """Per-layer error of a variant against its base on the first ``samples`` test images, and accuracy with
+    each of the ``top_k`` worst layers put back (:mod:`diagnostics.variantdiff`); the table goes to a run."""
+    from compression.compare import runs_outside_pytorch
+    from compression.variant import load_variant_model
+    from diagnostics import variantdiff
+
+    data = refs.load_data(params["data"], ctx.workspace)
+    base, _ = refs.load_model(params["model_id"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    rec = ws.load_variant(params["variant_id"])
+    if rec is None or rec.parent != params["model_id"]:
+        raise ValueError(f"no variant {params['variant_id']!r} of {params['model_id']!r} in the workspace")
+    ctx.progress("loading the variant", 0.05)
+    variant = load_variant_model(ws, rec)
+    n = min(int(params.get("samples", 256)), len(data.labels("test")))
+    x, y = data.tensors("test", np.arange(n))
+    out: dict = {"samples": n, "variant_id": rec.id, "runtime": rec.latency.get("1", {}).get("runtime", "")}
+    if runs_outside_pytorch(variant):
+        out.update(errors=[], recovery=[], note=f"{rec.name} runs in {out['runtime']}: its layers are not PyTorch "
+                   "modules, so the per-layer error needs the runtime's own intermediate outputs (not measured yet)")
+    else:
+        ctx.progress("per-layer error", 0.2)
+        errors = variantdiff.layer_errors(base, variant, x)
+        ctx.check_cancel()
+        ranked = sorted((e for e in errors if np.isfinite(e.local_rel)), key=lambda e: -e.local_rel)
+        top = [e.name for e in ranked[: int(params.get("top_k", 5))]]
+        ctx.progress(f"putting back the {len(top)} layers with the largest error, one at a time", 0.5)
+        acc_b, acc_v, rec_rows = variantdiff.recovery(base, variant, x, y.numpy(), [[t] for t in top])
+        out.update(errors=[e.to_dict() for e in errors], recovery=[r.to_dict() for r in rec_rows],
+                   base_accuracy=acc_b, variant_accuracy=acc_v, note="")
+    key = variant_diagnosis_key(params["model_id"], rec.id, data.id, n)
+    ws.save_run(key, out)
+    return {"run": key, "layers": len(out["errors"])}
+
+
+@job_kind("variant-repair", label=lambda p: f"Put layers of {p['variant_id']} back until within "
+                                            f"{100 * p['budget']:g} points")
+def variant_repair_job(params: dict, ctx: JobContext) -> dict:
+    """Rank the variant's layers by what putting each back recovers, put them back in that order until the
+    drop on ``samples`` test images is within ``budget``, and store the result as a new variant, measured like
+    any other (its restored layers listed in the record)."""
+    from compression.compare import runs_outside_pytorch
+    from compression.variant import load_variant_model, store_model_variant
+    from diagnostics import variantdiff
+
+    data = refs.load_data(params["data"], ctx.workspace)
+    base, base_rec = refs.load_model(params["model_id"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    rec = ws.load_variant(params["variant_id"])
+    if rec is None or rec.parent != params["model_id"]:
+        raise ValueError(f"no variant {params['variant_id']!r} of {params['model_id']!r} in the workspace")
+    variant = load_variant_model(ws, rec)
+    if runs_outside_pytorch(variant):
+        raise ValueError(f"{rec.name} runs in {rec.latency.get('1', {}).get('runtime', 'another runtime')}: putting "
+                         "layers back there (nodes left in float) is not built yet; repair works on PyTorch variants")
+    budget = float(params["budget"])
+    n = min(int(params.get("samples", 512)), len(data.labels("test")))
+    x, y = data.tensors("test", np.arange(n))
+    ctx.progress("ranking the layers by what putting each back recovers", 0.1)
+    errors = variantdiff.layer_errors(base, variant, x[:64])  # candidates: the layers with the largest own error
+    by_error = sorted((e for e in errors if np.isfinite(e.local_rel) and e.local_rel > 0), key=lambda e: -e.local_rel)
+    names = [e.name for e in by_error[: int(params.get("max_layers", 16))]]
+    _, _, ranking = variantdiff.recovery(base, variant, x, y.numpy(), [[nm] for nm in names])
+    ctx.check_cancel()
+    order = [r.layers[0] for r in ranking if r.accuracy > 0]
+    ctx.progress("putting layers back until the drop is within the budget", 0.4)
+    chosen, acc_b, acc = variantdiff.restore_until(base, variant, x, y.numpy(), order, budget)
+    ctx.check_cancel()
+    ctx.progress(f"measuring the repaired variant ({len(chosen)} layer(s) back)", 0.6)
+    repaired = variantdiff.put_back(base, variant, chosen)
+    config = {"method": "restore", "from_variant": rec.id, "layers": chosen, "budget": budget, "samples": n}
+    new = store_model_variant(repaired, base, base_rec.id, base_rec.arch, config, data, ws,
+                              name=f"{rec.name} · {len(chosen)} layer(s) back (≤ {100 * budget:g} pt)",
+                              extra={"restored_layers": chosen, "from_variant": rec.id,
+                                     "repair_samples": n, "repair_accuracy": acc, "repair_base_accuracy": acc_b})
+    return {"variant_id": new.id, "restored_layers": chosen, "accuracy": new.accuracy}
+
+
+def flip_attributions_key(model_id: str, variant_id: str, data_id: str, method: str, indices: list[int]) -> str:
+    return safe_key("flipattr", model_id, variant_id, data_id, method, ",".join(str(i) for i in indices))
+
+
+@job_kind("flip-attributions", label=lambda p: f"Attributions of {len(p['indices'])} flipped samples of "
+                                               f"{p['variant_id']}")
+def flip_attributions_job(params: dict, ctx: JobContext) -> dict:
+    """Base and variant attributions for the same target (the base's prediction) on the given test samples, with
+    their rank correlation (:func:`diagnostics.variantdiff.attribution_pairs`); maps stored as arrays."""
+    from compression.compare import runs_outside_pytorch
+    from compression.variant import load_variant_model
+    from diagnostics import variantdiff
+
+    data = refs.load_data(params["data"], ctx.workspace)
+    base, _ = refs.load_model(params["model_id"], ctx.workspace)
+    ws = Workspace(ctx.workspace)
+    rec = ws.load_variant(params["variant_id"])
+    if rec is None:
+        raise ValueError(f"no variant {params['variant_id']!r} in the workspace")
+    variant = load_variant_model(ws, rec)
+    if runs_outside_pytorch(variant):
+        raise ValueError(f"{rec.name} runs outside PyTorch: its attributions need its PyTorch model")
+    idx = [int(i) for i in params["indices"]]
+    x, _ = data.tensors("test", np.array(idx, dtype=np.int64))
+    import torch
+
+    with torch.no_grad():
+        targets = base(x).argmax(1).tolist()
+    ctx.progress(f"{params['method']} on {len(idx)} samples, base and variant", 0.1)
+    pairs = variantdiff.attribution_pairs(base, variant, x, targets, params["method"])
+    key = flip_attributions_key(params["model_id"], rec.id, data.id, params["method"], idx)
+    ws.save_arrays(key, base=np.stack([p["base"] for p in pairs]).astype(np.float32),
+                   variant=np.stack([p["variant"] for p in pairs]).astype(np.float32),
+                   similarity=np.array([p["similarity"] for p in pairs], np.float64),
+                   targets=np.array(targets, np.int64), indices=np.array(idx, np.int64))
+    return {"key": key, "similarity": [p["similarity"] for p in pairs]}

@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from nnlab import config
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import predict_logits, result_from_logits
 from nnlab.measure import (
     BATCHES,
@@ -26,7 +26,7 @@ from nnlab.measure import (
     rounds_for,
     state_sizes,
 )
-from nnlab.models import create_model, load_into, state_dict_hash
+from nnlab.models.registry import create_model, load_into, state_dict_hash
 from nnlab.records import Record
 from nnlab.train import EpochStats, Progress, TrainConfig, train_model
 from nnlab.workspace import Workspace, WorkspaceError

@@ -56,7 +56,7 @@ def apply_cli_args(argv: list[str]) -> None:
     """Honour ``--workspace DIR``, ``--data DIR`` and ``--ray-address ADDR`` given after ``streamlit run app.py --``.
 
     ``--ray-address`` attaches the job pieces to a Ray cluster ("local" starts a local Ray; see
-    :mod:`nnlab.distributed`).
+    :mod:`nnlab.jobs.pieces`).
     """
     flags = {"--workspace": "NNLAB_WORKSPACE", "--data": "NNLAB_DATA", "--ray-address": "NNLAB_RAY_ADDRESS"}
     for i, arg in enumerate(argv):

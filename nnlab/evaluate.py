@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nnlab import config
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 
 
 @dataclass(eq=False)
@@ -70,7 +70,7 @@ def predict_logits(model: nn.Module | None, data: ImageDataset, split: str, batc
     with torch.inference_mode():
         for x, _ in data.stream(split, batch_size, indices=indices):
             if cancel is not None and cancel():
-                from nnlab.train import Cancelled
+                from nnlab.errors import Cancelled
 
                 raise Cancelled("cancelled by the user")
             if runner is not None:

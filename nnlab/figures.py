@@ -12,7 +12,7 @@ a fraction of a second); it closes after :data:`IDLE_SECONDS` without exports an
 asked for from any thread (Streamlit runs deferred downloads in their own threads): they are serialised
 through one lock onto the renderer's own event loop.
 
-No streamlit here; :func:`nnlab.widgets.chart` is the page-side helper.
+No streamlit here; :func:`nnlab.ui.widgets.chart` is the page-side helper.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why exports cannot run here, in words a user can act on (None when they can)."""
     try:
-        import kaleido  # noqa: F401
         import choreographer  # noqa: F401
+        import kaleido  # noqa: F401
     except ImportError:
         return "PNG/SVG export needs the kaleido package (pinned in requirements.txt), which is not installed"
     if browser_path() is None:

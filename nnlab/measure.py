@@ -28,13 +28,22 @@ import numpy as np
 import torch
 from safetensors.torch import save as st_save
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,
+    _get_current_dispatch_mode_stack,
+)
 from torch.utils.flop_counter import flop_registry
 
 from nnlab.runtimes.base import Runner, artifact_files, as_input, torch_logits
-from nnlab.runtimes.candidates import available_fp32, fidelity_check, fp32_factories, precision_of, same_runtime_factory
+from nnlab.runtimes.candidates import (
+    available_fp32,
+    fidelity_check,
+    fp32_factories,
+    precision_of,
+    same_runtime_factory,
+)
 from nnlab.runtimes.torch_eager import TorchRunner
-from nnlab.threads import TIMING_LOCK, torch_threads
+from nnlab.threads import TIMING_LOCK
 
 # The version of the timing harness, stored with every latency: records timed by another harness (or none)
 # are not compared with these (:func:`comparable`) until they are measured again.
@@ -44,7 +53,6 @@ ROUNDS = 5
 WARMUP = 2
 SETTLE_S = 0.02
 
-__all__ = ["TIMING_LOCK", "torch_threads"]  # re-exported for callers of the old location
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Dropout masks from a job's own ``torch.Generator``, not the global RNG.
 
 ``torch.manual_seed`` is process-wide: a job that calls it changes the random numbers of every other session's
-job running at the same time. Initial weights are drawn reproducibly by :func:`nnlab.randinit.seeded_init`;
+job running at the same time. Initial weights are drawn reproducibly by :func:`nnlab.models.randinit.seeded_init`;
 dropout masks come from the run's generator (:func:`seeded_dropout`), on the job's private model.
 """
 

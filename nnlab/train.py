@@ -14,16 +14,13 @@ import torch
 from torch import nn
 
 from nnlab import config
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
+from nnlab.errors import Cancelled  # noqa: F401 - raised here, and importable from here as before
 from nnlab.evaluate import evaluate
 from nnlab.seeding import seeded_dropout
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]
-
-
-class Cancelled(RuntimeError):
-    """Raised inside a long run when its cancel callback returns True."""
 
 
 @dataclass

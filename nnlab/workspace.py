@@ -6,7 +6,7 @@ Layout::
     <root>/variants/<variant_id>/{artifact…, record.json}
     <root>/runs/<key>.json            (cached derived results, e.g. learning curves)
     <root>/results/<key>.npz          (per-sample arrays: logits, features …)
-    <root>/jobs/<key>.json            (the job system's state, see nnlab.jobs)
+    <root>/jobs/<key>.json            (the job system's state, see nnlab.jobs.manager)
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a reader never
 sees a half-written file. A record that fails to parse is reported and skipped, never fatal.

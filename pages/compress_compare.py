@@ -8,10 +8,11 @@ import streamlit as st
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import compare, export
 from compression.variant import load_variant_model
-from nnlab import session, widgets
+from diagnostics.activations import activation_histogram
+from nnlab.data.viz import as_image, display_scale
 from nnlab.evaluate import EvalResult
-from nnlab.tasks import eval_key, load_evaluation
-from nnlab.viz import as_image, display_scale
+from nnlab.jobs.kinds import eval_key, load_evaluation
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Side by side")
@@ -45,7 +46,7 @@ def _variant_eval(rec) -> EvalResult:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _activation_hist(root: str, record_id: str, created: float, layer: str, dataset_id: str, _model, _data):
-    return compare.activation_histogram(_model, _data, layer)
+    return activation_histogram(_model, _data, layer)
 
 
 variants = [v for v in ws.list_variants() if v.dataset == data.id and v.status == "ok"]
@@ -113,6 +114,9 @@ for col, r, ev in zip(cols, chosen[1:], evals[1:]):
     col.metric(f"Agreement · {r.name}", f"{compare.agreement(ref_ev, ev):.2%}")
 st.download_button("Comparison (CSV)", compare.comparison_csv(chosen, evals, cur.record), file_name="comparison.csv",
                    mime="text/csv", key="compare_dl_csv")
+
+st.page_link("pages/compress_diagnose.py", label="Diagnose a variant: which layer lost the accuracy, put layers back, "
+             "what several variants forgot", icon=":material/troubleshoot:")
 
 st.subheader("Per layer: sparsity, bit-width, clusters, channels")
 st.dataframe(compare.layer_details(chosen), hide_index=True, width="stretch", key="compare_layers")

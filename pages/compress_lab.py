@@ -12,7 +12,8 @@ from compression import defaults, export
 from compression.compare import weight_sparsity
 from compression.pareto import runtime_note
 from compression.registry import get_method, list_methods
-from nnlab import jobs, session, widgets
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session, widgets
 from nnlab.workspace import WorkspaceError
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
@@ -184,6 +185,8 @@ with right:
     progress_panel()
 
     st.subheader("Variants")
+    st.page_link("pages/compress_diagnose.py", label="Diagnose a variant: which layer lost the accuracy",
+                 icon=":material/troubleshoot:")
     here = [v for v in variants if v.dataset == cur.data.id]
     if ws.errors:
         st.warning("Some variants could not be read: " + "; ".join(ws.errors))

@@ -10,7 +10,8 @@ import streamlit as st
 import compression.tasks  # noqa: F401 - registers the compression job kinds
 from compression import export, pareto
 from compression import search as csearch
-from nnlab import jobs, session, widgets
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Pareto")
@@ -67,6 +68,8 @@ if picked:
     st.success("Selected: " + ", ".join(names.get(i, i) for i in picked))
     if st.button("Open the comparison", key="pareto_open_compare", type="primary"):
         st.switch_page("pages/compress_compare.py")
+    st.page_link("pages/compress_diagnose.py", label="Diagnose the selected variant against the base",
+                 icon=":material/troubleshoot:")
 
 cost = st.radio("Frontier of the table", list(pareto.COSTS), key="pareto_cost", horizontal=True,
                 format_func=lambda k: pareto.COSTS[k])

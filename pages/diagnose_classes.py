@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from diagnostics import errors
-from nnlab import session, widgets
-from nnlab.viz import as_image, display_scale, grid
+from nnlab.data.viz import as_image, display_scale, grid
+from nnlab.ui import session, widgets
 
 MAX_SHOWN = 60
 

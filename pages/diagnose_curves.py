@@ -9,8 +9,9 @@ import streamlit as st
 
 from diagnostics import curves
 from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostics' job kinds
-from nnlab import jobs, session, widgets
 from nnlab.base import demo_config
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Learning curves")

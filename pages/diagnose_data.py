@@ -14,8 +14,9 @@ import streamlit as st
 from diagnostics import datacheck
 from diagnostics import tasks as dtasks
 from diagnostics.mismatch import class_shift, imbalance_ratio
-from nnlab import jobs, session, widgets
-from nnlab.viz import as_image, display_scale, grid
+from nnlab.data.viz import as_image, display_scale, grid
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session, widgets
 
 AUTO_MAX_TRAIN = 10000
 PER_PAGE = 12  # label-error cards per page

@@ -5,10 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from diagnostics import datacheck
+from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostics' job kinds
 from diagnostics.curves import cached_curves, error_slope
 from diagnostics.diagnosis import CONTRADICTED, NEUTRAL, SUPPORTED, UNMEASURED, default_goal, diagnose
-from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostics' job kinds
-from nnlab import jobs, session
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session
 
 AUTO_DATA_CHECK_MAX_TRAIN = 10000  # below this many training images the data checks run without asking
 TITLES = {"pages/diagnose_data.py": "Data checks", "pages/diagnose_curves.py": "Learning curves",

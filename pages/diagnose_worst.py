@@ -6,8 +6,8 @@ import numpy as np
 import streamlit as st
 
 from diagnostics import errors
-from nnlab import session, widgets
-from nnlab.viz import as_image, display_scale
+from nnlab.data.viz import as_image, display_scale
+from nnlab.ui import session, widgets
 
 ATTRIBUTION_PAGE = "pages/inside_attributions.py"
 ANY = -1

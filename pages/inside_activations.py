@@ -7,32 +7,62 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from torch import nn
 
 from diagnostics import activations as A
+from diagnostics import tasks as dtasks  # registers the activation-stats job kind
 from diagnostics.filters import histogram_figure
-from nnlab import session, widgets
-from nnlab.data import ImageDataset
+from nnlab.jobs import manager as jobs
 from nnlab.records import Record
+from nnlab.ui import session, widgets
+from nnlab.workspace import Workspace
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Activations")
 cur = session.current()
 data = cur.data
+ws = session.workspace()
 
 
-@st.cache_data(max_entries=16, show_spinner="Running the batch through the model…")
-def _stats(model_id: str, data_id: str, split: str, n: int, kind: str, bins: int,
-           _model: nn.Module, _data: ImageDataset) -> list[A.LayerActivation]:
-    x, _ = _data.tensors(split, np.arange(n))
-    return A.activation_stats(_model, x, kind=kind, bins=bins, batch_size=32)
+@st.cache_data(max_entries=16, show_spinner=False)
+def _stored_stats(root: str, key: str, stamp: float) -> list[A.LayerActivation] | None:
+    return dtasks.load_activation_stats(Workspace(root), key)
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the variant…")
-def _variant_model(variant_id: str, _record: Record) -> nn.Module:
-    from compression.variant import load_variant_model  # written by the compression helper
+def _read_stats(key: str) -> list[A.LayerActivation] | None:
+    path = ws.run_path(key)
+    return _stored_stats(str(ws.root), key, path.stat().st_mtime) if path.is_file() else \
+        dtasks.load_activation_stats(ws, key)
 
-    return load_variant_model(session.workspace(), _record)
+
+def _stats(split: str, n: int, kind: str, bins: int, variant: Record | None = None) -> list[A.LayerActivation]:
+    """The statistics of the base model (or a variant) over the first ``n`` images: one job the first time, stored.
+
+    For a variant that cannot be analysed (the job failed) the page says so and goes on with the base alone.
+    """
+    vid = variant.id if variant is not None else ""
+    key = dtasks.activation_stats_key(cur.model_id, data.id, split, n, kind, bins, vid)
+    stats = _read_stats(key)
+    if stats is not None:
+        return stats
+    params = {"model_id": cur.model_id, "data": cur.data_ref, "split": split, "n": n, "kind": kind, "bins": bins}
+    title = f"Running {n:,} {split} images through {'the variant' if vid else 'the model'}…"
+    if not vid:
+        session.run_job("activation-stats", params, title=title, what="The activation statistics")
+    else:
+        params["variant_id"] = vid
+        old = jobs.find("activation-stats", params)  # one that ended badly is not re-run by opening the page
+        stuck = old is not None and old.status in (jobs.FAILED, jobs.INTERRUPTED, jobs.CANCELLED)
+        job = session.follow(old if stuck else jobs.submit("activation-stats", params, owner=session.owner()), title)
+        if job.status == jobs.FAILED:  # a variant that cannot run as an nn.Module here
+            st.warning(f"The variant cannot be analysed: {job.error}")
+            return []
+        if not session.show_outcome(job, "The variant's activation statistics"):
+            return []
+    stats = _read_stats(key)
+    if stats is None:
+        st.error("The activation statistics finished but cannot be read.")
+        st.stop()
+    return stats
 
 
 def _variants() -> list[Record]:
@@ -67,12 +97,12 @@ kind = c3.selectbox("Layers", A.KINDS, key="acts_kind",
                     help="activation modules (ReLU, ReLU6, sigmoid…), conv/linear outputs, or every leaf module")
 bins = int(c4.slider("Bins", 10, 150, 50, key="acts_bins"))
 
-stats = _stats(cur.model_id, data.id, split, n, kind, bins, cur.model, data)
+stats = _stats(split, n, kind, bins)
 if not stats and kind == "activations":
     st.info("No activation modules found (the model may apply its activations functionally); "
             "showing conv/linear outputs instead.")
     kind = "conv/linear"
-    stats = _stats(cur.model_id, data.id, split, n, kind, bins, cur.model, data)
+    stats = _stats(split, n, kind, bins)
 if not stats:
     st.warning("No layer of this kind produced an output.")
     st.stop()
@@ -86,12 +116,7 @@ if variants:
                        format_func=lambda v: v if v == "(none)" else f"{by_id[v].name} ({by_id[v].method})")
     if vid != "(none)":
         vrec = by_id[vid]
-        try:
-            vmodel = _variant_model(vid, vrec)
-            other = _stats(f"variant-{vid}", data.id, split, n, kind, bins, vmodel, data)
-        except Exception as exc:  # a variant that cannot run as an nn.Module here
-            st.warning(f"The variant cannot be analysed: {type(exc).__name__}: {exc}")
-            other = []
+        other = _stats(split, n, kind, bins, vrec)
 
 rows = [s.row() for s in stats]
 df = pd.DataFrame(rows)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from diagnostics import attributions as AT
-from nnlab import session
-from nnlab.viz import as_image, display_scale
-from nnlab.widgets import pick_input, show_input
+from nnlab.data.viz import as_image, display_scale
+from nnlab.ui import session
+from nnlab.ui.widgets import pick_input, show_input
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Deconvnet and attributions")

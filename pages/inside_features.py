@@ -9,15 +9,17 @@ import torch
 from torch import nn
 
 from diagnostics import features as FM
-from nnlab import session
-from nnlab.data import ImageDataset
-from nnlab.viz import as_image, display_scale, grid
-from nnlab.widgets import pick_input, show_input
+from diagnostics import tasks as dtasks  # registers the channel-scores job kind
+from nnlab.data.viz import as_image, display_scale, grid
+from nnlab.ui import session
+from nnlab.ui.widgets import pick_input, show_input
+from nnlab.workspace import Workspace
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Feature maps")
 cur = session.current()
 data = cur.data
+ws = session.workspace()
 
 
 @st.cache_data(max_entries=8, show_spinner="Listing layers…")
@@ -36,10 +38,25 @@ def _predict(model_id: str, data_id: str, token: str, _model: nn.Module, _x: tor
         return torch.softmax(_model(_x).float(), 1)[0].numpy()
 
 
-@st.cache_data(max_entries=16, show_spinner="Scanning dataset samples through the layer…")
-def _scores(model_id: str, data_id: str, layer: str, split: str, limit: int, reduce: str,
-            _model: nn.Module, _data: ImageDataset) -> np.ndarray:
-    return FM.channel_scores(_model, _data, layer, split, limit, reduce)
+@st.cache_data(max_entries=16, show_spinner=False)
+def _stored_scores(root: str, key: str, stamp: float) -> np.ndarray | None:
+    return dtasks.load_channel_scores(Workspace(root), key)
+
+
+def _scores(layer: str, split: str, limit: int, reduce: str) -> np.ndarray:
+    """Channel scores of the first ``limit`` samples: one job the first time, stored and shared by sessions."""
+    key = dtasks.channel_scores_key(cur.model_id, data.id, layer, split, limit, reduce)
+    path = ws.result_path(key)
+    if not path.is_file() and dtasks.load_channel_scores(ws, key) is None:
+        session.run_job("channel-scores", {"model_id": cur.model_id, "data": cur.data_ref, "layer": layer,
+                                           "split": split, "limit": limit, "reduce": reduce},
+                        title=f"Scanning {limit:,} {split} samples through **{layer}**…", what="The channel scores")
+    scores = (_stored_scores(str(ws.root), key, path.stat().st_mtime) if path.is_file()
+              else dtasks.load_channel_scores(ws, key))
+    if scores is None:
+        st.error("The channel scores finished but cannot be read.")
+        st.stop()
+    return scores
 
 
 left, right = st.columns([1, 3])
@@ -101,7 +118,7 @@ if st.session_state.get("features_top_limit") not in limits:
 limit = (int(d3.select_slider("Samples scanned", limits, key="features_top_limit")) if len(limits) > 1
          else limits[0])
 reduce = d4.radio("Score", FM.REDUCTIONS, key="features_top_reduce", help="max or mean of the channel's map")
-scores = _scores(cur.model_id, data.id, layer, split, limit, reduce, cur.model, data)
+scores = _scores(layer, split, limit, reduce)
 idx, vals = FM.top_activating(scores, channel, k=12)
 scale_px = display_scale(data.input_shape[1], 72)
 st.image(grid([as_image(data.images(split)[int(i)], scale_px) for i in idx], ncols=12),

@@ -8,8 +8,8 @@ import streamlit as st
 from torch import nn
 
 from diagnostics import filters as F
-from nnlab import session, widgets
-from nnlab.archinfo import arch_info
+from nnlab.models.archinfo import arch_info
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Filters and weights")

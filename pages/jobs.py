@@ -7,7 +7,8 @@ import time
 import pandas as pd
 import streamlit as st
 
-from nnlab import jobs, session
+from nnlab.jobs import manager as jobs
+from nnlab.ui import session
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Jobs")

@@ -7,9 +7,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-import nnlab.tasks
-from nnlab import measure, session, widgets
-from nnlab.viz import as_image, display_scale, grid
+import nnlab.jobs.kinds
+from nnlab import measure
+from nnlab.data.viz import as_image, display_scale, grid
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("nnlab · Overview")
@@ -20,13 +21,13 @@ ev = session.evaluation("test", cur)
 st.caption(f"Dataset: **{data.name}** — {data.source}. Model: **{rec.name}** (`{cur.model_id}`).")
 st.caption(f"Preprocessing (owned by the model, used by every page): {data.preprocessing.describe()}"
            + (f" — {data.preprocessing.source}" if data.preprocessing.source else "") + ".")
-rt = session.workspace().load_run(nnlab.tasks.runtime_key(cur.model_id, data.id, "test"))
+rt = session.workspace().load_run(nnlab.jobs.kinds.runtime_key(cur.model_id, data.id, "test"))
 if rt:
     st.caption(f"Evaluation pass (every test image, stored for every page) ran in **{rt['runtime']}**: "
                f"{rt['summary']}.")
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Test accuracy", f"{ev.accuracy:.2%}", help="Top-1 on the whole test split (the shared evaluation pass).")
-full_train = nnlab.tasks.load_evaluation(session.workspace(), cur.model_id, data.id, "train")
+full_train = nnlab.jobs.kinds.load_evaluation(session.workspace(), cur.model_id, data.id, "train")
 if full_train is not None:  # the shared pass over every training image: the number the report and E_train use
     c2.metric("Train accuracy", f"{full_train.accuracy:.2%}",
               help=f"Top-1 on all {len(full_train.labels):,} training images (the shared evaluation pass).")

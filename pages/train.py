@@ -7,10 +7,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from nnlab import jobs, session, widgets
-from nnlab.models import arch_label
-from nnlab.tasks import INITS, trained_model_id
+from nnlab.jobs import manager as jobs
+from nnlab.jobs.kinds import INITS, trained_model_id
+from nnlab.models.registry import arch_label
 from nnlab.train import OPTIMIZERS, SCHEDULES, TrainConfig
+from nnlab.ui import session, widgets
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title("Train or fine-tune")

@@ -27,7 +27,7 @@ os.environ.setdefault("NNLAB_ALLOWED_ROOTS", os.pathsep.join([str(_SESSION_TMP),
 torch.set_num_threads(2)
 
 from nnlab.base import ensure_demo  # noqa: E402
-from nnlab.data import ImageDataset, load_digits  # noqa: E402
+from nnlab.data.sets import ImageDataset, load_digits  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
 
 

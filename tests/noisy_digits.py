@@ -28,9 +28,10 @@ class NoisyDigits:
 def make(root: Path, seed: int = 0) -> NoisyDigits:
     """Write the folder (once), train its demo model (a few epochs, once) and run the data checks (once)."""
     from diagnostics import tasks as dtasks  # noqa: F401 - the data-checks job kind
-    from nnlab import jobs, refs
     from nnlab.base import demo_id, ensure_demo
-    from nnlab.data import load_digits
+    from nnlab.data.sets import load_digits
+    from nnlab.jobs import manager as jobs
+    from nnlab.jobs import refs
     from nnlab.workspace import Workspace
 
     digits = load_digits()

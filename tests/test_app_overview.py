@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nnlab.evaluate import evaluate
-from nnlab.models import create_model
+from nnlab.models.registry import create_model
 from tests.conftest import app_test, small_preprocessing
 
 

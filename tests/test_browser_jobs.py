@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from nnlab.jobs import job_key
+from nnlab.jobs.manager import job_key
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, free_port, no_exception, require_chromium, server
 
 DEMO_PROGRESS = re.compile(r"Train the demo model on digits: (\d+)%")

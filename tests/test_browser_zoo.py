@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from nnlab.synthetic import make_shapes_folder
+from nnlab.data.synthetic import make_shapes_folder
 from tests.browser import browser_page, no_exception, server
 
 # sidebar link → the page's title

@@ -7,10 +7,10 @@ import torch
 
 from diagnostics import datacheck
 from diagnostics.mismatch import features_and_logits
-from nnlab import bulk
 from nnlab.evaluate import predict_logits
+from nnlab.jobs.kinds import ensure_evaluation, runtime_key
+from nnlab.runtimes import bulk
 from nnlab.runtimes.onnx import ort_fp32_runner
-from nnlab.tasks import ensure_evaluation, runtime_key
 from nnlab.workspace import Workspace
 
 
@@ -71,10 +71,10 @@ def test_the_data_report_says_which_runtime_its_feature_pass_ran_in(demo, digits
 
 
 def test_resnet18_at_224_evaluates_in_a_verified_runtime(tmp_path):
-    from nnlab.data import load_dataset
-    from nnlab.models import create_model
-    from nnlab.preprocess import imagenet
-    from nnlab.synthetic import make_shapes_folder
+    from nnlab.data.preprocess import imagenet
+    from nnlab.data.sets import load_dataset
+    from nnlab.data.synthetic import make_shapes_folder
+    from nnlab.models.registry import create_model
 
     folder = make_shapes_folder(tmp_path / "shapes", per_class=4, size=256)
     data = load_dataset("imagefolder", folder, imagenet(), workspace=tmp_path / "ws")

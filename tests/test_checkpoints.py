@@ -13,8 +13,8 @@ from PIL import Image
 from safetensors.torch import save as st_save
 from torch import nn
 
-from nnlab import models as M
-from nnlab.checkpoints import fit_state_dict, head_names, read_state_dict
+from nnlab.models import registry as M
+from nnlab.models.checkpoints import fit_state_dict, head_names, read_state_dict
 
 
 def _bytes(obj) -> bytes:

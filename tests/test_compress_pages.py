@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import compression.tasks  # noqa: F401
-from nnlab import jobs
 from compression.pareto import frontier_ids, pareto_mask
 from compression.variant import load_variant_model
 from nnlab.evaluate import evaluate
+from nnlab.jobs import manager as jobs
 from nnlab.records import Record
 from nnlab.workspace import Workspace
 from tests.conftest import app_test

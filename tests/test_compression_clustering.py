@@ -12,7 +12,7 @@ from compression import packing
 from compression.clustering import ClusterConfig, initial_centroids, kmeans_1d
 from compression.pruning import prunable_layers
 from compression.registry import CompressContext, apply, config_from_dict
-from nnlab.models import create_model
+from nnlab.models.registry import create_model
 
 
 def _model(seed: int = 0):

@@ -29,7 +29,7 @@ from compression.registry import (
 )
 from compression.variant import load_variant_model, make_variant, write_default_artifact
 from nnlab.evaluate import evaluate
-from nnlab.models import create_model, load_into, model_hash
+from nnlab.models.registry import create_model, load_into, model_hash
 from nnlab.records import Record
 from nnlab.train import Cancelled
 from nnlab.workspace import Workspace, load_state_dict

@@ -12,7 +12,7 @@ import compression  # noqa: F401
 from compression.distillation import DistillConfig, distillation_loss, train_student
 from compression.registry import CompressContext, apply
 from nnlab.evaluate import evaluate
-from nnlab.models import model_hash
+from nnlab.models.registry import model_hash
 
 
 def _softmax(z: list[float]) -> list[float]:

@@ -21,7 +21,7 @@ from compression.registry import CompressContext, apply, config_from_dict
 from compression.sensitivity import TRANSFORMS, SensitivityTable, layer_sensitivity, suggest_levels
 from compression.variant import make_variant
 from nnlab.measure import count_macs
-from nnlab.models import create_model, model_hash
+from nnlab.models.registry import create_model, model_hash
 from nnlab.workspace import Workspace
 
 

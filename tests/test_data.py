@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nnlab import data as D
+from nnlab.data import sets as D
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:

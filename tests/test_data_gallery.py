@@ -64,7 +64,7 @@ def test_neighbours_are_the_nearest_of_the_suggested_class(noisy, report):
     """Referee: scikit-learn's brute-force cosine neighbours on the same centred features."""
     from sklearn.neighbors import NearestNeighbors
 
-    from nnlab import refs
+    from nnlab.jobs import refs
 
     model, _ = refs.load_model(noisy.model_id)
     f, _ = M.features_and_logits(model, noisy.data, "train")

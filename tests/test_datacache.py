@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nnlab import datacache, filelists
-from nnlab.datacache import DataCache, DataCacheError
-from nnlab.preprocess import Preprocessing, imagenet
+from nnlab.data import cache as datacache
+from nnlab.data import filelists
+from nnlab.data.cache import DataCache, DataCacheError
+from nnlab.data.preprocess import Preprocessing, imagenet
 from nnlab.train import Cancelled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +90,8 @@ def committed_rows(cache: DataCache) -> set[str]:
 
 KILLED_BUILD = """
 import sys
-from nnlab import datacache, filelists
-from nnlab.preprocess import imagenet
+from nnlab.data import cache as datacache, filelists
+from nnlab.data.preprocess import imagenet
 files = filelists.image_folder(sys.argv[1])
 datacache.DataCache(files, imagenet(), sys.argv[2]).build(workers=2, commit_seconds=0.05)
 """
@@ -231,7 +232,7 @@ def test_a_dying_worker_is_replaced_and_its_images_retried(tmp_path: Path) -> No
 
     def progress(message: str, fraction: float) -> None:
         if not killed and "decoding images" in message:
-            workers = [p for p in psutil.Process().children() if "nnlab._cacheworker" in " ".join(p.cmdline())]
+            workers = [p for p in psutil.Process().children() if "nnlab.data._cacheworker" in " ".join(p.cmdline())]
             if workers:
                 workers[0].kill()
                 killed.append(workers[0].pid)
@@ -262,7 +263,7 @@ def test_two_builds_at_once_share_the_work(tmp_path: Path) -> None:
 
 
 def test_decode_workers_do_not_import_torch() -> None:
-    code = "import sys, nnlab._cacheworker; print('torch' in sys.modules)"
+    code = "import sys, nnlab.data._cacheworker; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert out.stdout.strip() == "False"

@@ -11,8 +11,7 @@ import psutil
 import pytest
 import torch
 
-from nnlab.diskimages import DiskImages, batch_loader, write_images
-from nnlab.sampleresults import SampleResults
+from nnlab.data.diskimages import DiskImages, batch_loader, write_images
 
 
 @pytest.fixture()
@@ -118,36 +117,3 @@ def test_rss_stays_flat_while_reading_a_larger_cache(tmp_path: Path) -> None:
     grown = psutil.Process().memory_info().rss - base
     del mm
     assert total > 0 and grown > 0.7 * n * x.slot_bytes, f"memmap grew RSS by only {grown / 2**20:.0f} MB"
-
-
-def test_sample_results_round_trip_memory_mapped(tmp_path: Path) -> None:
-    res = SampleResults(tmp_path / "run")
-    assert res.names() == [] and "logits" not in res and res.meta() is None
-    logits = np.random.default_rng(0).normal(size=(1000, 10)).astype(np.float32)
-    res.save("logits", logits)
-    with res.writer("features", 1000, (64,), np.float16) as w:
-        for start in range(0, 1000, 300):
-            w.write(torch.full((min(300, 1000 - start), 64), start / 1000.0))
-    res.save("losses", torch.arange(1000, dtype=torch.float32))
-    res.save_meta({"model": "m", "split": "test"})
-    feats = res["features"]
-    assert isinstance(feats, np.memmap) and not feats.flags.writeable and feats.dtype == np.float16
-    assert feats.shape == (1000, 64) and float(feats[999, 0]) == pytest.approx(0.9, abs=1e-3)
-    assert np.array_equal(res.load("logits"), logits) and res.load("losses")[7] == 7.0
-    assert res.names() == ["features", "logits", "losses"] and res.meta() == {"model": "m", "split": "test"}
-    assert (tmp_path / "run" / "features.npy").stat().st_size == 1000 * 64 * 2 + 128
-    # an interrupted or short writer leaves nothing behind, and the previous array stays
-    with pytest.raises(ValueError, match="3 rows written, 1000 declared"):
-        with res.writer("logits", 1000, (10,)) as w:
-            w.write(np.zeros((3, 10)))
-    with pytest.raises(KeyError):
-        with res.writer("logits", 1000, (10,)) as w:
-            w.write(np.zeros((3, 10)))
-            raise KeyError("stop")
-    with pytest.raises(ValueError, match="rows of shape"):
-        res.writer("x", 2, (3,)).write(np.zeros((2, 4)))
-    assert np.array_equal(res["logits"], logits)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["features.npy", "logits.npy", "losses.npy",
-                                                                     "meta.json"]
-    with pytest.raises(ValueError, match="invalid result name"):
-        res.save("../escape", logits)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nnlab import datacache, filelists
-from nnlab.filelists import FileListError
-from nnlab.preprocess import Preprocessing
+from nnlab.data import cache as datacache
+from nnlab.data import filelists
+from nnlab.data.filelists import FileListError
+from nnlab.data.preprocess import Preprocessing
 
 PRE = Preprocessing(size=(24, 24), channels=3, resize_mode="shorter", resize=28, crop="center")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diagnostics import curves as C
-from nnlab.models import create_model
+from nnlab.models.registry import create_model
 from nnlab.train import TrainConfig
 from nnlab.workspace import Workspace
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from diagnostics import mismatch as M
-from nnlab.data import ImageDataset
-from nnlab.models import model_hash
+from nnlab.data.sets import ImageDataset
+from nnlab.models.registry import model_hash
 
 
 def _resplit(d: ImageDataset, train_idx, test_idx, x=None, test_transform=None) -> ImageDataset:

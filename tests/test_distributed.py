@@ -17,11 +17,11 @@ import torch
 
 import compression  # noqa: F401 - registers the methods
 from compression.search import drop_incomplete, hypervolume, measure_piece, search, search_hypervolume
-from nnlab import config, distributed
-from nnlab.distributed import TaskResult, map_tasks
+from nnlab import config
+from nnlab.jobs import pieces as distributed
+from nnlab.jobs.pieces import TaskResult, map_tasks
 from nnlab.train import Cancelled
 from nnlab.workspace import Workspace
-
 
 # --- piece functions (module level: importable by name, as map_tasks requires) -----------------------------
 

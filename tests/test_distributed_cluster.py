@@ -26,7 +26,7 @@ import pytest
 
 import compression  # noqa: F401 - registers the methods
 from compression.search import search
-from nnlab import distributed
+from nnlab.jobs import pieces as distributed
 from nnlab.train import Cancelled
 from nnlab.workspace import Workspace
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from nnlab import distributed
-from nnlab.distributed import map_tasks
+from nnlab.jobs import pieces as distributed
+from nnlab.jobs.pieces import map_tasks
 
 pytest.importorskip("ray")
 

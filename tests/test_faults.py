@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nnlab.evaluate import evaluate
-from nnlab.models import model_hash
+from nnlab.models.registry import model_hash
 from nnlab.workspace import Workspace
 from tests.conftest import ROOT
 
@@ -38,7 +38,7 @@ COMPRESSOR = textwrap.dedent("""
     from compression.registry import config_from_dict
     from compression.variant import make_variant
     from nnlab.base import ensure_demo
-    from nnlab.data import load_digits
+    from nnlab.data.sets import load_digits
     from nnlab.workspace import Workspace
     data = load_digits()
     model, rec, _ = ensure_demo(data, Workspace())

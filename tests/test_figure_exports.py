@@ -42,6 +42,7 @@ PAGE_FIGURES = {
     "pages/compress_lab.py": "lab_sens_fig",
     "pages/compress_pareto.py": "pareto_fig_size",
     "pages/compress_compare.py": "compare_per_class",
+    "pages/compress_diagnose.py": "diag_depth",
 }
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save as st_save
 
-from nnlab import images as I
-from nnlab.models import DemoCNN, create_model
+from nnlab.data import images as I
+from nnlab.models.registry import DemoCNN, create_model
 from tests.conftest import app_test
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
@@ -85,7 +85,7 @@ def _files() -> set[str]:
 
 @pytest.mark.parametrize("case, filename, make, message", CHECKPOINTS, ids=[c[0] for c in CHECKPOINTS])
 def test_bad_checkpoint_gets_clear_message(demo, case, filename, make, message):
-    from nnlab import jobs
+    from nnlab.jobs import manager as jobs
 
     before, registered = _files(), len(jobs.manager().list(kind="register-model"))
     at = app_test()
@@ -193,7 +193,7 @@ def test_bad_dataset_folder_in_page(tmp_path, case, layout, message):
 
 
 def test_mixed_sizes_folder_loads(tmp_path):
-    from nnlab.data import load_image_folder
+    from nnlab.data.sets import load_image_folder
 
     root = _folder(tmp_path / "ds", {"a": [(f"{i}.png", (8 + i, 10)) for i in range(5)],
                                      "b": [(f"{i}.png", (16, 16)) for i in range(5)]})

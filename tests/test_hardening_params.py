@@ -9,7 +9,7 @@ import torch
 import compression  # noqa: F401  (registers the methods)
 from compression.registry import config_from_dict
 from compression.variant import make_variant
-from nnlab.models import create_model, model_hash
+from nnlab.models.registry import create_model, model_hash
 from nnlab.workspace import Workspace
 
 BAD_CONFIGS = [

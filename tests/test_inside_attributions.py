@@ -150,7 +150,7 @@ def test_resnet18_shared_relu_matches_functional_rule() -> None:
     """
     import copy
 
-    from nnlab.models import create_model
+    from nnlab.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet18", 3, 10, (16, 16)).eval()

@@ -14,7 +14,7 @@ from diagnostics import activations as act
 from diagnostics import features as feat
 from diagnostics import filters as filt
 from diagnostics.hooks import borrowed, capture_outputs, hook_count
-from nnlab.models import create_model, model_hash
+from nnlab.models.registry import create_model, model_hash
 
 
 def _conv_net() -> nn.Module:

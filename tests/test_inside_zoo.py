@@ -17,8 +17,8 @@ from diagnostics import attributions as AT
 from diagnostics import features as FE
 from diagnostics import filters as FI
 from diagnostics.hooks import capture_outputs, hook_count
-from nnlab.archinfo import TokenLayout, arch_info, check_method
-from nnlab.models import create_model, model_hash
+from nnlab.models.archinfo import TokenLayout, arch_info, check_method
+from nnlab.models.registry import create_model, model_hash
 
 VIT_REASON = ("channel pruning cannot be applied to this model: its 12 attention layer(s) (first: blocks.0.attn) "
               "split their query/key/value channels into heads, and removing channels would break that split. Use "
@@ -250,8 +250,8 @@ def test_vit_channel_scores_and_uploads_use_the_model_preprocessing() -> None:
 
     from PIL import Image
 
-    from nnlab.data import ImageDataset
-    from nnlab.models import default_preprocessing
+    from nnlab.data.sets import ImageDataset
+    from nnlab.models.registry import default_preprocessing
 
     arch = "timm:vit_tiny_patch16_224"
     model, pp = _model(arch), default_preprocessing(arch)

@@ -21,7 +21,7 @@ from compression.int8 import (
     top1_agreement,
 )
 from compression.registry import CompressContext, apply
-from nnlab.models import create_model, model_hash
+from nnlab.models.registry import create_model, model_hash
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nnlab import jobs
-from nnlab.jobs import JobContext, JobManager, job_key, job_kind
+from nnlab.jobs import manager as jobs
+from nnlab.jobs.manager import JobContext, JobManager, job_key, job_kind
 from nnlab.train import Cancelled
 
 GATES: dict[str, threading.Event] = {}
@@ -125,7 +125,7 @@ def test_jobs_of_a_killed_process_show_as_interrupted_and_can_run_again(tmp_path
 import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from tests.test_jobs import *  # registers the kinds
-from nnlab.jobs import JobManager
+from nnlab.jobs.manager import JobManager
 m = JobManager({str(ws)!r})
 m.submit("test-count", {{"n": 30, "sleep": 0.1}})
 time.sleep(60)
@@ -191,8 +191,8 @@ def test_cancelled_is_raised_inside_the_function(mgr):
 
 def test_start_variant_job_keeps_the_parent_untouched(demo, digits):
     import compression.tasks  # noqa: F401
-    from nnlab import refs
-    from nnlab.models import model_hash
+    from nnlab.jobs import refs
+    from nnlab.models.registry import model_hash
     from nnlab.workspace import Workspace
 
     model, rec, _ = demo

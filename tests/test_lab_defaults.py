@@ -13,7 +13,7 @@ from compression import defaults, sensitivity
 from compression.pruning import parse_levels
 from compression.quantization import parse_bits
 from compression.registry import config_from_dict, get_method, list_methods
-from nnlab import jobs
+from nnlab.jobs import manager as jobs
 from nnlab.workspace import Workspace
 from tests.conftest import app_test
 

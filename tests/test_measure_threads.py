@@ -8,8 +8,9 @@ import threading
 import torch
 from torch import nn
 
-from nnlab.measure import count_macs, measure_latency, torch_threads
-from nnlab.models import DemoCNN, model_hash
+from nnlab.measure import count_macs, measure_latency
+from nnlab.threads import torch_threads
+from nnlab.models.registry import DemoCNN, model_hash
 
 
 def _hooks(model: nn.Module) -> int:

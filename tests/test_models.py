@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from nnlab import models as M
+from nnlab.models import registry as M
 
 
 @pytest.mark.parametrize("arch, shape", [("demo-cnn", (1, 28, 28)), ("demo-cnn-small", (1, 8, 8)),

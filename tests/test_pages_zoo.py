@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from nnlab.session import RANDOM
-from nnlab.synthetic import make_shapes_folder
+from nnlab.data.synthetic import make_shapes_folder
+from nnlab.ui.session import RANDOM
 from tests.conftest import app_test
 
 ARCHS = ["tv:mobilenet_v2", "timm:vit_tiny_patch16_224"]  # ResNet-18: tests/test_browser_zoo.py, in the browser

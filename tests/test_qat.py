@@ -14,7 +14,7 @@ from compression.int8 import OrtRunner, sqnr_db, top1_agreement
 from compression.qat import QATConfig, QATLayer, fold_batchnorm, insert_fake_quant, qat_copy, remove_fake_quant
 from compression.quantization import fake_quantize
 from compression.registry import CompressContext, apply
-from nnlab.models import model_hash
+from nnlab.models.registry import model_hash
 
 
 def _conv_bn() -> nn.Module:
@@ -145,7 +145,7 @@ def test_half_precision_fp32_compute_and_loader(demo, digits, tmp_path) -> None:
     x, _ = digits.tensors("test")
     with torch.no_grad():
         assert np.array_equal(res.runner.predict_logits(x), res.model(x).numpy())
-    from nnlab.models import create_model
+    from nnlab.models.registry import create_model
 
     record = SimpleNamespace(config=cfg.to_dict(), extra={"input_shape": [1, 8, 8]})
     back = ARTIFACT_LOADERS["safetensors-fp16"](res.artifact, create_model("demo-cnn", 1, 10, (8, 8)), record)

@@ -13,13 +13,13 @@ from compression.quantization import (
     compute_qparams,
     dequantize,
     fake_quantize,
+    qrange,
     quantize,
     quantize_tensor,
-    qrange,
 )
 from compression.registry import CompressContext, apply
 from nnlab.evaluate import evaluate
-from nnlab.models import create_model, load_into, model_hash
+from nnlab.models.registry import create_model, load_into, model_hash
 
 
 def direct_alg23(x: np.ndarray, bits: int, symmetric: bool, per_channel: bool) -> tuple[np.ndarray, ...]:

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from nnlab import refs
+from nnlab.jobs import refs
 from nnlab.workspace import Workspace
 
 
@@ -70,7 +70,7 @@ def test_pdf_beside_it_and_figures_in_the_numbers(report):
 
 
 def test_cli_writes_the_same_report(report, tmp_path, demo):
-    from compression.cli import main
+    from diagnostics.cli import main
 
     _, _, variants, base = report
     out = tmp_path / "r.html"

@@ -16,11 +16,11 @@ from torch import nn
 from compression.int8 import OPENVINO_FORMAT, Int8Config, RuntimeModule, load_openvino_int8, to_int8
 from compression.pruning import PruneChannelsConfig, channel_prune, resolve_round_to
 from compression.registry import CompressContext, apply
-from nnlab.data import ImageDataset
-from nnlab.models import DemoCNN, create_model, model_hash
+from nnlab.data.sets import ImageDataset
+from nnlab.measure import artifact_sizes, interleaved_latency
+from nnlab.models.registry import DemoCNN, create_model, model_hash
 from nnlab.runtimes import openvino as ovr
 from nnlab.runtimes import select as sel
-from nnlab.measure import artifact_sizes, interleaved_latency
 from nnlab.runtimes.base import agreement, simd_width, top1_agreement
 from nnlab.runtimes.torch_eager import TorchRunner
 

@@ -27,7 +27,7 @@ def test_no_user_input_reaches_code_execution():
               r"torch\.load\((?!.*weights_only=True)", r"yaml\.load\((?!.*SafeLoader)", r"subprocess\."]
     # two modules start processes, each with a fixed argument list (our own worker module; the headless
     # browser printing our own report file); no other module may
-    fixed_argv = {"nnlab/_cachebuild.py": r"subprocess\.Popen\(\[sys\.executable, \"-m\", \"nnlab\._cacheworker\"\]",
+    fixed_argv = {"nnlab/data/_cachebuild.py": r"subprocess\.Popen\(\[sys\.executable, \"-m\", \"nnlab\.data\._cacheworker\"\]",
                   "diagnostics/report.py": r"subprocess\.run\(\[browser, \*flags, f\"--print-to-pdf=\{pdf_path\}\""}
     offenders = []
     for path in SOURCES:

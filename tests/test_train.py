@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import nnlab.tasks  # noqa: F401 - registers the foundation's job kinds
-from nnlab.models import create_model
+import nnlab.jobs.kinds  # noqa: F401 - registers the foundation's job kinds
+from nnlab.models.registry import create_model
 from nnlab.train import Cancelled, Progress, TrainConfig, quick_eval, train_model  # noqa: F401
 
 
@@ -75,8 +75,8 @@ def test_train_config_refuses_bad_settings(bad):
 def test_training_is_reproducible_without_the_global_rng(tiny_data):
     """Same seed, same weights after training (dropout and init from the run's own generators), whatever the
     global RNG does meanwhile."""
-    from nnlab.models import DemoCNN
-    from nnlab.randinit import seeded_init
+    from nnlab.models.randinit import seeded_init
+    from nnlab.models.registry import DemoCNN
     from nnlab.train import TrainConfig
 
     cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=16, flip=True, crop=0.125, eval_test=False, seed=5)
@@ -92,8 +92,9 @@ def test_training_is_reproducible_without_the_global_rng(tiny_data):
 
 
 def test_train_model_job_stores_a_selectable_model(demo, digits):
-    from nnlab import jobs, refs
-    from nnlab.tasks import trained_model_id
+    from nnlab.jobs import manager as jobs
+    from nnlab.jobs import refs
+    from nnlab.jobs.kinds import trained_model_id
 
     init, config = {"kind": "scratch"}, {"epochs": 2, "lr": 3e-3, "batch_size": 64, "flip": False}
     mid = trained_model_id("demo-cnn-small", digits.id, init, config)

@@ -74,7 +74,7 @@ def test_model_counts_as_present_only_with_record(tmp_path):
 
 def test_demo_is_cached_not_retrained(demo, digits, monkeypatch):
     import nnlab.base as B
-    from nnlab.models import model_hash
+    from nnlab.models.registry import model_hash
 
     def no_training(*a, **k):
         raise AssertionError("the cached demo model must not be trained again")

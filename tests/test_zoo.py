@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nnlab import models as M
-from nnlab import zoo
-from nnlab.preprocess import PreprocessingError
-from nnlab.randinit import seeded_init
+from nnlab.data.preprocess import PreprocessingError
+from nnlab.models import registry as M
+from nnlab.models import zoo
+from nnlab.models.randinit import seeded_init
 
 # --- listing and search ------------------------------------------------------------------------------------
 
@@ -43,17 +43,17 @@ def test_every_architecture_is_listed_without_building_one(monkeypatch) -> None:
 
 
 def test_search() -> None:
-    keys = [k for k, _ in zoo.search_models("ResNet-18", 3)]
+    keys = [k for k, _ in M.search_models("ResNet-18", 3)]
     assert keys == ["resnet18", "tv:resnet18", "timm:resnet18"]  # nnlab's key, then torchvision, then timm
-    assert [k for k, _ in zoo.search_models("resnet 50", 2)] == ["tv:resnet50", "timm:resnet50"]
-    vit = [k for k, _ in zoo.search_models("vit tiny patch16", 10)]
+    assert [k for k, _ in M.search_models("resnet 50", 2)] == ["tv:resnet50", "timm:resnet50"]
+    vit = [k for k, _ in M.search_models("vit tiny patch16", 10)]
     assert "timm:vit_tiny_patch16_224" in vit and all(k.startswith("timm:") for k in vit)
-    only_tv = zoo.search_models("tv:vit", 50)
+    only_tv = M.search_models("tv:vit", 50)
     assert only_tv and all(k.startswith("tv:vit") or k == "tv:maxvit_t" for k, _ in only_tv)
-    assert [k for k, _ in zoo.search_models("", 6)] == M.list_models() + ["tv:alexnet"]
-    assert [k for k, _ in zoo.search_models("demo", 5)] == ["demo-cnn", "demo-cnn-small"]
-    assert zoo.search_models("no-such-architecture-xyz") == []
-    assert len(zoo.search_models("efficientnet", 7)) == 7
+    assert [k for k, _ in M.search_models("", 6)] == M.list_models() + ["tv:alexnet"]
+    assert [k for k, _ in M.search_models("demo", 5)] == ["demo-cnn", "demo-cnn-small"]
+    assert M.search_models("no-such-architecture-xyz") == []
+    assert len(M.search_models("efficientnet", 7)) == 7
 
 
 # --- preprocessing from metadata -----------------------------------------------------------------------
@@ -165,9 +165,8 @@ def test_clear_errors_for_inputs_an_architecture_cannot_take() -> None:
 
 
 def test_pretrained_offline_says_so_at_once(monkeypatch, tmp_path) -> None:
-    import torch.hub
-
     import huggingface_hub
+    import torch.hub
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # empty caches
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)

@@ -18,9 +18,9 @@ import compression.clustering  # noqa: F401  (registers the methods)
 import compression.pruning  # noqa: F401
 import compression.quantization  # noqa: F401
 from compression.registry import CompressContext, apply, config_from_dict
-from nnlab.archinfo import check_method
-from nnlab.data import ImageDataset
-from nnlab.models import create_model, model_hash
+from nnlab.data.sets import ImageDataset
+from nnlab.models.archinfo import check_method
+from nnlab.models.registry import create_model, model_hash
 
 ARCHS = ["tv:resnet18", "tv:resnet50", "tv:mobilenet_v2", "timm:efficientnet_b0", "timm:convnext_atto",
          "timm:vit_tiny_patch16_224"]
@@ -47,7 +47,7 @@ def _data() -> ImageDataset:
 
 
 def compress(model, cfg, ctx):
-    """What the lab does: ask the architecture first (nnlab.archinfo.check_method), then apply the method."""
+    """What the lab does: ask the architecture first (nnlab.models.archinfo.check_method), then apply the method."""
     check_method(model, cfg)
     return apply(model, cfg, ctx)
 

@@ -28,7 +28,7 @@ class Runner(Protocol):
     runtime: str
     threads: int
 
-    def predict_logits(self, x: np.ndarray) -> np.ndarray: ...
+    def predict_logits(self, x: np.ndarray | torch.Tensor) -> np.ndarray: ...
 
 
 def as_input(x: np.ndarray | torch.Tensor) -> np.ndarray:

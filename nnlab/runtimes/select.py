@@ -24,7 +24,12 @@ from torch import nn
 
 from nnlab.measure import interleaved_latency
 from nnlab.runtimes.base import Runner, RunnerFactory, as_input, torch_logits
-from nnlab.runtimes.candidates import BULK_CANDIDATES, FP32_CANDIDATES, fidelity_check, fp32_factories
+from nnlab.runtimes.candidates import (
+    BULK_CANDIDATES,
+    FP32_CANDIDATES,
+    fidelity_check,
+    fp32_factories,
+)
 
 # A check gets (candidate name, runner) and returns (accepted, facts to show beside the figures).
 Check = Callable[[str, Runner], tuple[bool, dict]]  # see nnlab.runtimes.candidates.fidelity_check
@@ -96,7 +101,7 @@ def clear_cache() -> None:
 
 def model_key(model: nn.Module, input_shape: tuple[int, ...], threads: int, batch: int, kind: str) -> tuple:
     """Cache key of a model's runtime choice: content hash, input shape, threads, batch and what is chosen."""
-    from nnlab.models import model_hash
+    from nnlab.models.registry import model_hash
 
     return (model_hash(model), tuple(int(s) for s in input_shape), int(threads), int(batch), kind)
 

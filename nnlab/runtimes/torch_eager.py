@@ -12,8 +12,9 @@ from nnlab.threads import torch_threads
 class TorchRunner:
     """A PyTorch module run in inference mode with its thread count fixed during each call.
 
-    The thread count is set only through :func:`nnlab.threads.torch_threads` (under the timing lock), so a
-    call never changes another measurement's threads halfway.
+    The thread count is set only through :func:`nnlab.threads.torch_threads`: a call holds no lock across the
+    forward pass (it never waits for a measurement or a job piece), and outside a timed section it leaves the
+    count alone while another thread's measurement runs, so it never changes a measurement's threads halfway.
 
     Args:
         module: The model (put in eval mode; pass a copy if it is shared and in training mode).

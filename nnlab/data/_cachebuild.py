@@ -1,21 +1,39 @@
-"""Building a data cache: lock, diff the file list against the index, decode the rest in worker processes.
+"""Building a data cache: lock, diff the file list against the index, decode the rest in pieces of work.
 
-The protocol that makes a build safe to kill at any moment (see :mod:`nnlab.datacache` for the layout):
+The protocol that makes a build safe to kill at any moment (see :mod:`nnlab.data.cache` for the layout):
 
 1. rows of files no longer listed are deleted and committed first, so their slots can be reused;
 2. every image to decode gets a slot no committed row uses (a changed file gets a new one: its old slot is
    freed only by the commit that replaces its row);
-3. workers (:mod:`nnlab._cacheworker`, separate processes without torch) decode and ``pwrite`` the slots and
-   report back; every ``commit_seconds`` the parent fsyncs the data file, then commits the rows of what was
-   reported. Rows are never ahead of the bytes they point to.
+3. the images are cut into shards of :data:`CHUNK`; whoever decodes a shard writes its slots (``pwrite``) and reports
+   the rows back; the parent fsyncs the data file, then commits the rows of what was reported. Rows are never
+   ahead of the bytes they point to.
 
-A worker that dies (killed, or a decoder crash) is replaced and its images retried one at a time; an image
-that kills a worker twice is listed as unreadable. Workers share the build lock's file description, so the
-lock is free only once the parent and every worker are gone.
+Who decodes the shards:
+
+* **Ray tasks**, when asked for or when a cluster is named (``NNLAB_RAY_ADDRESS``) and Ray is on
+  (:func:`nnlab.jobs.pieces.executor`): each shard is a piece of
+  :func:`nnlab.jobs.pieces.map_tasks` (:func:`nnlab.data._cacheworker.decode_piece`), like a sweep's measurements, with
+  its progress, cancel and retry. The shards go a wave at a time, sized so that a wave takes about
+  ``commit_seconds``, and each wave is committed when it ends. The cache folder and the source must be at the same
+  path on every node (the local Ray always is).
+* **The calling thread**, for ``workers=0`` and small builds: the same pieces through ``map_tasks`` in-process.
+* **Decode processes** (:mod:`nnlab.data._cacheworker`, separate processes without torch) when Ray is off, or
+  inside a Ray task (which must not wait for tasks of its own): the in-process executor of large builds. It stays
+  because ``map_tasks`` in-process (the calling thread, one piece after another) would lose what it gives: several
+  cores, a decoder crash that does not take the caller down, and rows committed as they land (every
+  ``commit_seconds``) instead of per wave.
+
+A lost worker is never the image's fault the first time: a decode process that dies (killed, or a decoder crash)
+is replaced and its images retried one at a time, and a shard whose Ray worker is lost (after Ray's own retry) is
+split the same way; an image that is lost again alone is listed as unreadable. Decode processes share the build
+lock's file description, so the lock is free only once the parent and every worker are gone; a Ray task checks
+before each image that its build still holds the cache (:data:`nnlab.data._cacheworker.TOKEN`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -29,15 +47,27 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from nnlab import _cacheworker as worker
-from nnlab.datacache import (DISK_MARGIN, PENDING, SMALL_BUILD, UNREADABLE, BuildStats, CancelFn, DataCache,
-                             DataCacheError, ProgressFn)
+from nnlab.data import _cacheworker as worker
+from nnlab.data.cachetypes import (
+    DISK_MARGIN,
+    PENDING,
+    SMALL_BUILD,
+    UNREADABLE,
+    BuildStats,
+    CancelFn,
+    DataCacheError,
+    ProgressFn,
+)
+from nnlab.errors import Cancelled
+from nnlab.jobs.engine import executor, map_tasks, ray_address
 
-CHUNK = 16  # images per task sent to a worker
+CHUNK = 16  # images per task sent to a worker (a shard, a piece of map_tasks)
 IN_FLIGHT = 2  # chunks queued per worker
+WAVE_MAX = 64  # a wave of map_tasks holds at most this many pieces per parallel slot
 
 
 def default_workers() -> int:
@@ -47,14 +77,18 @@ def default_workers() -> int:
 class Build:
     """One build: lock, diff against the index, decode the rest in workers, commit as slots land on disk."""
 
-    def __init__(self, cache: DataCache, progress: ProgressFn | None, cancel: CancelFn | None,
-                 workers: int | None, commit_seconds: float) -> None:
+    def __init__(self, cache: Any, progress: ProgressFn | None, cancel: CancelFn | None,
+                 workers: int | None, commit_seconds: float, use_ray: bool | None = None) -> None:
         self.cache, self.files = cache, cache.files
         self.progress = progress or (lambda *a, **k: None)
         self.cancel = cancel or (lambda: False)
         self.workers = workers if workers is not None else default_workers()
         self.auto_workers = workers is None
         self.commit_seconds = commit_seconds
+        # Ray only where it was asked for, or a cluster is named: a local build's first Ray start costs seconds
+        # and its workers hold torch, while the decode pool starts at once without it
+        self.use_ray = use_ray if use_ray is not None else (None if ray_address() else False)
+        self.token = os.urandom(8).hex()
         self.stats = BuildStats(total=len(cache.files))
         self.pending_rows: list[tuple[str, int, int, int, str | None]] = []
         self.last_commit = self.last_report = time.monotonic()
@@ -85,13 +119,12 @@ class Build:
 
     def _check_cancel(self) -> None:
         if self.cancel():
-            from nnlab.train import Cancelled
-
             raise Cancelled("data cache build cancelled")
 
     def run(self) -> BuildStats:
         with self._lock() as lock_fd, contextlib.closing(self.cache._open_index()) as conn:
             self.conn = conn
+            self._claim()
             rows = self.cache._rows(conn)
             self.stats.resumed = conn.execute("SELECT 1 FROM meta WHERE key = 'interrupted'").fetchone() is not None
             assigned = self._prepare(rows)
@@ -120,6 +153,12 @@ class Build:
             raise DataCacheError(f"none of the {st.total:,} images of {self.files.source} could be read ({first})")
         self.progress(st.summary(), 1.0)
         return st
+
+    def _claim(self) -> None:
+        """Say that this build holds the cache now (pieces of an earlier, killed build stop writing)."""
+        tmp = self.cache.path / f".{worker.TOKEN}.{self.token}"
+        tmp.write_text(self.token)
+        os.replace(tmp, self.cache.path / worker.TOKEN)
 
     def _prepare(self, rows: dict) -> list[tuple[int, int]]:
         """Drop unlisted rows, find what to decode and give each a free slot: ``[(list position, slot)]``."""
@@ -203,13 +242,16 @@ class Build:
             self.pending_rows.append((rel, slot if error is None else -1, size, stamp, error))
             self.stats.decoded_paths.append(rel)
         self.done += len(results)
+        self._report(self.done)
+        self._commit()
+
+    def _report(self, done: float) -> None:
         now = time.monotonic()
         if now - self.last_report >= 0.2:
             self.last_report = now
-            rate = self.done / max(1e-6, now - self.t0)
-            self.progress(f"decoding images: {self.done:,} / {self.todo:,} ({rate:,.0f} images/s)",
-                          self.done / max(1, self.todo))
-        self._commit()
+            rate = done / max(1e-6, now - self.t0)
+            self.progress(f"decoding images: {int(done):,} / {self.todo:,} ({rate:,.0f} images/s)",
+                          min(1.0, done / max(1, self.todo)))
 
     # decoding
     def _task(self, i: int, slot: int) -> tuple:
@@ -221,6 +263,14 @@ class Build:
             return (slot, rel, np.ascontiguousarray(a).tobytes(), tuple(a.shape))
         return (slot, rel)
 
+    def _piece(self, chunk: list[tuple[int, int]], ctx: dict) -> dict:
+        """A shard as a JSON piece for :func:`nnlab.data._cacheworker.decode_piece`."""
+        tasks = []
+        for i, slot in chunk:
+            t = self._task(i, slot)
+            tasks.append([slot, t[1]] if len(t) == 2 else [slot, t[1], base64.b64encode(t[2]).decode(), list(t[3])])
+        return {"cache": ctx, "token": self.token, "tasks": tasks}
+
     def _decode(self, assigned: list[tuple[int, int]], lock_fd: int) -> None:
         self.todo = self.stats.decoded = len(assigned)
         where = {slot: i for i, slot in assigned}
@@ -230,23 +280,92 @@ class Build:
             return
         self.progress(f"decoding {len(assigned):,} images", 0.0)
         n = 0 if self.auto_workers and len(assigned) <= SMALL_BUILD else min(max(0, self.workers), len(chunks))
-        self.stats.workers = n
-        if n == 0:
-            fd = os.open(ctx.data_path, os.O_WRONLY)
-            try:
-                while chunks:
-                    self._check_cancel()
-                    tasks = [self._task(i, s) for i, s in chunks.popleft()]
-                    try:
-                        self._accept(worker.decode_chunk(fd, tasks, ctx), where)
-                    except worker.FatalWriteError as exc:
-                        raise DataCacheError(str(exc)) from exc
-            finally:
-                os.close(fd)
+        ex = executor(False if _in_ray_task() else self.use_ray) if n else None
+        if ex is None:  # the calling thread, through map_tasks in-process
+            self.stats.workers = 0
+            self._map(chunks, where, ctx, use_ray=False, parallel=1)
+        elif ex.kind == "ray":
+            self.stats.workers = parallel = max(1, int(ex.cpus))
+            self._map(chunks, where, ctx, use_ray=True, parallel=parallel)
         else:
+            self.stats.workers = n
             _Pool(self, ctx, n, lock_fd).run(chunks, where)
         decoded = set(self.stats.decoded_paths)
         self.stats.decoded_paths = [r for r in self.files.relpaths if r in decoded]  # list order
+
+    def _map(self, chunks: deque, where: dict[int, int], ctx: worker.Context, use_ray: bool, parallel: int) -> None:
+        """Decode the shards as pieces of :func:`nnlab.jobs.pieces.map_tasks`, a wave at a time, committing each wave.
+
+        A wave holds about ``commit_seconds`` of work (at least ``parallel`` pieces, twice that on Ray). A piece whose
+        worker was lost has its images retried alone; one lost again alone is listed as unreadable.
+        """
+        import torch  # map_tasks sets the pieces' torch threads: in-process, keep this process's count
+
+        message = ctx.to_message()
+        threads = 1 if use_ray else torch.get_num_threads()
+        floor = parallel * (2 if use_ray else 1)
+        size, alone, lost = floor, set(), 0
+        while chunks:
+            self._check_cancel()
+            take = len(chunks) if len(chunks) < size + floor else size  # no small wave left over at the end
+            wave = [chunks.popleft() for _ in range(take)]
+            t0 = time.monotonic()
+            results = map_tasks(worker.decode_piece, [self._piece(c, message) for c in wave],
+                                self._wave_progress(wave), self.cancel, use_ray=use_ray, threads_per_task=threads,
+                                max_retries=1)
+            stopped, error = False, ""
+            for chunk, r in zip(wave, results):
+                if r.ok:
+                    self._accept(r.value["rows"], where)
+                    stopped = stopped or r.value["stopped"]
+                    error = error or r.value["fatal"]
+                elif r.status == "cancelled":
+                    stopped = True
+                elif r.worker_lost:  # a decoder crash or a lost node: not yet the images' fault
+                    lost += 1
+                    if lost > 4 * parallel + 16:
+                        error = error or f"decode tasks keep dying ({lost} so far: {r.error})"
+                    elif len(chunk) == 1 and chunk[0][1] in alone:
+                        i, slot = chunk[0]
+                        self._accept([(slot, self.files.relpaths[i], -1, -1,
+                                       f"the decoder crashed on this file ({r.error})")], where)
+                    else:
+                        alone.update(slot for _, slot in chunk)
+                        chunks.extendleft([c] for c in reversed(chunk))
+                else:  # the piece itself failed: a bug or a node without the shared folders, not an image
+                    error = error or f"decoding failed on {r.node or r.executor}: {r.error}"
+            self._commit(force=True)
+            if error:
+                raise DataCacheError(error)
+            if stopped:
+                raise Cancelled("data cache build cancelled")
+            took = max(1e-3, time.monotonic() - t0)
+            size = max(floor, min(WAVE_MAX * parallel, round(len(wave) * self.commit_seconds / took)))
+
+    def _wave_progress(self, wave: list[list[tuple[int, int]]]) -> Any:
+        """map_tasks' per-piece progress → the build's progress (images done, throttled)."""
+        part = [0.0] * len(wave)
+        total = [0.0]
+
+        def on_piece(i: int, message: str, fraction: float) -> None:
+            new = fraction * len(wave[i])
+            if new > part[i]:
+                total[0] += new - part[i]
+                part[i] = new
+                self._report(self.done + total[0])
+
+        return on_piece
+
+
+def _in_ray_task() -> bool:
+    """True inside a Ray task (a piece that loads a dataset): its build must not wait for Ray tasks of its own,
+    which would need the CPUs the waiting task holds; it uses decode processes."""
+    ray = sys.modules.get("ray")
+    try:
+        return bool(ray is not None and ray.is_initialized()
+                    and ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+    except Exception:  # noqa: BLE001 - a Ray without this API: not inside a task as far as we can tell
+        return False
 
 
 class _Worker:
@@ -254,9 +373,9 @@ class _Worker:
 
     def __init__(self, ctx: worker.Context, lock_fd: int) -> None:
         env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[1])
+        pkg_root = str(Path(__file__).resolve().parents[2])  # the project root (nnlab/data/_cachebuild.py)
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "nnlab._cacheworker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "nnlab.data._cacheworker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, pass_fds=(lock_fd,), cwd=pkg_root)
         self.outbox = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
         self.inbox = Connection(os.dup(self.proc.stdout.fileno()), writable=False)

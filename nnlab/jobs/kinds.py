@@ -1,26 +1,35 @@
 """The foundation's job kinds: training the demo model, registering a user's model, the evaluation pass.
 
-Each is registered with :func:`nnlab.jobs.job_kind` and takes JSON parameters (dataset references and model
-ids, see :mod:`nnlab.refs`), so it can be shared by sessions, re-run after a restart, and run anywhere.
+Each is registered with :func:`nnlab.jobs.manager.job_kind` and takes JSON parameters (dataset references and model
+ids, see :mod:`nnlab.jobs.refs`), so it can be shared by sessions, re-run after a restart, and run anywhere.
 Results go to the workspace; the job's own result is a small summary naming them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 from torch import nn
 
-from nnlab import refs
 from nnlab.base import demo_id, ensure_demo, profile_model
-from nnlab.data import ImageDataset
+from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import EvalResult, predict_logits, result_from_logits
-from nnlab.jobs import JobContext, job_kind
+from nnlab.jobs import refs
+from nnlab.jobs.manager import JobContext, job_kind
 from nnlab.measure import artifact_sizes
-from nnlab.models import CheckpointError, arch_label, create_model, load_into, output_shape_ok, read_state_dict_file
+from nnlab.models.registry import (
+    CheckpointError,
+    arch_label,
+    create_model,
+    load_into,
+    output_shape_ok,
+    read_state_dict_file,
+)
 from nnlab.workspace import Workspace, WorkspaceError, atomic_write_bytes, safe_key
 
 SOURCES = ("upload", "pretrained", "random")
@@ -72,7 +81,7 @@ def check_upload(blob: bytes, filename: str, arch: str, data: ImageDataset) -> N
     Reads the state dict without running code and checks every tensor against the architecture; cheap enough to
     run before the upload is stored and the measuring job starts.
     """
-    from nnlab.models import check_state_dict, read_state_dict
+    from nnlab.models.registry import check_state_dict, read_state_dict
 
     c, h, w = data.input_shape
     check_state_dict(create_model(arch, c, data.num_classes, (h, w)), read_state_dict(blob, filename))
@@ -116,7 +125,7 @@ def register_model(params: dict, ctx: JobContext) -> dict:
 
 def _seeded(model: nn.Module, seed: int) -> None:
     """Reproducible random weights without touching the global RNG."""
-    from nnlab.randinit import seeded_init
+    from nnlab.models.randinit import seeded_init
 
     seeded_init(model, seed)
 
@@ -129,7 +138,7 @@ def eval_key(model_id: str, data_id: str, split: str) -> str:
 
 
 def runtime_key(model_id: str, data_id: str, split: str) -> str:
-    """Workspace run key of the runtime an evaluation pass ran in (:func:`nnlab.bulk.bulk_runtime`)."""
+    """Workspace run key of the runtime an evaluation pass ran in (:func:`nnlab.runtimes.bulk.bulk_runtime`)."""
     return safe_key("evalrt", model_id, data_id, split)
 
 
@@ -138,10 +147,10 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
                       ) -> EvalResult:
     """The stored per-sample results of a model on a split, computed (and stored) first when missing.
 
-    The pass runs in the fastest runtime verified for the model (:mod:`nnlab.bulk`, when the split has at least
-    ``min_runtime_images`` images, default :data:`nnlab.bulk.MIN_IMAGES`); which one is stored beside it.
+    The pass runs in the fastest runtime verified for the model (:mod:`nnlab.runtimes.bulk`, when the split has at least
+    ``min_runtime_images`` images, default :data:`nnlab.runtimes.bulk.MIN_IMAGES`); which one is stored beside it.
     """
-    from nnlab import bulk
+    from nnlab.runtimes import bulk
 
     res = load_evaluation(ws, model_id, data.id, split)
     if res is not None:
@@ -158,7 +167,8 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
         ws.save_run(runtime_key(model_id, data.id, split), rt.to_dict())  # first: the arrays mark completion
         ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
     except WorkspaceError:
-        _MEMORY[key] = (logits, labels)
+        with _MEMORY_LOCK:
+            _MEMORY[key] = (logits, labels)
     return result_from_logits(logits, labels)
 
 
@@ -183,7 +193,9 @@ def evaluate_job(params: dict, ctx: JobContext) -> dict:
             "samples": len(res.labels)}
 
 
-_MEMORY: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+# Evaluations kept in memory when the workspace is read-only: at most this many (least recently used out).
+_MEMORY: LRUCache = LRUCache(maxsize=16)
+_MEMORY_LOCK = threading.Lock()
 
 
 def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> EvalResult | None:
@@ -192,8 +204,10 @@ def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> E
     arrays = ws.load_arrays(key)
     if arrays is not None and "logits" in arrays:
         return result_from_logits(arrays["logits"], arrays["labels"])
-    if key in _MEMORY:
-        return result_from_logits(*_MEMORY[key])
+    with _MEMORY_LOCK:
+        kept = _MEMORY.get(key)
+    if kept is not None:
+        return result_from_logits(*kept)
     return None
 
 
@@ -230,7 +244,7 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     import copy
     import time
 
-    from nnlab.randinit import seeded_init
+    from nnlab.models.randinit import seeded_init
     from nnlab.train import TrainConfig, train_model
 
     data = refs.load_data(params["data"], ctx.workspace)

@@ -1,9 +1,9 @@
 """Streamlit glue shared by every page: the sidebar pickers, the selected dataset and model, following jobs.
-The only module of :mod:`nnlab` (with :mod:`nnlab.widgets`) that imports streamlit.
+The only module of :mod:`nnlab` (with :mod:`nnlab.ui.widgets`) that imports streamlit.
 
 Pages call :func:`current` for the selected dataset and model, :func:`evaluation` for the one stored pass over a
 split, and :func:`follow` / :func:`run_job` to show a background job's live progress with a Cancel button. Long
-work never runs in a page script: it is a job (:mod:`nnlab.jobs`) that survives reruns, navigation and closed
+work never runs in a page script: it is a job (:mod:`nnlab.jobs.manager`) that survives reruns, navigation and closed
 tabs, shared by every session that asks for the same thing. Models and datasets are shared by every session:
 never mutate them (deep-copy first).
 """
@@ -24,15 +24,17 @@ import streamlit as st
 import torch
 from torch import nn
 
-import nnlab.tasks  # noqa: F401 - registers the foundation's job kinds
-from nnlab import config, jobs, refs
+import nnlab.jobs.kinds  # noqa: F401 - registers the foundation's job kinds
+from nnlab import config
 from nnlab.base import demo_id
-from nnlab.data import DATASETS, DatasetError, ImageDataset, Source
+from nnlab.data.preprocess import Preprocessing, PreprocessingError
+from nnlab.data.sets import DATASETS, DatasetError, ImageDataset, Source
 from nnlab.evaluate import EvalResult
-from nnlab.models import ARCHITECTURES, CheckpointError, arch_label
-from nnlab.preprocess import Preprocessing, PreprocessingError
+from nnlab.jobs import manager as jobs
+from nnlab.jobs import refs
+from nnlab.jobs.kinds import check_upload, load_evaluation, stash_upload, user_model_id
+from nnlab.models.registry import ARCHITECTURES, CheckpointError, arch_label
 from nnlab.records import Record
-from nnlab.tasks import check_upload, load_evaluation, stash_upload, user_model_id
 from nnlab.workspace import Workspace, WorkspaceError
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
@@ -168,8 +170,68 @@ def run_job(kind: str, params: dict, title: str = "", what: str = "", retry: boo
 
 # --- the selection ----------------------------------------------------------------------------------------
 
+_WEIGHTS_CODE = {NNLAB_TRAINED: "demo", UPLOAD: "upload", PRETRAINED: "pretrained", RANDOM: "random",
+                 TRAINED: "trained"}
+_URL_KEYS = ("dataset", "path", "arch", "weights", "model", "upload")
+
+
+def selection_from_url() -> None:
+    """On a session's first run, take the selection from the URL, so a copied link opens the same view.
+
+    ``?dataset=KEY&path=FOLDER&arch=ARCH&weights=demo|trained|upload|pretrained|random&model=ID&upload=SHA``; the
+    page is the URL's path. An uploaded checkpoint travels by its workspace id (the hash it is stored under), never
+    as a file. Unknown values are ignored (the defaults stay).
+    """
+    if st.session_state.get("_url_read"):
+        return
+    st.session_state["_url_read"] = True
+    q = st.query_params
+    if q.get("dataset") in DATASETS:
+        st.session_state["dataset"] = q["dataset"]
+    if q.get("path"):
+        st.session_state["dataset_path"] = q["path"]
+    if q.get("arch") and (q["arch"] in ARCHITECTURES or _known_zoo_key(q["arch"])):
+        st.session_state["arch"] = q["arch"]
+    by_code = {v: k for k, v in _WEIGHTS_CODE.items()}
+    if q.get("weights") in by_code:
+        st.session_state["weights"] = by_code[q["weights"]]
+    if q.get("model"):
+        st.session_state["trained_model"] = q["model"]
+    if q.get("upload") and all(c in "0123456789abcdef" for c in q["upload"]):
+        st.session_state["upload_sha"] = q["upload"]
+
+
+def _known_zoo_key(key: str) -> bool:
+    from nnlab.models.zoo import is_known
+
+    try:
+        return is_known(key)
+    except Exception:  # noqa: BLE001 - a malformed key from a URL is simply not a known architecture
+        return False
+
+
+def selection_to_url() -> None:
+    """Write the current selection into the URL (only what changed, so the browser history stays short)."""
+    key = st.session_state.get("dataset", default_dataset())
+    weights = st.session_state.get("weights")
+    want = {"dataset": key, "arch": st.session_state.get("arch", "demo-cnn"),
+            "weights": _WEIGHTS_CODE.get(weights, "")}
+    if DATASETS[key].needs_path and st.session_state.get("dataset_path"):
+        want["path"] = st.session_state["dataset_path"]
+    if weights == TRAINED and st.session_state.get("trained_model"):
+        want["model"] = st.session_state["trained_model"]
+    if weights == UPLOAD and st.session_state.get("upload_sha"):
+        want["upload"] = st.session_state["upload_sha"]
+    for k in _URL_KEYS:
+        if k in want and want[k] and st.query_params.get(k) != want[k]:
+            st.query_params[k] = want[k]
+        elif k not in want and k in st.query_params:
+            del st.query_params[k]
+
+
 def sidebar() -> None:
-    """Render the dataset and model pickers; their values live in ``st.session_state``."""
+    """Render the dataset and model pickers; their values live in ``st.session_state`` and in the URL."""
+    selection_from_url()
     st.sidebar.header("Data and model")
     keys = list(DATASETS)
     st.session_state.setdefault("dataset", default_dataset())
@@ -203,6 +265,7 @@ def sidebar() -> None:
                                  type=["pt", "pth", "safetensors", "bin"], key="checkpoint")
     if st.session_state["weights"] not in (NNLAB_TRAINED, TRAINED):
         preprocessing_editor(arch)
+    selection_to_url()
     jobs_summary()
 
 
@@ -224,7 +287,7 @@ def trained_models(arch: str, dataset_key: str) -> list[Record]:
 
 def architecture_choices(query: str, current: str, limit: int = 400) -> list[str]:
     """The architectures the sidebar offers: nnlab's own, then the zoo search results (the current one kept)."""
-    from nnlab.zoo import search_models
+    from nnlab.models.registry import search_models
 
     keys = [k for k, _ in search_models(query or "", limit=limit)] if query else list(ARCHITECTURES) + [
         k for k, _ in search_models("", limit=limit) if k not in ARCHITECTURES]
@@ -237,7 +300,7 @@ def architecture_choices(query: str, current: str, limit: int = 400) -> list[str
 def _has_pretrained(arch: str) -> bool:
     if arch in ARCHITECTURES:
         return ARCHITECTURES[arch].pretrained_available
-    from nnlab.zoo import has_pretrained
+    from nnlab.models.zoo import has_pretrained
 
     return has_pretrained(arch)
 
@@ -260,7 +323,7 @@ def workspace_writable(root: str) -> bool:
 
 
 _IN_FRAME: contextvars.ContextVar[bool] = contextvars.ContextVar("nnlab_in_frame", default=False)
-APP = Path(__file__).resolve().parents[1] / "app.py"
+APP = Path(__file__).resolve().parents[2] / "app.py"  # nnlab/ui/session.py → the project root
 
 
 @contextlib.contextmanager
@@ -350,11 +413,11 @@ def arch_preprocessing(arch: str) -> Preprocessing | None:
     if arch.startswith("demo"):
         return None
     try:
-        from nnlab.models import default_preprocessing  # type: ignore[attr-defined]
+        from nnlab.models.registry import default_preprocessing  # type: ignore[attr-defined]
 
         return default_preprocessing(arch)
     except ImportError:
-        from nnlab.preprocess import imagenet
+        from nnlab.data.preprocess import imagenet
 
         return imagenet(source=f"{arch}: ImageNet defaults")
 
@@ -391,7 +454,7 @@ def preprocessing_editor(arch: str) -> None:
     if st.session_state.get("pp_arch") != arch or any(k not in st.session_state for k in _PP_KEYS):
         _set_pp_state(default)
         st.session_state["pp_arch"] = arch
-    from nnlab.preprocess import CONVERSIONS, INTERPOLATIONS, RESIZE_MODES
+    from nnlab.data.preprocess import CONVERSIONS, INTERPOLATIONS, RESIZE_MODES
 
     with st.sidebar.expander("Preprocessing (what the model was trained on)", icon=":material/tune:"):
         st.caption(f"Defaults: {default.source or arch}. Every page feeds the model exactly this.")
@@ -428,6 +491,14 @@ def chosen_preprocessing(arch: str, weights: str) -> Preprocessing | None:
     except PreprocessingError as exc:
         st.error(f"The preprocessing is not valid: {exc}")
         st.stop()
+
+
+def _stashed_upload(ws: Workspace, sha: str) -> tuple[str, str] | None:
+    """``(relative path, sha)`` of an upload already stored in the workspace under ``sha`` (None: not there)."""
+    if not sha:
+        return None
+    found = sorted((ws.root / "uploads").glob(f"{sha}.*")) if (ws.root / "uploads").is_dir() else []
+    return (str(found[0].relative_to(ws.root)), sha) if found else None
 
 
 def current() -> Current:
@@ -467,21 +538,26 @@ def current() -> Current:
         source: dict = {"kind": _SOURCE[weights]}
         if weights == UPLOAD:
             up = st.session_state.get("checkpoint")
-            if up is None:
+            stashed = _stashed_upload(ws, st.session_state.get("upload_sha", "")) if up is None else None
+            if stashed is not None:  # a link that names an upload already in the workspace
+                source["file"], token = stashed
+            elif up is None:
                 st.info("Upload a checkpoint in the sidebar (a state dict saved with `torch.save(model.state_dict())` "
                         "or safetensors).")
                 st.stop()
-            blob = up.getvalue()
-            try:  # refuse a bad file at once, before anything is stored or a job starts
-                check_upload(blob, up.name, arch, data)
-            except (CheckpointError, ValueError, RuntimeError) as exc:
-                st.error(f"The model cannot be used: {exc}")
-                st.stop()
-            try:
-                source["file"], token = stash_upload(ws, blob, up.name)
-            except WorkspaceError:
-                st.error("The workspace is not writable, so the checkpoint cannot be stored for measuring.")
-                st.stop()
+            if stashed is None:
+                blob = up.getvalue()
+                try:  # refuse a bad file at once, before anything is stored or a job starts
+                    check_upload(blob, up.name, arch, data)
+                except (CheckpointError, ValueError, RuntimeError) as exc:
+                    st.error(f"The model cannot be used: {exc}")
+                    st.stop()
+                try:
+                    source["file"], token = stash_upload(ws, blob, up.name)
+                except WorkspaceError:
+                    st.error("The workspace is not writable, so the checkpoint cannot be stored for measuring.")
+                    st.stop()
+                st.session_state["upload_sha"] = token
         elif weights == RANDOM:
             source["seed"], token = 0, "s0"
         else:
@@ -508,7 +584,7 @@ def evaluation(split: str = "test", cur: Current | None = None) -> EvalResult:
     """The one stored evaluation pass of the current model over ``split`` (run as a job the first time)."""
     cur = cur or current()
     ws = workspace()
-    path = ws.result_path(nnlab.tasks.eval_key(cur.model_id, cur.data.id, split))
+    path = ws.result_path(nnlab.jobs.kinds.eval_key(cur.model_id, cur.data.id, split))
     stamp = path.stat().st_mtime if path.is_file() else 0.0
     res = _stored_evaluation(str(ws.root), cur.model_id, cur.data.id, split, stamp) if stamp else \
         load_evaluation(ws, cur.model_id, cur.data.id, split)

@@ -1,7 +1,7 @@
 """A decode worker of the data cache: file → preprocessed uint8 pixels → its slot in the cache's data file.
 
-The build runs this module as ``python -m nnlab._cacheworker``: a fresh process that imports numpy, PIL and
-the pixel half of :class:`nnlab.preprocess.Preprocessing`, never torch (no fork of a threaded torch
+The build runs this module as ``python -m nnlab.data._cacheworker``: a fresh process that imports numpy, PIL and
+the pixel half of :class:`nnlab.data.preprocess.Preprocessing`, never torch (no fork of a threaded torch
 process, no 300 MB of torch per worker). Messages are pickled over the process's stdin/stdout pipes:
 
 * parent → worker: first a context dict (data file, slot shape, pixel preprocessing, root folder), then
@@ -14,20 +14,25 @@ process, no 300 MB of torch per worker). Messages are pickled over the process's
 Each worker writes its slots itself with ``os.pwrite``; the parent fsyncs the data file and only then commits
 the slots to the index, so a slot is trusted only after its bytes are on disk. The same functions decode
 in the parent process when a build runs without workers.
+
+:func:`decode_piece` is the same decoding as a piece of :func:`nnlab.jobs.pieces.map_tasks` (a Ray task, or the
+calling thread), for builds that do not use these worker processes.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from nnlab.images import MAX_BYTES, load_image_bytes
-from nnlab.preprocess import Preprocessing
+from nnlab.data.images import MAX_BYTES, load_image_bytes
+from nnlab.data.preprocess import Preprocessing
 
 
 class FatalWriteError(OSError):
@@ -114,6 +119,63 @@ def decode_chunk(fd: int, tasks: list[tuple], ctx: Context) -> list[tuple[int, s
         except Exception as exc:  # an unreadable image is listed, never fatal
             out.append((slot, rel, size, stamp, _reason(exc)))
     return out
+
+
+TOKEN = "build.token"  # beside the data file: the id of the build that holds the lock now
+
+
+def decode_piece(piece: dict, report: Any) -> dict:
+    """Piece function (:func:`nnlab.jobs.pieces.map_tasks`): decode one shard of a build into its slots.
+
+    The piece is JSON: ``cache`` (:meth:`Context.to_message`), ``token`` (the build's id, see :data:`TOKEN`) and
+    ``tasks``: ``[slot, relpath]`` for a file, ``[slot, relpath, base64 pixels, [c, h, w]]`` for raw pixels.
+    Before each image the piece checks the cancel flag and that its build still holds the cache (a task left
+    over from a killed build never writes into slots a newer build reuses).
+
+    Returns:
+        ``rows``: ``[slot, relpath, size, stamp, error]`` per image stored or found unreadable; ``stopped``: True
+        when cancelled part-way (``rows`` holds what was stored); ``fatal``: why the data file cannot be written
+        ("" when it can).
+
+    Raises:
+        FileNotFoundError: The data file or the source folder is not on this node (they must be shared).
+        RuntimeError: Another build has taken the cache over.
+    """
+    ctx = Context.from_message(piece["cache"])
+    tasks = piece["tasks"]
+    shared = "on a Ray cluster it must be at the same path on every node (or build without Ray: NNLAB_RAY=0)"
+    if any(len(t) == 2 for t in tasks) and not os.path.isdir(ctx.root):
+        raise FileNotFoundError(f"the source folder {ctx.root} is not on this node: {shared}")
+    try:
+        fd = os.open(ctx.data_path, os.O_WRONLY)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"the data cache {ctx.data_path} is not on this node: {shared}") from exc
+    token_path = os.path.join(os.path.dirname(ctx.data_path), TOKEN)
+    rows: list[list] = []
+    try:
+        for k, task in enumerate(tasks):
+            if report.cancelled():
+                return {"rows": rows, "stopped": True, "fatal": ""}
+            if _read_token(token_path) != piece["token"]:
+                raise RuntimeError("another build of this data cache has started; this piece's build is gone")
+            if len(task) == 4:
+                task = (task[0], task[1], base64.b64decode(task[2]), tuple(task[3]))
+            try:
+                rows += [list(r) for r in decode_chunk(fd, [task], ctx)]
+            except FatalWriteError as exc:
+                return {"rows": rows, "stopped": False, "fatal": str(exc)}
+            report(f"{k + 1} of {len(tasks)} images", (k + 1) / len(tasks))
+    finally:
+        os.close(fd)
+    return {"rows": rows, "stopped": False, "fatal": ""}
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nnlab.checkpoints import head_names
+from nnlab.models.checkpoints import head_names
 
 CHANNEL_PRUNING_METHODS = ("prune-channels",)
 

@@ -391,6 +391,6 @@ def _hash63(row: np.ndarray) -> int:
 
 
 def dataset_source(dataset) -> FileList:
-    """The file list of an in-memory :class:`nnlab.data.ImageDataset` (its train and test splits)."""
+    """The file list of an in-memory :class:`nnlab.data.sets.ImageDataset` (its train and test splits)."""
     return array_source(dataset.id, {"train": (dataset.x_train, dataset.y_train),
                                      "test": (dataset.x_test, dataset.y_test)}, list(dataset.classes))

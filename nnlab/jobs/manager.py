@@ -11,7 +11,7 @@ record last), so a cancelled or failed job leaves nothing half-written.
 
 Concurrency is bounded and stated: at most ``max_heavy()`` heavy jobs run at once (``$NNLAB_MAX_JOBS``,
 default 1, so CPU work never oversubscribes the cores); light jobs (quick lookups) do not queue. No streamlit
-here; pages follow jobs through :mod:`nnlab.session`.
+here; pages follow jobs through :mod:`nnlab.ui.session`.
 
 Usage::
 
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from nnlab import config
-from nnlab.train import Cancelled
+from nnlab.errors import Cancelled
 from nnlab.workspace import WorkspaceError, atomic_write_text
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
 from torch import nn
 
 from nnlab import config
-from nnlab.data import DATASETS, ImageDataset, Source, cache_for, dataset_at, open_source
-from nnlab.preprocess import Preprocessing
-from nnlab.models import create_model, load_into
+from nnlab.data.preprocess import Preprocessing
+from nnlab.data.sets import (
+    DATASETS,
+    ImageDataset,
+    Source,
+    cache_for,
+    dataset_at,
+    open_source,
+)
+from nnlab.models.registry import create_model, load_into
 from nnlab.records import Record
 from nnlab.workspace import Workspace
 
@@ -34,19 +41,18 @@ def data_ref(key: str, path: str = "", preprocessing: dict | None = None) -> Dat
     return ref
 
 
-class _LRU:
-    """A small thread-safe LRU of loaded objects; loading happens outside the lock, once per key."""
+class _Shared:
+    """Loaded objects shared by every session: a bounded :class:`cachetools.LRUCache` under one lock, each key
+    loaded once (concurrent callers of the same key wait for that load instead of loading it again)."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._items: LRUCache = LRUCache(maxsize=size)
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
     def get(self, key: str, load: Any) -> Any:
         with self._lock:
             if key in self._items:
-                self._items.move_to_end(key)
                 return self._items[key]
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:  # one loader per key; the others wait and then read the result
@@ -60,28 +66,29 @@ class _LRU:
                     self._loading.pop(key, None)
             with self._lock:
                 self._items[key] = value
-                self._items.move_to_end(key)
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
             return value
 
     def put(self, key: str, value: Any) -> None:
         with self._lock:
             self._items[key] = value
-            self._items.move_to_end(key)
 
     def drop(self, key: str) -> None:
         with self._lock:
             self._items.pop(key, None)
+
+    def has(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
 
 
-_SOURCES = _LRU(8)
-_DATA = _LRU(6)
-_MODELS = _LRU(8)
+# Bounds: a server holds at most this many opened sources, datasets and base models in memory.
+_SOURCES = _Shared(8)
+_DATA = _Shared(6)
+_MODELS = _Shared(8)
 
 
 def _data_cache_key(ref: DataRef, root: str | Path | None = None) -> str:
@@ -92,7 +99,7 @@ def load_source(ref: DataRef) -> Source:
     """The source a reference names (its file list; loaded once per process)."""
     key = ref["key"]
     if key not in DATASETS:
-        from nnlab.data import DatasetError
+        from nnlab.data.sets import DatasetError
 
         raise DatasetError(f"unknown dataset {key!r}")
     return _SOURCES.get(json.dumps([key, ref.get("path", "")]), lambda: open_source(key, ref.get("path", "")))
@@ -106,7 +113,7 @@ def preprocessing_of(ref: DataRef) -> Preprocessing | None:
 
 def data_ready(ref: DataRef, root: str | Path | None = None) -> bool:
     """Whether the dataset can be loaded without decoding images (its data cache is complete)."""
-    if _data_cache_key(ref, root) in _DATA._items:
+    if _DATA.has(_data_cache_key(ref, root)):
         return True
     src = load_source(ref)
     return cache_for(src, preprocessing_of(ref), _root(root)).status().complete
@@ -164,9 +171,8 @@ def forget_model(model_id: str, root: str | Path | None = None) -> None:
 def has_model(model_id: str, root: str | Path | None = None) -> bool:
     """Whether the model can be loaded (stored in the workspace, or kept in memory)."""
     key = model_key(model_id, root)
-    with _MODELS._lock:
-        if key in _MODELS._items:
-            return True
+    if _MODELS.has(key):
+        return True
     return Workspace(_root(root)).has_model(model_id)
 
 

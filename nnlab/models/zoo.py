@@ -9,7 +9,7 @@ and timm's ``pretrained_cfg`` through ``timm.data.resolve_data_config``.
 
 Pretrained weights are used from the local cache (torch hub's ``checkpoints/`` for torchvision, the
 Hugging Face cache for timm) or downloaded when the host answers within :data:`HUB_TIMEOUT_S`; otherwise a
-:class:`~nnlab.checkpoints.CheckpointError` says so at once.
+:class:`~nnlab.models.checkpoints.CheckpointError` says so at once.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from nnlab.checkpoints import CheckpointError, head_names, read_state_dict_file
-from nnlab.preprocess import Preprocessing, PreprocessingError
+from nnlab.data.preprocess import Preprocessing, PreprocessingError
+from nnlab.models.checkpoints import CheckpointError, head_names, read_state_dict_file
+from nnlab.models.layers import adapt_conv_channels
 
 TV, TIMM = "tv", "timm"
 HUB_TIMEOUT_S = 3.0
@@ -135,13 +136,10 @@ def search_models(query: str = "", limit: int = 50, registered: dict[str, str] |
     Matching ignores case, spaces, ``-`` and ``_`` ("ResNet-18" finds ``resnet18``); every word of the query
     must occur in the name. ``tv:``/``timm:`` at the start of the query restricts the search to one zoo.
     Exact names come first, then names that start with the query, then earlier and shorter matches; on a
-    tie nnlab's own architectures (``registered``, default :data:`nnlab.models.ARCHITECTURES`, matched on
+    tie nnlab's own architectures (``registered``, given by :func:`nnlab.models.registry.search_models`, matched on
     key and label) come before torchvision, then timm. An empty query lists them in that order.
     """
-    if registered is None:
-        from nnlab.models import ARCHITECTURES
-
-        registered = {k: e.label for k, e in ARCHITECTURES.items()}
+    registered = registered or {}
     q = query.strip()
     only = None
     for s in (TV, TIMM):
@@ -377,14 +375,12 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def adapt_first_conv(model: nn.Module, in_channels: int, name: str | None = None) -> str | None:
     """Give the first RGB ``nn.Conv2d`` of ``model`` (in place) ``in_channels`` inputs; RGB filters averaged."""
-    from nnlab.models import _adapt_first_conv
-
     if name is None:
         name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
     if name is None or in_channels == 3:
         return name
     conv = model.get_submodule(name)
-    new = _adapt_first_conv(conv, in_channels)
+    new = adapt_conv_channels(conv, in_channels)
     new.stride, new.padding, new.dilation = conv.stride, conv.padding, conv.dilation
     _set_module(model, name, new)
     return name
@@ -440,7 +436,7 @@ def _build_tv(name: str, in_channels: int, num_classes: int, input_size: tuple[i
                               f"{str(exc)[:200]}") from exc
     fresh: list[str] = []
     if state is not None:
-        from nnlab.checkpoints import load_into
+        from nnlab.models.checkpoints import load_into
 
         if name in _TWO_STAGE:  # the files carry the auxiliary heads torchvision drops after loading
             state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}

@@ -11,11 +11,11 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from diagnostics.features import input_from_dataset, input_from_upload
 from nnlab import figures
-from nnlab.images import ImageError
-from nnlab.session import Current
-from nnlab.viz import as_image, display_scale
+from nnlab.data.images import ImageError
+from nnlab.data.inputs import input_from_dataset, input_from_upload
+from nnlab.data.viz import as_image, display_scale
+from nnlab.ui.session import Current
 
 SOURCES = ("Dataset sample", "Uploaded image")
 

@@ -1,6 +1,6 @@
 """Images on disk read in bounded memory, and streamed in batches through a torch DataLoader.
 
-:class:`DiskImages` looks like the uint8 ``N×C×H×W`` tensor an :class:`nnlab.data.ImageDataset` holds
+:class:`DiskImages` looks like the uint8 ``N×C×H×W`` tensor an :class:`nnlab.data.sets.ImageDataset` holds
 (``len``, ``shape``, ``dtype``, ``ndim``, indexing by int, slice, index array or tensor), but reads each
 request from a file of fixed-size slots with ``os.pread``. Not ``np.memmap``: pages of a mapped file count in
 the process's RSS as they are touched, so streaming a 7.5 GB split through a memmap grows the process by

@@ -157,7 +157,7 @@ class Preprocessing:
         """Any PIL mode to "L" or "RGB", the way ``convert`` says."""
         target = "L" if self.channels == 1 else "RGB"
         if self.convert == "scaled":
-            from nnlab.images import to_mode
+            from nnlab.data.images import to_mode
 
             return to_mode(im, self.channels)
         return im if im.mode == target else im.convert(target)

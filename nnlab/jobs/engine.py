@@ -24,7 +24,8 @@ Threads: Ray sets ``OMP_NUM_THREADS`` to a task's CPU count (1 when the task sta
 reused worker keeps the thread count it started with. Here every task asks for
 ``max(cpus_per_task, threads_per_task)`` CPUs (so Ray's ``OMP_NUM_THREADS`` is the thread count; when more
 CPUs than threads are reserved, the task's runtime environment sets ``OMP_NUM_THREADS`` explicitly) and runs
-under :func:`nnlab.measure.torch_threads` with ``threads_per_task``, in Ray and in-process alike; the count
+under :func:`nnlab.threads.torch_threads` with ``threads_per_task``, in Ray and in-process alike (an untimed
+block: it holds no lock while the piece runs, so pages and other jobs never wait for a piece); the count
 is given to the piece (``report.threads``) so that it can record it. Reserving CPUs is what keeps other tasks
 off those cores on a node, which fair latency needs (one task per node: ``cpus_per_task`` = the node's CPUs).
 
@@ -40,7 +41,6 @@ anything half-written.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import logging
@@ -48,17 +48,17 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # importing this module stays light (Ray's helper processes import it): torch loads lazily
-    import torch
+    pass
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project root (nnlab/jobs/engine.py)
 PACKAGES = ("nnlab", "compression", "diagnostics")
 
 ProgressFn = Callable[[int, str, float], None]
@@ -103,8 +103,17 @@ class TaskResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def worker_lost(self) -> bool:
+        """True when the piece failed because its worker was lost (after Ray's ``max_retries``), not because the
+        piece function raised: the piece itself may be fine, so a caller can split it and try again."""
+        return self.status == "failed" and self.error.startswith(WORKER_LOST)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+WORKER_LOST = "worker lost"  # how the error of a piece whose worker was lost begins (see TaskResult.worker_lost)
 
 
 @dataclass
@@ -153,7 +162,7 @@ class Report:
     def check_cancel(self) -> None:
         """Raise :class:`nnlab.train.Cancelled` when the caller asked to stop."""
         if self.cancelled():
-            from nnlab.train import Cancelled
+            from nnlab.errors import Cancelled
 
             raise Cancelled("cancelled by the user")
 
@@ -254,7 +263,11 @@ def _import_function(path: str) -> Callable:
 
 
 def _run_piece(fn_path: str, piece: dict, report: Report) -> dict:
-    """Run one piece with its thread count set (the same in Ray and in-process); returns the task's facts."""
+    """Run one piece with its thread count set (the same in Ray and in-process); returns the task's facts.
+
+    The count is set by :func:`nnlab.threads.torch_threads`, which holds no lock across the piece; a piece that
+    times something does so inside :func:`nnlab.measure.interleaved_latency` (the timed section).
+    """
     from nnlab.threads import torch_threads
 
     fn = _import_function(fn_path)
@@ -517,7 +530,7 @@ def map_tasks(fn: PieceFn, pieces: list[dict], progress: ProgressFn | None = Non
 
 def _map_local(path: str, pieces: list[dict], progress: ProgressFn | None, stop: CancelFn,
                threads: int) -> list[TaskResult]:
-    from nnlab.train import Cancelled
+    from nnlab.errors import Cancelled
 
     results: list[TaskResult] = []
     stopped = False
@@ -608,7 +621,7 @@ def _collect(ray: Any, rex: Any, ref: Any, i: int, threads: int, cancelling: boo
         return TaskResult(i, "cancelled", error="cancelled", executor="ray", threads=threads, attempts=n)
     except rex.RayTaskError as exc:
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        from nnlab.train import Cancelled
+        from nnlab.errors import Cancelled
 
         if isinstance(cause, (Cancelled, KeyboardInterrupt)) or cancelling:
             return TaskResult(i, "cancelled", error="cancelled", executor="ray", threads=threads, attempts=n)
@@ -618,168 +631,13 @@ def _collect(ray: Any, rex: Any, ref: Any, i: int, threads: int, cancelling: boo
         if cancelling:
             return TaskResult(i, "cancelled", error="cancelled (worker stopped)", executor="ray", threads=threads,
                               attempts=n)
-        return TaskResult(i, "failed", error=f"worker lost after {n} attempt(s): {type(exc).__name__}",
+        return TaskResult(i, "failed", error=f"{WORKER_LOST} after {n} attempt(s): {type(exc).__name__}",
                           executor="ray", threads=threads, attempts=n)
     return TaskResult(i, "ok", value=out["value"], node=out["node"], executor="ray", threads=out["threads"],
                       seconds=out["seconds"], attempts=n)
 
 
 # --- references to data and models ------------------------------------------------------------------------
-# Built on nnlab.refs (its process-wide caches: a worker loads each dataset and base model once); the extra
+# Built on nnlab.jobs.refs (its process-wide caches: a worker loads each dataset and base model once); the extra
 # fields here let a worker check that it resolved the caller's data and weights, not a look-alike.
 
-_CACHE_LOCK = threading.Lock()
-_PRIMED: dict[str, Any] = {}
-_HASHES: dict[int, tuple[Any, str]] = {}  # id(obj) → (weak reference, hash): hash shared objects once
-
-
-def _key(ref: dict) -> str:
-    return json.dumps(ref, sort_keys=True)
-
-
-def _cached_hash(obj: Any, compute: Callable[[Any], str]) -> str:
-    import weakref
-
-    with _CACHE_LOCK:
-        hit = _HASHES.get(id(obj))
-        if hit is not None and hit[0]() is obj:
-            return hit[1]
-    value = compute(obj)
-    with _CACHE_LOCK:
-        for k in [k for k, (r, _) in _HASHES.items() if r() is None]:
-            del _HASHES[k]
-        _HASHES[id(obj)] = (weakref.ref(obj), value)
-    return value
-
-
-def _fingerprint(data: Any) -> str:
-    import numpy as np
-    import torch
-
-    h = hashlib.sha1()
-    for t in (data.x_test, data.y_test):
-        h.update(str(tuple(t.shape)).encode())
-        n = len(t)
-        # up to 512 images spread over the split (a disk cache is not read whole); every label
-        if len(t.shape) > 1:
-            t = t[torch.from_numpy(np.unique(np.linspace(0, n - 1, min(n, 512)).round().astype(np.int64)))]
-        h.update(t.contiguous().numpy().tobytes())
-    h.update(json.dumps([list(data.classes), len(data.y_train)]).encode())
-    return h.hexdigest()[:16]
-
-
-def data_fingerprint(data: Any) -> str:
-    """A short hash of a dataset's test split and its classes (a worker checks it resolved the same data)."""
-    return _cached_hash(data, _fingerprint)
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """:func:`nnlab.models.state_dict_hash` of a model (computed once per model object)."""
-    from nnlab.models import state_dict_hash
-
-    return _cached_hash(model, lambda m: state_dict_hash(m.state_dict()))
-
-
-def dataset_ref(data: Any, key: str | None = None, path: str = "", preprocessing: dict | None = None) -> dict:
-    """A reference to ``data`` that a worker can load: :func:`nnlab.refs.data_ref` plus ``id`` and ``fingerprint``.
-
-    ``key`` defaults to the dataset id when it is a registered dataset key (digits, fashion-mnist …); a
-    folder dataset needs its key and ``path`` given.
-    """
-    from nnlab import refs
-    from nnlab.data import DATASETS
-
-    key = key or data.id
-    if key not in DATASETS:
-        raise ValueError(f"dataset {data.id!r} has no registered key: pass key= (and path=)")
-    return {**refs.data_ref(key, path, preprocessing), "id": data.id, "fingerprint": data_fingerprint(data)}
-
-
-def load_dataset_ref(ref: dict) -> Any:
-    """The dataset a reference names (through :func:`nnlab.refs.load_data`); ``ValueError`` when it is not the
-    caller's data (another fallback, another copy on this node)."""
-    from nnlab import refs
-
-    k = _key(ref)
-    with _CACHE_LOCK:
-        if k in _PRIMED:
-            return _PRIMED[k]
-    data = refs.load_data(refs.data_ref(ref["key"], ref.get("path", ""), ref.get("preprocessing")))
-    if ref.get("id") and data.id != ref["id"]:
-        raise ValueError(f"dataset {ref['key']!r} loads as {data.id!r} on {node_name()}, not {ref['id']!r} "
-                         f"({data.fallback_reason or 'different data on this node'})")
-    if ref.get("fingerprint") and data_fingerprint(data) != ref["fingerprint"]:
-        raise ValueError(f"dataset {ref['key']!r} on {node_name()} differs from the caller's (fingerprint)")
-    return data
-
-
-def model_ref(model: torch.nn.Module, model_id: str, arch: str, workspace: str | Path) -> dict:
-    """A reference to a workspace model (base or variant) with the hash of the weights the caller has."""
-    return {"model_id": model_id, "arch": arch, "workspace": str(workspace), "weights_hash": weights_hash(model)}
-
-
-def load_model_ref(ref: dict, data: Any) -> torch.nn.Module:
-    """The model a reference names: a state-dict file (``path``), a base model (shared, through
-    :func:`nnlab.refs.load_model`: never mutate it) or a variant; checked against the caller's weights hash."""
-    from nnlab import refs
-    from nnlab.models import create_model, load_into
-    from nnlab.workspace import Workspace
-
-    k = _key(ref)
-    with _CACHE_LOCK:
-        if k in _PRIMED:
-            return _PRIMED[k]
-    ws = Workspace(ref["workspace"])
-    mid = ref["model_id"]
-    c, h, w = data.input_shape
-    if ref.get("path"):
-        from nnlab.models import read_state_dict_file
-
-        model = load_into(create_model(ref["arch"], c, data.num_classes, (h, w)), read_state_dict_file(ref["path"]))
-        model = model.eval()
-    elif ws.has_model(mid):
-        model = refs.load_model(mid, ws.root)[0]
-    else:
-        rec = ws.load_variant(mid)
-        if rec is None:
-            raise FileNotFoundError(f"model {mid!r} is not in the workspace {ws.root} on {node_name()}")
-        from compression.variant import load_variant_model
-
-        model = load_variant_model(ws, rec).cpu().eval()
-    if ref.get("weights_hash") and weights_hash(model) != ref["weights_hash"]:
-        raise ValueError(f"model {mid!r} in {ws.root} on {node_name()} is not the caller's (weights differ)")
-    return model
-
-
-@contextlib.contextmanager
-def primed(objects: dict[str, Any]) -> Iterator[None]:
-    """Let in-process pieces resolve these references (JSON of the ref → live object) without loading.
-
-    Only for in-process runs: the same references load from disk in Ray workers. Live objects are shared
-    read-only (pieces never change a model they were given: compression deep-copies it).
-    """
-    keys = list(objects)
-    with _CACHE_LOCK:
-        _PRIMED.update(objects)
-    try:
-        yield
-    finally:
-        with _CACHE_LOCK:
-            for k in keys:
-                _PRIMED.pop(k, None)
-
-
-def ref_key(ref: dict) -> str:
-    """The key :func:`primed` expects for ``ref``."""
-    return _key(ref)
-
-
-def stable_id(*parts: Any, prefix: str = "s", length: int = 10) -> str:
-    """A deterministic, workspace-safe id from JSON-able parts (sweep ids, candidate ids)."""
-    digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
-    return f"{prefix}-{digest}"
-
-
-__all__ = ["Executor", "Report", "TaskResult", "dataset_ref", "ensure_ray", "executor", "load_dataset_ref",
-           "load_model_ref", "map_tasks", "model_ref", "node_name", "primed", "ray_address", "ray_disabled",
-           "ref_key", "shutdown_ray", "stable_id"]

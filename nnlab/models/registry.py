@@ -1,9 +1,9 @@
 """Model architectures (one registry): the demo CNN, nnlab's legacy keys, and the torchvision and timm zoos.
 
 Keys: nnlab's own (``"demo-cnn"``, ``"demo-cnn-small"``, and the legacy ``"resnet18"``, ``"vgg16"``,
-``"mobilenet_v2"`` that stored records use), ``"tv:<name>"`` and ``"timm:<name>"`` (:mod:`nnlab.zoo`).
+``"mobilenet_v2"`` that stored records use), ``"tv:<name>"`` and ``"timm:<name>"`` (:mod:`nnlab.models.zoo`).
 :func:`create_model` builds any of them for the data; :func:`default_preprocessing` says what input the
-architecture expects. Checkpoint reading and fitting live in :mod:`nnlab.checkpoints` (re-exported here).
+architecture expects. Checkpoint reading and fitting live in :mod:`nnlab.models.checkpoints` (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nnlab.checkpoints import (  # noqa: F401  (re-exported: the names callers import from here)
+from nnlab.data.preprocess import Preprocessing, PreprocessingError, native
+from nnlab.models.checkpoints import (  # noqa: F401  (re-exported: the names callers import from here)
     MAX_CHECKPOINT_BYTES,
     CheckpointError,
     StateDict,
@@ -26,8 +27,8 @@ from nnlab.checkpoints import (  # noqa: F401  (re-exported: the names callers i
     read_state_dict_file,
     state_dict_hash,
 )
-from nnlab.preprocess import Preprocessing, PreprocessingError, native
-from nnlab.randinit import seeded_init
+from nnlab.models.layers import adapt_conv_channels as _adapt_first_conv
+from nnlab.models.randinit import seeded_init
 
 
 class DemoCNN(nn.Module):
@@ -66,18 +67,6 @@ class DemoCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    if conv.in_channels == in_channels:
-        return conv
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    bias=conv.bias is not None)
-    with torch.no_grad():  # keep pretrained filters meaningful: average over the RGB channels
-        new.weight.copy_(conv.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
 class Upsize(nn.Module):
     """Resize the input to at least ``min_size`` so deep torchvision nets accept small images."""
 
@@ -98,8 +87,8 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
         import torchvision
 
         state = None
-        if pretrained:  # read weights-only from the cache or a download (nnlab.zoo), never unpickled
-            from nnlab.zoo import pretrained_state
+        if pretrained:  # read weights-only from the cache or a download (nnlab.models.zoo), never unpickled
+            from nnlab.models.zoo import pretrained_state
 
             state = pretrained_state(f"tv:{name}")
         try:
@@ -172,7 +161,7 @@ def list_models(zoos: bool = False) -> list[str]:
     """Registered architecture keys; with ``zoos`` also every ``tv:`` and ``timm:`` key (builds no model)."""
     if not zoos:
         return list(ARCHITECTURES)
-    from nnlab.zoo import zoo_keys
+    from nnlab.models.zoo import zoo_keys
 
     return list(ARCHITECTURES) + zoo_keys()
 
@@ -181,7 +170,7 @@ def is_architecture(arch: str) -> bool:
     """Whether ``arch`` names a registered or zoo architecture."""
     if arch in ARCHITECTURES:
         return True
-    from nnlab.zoo import is_known, is_zoo_key
+    from nnlab.models.zoo import is_known, is_zoo_key
 
     return is_zoo_key(arch) and is_known(arch)
 
@@ -190,7 +179,7 @@ def arch_label(arch: str) -> str:
     """A label for menus ("Demo CNN (nnlab)", "resnet50 · torchvision · 25.6 M params · 224 px")."""
     if arch in ARCHITECTURES:
         return ARCHITECTURES[arch].label
-    from nnlab.zoo import zoo_label
+    from nnlab.models.zoo import zoo_label
 
     return zoo_label(arch)
 
@@ -206,7 +195,7 @@ def create_model(arch: str, in_channels: int, num_classes: int, input_size: tupl
         input_size: ``(H, W)`` of the model input.
         pretrained: Start from the architecture's pretrained weights (cache or hub; a clear
             :class:`CheckpointError` when neither is available).
-        seed: Redraw random weights reproducibly (:func:`nnlab.randinit.seeded_init`), so the same arguments
+        seed: Redraw random weights reproducibly (:func:`nnlab.models.randinit.seeded_init`), so the same arguments
             give the same state dict; on pretrained weights only a newly made classifier is redrawn.
 
     Raises:
@@ -216,7 +205,7 @@ def create_model(arch: str, in_channels: int, num_classes: int, input_size: tupl
         model = ARCHITECTURES[arch].build(in_channels, num_classes, tuple(input_size), pretrained=pretrained)
         fresh = None if not pretrained else (head_layers(model) if num_classes != 1000 else [])
     else:
-        from nnlab.zoo import build, is_zoo_key
+        from nnlab.models.zoo import build, is_zoo_key
 
         if not is_zoo_key(arch):
             raise CheckpointError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)} or a "
@@ -230,7 +219,7 @@ def create_model(arch: str, in_channels: int, num_classes: int, input_size: tupl
 
 def head_layers(model: nn.Module) -> list[str]:
     """Names of the classifier layer(s) of a built model."""
-    from nnlab.checkpoints import head_names
+    from nnlab.models.checkpoints import head_names
 
     return head_names(model)
 
@@ -260,7 +249,7 @@ def default_preprocessing(arch: str, *, input_shape: tuple[int, int, int] | None
             raise PreprocessingError(f"{entry.label} is trained at the dataset's own size and statistics: pass "
                                      "input_shape, mean and std of the dataset")
         return native(tuple(input_shape), tuple(mean), tuple(std))
-    from nnlab.zoo import is_zoo_key, zoo_preprocessing
+    from nnlab.models.zoo import is_zoo_key, zoo_preprocessing
 
     key = entry.preprocessing_from if entry is not None else arch
     if not is_zoo_key(key):
@@ -289,3 +278,11 @@ def output_shape_ok(model: nn.Module, input_shape: tuple[int, int, int], num_cla
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CheckpointError(f"the model returns {shape} for a batch of 2, the dataset needs (2, {num_classes})")
+
+
+def search_models(query: str = "", limit: int = 50) -> list[tuple[str, str]]:
+    """Architectures matching ``query``, best first, as ``(key, label)``: nnlab's own, then the zoos'
+    (:func:`nnlab.models.zoo.search_models`)."""
+    from nnlab.models.zoo import search_models as search_zoos
+
+    return search_zoos(query, limit, {k: e.label for k, e in ARCHITECTURES.items()})

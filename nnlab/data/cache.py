@@ -5,12 +5,12 @@ list file or array name) and :meth:`Preprocessing.pixel_key` (mean and std are a
 that differ only there share a cache). It holds:
 
 * ``pixels.u8`` — fixed-size slots of ``C×H×W`` uint8 pixels, one image each, written with ``os.pwrite`` by
-  decode workers (:mod:`nnlab._cacheworker`), read with ``os.pread`` (:class:`nnlab.diskimages.DiskImages`);
+  decode workers (:mod:`nnlab.data._cacheworker`), read with ``os.pread`` (:class:`nnlab.data.diskimages.DiskImages`);
 * ``index.sqlite`` — per relative path: slot, fingerprint ``(size, stamp)`` of what was decoded, or why the
   file is unreadable. A row is committed only after the pixels it points to are fsynced, so a build killed
   at any moment restarts where it stopped and never trusts a half-written slot. A changed file gets a new
   slot (its old one is freed only by the commit that replaces it); a removed file's row is deleted first.
-* ``build.lock`` — held by a build (:mod:`nnlab._cachebuild`) and its workers: one build at a time, and no
+* ``build.lock`` — held by a build (:mod:`nnlab.data._cachebuild`) and its workers: one build at a time, and no
   stray worker of a killed build can write into slots a new build has reused.
 
 Greyscale array sources (Fashion-MNIST, MNIST, digits) are stored with one channel even for a 3-channel
@@ -35,65 +35,26 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from nnlab.diskimages import DiskImages, batch_loader
-from nnlab.filelists import FileList
-from nnlab.preprocess import Preprocessing
+from nnlab.data.cachetypes import (  # noqa: F401 - part of this module's interface
+    DISK_MARGIN,
+    PENDING,
+    SMALL_BUILD,
+    UNREADABLE,
+    BuildStats,
+    CancelFn,
+    DataCacheError,
+    ProgressFn,
+)
+from nnlab.data.diskimages import DiskImages, batch_loader
+from nnlab.data.filelists import FileList
+from nnlab.data.preprocess import Preprocessing
 
 FORMAT_VERSION = 1
-PENDING, UNREADABLE = -2, -1  # slot codes of list entries without pixels
-SMALL_BUILD = 64  # with the default worker count, this few images decode in the calling process
-DISK_MARGIN = 256 * 2**20  # leave this much free space
-ProgressFn = Callable[..., None]
-CancelFn = Callable[[], bool]
-
-
-class DataCacheError(RuntimeError):
-    """The cache cannot be built or read (disk full, incomplete, nothing readable), meant for the user."""
-
-
-@dataclass
-class BuildStats:
-    """What one build did.
-
-    Attributes:
-        total: Images in the file list.
-        reused: Images found in the cache with the same fingerprint (not decoded).
-        decoded: Images decoded by this build (``decoded_paths``), readable or not.
-        unreadable: ``(relpath, reason)`` of every image the cache could not use, earlier builds included.
-        removed: Cache entries dropped because their file is no longer listed.
-        resumed: True when this build continued an interrupted one (its committed slots are in ``reused``).
-        seconds: Wall time of the build.
-        workers: Decode processes used (0: decoded in the calling process).
-        decoded_paths: Relative paths decoded by this build, in list order.
-    """
-
-    total: int = 0
-    reused: int = 0
-    decoded: int = 0
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    removed: int = 0
-    resumed: bool = False
-    seconds: float = 0.0
-    workers: int = 0
-    decoded_paths: list[str] = field(default_factory=list)
-
-    @property
-    def ready(self) -> int:
-        """Images with pixels in the cache."""
-        return self.total - len(self.unreadable)
-
-    def summary(self) -> str:
-        bad = f"; {len(self.unreadable):,} unreadable" if self.unreadable else ""
-        return (f"{self.ready:,} of {self.total:,} images cached ({self.decoded:,} decoded, {self.reused:,} "
-                f"reused{bad}) in {self.seconds:.1f} s")
-
-
 @dataclass
 class CacheStatus:
     """Where a cache stands against its file list, without building anything."""
@@ -147,7 +108,7 @@ class DataCache:
     """The on-disk cache of one file list under one pixel preprocessing.
 
     Args:
-        files: The source's file list (:mod:`nnlab.filelists`).
+        files: The source's file list (:mod:`nnlab.data.filelists`).
         preprocessing: The model's preprocessing (only its pixel half decides what is cached).
         workspace: The workspace root (default: ``nnlab.config.workspace_dir()``).
     """
@@ -311,7 +272,7 @@ class DataCache:
                **kwargs):
         """A DataLoader of ``(uint8 images, int64 labels, int64 indices)`` batches of ``split``, in ``order``.
 
-        See :func:`nnlab.diskimages.batch_loader`.
+        See :func:`nnlab.data.diskimages.batch_loader`.
         """
         return batch_loader(self.images(split), self.labels(split), order=order, batch_size=batch_size,
                             num_workers=num_workers, **kwargs)
@@ -319,24 +280,30 @@ class DataCache:
     # --- building ---------------------------------------------------------------------------------------
 
     def build(self, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-              workers: int | None = None, commit_seconds: float = 1.0) -> BuildStats:
+              workers: int | None = None, commit_seconds: float = 1.0, use_ray: bool | None = None) -> BuildStats:
         """Decode what is missing or changed, drop what is no longer listed; reuse everything else.
+
+        The images are decoded in shards (see :mod:`nnlab.data._cachebuild`): as Ray tasks through
+        :func:`nnlab.jobs.pieces.map_tasks` when Ray is on, else in decode processes, or in this process.
 
         Args:
             progress: ``progress(message, fraction)``, called a few times a second.
             cancel: Returns True to stop; what is decoded so far is committed, then
                 :class:`nnlab.train.Cancelled` is raised (the next build resumes).
-            workers: Decode processes (default: the CPU count up to 8, none for 64 images or fewer; 0
-                decodes in this process).
-            commit_seconds: How often decoded slots are fsynced and committed.
+            workers: Decode processes when Ray is off (default: the CPU count up to 8, none for 64 images or
+                fewer; 0 decodes in this process, Ray or not). On Ray, the cluster's CPUs decide.
+            commit_seconds: How often decoded slots are fsynced and committed (on Ray: about how long a wave of
+                shards takes; each wave is committed).
+            use_ray: True: Ray tasks; False: no Ray; None: Ray when a cluster is named (``NNLAB_RAY_ADDRESS``)
+                and not ``NNLAB_RAY=0``, else the local decode pool (it starts at once and holds no torch).
 
         Raises:
             DataCacheError: The disk is too small or cannot be written, or no image could be read.
             nnlab.train.Cancelled: ``cancel()`` returned True.
         """
-        from nnlab._cachebuild import Build
+        from nnlab.data._cachebuild import Build
 
-        return Build(self, progress, cancel, workers, commit_seconds).run()
+        return Build(self, progress, cancel, workers, commit_seconds, use_ray).run()
 
 
 def list_caches(workspace: str | os.PathLike | None = None) -> list[dict]:

@@ -1,10 +1,10 @@
 """Image datasets: one registry of sources, each seen through a model's preprocessing, in bounded memory.
 
-A *source* (:class:`Source`) is a file list (:mod:`nnlab.filelists`): an ImageFolder, a CSV/JSON list, or a
+A *source* (:class:`Source`) is a file list (:mod:`nnlab.data.filelists`): an ImageFolder, a CSV/JSON list, or a
 built-in set (Fashion-MNIST, MNIST, digits, CIFAR-10) held as arrays. :func:`load_dataset` turns a source into
-an :class:`ImageDataset` at a :class:`~nnlab.preprocess.Preprocessing`: the images are decoded and
-preprocessed once into the on-disk data cache (:mod:`nnlab.datacache`) and read back in batches
-(:class:`~nnlab.diskimages.DiskImages`), so no split is ever held in RAM. Without a preprocessing a source is
+an :class:`ImageDataset` at a :class:`~nnlab.data.preprocess.Preprocessing`: the images are decoded and
+preprocessed once into the on-disk data cache (:mod:`nnlab.data.cache`) and read back in batches
+(:class:`~nnlab.data.diskimages.DiskImages`), so no split is ever held in RAM. Without a preprocessing a source is
 seen at its *native* one (its own size, its training set's channel statistics): the demo CNN's view.
 
 An :class:`ImageDataset` can also be built directly from uint8 tensors (tests, small synthetic sets).
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nnlab import config
-from nnlab.preprocess import Preprocessing, PreprocessingError, native
+from nnlab.data.preprocess import Preprocessing, PreprocessingError, native
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -47,7 +47,7 @@ class ImageDataset:
         source: Where the images come from.
         classes: Class names.
         x_train, x_test: uint8 ``N×C×H×W`` images after the pixel half of the preprocessing: a tensor, or a
-            :class:`~nnlab.diskimages.DiskImages` read from the data cache on demand. Greyscale sources keep
+            :class:`~nnlab.data.diskimages.DiskImages` read from the data cache on demand. Greyscale sources keep
             one channel even for a 3-channel model (:meth:`normalize` repeats it).
         y_train, y_test: int64 labels.
         mean, std: The normalisation (the preprocessing's).
@@ -347,7 +347,7 @@ class Source:
         id: Stable id of the source (the native dataset's id).
         name: For pages.
         description: Where the images come from.
-        files: The file list (:mod:`nnlab.filelists`).
+        files: The file list (:mod:`nnlab.data.filelists`).
         fallback_reason: Why this is not the source that was asked for.
         test_fraction: Share held out as the test split when the source has no test/val split.
         seed: Seed of that split.
@@ -432,7 +432,7 @@ def _sample_geometry(f: Any, samples: int = 200) -> tuple[int, int]:
 
 def _folder_stats(src: Source, pixels: Preprocessing, workspace: str | Path | None) -> tuple[tuple, tuple]:
     """Channel statistics of a folder's training split at its native size (cached beside the data cache)."""
-    from nnlab.datacache import DataCache
+    from nnlab.data.cache import DataCache
 
     cache = DataCache(src.files, pixels, workspace)
     stats_file = cache.path / "native-stats.json"
@@ -453,7 +453,7 @@ def image_folder_source(path: str | Path, image_size: int | None = None, test_fr
                         seed: int = 0) -> Source:
     """An ImageFolder: class subfolders, or ``train/``, ``val/``, ``test/`` each of class subfolders (else a
     seeded, stratified split)."""
-    from nnlab.filelists import FileListError, image_folder
+    from nnlab.data.filelists import FileListError, image_folder
 
     root = check_allowed(path)
     try:
@@ -472,7 +472,7 @@ def image_folder_source(path: str | Path, image_size: int | None = None, test_fr
 
 def list_file_source(path: str | Path, test_fraction: float = 0.2, seed: int = 0) -> Source:
     """A CSV or JSON list of ``path,label[,split]`` (paths relative to the list, under the allowed roots)."""
-    from nnlab.filelists import FileListError, list_file
+    from nnlab.data.filelists import FileListError, list_file
 
     p = check_allowed(path)
     try:
@@ -488,7 +488,7 @@ def list_file_source(path: str | Path, test_fraction: float = 0.2, seed: int = 0
 
 def array_dataset_source(ds: ImageDataset, key: str | None = None) -> Source:
     """A built-in (in-memory) dataset as a source, so it goes through the same cache as files."""
-    from nnlab.filelists import array_source
+    from nnlab.data.filelists import array_source
 
     files = array_source(ds.id, {"train": (ds.x_train, ds.y_train), "test": (ds.x_test, ds.y_test)},
                          list(ds.classes))
@@ -554,7 +554,7 @@ def dataset_id(src: Source, pre: Preprocessing | None) -> str:
 
 def cache_for(src: Source, pre: Preprocessing | None = None, workspace: str | Path | None = None) -> Any:
     """The data cache of a source at a preprocessing (native when None); not built yet maybe."""
-    from nnlab.datacache import DataCache
+    from nnlab.data.cache import DataCache
 
     return DataCache(src.files, pre or src.native(workspace), workspace)
 
@@ -567,7 +567,7 @@ def dataset_at(src: Source, pre: Preprocessing | None = None, workspace: str | P
     Raises:
         DatasetError: no image could be read, or a split or class ends up empty.
     """
-    from nnlab.datacache import DataCacheError
+    from nnlab.data.cache import DataCacheError
 
     pre = pre or src.native(workspace)
     cache = cache_for(src, pre, workspace)
