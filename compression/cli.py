@@ -80,8 +80,32 @@ class _Step(argparse.Action):
         ns.steps = steps
 
 
+class OutputParser(argparse.ArgumentParser):
+    """An ArgumentParser that prints its help and usage to ``out`` (None: ``sys.stdout`` when printed), so a caller
+    that gives ``main`` its own stream never has to rebind the process-wide ``sys.stdout`` for argparse."""
+
+    out: TextIO | None = None
+
+    def print_help(self, file: TextIO | None = None) -> None:
+        super().print_help(file or self.out)
+
+    def print_usage(self, file: TextIO | None = None) -> None:
+        super().print_usage(file or self.out)
+
+
+def printing_to(parser: argparse.ArgumentParser, out: TextIO) -> argparse.ArgumentParser:
+    """``parser`` with it and every subcommand's parser printing help to ``out``; returns ``parser``."""
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        p.out = out
+        for action in p._subparsers._group_actions if p._subparsers else []:
+            todo.extend(action.choices.values())
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compression", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OutputParser(prog="python -m compression", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Compress a model into measured variants (records as JSON).",
                                 epilog="methods and parameters:\n\n" + describe_methods())
     sub = p.add_subparsers(dest="command", required=True)
@@ -378,8 +402,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
         0 on success, 1 when some sweep variants failed, 2 for bad input (with a message on stderr).
     """
     out = stdout if stdout is not None else sys.stdout
-    with contextlib.redirect_stdout(out):  # argparse prints --help to sys.stdout
-        args = build_parser().parse_args(argv)
+    args = printing_to(build_parser(), out).parse_args(argv)
     if args.command == "methods":
         doc: str | None = describe_methods()
         rc = 0

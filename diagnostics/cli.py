@@ -7,17 +7,16 @@ progress goes to stderr. The options that name the model and the data are the co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from compression.cli import _data_ref, _load, _progress, stdout_to_stderr
+from compression.cli import OutputParser, _data_ref, _load, _progress, printing_to, stdout_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m diagnostics", description="Diagnose a model: its one-file report.")
+    p = OutputParser(prog="python -m diagnostics", description="Diagnose a model: its one-file report.")
     sub = p.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("report", help="write a model's one-file report (HTML, and a PDF when a browser can print)")
     rp.add_argument("--model", default=None, help="workspace model id, a state-dict file, or 'demo'")
@@ -56,8 +55,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     from nnlab.workspace import Workspace
 
     out = stdout if stdout is not None else sys.stdout
-    with contextlib.redirect_stdout(out):  # argparse prints --help to sys.stdout
-        args = build_parser().parse_args(argv)
+    args = printing_to(build_parser(), out).parse_args(argv)
     with stdout_to_stderr():
         try:
             rc, doc = report(args, Workspace(args.workspace))
