@@ -222,17 +222,22 @@ class DataCache:
 
     # --- reading --------------------------------------------------------------------------------------
 
+    def _complete_table(self) -> np.ndarray:
+        """The slot table, or :class:`DataCacheError` while some images are still to decode."""
+        s = self._table()
+        pending = int((s == PENDING).sum())
+        if pending:
+            raise DataCacheError(f"the data cache of {self.files.source} is not complete: {pending:,} of "
+                                 f"{len(s):,} images still to decode; build it first")
+        return s
+
     def positions(self, split: str) -> np.ndarray:
         """Positions in the file list of ``split``'s cached images (unreadable ones left out).
 
         Raises:
             DataCacheError: The cache is not complete (build it first).
         """
-        s = self._table()
-        pending = int((s == PENDING).sum())
-        if pending:
-            raise DataCacheError(f"the data cache of {self.files.source} is not complete: {pending:,} of "
-                                 f"{len(s):,} images still to decode; build it first")
+        s = self._complete_table()
         idx = self.files.indices(split)
         return idx[s[idx] >= 0]
 
@@ -242,11 +247,7 @@ class DataCache:
         Raises:
             DataCacheError: The cache is not complete (build it first).
         """
-        s = self._table()
-        pending = int((s == PENDING).sum())
-        if pending:
-            raise DataCacheError(f"the data cache of {self.files.source} is not complete: {pending:,} of "
-                                 f"{len(s):,} images still to decode; build it first")
+        s = self._complete_table()
         return s >= 0
 
     def images_at(self, positions: np.ndarray) -> DiskImages:
