@@ -26,7 +26,6 @@ from torch.nn.utils import prune
 from compression.pruning import prunable_layers, split_train
 from compression.registry import CancelFn, ProgressFn
 from nnlab.data.sets import ImageDataset
-from nnlab.errors import Cancelled
 from nnlab.jobs.pieces import (
     Report,
     dataset_ref,
@@ -34,6 +33,7 @@ from nnlab.jobs.pieces import (
     load_dataset_ref,
     load_model_ref,
     map_tasks,
+    raise_for_outcome,
     primed,
     ref_key,
 )
@@ -171,11 +171,7 @@ def layer_sensitivity(model: nn.Module, data: ImageDataset, kind: str = "prune",
     with primed({} if on_ray else {ref_key(mref): model, ref_key(dref): data}):
         results = map_tasks(cell_piece, pieces, _overall(progress, names), cancel, use_ray=on_ray,
                             threads_per_task=n_threads)
-    if any(r.status == "cancelled" for r in results):
-        raise Cancelled("cancelled by the user")
-    failed = [f"{names[r.index]}: {r.error}" for r in results if not r.ok]
-    if failed:
-        raise RuntimeError("sensitivity: " + "; ".join(failed))
+    raise_for_outcome(results, names, "sensitivity")
     for (name, params, level), r in zip(cells, results):
         acc = r.value["accuracy"]
         table.rows.append({"layer": name, "level": level, "accuracy": acc, "drop": base - acc, "params": params})

@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from nnlab.data.sets import ImageDataset
-from nnlab.errors import Cancelled
 from nnlab.jobs.pieces import (
     Report,
     dataset_ref,
     executor,
     load_dataset_ref,
     map_tasks,
+    raise_for_outcome,
     node_name,
     primed,
     ref_key,
@@ -129,11 +129,7 @@ def learning_curve(build: Callable[[], nn.Module], data: ImageDataset, fractions
     with _lend(token, build), primed({} if on_ray else {ref_key(dref): data}):
         results = map_tasks(curve_piece, pieces, _overall(progress, labels, work), cancel, use_ray=on_ray,
                             threads_per_task=n_threads)
-    if any(r.status == "cancelled" for r in results):
-        raise Cancelled("cancelled by the user")
-    failed = [f"{labels[r.index]}: {r.error}" for r in results if not r.ok]
-    if failed:
-        raise RuntimeError("learning curve: " + "; ".join(failed))
+    raise_for_outcome(results, labels, "learning curve")
     if progress is not None:
         progress(1.0, "done")
     return [CurvePoint(**r.value) for r in results]

@@ -486,6 +486,18 @@ def _remote(name: str) -> Any:
 
 # --- map_tasks -----------------------------------------------------------------------------------------
 
+def raise_for_outcome(results: list[TaskResult], names: list[str], what: str) -> None:
+    """Raise :class:`~nnlab.errors.Cancelled` when a piece was cancelled, else ``RuntimeError`` naming every failed
+    piece (``"<what>: <name>: <error>; …"``); return when all pieces succeeded."""
+    from nnlab.errors import Cancelled
+
+    if any(r.status == "cancelled" for r in results):
+        raise Cancelled("cancelled by the user")
+    failed = [f"{names[r.index]}: {r.error}" for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{what}: " + "; ".join(failed))
+
+
 def map_tasks(fn: PieceFn, pieces: list[dict], progress: ProgressFn | None = None, cancel: CancelFn | None = None,
               *, use_ray: bool | None = None, cpus_per_task: int = 1, threads_per_task: int = 1,
               max_retries: int = 1, cleanup: Callable[[dict], None] | None = None) -> list[TaskResult]:

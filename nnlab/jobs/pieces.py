@@ -59,6 +59,7 @@ from nnlab.jobs.engine import (  # noqa: F401 - the engine's interface, importab
     function_path,
     log,
     map_tasks,
+    raise_for_outcome,
     node_name,
     ray_address,
     ray_disabled,
