@@ -262,22 +262,29 @@ def variant_diagnosis_key(model_id: str, variant_id: str, data_id: str, samples:
     return safe_key("variantdiag", model_id, variant_id, data_id, str(samples))
 
 
-@job_kind("variant-diagnosis", label=lambda p: f"Diagnose variant {p['variant_id']} against {p['model_id']}")
-def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
-    """Per-layer error of a variant against its base on the first ``samples`` test images, and accuracy with
-    each of the ``top_k`` worst layers put back (:mod:`diagnostics.variantdiff`); the table goes to a run."""
-    from compression.compare import runs_outside_pytorch
+def _base_and_variant(params: dict, ctx: JobContext) -> tuple:
+    """``(data, base model, base record, workspace, variant record, variant model)`` of a job on a variant of
+    ``params["model_id"]``; ``ValueError`` when the variant is not one of that model's."""
     from compression.variant import load_variant_model
-    from diagnostics import variantdiff
 
     data = refs.load_data(params["data"], ctx.workspace)
-    base, _ = refs.load_model(params["model_id"], ctx.workspace)
+    base, base_rec = refs.load_model(params["model_id"], ctx.workspace)
     ws = Workspace(ctx.workspace)
     rec = ws.load_variant(params["variant_id"])
     if rec is None or rec.parent != params["model_id"]:
         raise ValueError(f"no variant {params['variant_id']!r} of {params['model_id']!r} in the workspace")
     ctx.progress("loading the variant", 0.05)
-    variant = load_variant_model(ws, rec)
+    return data, base, base_rec, ws, rec, load_variant_model(ws, rec)
+
+
+@job_kind("variant-diagnosis", label=lambda p: f"Diagnose variant {p['variant_id']} against {p['model_id']}")
+def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
+    """Per-layer error of a variant against its base on the first ``samples`` test images, and accuracy with
+    each of the ``top_k`` worst layers put back (:mod:`diagnostics.variantdiff`); the table goes to a run."""
+    from compression.compare import runs_outside_pytorch
+    from diagnostics import variantdiff
+
+    data, base, _, ws, rec, variant = _base_and_variant(params, ctx)
     n = min(int(params.get("samples", 256)), len(data.labels("test")))
     x, y = data.tensors("test", np.arange(n))
     out: dict = {"samples": n, "variant_id": rec.id, "runtime": rec.latency.get("1", {}).get("runtime", "")}
@@ -306,16 +313,10 @@ def variant_repair_job(params: dict, ctx: JobContext) -> dict:
     drop on ``samples`` test images is within ``budget``, and store the result as a new variant, measured like
     any other (its restored layers listed in the record)."""
     from compression.compare import runs_outside_pytorch
-    from compression.variant import load_variant_model, store_model_variant
+    from compression.variant import store_model_variant
     from diagnostics import variantdiff
 
-    data = refs.load_data(params["data"], ctx.workspace)
-    base, base_rec = refs.load_model(params["model_id"], ctx.workspace)
-    ws = Workspace(ctx.workspace)
-    rec = ws.load_variant(params["variant_id"])
-    if rec is None or rec.parent != params["model_id"]:
-        raise ValueError(f"no variant {params['variant_id']!r} of {params['model_id']!r} in the workspace")
-    variant = load_variant_model(ws, rec)
+    data, base, base_rec, ws, rec, variant = _base_and_variant(params, ctx)
     if runs_outside_pytorch(variant):
         raise ValueError(f"{rec.name} runs in {rec.latency.get('1', {}).get('runtime', 'another runtime')}: putting "
                          "layers back there (nodes left in float) is not built yet; repair works on PyTorch variants")
