@@ -14,67 +14,23 @@ data) and is not shown.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import compression  # noqa: E402,F401 - registers the methods
-from bench.bench_runtimes import _cpu_name  # noqa: E402
+from bench.bench_runtimes import _cpu_name, build_model, fake_data, stdout_to_stderr  # noqa: E402
 from compression.defaults import default_config  # noqa: E402
 from compression.registry import config_from_dict  # noqa: E402
 from compression.variant import make_variant  # noqa: E402
 from nnlab.base import profile_model  # noqa: E402
-from nnlab.data.sets import ImageDataset  # noqa: E402
 from nnlab.measure import HARNESS, speedups  # noqa: E402
 from nnlab.workspace import Workspace  # noqa: E402
-
-SHAPE = (3, 224, 224)
-
-
-def build_model(arch: str) -> torch.nn.Module:
-    """Seeded random weights (10 classes), batch-norm statistics re-estimated on random inputs."""
-    import torchvision
-
-    torch.manual_seed(0)  # a benchmark script, not library code
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=10)
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(16, *SHAPE))
-    return model.eval()
-
-
-def fake_data(n: int) -> ImageDataset:
-    g = np.random.default_rng(0)
-    x = torch.from_numpy(g.integers(0, 256, size=(n, *SHAPE), dtype=np.uint8))
-    y = torch.from_numpy((np.arange(n) % 10).astype(np.int64))
-    return ImageDataset(id="honest224", name="random 224", source="random", classes=[str(i) for i in range(10)],
-                        x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
 
 VARIANTS = {
     "int8 (lab default)": lambda n: [default_config("int8", n)],
@@ -91,12 +47,12 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    data = fake_data(64)
+    data = fake_data(64, n_test=32, dataset_id="honest224")
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, stdout_to_stderr():
         ws = Workspace(tmp)
         for arch in args.models.split(","):
-            model = build_model(arch)
+            model = build_model(arch, num_classes=10)
             base = profile_model(model, data, f"{arch}-honest", arch, arch, None)
             for rt in sorted(base.latencies, key=lambda k: base.latencies[k]["1"]["median_ms"]):
                 b1, b32 = base.latencies[rt]["1"], base.latencies[rt]["32"]

@@ -60,7 +60,7 @@ PEERS = ("int8 peer OpenVINO+NNCF defaults", "int8 peer OpenVINO+NNCF static sha
          "int8 peer ORT quantize_static defaults", "int8 peer torchao pt2e")
 
 
-def build_model(arch: str) -> torch.nn.Module:
+def build_model(arch: str, num_classes: int = 1000) -> torch.nn.Module:
     """Seeded random weights, with batch-norm statistics re-estimated on random inputs.
 
     The constructor's statistics (mean 0, variance 1) do not describe what flows through a random network:
@@ -72,7 +72,7 @@ def build_model(arch: str) -> torch.nn.Module:
     import torchvision
 
     torch.manual_seed(0)  # a benchmark script, not library code
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=1000)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
@@ -84,12 +84,13 @@ def build_model(arch: str) -> torch.nn.Module:
     return model.eval()
 
 
-def fake_data(n: int) -> ImageDataset:
+def fake_data(n: int, n_test: int = 4, dataset_id: str = "bench224") -> ImageDataset:
+    """``n`` random 224-px images of 10 classes; the test split is the first ``n_test`` of them."""
     g = np.random.default_rng(0)
     x = torch.from_numpy(g.integers(0, 256, size=(n, *SHAPE), dtype=np.uint8))
     y = torch.from_numpy((np.arange(n) % 10).astype(np.int64))
-    return ImageDataset(id="bench224", name="random 224", source="random", classes=[str(i) for i in range(10)],
-                        x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
+    return ImageDataset(id=dataset_id, name="random 224", source="random", classes=[str(i) for i in range(10)],
+                        x_train=x, y_train=y, x_test=x[:n_test], y_test=y[:n_test])
 
 
 class OVDefaults:
