@@ -124,7 +124,7 @@ def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str
     probe = next(iter(data.stream("test", 8)))[0].numpy()  # real, preprocessed images: the fidelity check
     table = fp32_latencies(cpu_model, data.input_shape, batches=BATCHES, rounds=rounds_for(latency_repeats),
                            probe=probe)
-    latency = {str(b): table.latencies[table.fastest(b)][str(b)] for b in BATCHES if table.latencies}
+    latency = table.fastest_latency()
     eval_rt = table.fastest(BATCHES[-1])
     runner = table.runners.get(eval_rt)
     ev = result_from_logits(predict_logits(cpu_model, data, "test", runner=runner), data.labels("test").numpy())
@@ -154,7 +154,7 @@ def remeasure_latency(model: nn.Module, record: Record, input_shape: tuple[int, 
     """The base's fp32 latency in every runtime measured again by today's harness (a new record; the rest of
     the record is kept)."""
     table = fp32_latencies(model.cpu().eval(), input_shape, batches=BATCHES)
-    latency = {str(b): table.latencies[table.fastest(b)][str(b)] for b in BATCHES if table.latencies}
+    latency = table.fastest_latency()
     return dataclasses.replace(record, latency=latency, latencies=table.latencies,
                                extra={**record.extra, "runtime_figures": table.figures, "remeasured": time.time()})
 

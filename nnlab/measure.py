@@ -278,6 +278,11 @@ class RuntimeTable:
         """The runtime with the smallest median at ``batch``."""
         return _fastest(self.latencies, batch)[0]
 
+    def fastest_latency(self) -> dict[str, dict]:
+        """Per batch size, the fastest runtime's latency dict: what a base record shows as its ``latency``."""
+        batches = sorted({b for by_batch in self.latencies.values() for b in by_batch}, key=int)
+        return {b: self.latencies[self.fastest(int(b))][b] for b in batches}
+
 
 def _fastest(latencies: Mapping[str, Mapping[str, dict]], batch: int) -> tuple[str, float]:
     best = ("", float("nan"))
