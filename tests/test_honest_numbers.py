@@ -51,6 +51,7 @@ def _check_latency(lat: dict, batch: str) -> None:
     assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"]
 
 
+@pytest.mark.slow
 def test_base_is_timed_as_fp32_in_every_runtime_here(base_and_int8):
     _, _, base, _ = base_and_int8
     assert CPU_RUNTIMES <= set(base.latencies), base.extra["runtime_figures"]
@@ -64,6 +65,7 @@ def test_base_is_timed_as_fp32_in_every_runtime_here(base_and_int8):
     assert measure.comparable(base) and base.size_gzip_bytes > 0
 
 
+@pytest.mark.slow
 def test_variant_is_timed_beside_its_base_in_its_own_runtime(base_and_int8):
     _, _, base, v = base_and_int8
     for b, lat in v.latency.items():
@@ -95,13 +97,13 @@ class _Sleeper(torch.nn.Module):
 def test_recorded_speedup_equals_the_ratio_of_one_interleaved_run():
     from nnlab.runtimes.torch_eager import TorchRunner
 
-    variant = TorchRunner(_Sleeper(2.0), 1, "pytorch-eager-int8-cpu")
-    lat, baseline = measure.against_base(variant, _Sleeper(6.0), (3, 4, 4), (1,), rounds=3)
+    variant = TorchRunner(_Sleeper(20.0), 1, "pytorch-eager-int8-cpu")
+    lat, baseline = measure.against_base(variant, _Sleeper(60.0), (3, 4, 4), (1,), rounds=3)
     assert baseline["runtime"] == "pytorch-eager-fp32-cpu"  # the base in the variant's runtime
     rec = dataclasses.replace(_record_like(), latency=measure.latency_dicts(lat), baseline=baseline, parent="b")
     recorded = measure.speedups(rec, None, 1)["same_runtime"]
     x = np.zeros((1, 3, 4, 4), np.float32)
-    fresh = measure.interleaved_latency({"v": variant, "b": TorchRunner(_Sleeper(6.0), 1)}, x, rounds=3)
+    fresh = measure.interleaved_latency({"v": variant, "b": TorchRunner(_Sleeper(60.0), 1)}, x, rounds=3)
     assert recorded == pytest.approx(fresh["b"].median_ms / fresh["v"].median_ms, rel=0.10)
     assert recorded == pytest.approx(3.0, rel=0.15)
 
@@ -112,6 +114,7 @@ def _record_like():
     return Record(id="v", name="v", method="int8")
 
 
+@pytest.mark.slow
 def test_pareto_shows_the_base_once_per_runtime_and_leaves_stale_records_off_latency(base_and_int8):
     ws, model, base, v = base_and_int8
     stale = dataclasses.replace(v, id="old", latency={k: {kk: vv for kk, vv in lat.items() if kk != "harness"}
