@@ -1,5 +1,7 @@
 # nnlab: two commands. `make run` serves the dashboard; `make test` runs the whole suite.
 # Both create .venv and install the pinned requirements on a fresh machine by themselves.
+# For developers: `make test-fast` runs the suite without the browser and slow tests (pytest -m "not browser
+# and not slow"; markers in pyproject.toml), so it needs no chromium.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +15,7 @@ RAY_ADDRESS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && sudo -n true 2>/dev/null && echo "sudo -n"))
 CAN_APT := $(shell [ "$$(id -u)" = 0 ] || (command -v sudo >/dev/null && sudo -n true 2>/dev/null) && command -v apt-get >/dev/null && echo yes)
 
-.PHONY: run test venv data chromium bench clean
+.PHONY: run test test-fast venv data chromium bench clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +47,9 @@ run: venv data
 
 test: venv chromium
 	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not browser and not slow" tests
 
 bench: venv data
 	$(PY) bench/run_all.py

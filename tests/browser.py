@@ -104,6 +104,33 @@ def no_exception(page) -> None:
         '[data-testid="stException"]').first.inner_text()
 
 
+# true while no script run is in progress in the page and no element is drawn stale (from before the latest run)
+SETTLED = """() => {
+  const s = document.querySelector('[data-testid="stStatusWidget"]');
+  return (!s || !/Running/i.test(s.innerText)) && !document.querySelector('[data-stale="true"]');
+}"""
+
+
+def choose(page, select, option, tries: int = 3, wait_ms: int = 15_000) -> None:
+    """Open the selectbox ``select`` (a locator) and click its ``option`` (a locator).
+
+    A rerun that redraws the sidebar closes a list opened just before it; so wait until the page has settled,
+    open the list, and open it again (at most ``tries`` times) when the option does not show.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(tries):
+        page.wait_for_function(SETTLED)
+        select.click()
+        try:
+            option.wait_for(timeout=wait_ms)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+    option.click()
+
+
 def navigate(page, link: str, shows, tries: int = 3, wait_ms: int = 40_000) -> None:
     """Click the sidebar link ``link`` until ``shows`` (text or regex) is visible.
 

@@ -8,16 +8,19 @@ from urllib.parse import urlparse
 import re
 import time
 
+import pytest
+
 from compression.pareto import frontier
 from nnlab.workspace import Workspace
-from tests.browser import browser_page, navigate, no_exception, server
+from tests.browser import browser_page, navigate, no_exception
 
 
-def test_lab_pareto_compare_in_browser(demo, tmp_path):
+@pytest.mark.slow
+def test_lab_pareto_compare_in_browser(demo, tmp_path, shared_server):
     _, base, _ = demo
     before = {r.id for r in Workspace().list_variants()}
-    with server() as url, browser_page() as page:  # server() runs with no file watcher
-        page.goto(url)
+    with browser_page() as page:  # the shared server runs with no file watcher
+        page.goto(shared_server)
         page.get_by_role("link", name="Compression lab").click()  # in-app navigation, one browser session
         run = page.get_by_role("button", name="Run", exact=True)
         run.wait_for()

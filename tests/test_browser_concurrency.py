@@ -9,19 +9,21 @@ import pytest
 
 from nnlab.evaluate import evaluate
 from nnlab.workspace import Workspace
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, no_exception, require_chromium, server
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, no_exception, require_chromium
 
 SPARSITIES = [0.30, 0.35, 0.40, 0.45, 0.55, 0.60, 0.65, 0.70]
 
 
-def test_eight_sessions_compress_the_same_model(demo, digits):
+@pytest.mark.slow
+def test_eight_sessions_compress_the_same_model(demo, digits, shared_server):
     require_chromium()
     from playwright.sync_api import sync_playwright
 
     model, base, _ = demo
     accuracy = f"{evaluate(model, digits, 'test').accuracy:.2%}"
     before = {r.id for r in Workspace().list_variants()}
-    with server() as url, sync_playwright() as p:
+    url = shared_server
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             pages = []

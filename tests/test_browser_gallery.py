@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from diagnostics import errors
@@ -19,7 +20,7 @@ from diagnostics import tasks as dtasks
 from nnlab.evaluate import evaluate
 from nnlab.workspace import Workspace
 from tests import noisy_digits
-from tests.browser import browser_page, no_exception, server
+from tests.browser import browser_page, choose, no_exception
 from tests.test_glyphs import forbidden
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,19 +39,19 @@ def _card_index(card, prefix: str) -> int:
 
 def _pick_dataset_folder(page, path: Path) -> None:
     """In the sidebar: Dataset = ImageFolder, then type the folder's path."""
-    page.locator(".st-key-dataset").click()
-    page.get_by_role("option", name=re.compile("^ImageFolder")).click()
+    choose(page, page.locator(".st-key-dataset"), page.get_by_role("option", name=re.compile("^ImageFolder")))
     box = page.locator(".st-key-dataset_path input")
     box.wait_for()
     box.fill(str(path))
     box.press("Enter")
 
 
-def test_label_gallery_decisions_download_as_csv(noisy, tmp_path):
+@pytest.mark.slow
+def test_label_gallery_decisions_download_as_csv(noisy, tmp_path, shared_server):
     rep = dtasks.load_data_report(Workspace(), noisy.model_id, noisy.data.id)
     n = len(rep.label_train_index)
-    with server() as url, browser_page() as page:
-        page.goto(f"{url}/diagnose_data")
+    with browser_page() as page:
+        page.goto(f"{shared_server}/diagnose_data")
         page.get_by_text("Class balance").first.wait_for()
         _pick_dataset_folder(page, noisy.path)
         gallery = page.locator(".st-key-label_gallery")
@@ -76,7 +77,7 @@ def test_label_gallery_decisions_download_as_csv(noisy, tmp_path):
         page.wait_for_function("!document.querySelector('[data-stale=\"true\"]') && "
                                "[...document.querySelectorAll('.st-key-label_gallery img')]"
                                ".every(i => i.complete && i.naturalWidth > 0)")
-        page.wait_for_timeout(500)  # the last paint
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")  # painted
         shot = tmp_path / "label-gallery.png"
         section.screenshot(path=str(shot))
         assert shot.stat().st_size > 20_000
@@ -98,21 +99,23 @@ def test_label_gallery_decisions_download_as_csv(noisy, tmp_path):
             (shown[0], int(rep.labels.suggested[0]))]
 
 
-def test_worst_error_cards_render_the_text_the_page_meant(demo, digits):
+def test_worst_error_cards_render_the_text_the_page_meant(demo, digits, shared_server):
     model = demo[0]
     ev = evaluate(model, digits, "test")
     order = errors.rank_samples(ev.probs, ev.losses, ev.labels, "loss", None, None, True)[:12]
     classes = digits.classes
-    with server() as url, browser_page() as page:
-        page.goto(f"{url}/diagnose_worst")
+    with browser_page() as page:
+        page.goto(f"{shared_server}/diagnose_worst")
         cards = page.locator('[class*="st-key-worst_card_test_"]')
         cards.first.wait_for()
         page.locator('[class*="st-key-worst_card_test_"] [data-testid="stMarkdownContainer"]').first.wait_for()
         expect(cards).to_have_count(len(order))  # cards are drawn one after another: wait for all of them
         no_exception(page)
-        page.wait_for_function("document.fonts.status === 'loaded'")
-        assert page.evaluate("document.fonts.check('24px \"Material Symbols Rounded\"')"), \
-            "Streamlit's icon font is not loaded: icons would show as words"
+        try:  # the icon font loads when the first icon is drawn: wait for it (a minute), do not sample it once
+            page.wait_for_function("document.fonts.status === 'loaded' && "
+                                   "document.fonts.check('24px \"Material Symbols Rounded\"')", timeout=60_000)
+        except PlaywrightTimeout:
+            raise AssertionError("Streamlit's icon font is not loaded: icons would show as words") from None
         for k in range(cards.count()):
             card = cards.nth(k)
             i = _card_index(card, "worst_card_test_")

@@ -16,8 +16,11 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from nnlab.jobs.manager import job_key
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, free_port, no_exception, require_chromium, server
+from tests.waiting import wait_for
 
 DEMO_PROGRESS = re.compile(r"Train the demo model on digits: (\d+)%")
 
@@ -52,6 +55,7 @@ def _wait_percent(page, timeout_s: float = 120) -> int:
     raise AssertionError("no training progress shown")
 
 
+@pytest.mark.slow
 def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -64,12 +68,19 @@ def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
             page = _page(browser)
             page.goto(url)
             seen.append(_wait_percent(page))
-            for name in ("Errors by class", "Worst errors", "Data checks"):
+            for name, path in (("Errors by class", "diagnose_classes"), ("Worst errors", "diagnose_worst"),
+                               ("Data checks", "diagnose_data")):
                 page.get_by_role("link", name=name).first.click()
-                page.wait_for_timeout(1500)
+                page.wait_for_url(f"**/{path}")
                 seen.append(_wait_percent(page))
-            page.context.close()  # the tab is gone; the training is not
-            time.sleep(2)
+            page.context.close()  # the tab is gone; the training is not: it goes on with no page open
+            state_file = tmp_path / "ws" / "jobs" / f"{_demo_key()}.json"
+
+            def trained_on() -> bool:  # past the last percentage a page showed (rounded as the page rounds it)
+                state = json.loads(state_file.read_text())
+                return state["status"] == "done" or int(f"{state['fraction']:.0%}"[:-1]) > seen[-1]
+
+            wait_for(trained_on, 120, 0.2, what="the demo training to advance with no tab open")
             page = _page(browser)
             page.goto(url)
             while (v := _percent(page)) is not None or page.get_by_text("Test accuracy").count() == 0:
@@ -121,7 +132,8 @@ def _open_retrain(page, url: str, folds: int) -> None:
     page.wait_for_timeout(1500)
 
 
-def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits):
+@pytest.mark.slow
+def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits, shared_server):
     from playwright.sync_api import sync_playwright
 
     from nnlab.workspace import Workspace
@@ -129,7 +141,8 @@ def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits
     model_id = demo[1].id
     ws = Workspace()
     label = re.compile(r"Label check by 9-fold retraining")
-    with server() as url, sync_playwright() as p:
+    url = shared_server
+    with sync_playwright() as p:
         browser = _launch(p)
         try:
             a, b = _page(browser), _page(browser)
@@ -168,6 +181,7 @@ def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits
     assert ws.load_run(retrain_key(model_id, digits.id, n, 2)) is not None
 
 
+@pytest.mark.slow
 def test_killed_server_lists_the_job_as_interrupted_and_keeps_finished_results(tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -6,16 +6,18 @@ from urllib.parse import urlparse
 
 import re
 
+import pytest
+
 from tests.browser import browser_page, no_exception, server
 
 
-def test_overview_in_browser(demo, digits, tmp_path):
+def test_overview_in_browser(demo, digits, tmp_path, shared_server):
     model, rec, _ = demo
     from nnlab.evaluate import evaluate
 
     acc = f"{evaluate(model, digits, 'test').accuracy:.2%}"
-    with server() as url, browser_page() as page:
-        page.goto(url)
+    with browser_page() as page:
+        page.goto(shared_server)
         page.get_by_text("Test accuracy").first.wait_for()
         page.get_by_text(acc).first.wait_for()
         no_exception(page)
@@ -23,6 +25,7 @@ def test_overview_in_browser(demo, digits, tmp_path):
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_deep_link_keeps_the_frame(demo):
     """A fresh server opened straight on a page URL shows that page in app.py's frame (navigation menu and
     sidebar pickers) from the first render: never the legacy pages/ folder listing, never "Page not found"."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from nnlab.data.synthetic import make_shapes_folder
-from tests.browser import browser_page, no_exception, server
+from tests.browser import SETTLED, browser_page, no_exception
 
 # sidebar link → the page's title
 PAGES = {"Overview": "nnlab · Overview", "Train or fine-tune": "Train or fine-tune",
@@ -15,12 +17,6 @@ PAGES = {"Overview": "nnlab · Overview", "Train or fine-tune": "Train or fine-t
          "Filters and weights": "Filters and weights", "Feature maps": "Feature maps", "Activations": "Activations",
          "Deconvnet and attributions": "Deconvnet and attributions", "Compression lab": "nnlab · Compression lab",
          "Pareto": "nnlab · Pareto", "Side by side": "nnlab · Side by side", "Jobs": "Jobs"}
-
-SETTLED = """() => {
-  const s = document.querySelector('[data-testid="stStatusWidget"]');
-  return (!s || !/Running/i.test(s.innerText)) && !document.querySelector('[data-stale="true"]');
-}"""
-
 
 def _settle(page, where: str = "") -> None:
     try:
@@ -61,11 +57,12 @@ def pick_resnet18_and_folder(page, folder) -> None:  # noqa: ANN001
     no_exception(page)
 
 
-def test_every_page_for_resnet18_at_224_in_the_browser(tmp_path):
+@pytest.mark.slow
+def test_every_page_for_resnet18_at_224_in_the_browser(tmp_path, shared_server):
     folder = make_shapes_folder(tmp_path / "shapes", per_class=8, size=256)  # 64 train / 16 test
-    with server() as url, browser_page() as page:
+    with browser_page() as page:
         page.set_default_timeout(300_000)
-        page.goto(url)
+        page.goto(shared_server)
         pick_resnet18_and_folder(page, folder)
         for link, title in PAGES.items():
             page.get_by_role("link", name=link).first.click()

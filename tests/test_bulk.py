@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from diagnostics import datacheck
@@ -70,6 +71,7 @@ def test_the_data_report_says_which_runtime_its_feature_pass_ran_in(demo, digits
     assert again.runtime == rep.runtime
 
 
+@pytest.mark.slow
 def test_resnet18_at_224_evaluates_in_a_verified_runtime(tmp_path):
     from nnlab.data.preprocess import imagenet
     from nnlab.data.sets import load_dataset

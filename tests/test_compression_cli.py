@@ -179,6 +179,7 @@ def test_stdout_to_stderr_moves_python_fd_and_c_writes(capfd):
     assert "python-level" in err and "fd-level" in err and "c-level" in err
 
 
+@pytest.mark.slow
 def test_quiet_int8_apply_prints_exactly_one_json_document(demo, tmp_path):
     model, base, _ = demo
     ws = Workspace(tmp_path / "ws")  # the suite's demo, so the subprocess does not train it again
@@ -192,6 +193,7 @@ def test_quiet_int8_apply_prints_exactly_one_json_document(demo, tmp_path):
     assert ws.load_variant(rec["id"]).to_dict() == Record.from_dict(rec).to_dict()
 
 
+@pytest.mark.slow
 def test_dataset_may_be_an_image_folder_under_the_allowed_roots(tmp_path):
     allowed = tmp_path / "data"
     folder = make_image_folder(allowed / "shapes")

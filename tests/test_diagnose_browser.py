@@ -3,12 +3,12 @@ the worst-error gallery (its button opens the attribution page)."""
 
 from __future__ import annotations
 
-from tests.browser import browser_page, navigate, no_exception, server
+from tests.browser import browser_page, navigate, no_exception
 
 
-def test_confusion_matrix_and_worst_errors_in_browser(demo, tmp_path) -> None:
-    with server() as url, browser_page() as page:
-        page.goto(url)
+def test_confusion_matrix_and_worst_errors_in_browser(demo, tmp_path, shared_server) -> None:
+    with browser_page() as page:
+        page.goto(shared_server)
         page.get_by_text("Test accuracy").first.wait_for()
         navigate(page, "Errors by class", "Most confused pairs")
         chart = page.locator('[data-testid="stPlotlyChart"]').first

@@ -23,15 +23,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+import ray  # noqa: F401 - pinned in requirements.txt: missing is a failure, not a skip
+from ray._private.authentication_test_utils import reset_auth_token_state  # Ray's own test helper
 
 import compression  # noqa: F401 - registers the methods
 from compression.search import search
 from nnlab.jobs import pieces as distributed
 from nnlab.train import Cancelled
 from nnlab.workspace import Workspace
-
-pytest.importorskip("ray")
-from ray._private.authentication_test_utils import reset_auth_token_state  # noqa: E402 - Ray's own test helper
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SWEEP = ([[{"method": "prune-unstructured", "sparsity": s}] for s in (0.3, 0.5, 0.7, 0.9)]
@@ -125,6 +124,7 @@ def same_part(ws: Workspace, rec) -> dict:
     return d
 
 
+@pytest.mark.slow
 def test_a_sweep_on_two_nodes_gives_the_in_process_records(cluster, demo, digits, tmp_path):
     model, base, _ = demo
     ws_local = workspace_with_parent(tmp_path / "local", model, base)
@@ -158,6 +158,7 @@ def executing_workers() -> list[psutil.Process]:
     return out
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_sweep_is_retried_and_every_record_is_there_once(cluster, demo, digits, tmp_path):
     model, base, _ = demo
     ws = workspace_with_parent(tmp_path / "ws", model, base)
@@ -188,6 +189,7 @@ def test_a_worker_killed_mid_sweep_is_retried_and_every_record_is_there_once(clu
     assert all(r["status"] == "within budget" for r in res.tried)
 
 
+@pytest.mark.slow
 def test_cancel_on_the_cluster_leaves_no_half_written_variant(cluster, demo, digits, tmp_path):
     model, base, _ = demo
     ws = workspace_with_parent(tmp_path / "ws", model, base)
@@ -209,6 +211,7 @@ def test_cancel_on_the_cluster_leaves_no_half_written_variant(cluster, demo, dig
     assert len(dirs) < 6
 
 
+@pytest.mark.slow
 def test_the_command_line_sweeps_on_the_cluster(cluster, demo, tmp_path, capsys, monkeypatch):
     from compression.cli import main
 

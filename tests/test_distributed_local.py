@@ -6,11 +6,11 @@ import threading
 import time
 
 import pytest
+import ray  # noqa: F401 - pinned in requirements.txt: missing is a failure, not a skip
 
 from nnlab.jobs import pieces as distributed
 from nnlab.jobs.pieces import map_tasks
 
-pytest.importorskip("ray")
 
 
 # Piece functions live here (Ray workers import this module by name; it stays light: no compression import).
@@ -75,8 +75,6 @@ def local_ray():
 
 
 def test_started_once_from_threads_that_ended(local_ray):
-    import ray
-
     assert len(local_ray) == 3 and all(ex is local_ray[0] for ex in local_ray)  # one Ray, never re-initialised
     ex = local_ray[0]
     assert ex.kind == "ray" and ex.address == "local" and ex.cpus == 2 and ex.nodes == 1, ex

@@ -18,6 +18,7 @@ from nnlab.evaluate import evaluate
 from nnlab.models.registry import model_hash
 from nnlab.workspace import Workspace
 from tests.conftest import ROOT
+from tests.waiting import wait_for
 
 WRITER = textwrap.dedent("""
     import sys
@@ -74,7 +75,8 @@ def test_kill_during_atomic_writes_never_leaves_torn_file(tmp_path):
     try:
         lines = _read_lines_until(proc, 3, 60)
         assert len(lines) == 3
-        time.sleep(0.05)
+        # kill it while it writes: a temporary file of a fourth (or later) version is there
+        wait_for(lambda: list(tmp_path.glob(".big.bin.*.tmp")), 30, 0.005, what="a write in progress")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -93,7 +95,13 @@ def test_kill_during_compression_leaves_loadable_workspace(demo, digits, tmp_pat
     try:
         done = _read_lines_until(proc, 2, 300)
         assert len(done) == 2, done
-        time.sleep(0.4)  # somewhere inside a later compression
+
+        def compressing() -> bool:  # a later compression has begun its folder and not yet written its record
+            variants = root / "variants"
+            return variants.is_dir() and any(d.is_dir() and not d.name.startswith(".") and not (d / "record.json")
+                                             .exists() for d in variants.iterdir())
+
+        wait_for(compressing, 120, 0.005, what="a compression in progress")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         done += [line for line in proc.stdout.read().splitlines() if line.startswith("done")]

@@ -51,6 +51,7 @@ def _check_latency(lat: dict, batch: str) -> None:
     assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"]
 
 
+@pytest.mark.slow
 def test_base_is_timed_as_fp32_in_every_runtime_here(base_and_int8):
     _, _, base, _ = base_and_int8
     assert CPU_RUNTIMES <= set(base.latencies), base.extra["runtime_figures"]
@@ -64,6 +65,7 @@ def test_base_is_timed_as_fp32_in_every_runtime_here(base_and_int8):
     assert measure.comparable(base) and base.size_gzip_bytes > 0
 
 
+@pytest.mark.slow
 def test_variant_is_timed_beside_its_base_in_its_own_runtime(base_and_int8):
     _, _, base, v = base_and_int8
     for b, lat in v.latency.items():
@@ -113,6 +115,7 @@ def _record_like():
     return Record(id="v", name="v", method="int8")
 
 
+@pytest.mark.slow
 def test_pareto_shows_the_base_once_per_runtime_and_leaves_stale_records_off_latency(base_and_int8):
     ws, model, base, v = base_and_int8
     stale = dataclasses.replace(v, id="old", latency={k: {kk: vv for kk, vv in lat.items() if kk != "harness"}

@@ -6,12 +6,12 @@ Streamlit's legacy pages/ discovery, without the app frame).
 
 from __future__ import annotations
 
-from tests.browser import browser_page, navigate, no_exception, server
+from tests.browser import browser_page, navigate, no_exception
 
 
-def test_filters_and_deconvnet_pages_in_browser(demo, tmp_path) -> None:
-    with server() as url, browser_page() as page:
-        page.goto(url)
+def test_filters_and_deconvnet_pages_in_browser(demo, tmp_path, shared_server) -> None:
+    with browser_page() as page:
+        page.goto(shared_server)
         page.get_by_text("Test accuracy").first.wait_for()
         navigate(page, "Filters and weights", "Mean L1 norm")
         page.get_by_text("Weight histograms").first.wait_for()

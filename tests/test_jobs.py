@@ -15,6 +15,7 @@ import pytest
 from nnlab.jobs import manager as jobs
 from nnlab.jobs.manager import JobContext, JobManager, job_key, job_kind
 from nnlab.train import Cancelled
+from tests.waiting import wait_for
 
 GATES: dict[str, threading.Event] = {}
 CALLS: list[str] = []
@@ -75,8 +76,7 @@ def test_same_inputs_share_one_job_and_done_is_not_rerun(mgr):
 def test_cancel_from_any_owner_stops_it_and_a_failure_is_recorded(mgr):
     GATES["cancel"] = threading.Event()
     job = mgr.submit("test-count", {"n": 3, "gate": "cancel"}, owner="s1")
-    time.sleep(0.3)
-    assert job.status == jobs.RUNNING
+    wait_for(lambda: job.status == jobs.RUNNING, 10, what="the job to start")
     mgr.submit("test-count", {"n": 3, "gate": "cancel"}, owner="s2").cancel()  # the second session cancels
     GATES["cancel"].set()
     assert job.wait(10) and job.status == jobs.CANCELLED and job.result is None
@@ -91,8 +91,8 @@ def test_one_heavy_job_at_a_time_light_jobs_do_not_queue(mgr):
     b = mgr.submit("test-count", {"n": 2})
     light = mgr.submit("test-light", {})
     assert light.wait(5) and light.result == "light"  # did not wait for the heavy slot
-    time.sleep(0.4)
-    assert a.status == jobs.RUNNING and b.status == jobs.QUEUED
+    wait_for(lambda: a.status == jobs.RUNNING, 10, what="the first heavy job to start")
+    assert b.status == jobs.QUEUED  # while a holds the only heavy slot (b never ran: see its start time below)
     GATES["slot"].set()
     assert a.wait(10) and b.wait(10)
     assert b.started >= a.finished - 1e-3
@@ -102,7 +102,8 @@ def test_queued_job_can_be_cancelled_before_it_starts(mgr):
     GATES["q"] = threading.Event()
     a = mgr.submit("test-count", {"n": 1, "gate": "q"})
     b = mgr.submit("test-count", {"n": 5})
-    time.sleep(0.3)
+    wait_for(lambda: a.status == jobs.RUNNING, 10, what="the first job to take the heavy slot")
+    assert b.status == jobs.QUEUED
     b.cancel()
     assert b.wait(5) and b.status == jobs.CANCELLED and b.metrics == {}  # it never ran a step
     GATES["q"].set()
@@ -134,12 +135,8 @@ time.sleep(60)
     try:
         key = job_key("test-count", {"n": 30, "sleep": 0.1})
         path = ws / "jobs" / f"{key}.json"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if path.is_file() and json.loads(path.read_text())["status"] == "running":
-                break
-            time.sleep(0.2)
-        assert json.loads(path.read_text())["status"] == "running"
+        wait_for(lambda: path.is_file() and json.loads(path.read_text())["status"] == "running", 60, 0.1,
+                 what="the other process to record its job as running")
         # while that process lives, another one does not call its job interrupted
         assert JobManager(ws).get(key).status == jobs.RUNNING
     finally:

@@ -43,7 +43,8 @@ def test_small_datasets_get_more_distillation_epochs():
     assert defaults.overrides("prune-unstructured", 1347) == {"scope": "global"}
 
 
-@pytest.mark.parametrize("method", [c.method for c in list_methods()])
+@pytest.mark.parametrize("method", [pytest.param(c.method, marks=pytest.mark.slow) if c.method == "distill"
+                                    else c.method for c in list_methods()])  # distillation trains: the slow one
 def test_first_click_keeps_the_promised_accuracy(method, demo, digits):
     """Select the method in the lab, read its promise, press Run with the defaults, compare the variant."""
     _, base, _ = demo

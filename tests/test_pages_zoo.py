@@ -31,6 +31,7 @@ def _texts(at) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_page_renders_at_224(shapes, arch):
     said = {}
