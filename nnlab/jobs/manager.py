@@ -26,6 +26,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -367,7 +368,9 @@ class JobManager:
             job._manager = self
             self._jobs[key] = job
         self._persist(job, force=True)
-        threading.Thread(target=self._run, args=(job, spec), name=f"nnlab-job-{key}", daemon=True).start()
+        # the thread runs in a copy of the caller's context: its messages come in the language of the asking session
+        threading.Thread(target=contextvars.copy_context().run, args=(self._run, job, spec), name=f"nnlab-job-{key}",
+                         daemon=True).start()
         return job
 
     def _run(self, job: Job, spec: JobKind) -> None:

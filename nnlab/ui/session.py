@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import nnlab.jobs.kinds  # noqa: F401 - registers the foundation's job kinds
-from nnlab import config
+from nnlab import config, i18n
 from nnlab.base import demo_id
 from nnlab.data.preprocess import Preprocessing, PreprocessingError
 from nnlab.data.sets import DATASETS, DatasetError, ImageDataset, Source
@@ -173,6 +173,27 @@ def run_job(kind: str, params: dict, title: str = "", what: str = "", retry: boo
 _WEIGHTS_CODE = {NNLAB_TRAINED: "demo", UPLOAD: "upload", PRETRAINED: "pretrained", RANDOM: "random",
                  TRAINED: "trained"}
 _URL_KEYS = ("dataset", "path", "arch", "weights", "model", "upload")
+
+
+def apply_language() -> str:
+    """Set this run's language before anything is drawn: the sidebar switch's value, first read from ``?lang=``.
+
+    The choice is kept per session (``st.session_state["lang"]``) and carried in the URL (``?lang=ru``; nothing for
+    the default English), so a shared link opens in the same language."""
+    if "lang" not in st.session_state:
+        st.session_state["lang"] = i18n.normalize(st.query_params.get("lang"))
+    lang = i18n.set_language(st.session_state["lang"])
+    if lang != i18n.DEFAULT and st.query_params.get("lang") != lang:
+        st.query_params["lang"] = lang
+    elif lang == i18n.DEFAULT and "lang" in st.query_params:
+        del st.query_params["lang"]
+    return lang
+
+
+def language_switch() -> None:
+    """The sidebar's language switch (its label is bilingual, so either reader finds it)."""
+    st.sidebar.radio("Язык · Language", list(i18n.LANGUAGES), key="lang", horizontal=True,
+                     format_func=lambda k: i18n.LANGUAGES[k])
 
 
 def selection_from_url() -> None:
