@@ -23,6 +23,7 @@ os.environ["NNLAB_DEBIAN_FASHION_MNIST"] = str(_SESSION_TMP / "no-debian-fashion
 os.environ["NNLAB_DEFAULT_DATASET"] = "digits"
 os.environ["NNLAB_DEMO_EPOCHS"] = "3"
 os.environ["NNLAB_DEVICE"] = "cpu"
+os.environ.setdefault("NNLAB_LATENCY_ROUNDS", "2")  # every figure measured and stated; speed is bench/'s job
 os.environ.setdefault("NNLAB_RAY", "0")  # searches run in-process; the Ray tests start their own clusters
 os.environ.setdefault("NNLAB_ALLOWED_ROOTS", os.pathsep.join([str(_SESSION_TMP), "/tmp"]))
 torch.set_num_threads(2)

@@ -86,7 +86,11 @@ def rgb_folder(tmp_path_factory) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_page_vgg16_rgb(rgb_folder: Path, page: str) -> None:
+def test_page_vgg16_rgb(rgb_folder: Path, page: str, monkeypatch) -> None:
+    # these pages look inside the model: its base is measured in eager PyTorch alone, not exported to ONNX and
+    # compiled by OpenVINO (~1 min for VGG-16's 138 M parameters on 2 cores); tests/test_honest_numbers.py times
+    # real architectures in every runtime
+    monkeypatch.setenv("NNLAB_RUNTIMES", "pytorch")
     at = app_test(page, timeout=240)
     at.session_state["dataset"] = "imagefolder"
     at.session_state["dataset_path"] = str(rgb_folder)

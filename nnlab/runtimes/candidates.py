@@ -8,6 +8,7 @@ base in the variant's own runtime (:func:`same_runtime_factory`, keyed by :func:
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,13 @@ ENGINES = ("openvino", "onnxruntime", "pytorch")
 
 
 def available_fp32() -> tuple[str, ...]:
-    """The fp32 candidates of this machine: the CPU runtimes, plus "pytorch-cuda" when a GPU is present."""
-    return (*FP32_CANDIDATES, "pytorch-cuda") if torch.cuda.is_available() else FP32_CANDIDATES
+    """The fp32 candidates of this machine: the CPU runtimes, plus "pytorch-cuda" when a GPU is present.
+
+    ``NNLAB_RUNTIMES`` (comma-separated candidate names, e.g. ``pytorch``) limits them: a deployment that ships one
+    engine, or a test about something else than runtimes. Eager PyTorch, the reference, always stays."""
+    names = (*FP32_CANDIDATES, "pytorch-cuda") if torch.cuda.is_available() else FP32_CANDIDATES
+    wanted = {n.strip() for n in os.environ.get("NNLAB_RUNTIMES", "").split(",") if n.strip()}
+    return tuple(n for n in names if not wanted or n in wanted or n == names[0])
 
 
 def engine_of(runtime: str) -> str:
