@@ -29,7 +29,16 @@ LANGUAGES: dict[str, str] = {"en": "English", "ru": "Русский"}
 DEFAULT = "en"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 
-_language: contextvars.ContextVar[str] = contextvars.ContextVar("nnlab_language", default=DEFAULT)
+_language: contextvars.ContextVar[str | None] = contextvars.ContextVar("nnlab_language", default=None)
+# Where a thread has no language of its own (a Streamlit fragment's rerun runs in a fresh thread without the
+# router), the UI glue may say where the session keeps it: nnlab/ui/session.py registers a reader of
+# st.session_state here (this module never imports Streamlit).
+_fallback: list = []
+
+
+def set_fallback(reader) -> None:  # noqa: ANN001 - a callable returning a language code or None
+    """Register ``reader()`` as the language of a thread that set none (the UI's session state)."""
+    _fallback[:] = [reader]
 
 
 def normalize(lang: str | None) -> str:
@@ -48,7 +57,13 @@ def language_from_env(environ: dict[str, str] | None = None) -> str:
 
 
 def get_language() -> str:
-    return _language.get()
+    lang = _language.get()
+    if lang is None and _fallback:
+        try:
+            lang = _fallback[0]()
+        except Exception:  # noqa: BLE001 - outside a session (a job thread, the CLI) there is no session language
+            lang = None
+    return normalize(lang) if lang else DEFAULT
 
 
 def set_language(lang: str | None) -> str:
@@ -63,7 +78,7 @@ def language(lang: str | None) -> Iterator[str]:
     """``with language("ru"): ...`` — temporarily another language (the report, a job thread)."""
     token = _language.set(normalize(lang))
     try:
-        yield _language.get()
+        yield get_language()
     finally:
         _language.reset(token)
 

@@ -190,6 +190,15 @@ def apply_language() -> str:
     return lang
 
 
+def _session_language() -> str | None:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    return st.session_state.get("lang") if get_script_run_ctx(suppress_warning=True) is not None else None
+
+
+i18n.set_fallback(_session_language)  # a fragment's rerun (a fresh thread, no router) speaks the session's language
+
+
 def language_switch() -> None:
     """The sidebar's language switch (its label is bilingual, so either reader finds it)."""
     st.sidebar.radio("Язык · Language", list(i18n.LANGUAGES), key="lang", horizontal=True,
