@@ -56,7 +56,7 @@ def param_widgets(cls: type, prefix: str) -> dict:
     values = {}
     over = defaults.overrides(cls.method, len(cur.data.y_train))  # first-click settings (compression.defaults)
     for fi in cls.fields_info():
-        key, label = f"{prefix}_{fi.name}", _(fi.name.replace("_", " "))
+        key, label = f"{prefix}_{fi.name}", fi.name.replace("_", " ")  # the config's field name: an identifier
         default = over.get(fi.name, fi.default)
         fhelp = _(fi.help)  # marked with N_() where the config declares it
         tip = fhelp + (_(" — formula: {formula}").format(formula=fi.formula) if fi.formula else "")
@@ -172,6 +172,7 @@ with right:
 
     @st.fragment(run_every=1 if polling else None)
     def progress_panel() -> None:
+        session.apply_language()  # a fragment's own rerun runs in a new thread, without app.py: set it again
         shown = [j for j in (jobs.get(i) for i in st.session_state["lab_jobs"]) if j is not None][-4:]
         if not shown:
             return
@@ -287,6 +288,7 @@ with st.expander(_("Sensitivity analysis: one layer at a time"), expanded=False)
 
         @st.fragment(run_every=1 if sens_polling else None)
         def sens_progress() -> None:
+            session.apply_language()  # a fragment's own rerun: see progress_panel
             j = jobs.get(st.session_state.get("lab_sens_job", "")) or jobs.find("sensitivity", sens_params)
             if j is None:
                 return

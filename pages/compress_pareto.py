@@ -142,6 +142,7 @@ search_polling = sjob is not None and sjob.active  # as of this full run
 
 @st.fragment(run_every=1 if search_polling else None)
 def search_panel() -> None:
+    session.apply_language()  # a fragment's own rerun runs in a new thread, without app.py: set it again
     j = jobs.get(st.session_state.get("pareto_search_job", ""))
     if j is None:
         return
