@@ -10,7 +10,7 @@ import streamlit as st
 from diagnostics import errors
 from nnlab import i18n
 from nnlab.data.viz import as_image, display_scale, grid
-from nnlab.i18n import _, num
+from nnlab.i18n import _, ngettext, num
 from nnlab.ui import session, widgets
 
 MAX_SHOWN = 60
@@ -86,7 +86,9 @@ t = s1.selectbox(_("True class"), range(k), format_func=lambda i: classes[i], ke
 p = s2.selectbox(_("Predicted class"), range(k), format_func=lambda i: classes[i], key="classes_pred")
 idx = errors.cell_indices(ev.labels, ev.preds, t, p)
 idx = idx[errors.ranking_scores(ev.probs[idx], ev.losses[idx], ev.labels[idx], "loss").argsort()[::-1]]
-st.write(_("**{n}** {split} samples of class *{true}* predicted as *{pred}*").format(
+# the same English text for one and many (as before); Russian needs its three plural forms
+st.write(ngettext("**{n}** {split} samples of class *{true}* predicted as *{pred}*",
+                  "**{n}** {split} samples of class *{true}* predicted as *{pred}*", len(idx)).format(
     n=len(idx), split=widgets.split_label(split), true=classes[t], pred=classes[p])
     + (_(" (showing the {shown} with the highest loss)").format(shown=MAX_SHOWN) if len(idx) > MAX_SHOWN else ""))
 if len(idx):
