@@ -65,7 +65,7 @@ def russian(page: str):
 
 
 def test_the_router_lists_every_page():
-    assert len(PAGES) == 16 and set(OWN_TITLES) <= set(PAGES)
+    assert set(OWN_TITLES) | {"pages/overview.py", "pages/jobs.py", "pages/compress_lab.py"} <= set(PAGES)
 
 
 def test_the_russian_catalog_has_the_navigation_and_titles():
