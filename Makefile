@@ -33,12 +33,13 @@ data:
 	else echo "Fashion-MNIST: cannot install Debian packages here; nnlab will try torchvision, then digits"; fi
 
 # Debian's chromium for the browser tests, which are part of the suite: without it `make test` stops here.
+# fonts-dejavu-core with it: a font covering Cyrillic (the Russian UI), whatever chromium's dependencies pull in.
 chromium:
-	@if [ -x /usr/bin/chromium ]; then echo "chromium: present"; \
-	elif [ "$(CAN_APT)" = yes ]; then ($(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1)) \
+	@if [ -x /usr/bin/chromium ] && [ -n "$$(fc-list :lang=ru 2>/dev/null)" ]; then echo "chromium: present"; \
+	elif [ "$(CAN_APT)" = yes ]; then ($(SUDO) apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1)) \
 	  && echo "chromium: installed" || { echo "ERROR: chromium could not be installed (apt-get install chromium failed); the browser tests need Debian's /usr/bin/chromium" >&2; exit 1; }; \
-	else echo "ERROR: /usr/bin/chromium is missing and Debian packages cannot be installed here (needs root or password-less sudo); install chromium, then run make test again" >&2; exit 1; fi
+	else echo "ERROR: /usr/bin/chromium (or a font with Cyrillic) is missing and Debian packages cannot be installed here (needs root or password-less sudo); install chromium, then run make test again" >&2; exit 1; fi
 
 run: venv data
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \

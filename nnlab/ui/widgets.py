@@ -15,9 +15,16 @@ from nnlab import figures
 from nnlab.data.images import ImageError
 from nnlab.data.inputs import input_from_dataset, input_from_upload
 from nnlab.data.viz import as_image, display_scale
+from nnlab.i18n import N_, _, pgettext
 from nnlab.ui.session import Current
 
-SOURCES = ("Dataset sample", "Uploaded image")
+SPLITS = ("test", "train")  # split ids; shown through split_label()
+SOURCES = (N_("Dataset sample"), N_("Uploaded image"))  # radio values stay English; shown through _()
+
+
+def split_label(split: str) -> str:
+    """A split's name as shown ("test" / "train" in the current language); the value itself stays the id."""
+    return {"test": pgettext("split", "test"), "train": pgettext("split", "train")}.get(split, split)
 
 
 def chart(fig: go.Figure, key: str, where: Any = None, file_name: str | None = None, **kwargs: Any) -> Any:
@@ -53,7 +60,8 @@ def figure_downloads(fig: go.Figure, key: str, where: Any = None, file_name: str
             st.download_button(fmt.upper(), data=lambda fmt=fmt: figures.to_image(fig, fmt),
                                file_name=f"{stem}.{fmt}", mime=figures.FORMATS[fmt], key=f"{key}_{fmt}",
                                icon=":material/download:", type="tertiary", on_click="ignore",
-                               help=f"Download this figure as {fmt.upper()} (rendered when you click)")
+                               help=_("Download this figure as {fmt} (rendered when you click)").format(
+                                   fmt=fmt.upper()))
 
 
 @dataclass
@@ -86,34 +94,45 @@ def pick_input(cur: Current, prefix: str) -> Choice | None:
     """Input widgets (keys start with ``prefix``); returns None (with a message shown) when there is no input."""
     data = cur.data
     _apply_gallery_choice(prefix, len(data.y_test), len(data.y_train))
-    source = st.radio("Input", SOURCES, key=f"{prefix}_source", horizontal=True)
+    source = st.radio(_("Input"), SOURCES, key=f"{prefix}_source", horizontal=True, format_func=_)
     if source == SOURCES[0]:
         c1, c2 = st.columns(2)
-        split = c1.selectbox("Split", ["test", "train"], key=f"{prefix}_split")
+        split = c1.selectbox(_("Split"), SPLITS, key=f"{prefix}_split", format_func=split_label)
         n = len(data.labels(split))
         if st.session_state.get(f"{prefix}_index", 0) >= n:
             st.session_state[f"{prefix}_index"] = 0
-        index = int(c2.number_input(f"Index (0–{n - 1})", 0, n - 1, key=f"{prefix}_index", step=1))
+        index = int(c2.number_input(_("Index (0–{last})").format(last=n - 1), 0, n - 1, key=f"{prefix}_index",
+                                    step=1))
         x8, x, label = input_from_dataset(data, split, index)
-        return Choice(x8, x, label, f"{split}:{index}", f"{split} #{index}, label {data.classes[label]}")
-    up = st.file_uploader("Image (PNG, JPEG, …): converted to the dataset's channels, size and normalisation",
+        return Choice(x8, x, label, f"{split}:{index}", _("{split} #{index}, label {label}").format(
+            split=split_label(split), index=index, label=data.classes[label]))
+    up = st.file_uploader(_("Image (PNG, JPEG, …): converted to the dataset's channels, size and normalisation"),
                           type=["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"], key=f"{prefix}_upload")
-    invert = st.checkbox("Invert intensities (dark object on a light background)", key=f"{prefix}_invert")
+    invert = st.checkbox(_("Invert intensities (dark object on a light background)"), key=f"{prefix}_invert")
     if up is None:
-        st.info("Upload an image, or choose a dataset sample.")
+        st.info(_("Upload an image, or choose a dataset sample."))
         return None
     blob = up.getvalue()
     try:
         x8, x = input_from_upload(blob, data, invert=invert)
     except ImageError as exc:
-        st.error(f"The image cannot be used: {exc}")
+        st.error(_("The image cannot be used: {reason}").format(reason=exc))
         return None
     digest = hashlib.sha1(blob).hexdigest()[:12]
-    return Choice(x8, x, None, f"upload:{digest}:{int(invert)}", f"upload {up.name}")
+    return Choice(x8, x, None, f"upload:{digest}:{int(invert)}",
+                  _("upload {name}").format(name=up.name))
 
 
 def show_input(choice: Choice, cur: Current, target: int = 112) -> None:
     """The input as the model sees it (after resizing and channel conversion)."""
     c, h, w = cur.data.input_shape
     st.image(as_image(choice.x8[0], display_scale(h, target)),
-             caption=f"{choice.caption} · as the model sees it ({c}×{h}×{w})", output_format="PNG")
+             caption=_("{caption} · as the model sees it ({shape})").format(caption=choice.caption,
+                                                                              shape=f"{c}×{h}×{w}"),
+             output_format="PNG")
+
+
+def history_columns() -> dict[str, str]:
+    """Shown headers of a per-epoch history table (its columns keep their ids: epoch, train_loss, …)."""
+    return {"epoch": _("epoch"), "train_loss": _("train loss"), "train_acc": _("train accuracy"),
+            "test_loss": _("test loss"), "test_acc": _("test accuracy"), "seconds": _("seconds")}
