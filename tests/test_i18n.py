@@ -193,3 +193,20 @@ def test_the_lint_catches_what_it_should():
     assert check('st.caption(_("Size: {mb}").format(mb=1))') == 0
     assert check('st.caption(f"{a} · {b}")') == 0
     assert check('st.caption("MACs")') == 0
+
+
+def test_a_string_in_several_catalog_files_has_one_translation():
+    """The running app reads the files as one catalog: a msgid translated twice must read the same."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    clashes = []
+    for po in PO:
+        with open(po, "rb") as f:
+            for m in read_po(f, locale="ru"):
+                if not m.id:
+                    continue
+                key = (m.context, m.id if isinstance(m.id, str) else tuple(m.id))
+                text = m.string if isinstance(m.string, str) else tuple(m.string)
+                if key in seen and seen[key][1] != text:
+                    clashes.append(f"{key[1]!r}: {seen[key][0]} {seen[key][1]!r} ≠ {po.name} {text!r}")
+                seen.setdefault(key, (po.name, text))
+    assert not clashes, "\n".join(clashes)
