@@ -412,6 +412,11 @@ def render(values: np.ndarray, image: np.ndarray | None = None, style: str = "he
     return np.ascontiguousarray(out)
 
 
+# The columns of :func:`summary` for the reader (keys stay as they are; pages rename with _()).
+SUMMARY_COLUMNS = {"method": N_("method"), "max |value|": N_("max |value|"), "sum |value|": N_("sum |value|"),
+                   "positive share": N_("positive share"), "IG delta": N_("IG delta")}
+
+
 def summary(a: Attribution) -> dict:
     """Numbers for one map: max |value|, total |value|, share of positive mass, IG delta."""
     v = a.values

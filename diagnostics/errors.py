@@ -23,6 +23,11 @@ SORTS = {  # shown through _() where they are shown
 }
 
 
+# The columns of :meth:`ClassMetrics.rows` for the reader (keys stay as they are; pages rename with _()).
+METRIC_COLUMNS = {"class": N_("class"), "precision": N_("precision"), "recall": N_("recall"), "f1": N_("f1"),
+                  "support": N_("support")}
+
+
 @dataclass(frozen=True)
 class ClassMetrics:
     """Per-class precision, recall, F1 and support (as scikit-learn defines them, zero_division=0)."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from nnlab.data.viz import grid
 from nnlab import i18n
-from nnlab.i18n import _
+from nnlab.i18n import N_, _
 
 SCALES = ("shared", "per-filter")
 VIEWS = ("rgb", "channel", "mean")
@@ -170,6 +170,12 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _weight(m: nn.Module) -> torch.Tensor:
     w = m.weight.detach()
     return (w.dequantize() if w.is_quantized else w).float()
+
+
+# The columns of :func:`weight_table` for the reader (keys stay as they are; pages rename with _()).
+WEIGHT_COLUMNS = {"layer": N_("layer"), "type": N_("type"), "shape": N_("shape"), "params": N_("params"),
+                  "mean": N_("mean"), "std": N_("std"), "max |w|": N_("max |w|"), "near zero": N_("near zero"),
+                  "exact zeros": N_("exact zeros")}
 
 
 def weight_table(model: nn.Module, near_zero: float = 0.01) -> list[dict]:

@@ -27,7 +27,7 @@ from torch import nn
 from diagnostics import datacheck
 from diagnostics.curves import cached_curves, error_slope
 from diagnostics.diagnosis import default_goal, diagnose, regime_label, verdict_label
-from diagnostics.errors import class_metrics, confusion, confusion_figure, rank_samples
+from diagnostics.errors import METRIC_COLUMNS, class_metrics, confusion, confusion_figure, rank_samples
 from nnlab import i18n
 from nnlab.data.sets import ImageDataset
 from nnlab.data.viz import as_image, display_scale
@@ -295,8 +295,7 @@ def _render_html(r: ReportData, code: str) -> str:
     rows = r.metrics.rows(data.classes)
     parts.append(f"<section id='per-class'>{_h2('per-class')}"
                  + _table(rows, {"precision": ".3f", "recall": ".3f", "f1": ".3f"},
-                          {"class": _("class"), "precision": _("precision"), "recall": _("recall"), "f1": "F1",
-                           "support": _("support")})
+                          {k: _(v) for k, v in METRIC_COLUMNS.items()})
                  + ("<img class='fig' alt='" + _e(_("confusion matrix")) + f"' src='{r.figures['confusion']}'>"
                     if r.figures.get("confusion") else "") + "</section>")
     # worst errors

@@ -15,7 +15,7 @@ from nnlab.workspace import Workspace
 
 CYRILLIC = re.compile(r"[А-Яа-яЁё]")
 # Table headers that are the same in every language: symbols and names from the data.
-SAME_EVERYWHERE = {"", "E_train", "E_test", "E_goal", "E_test − E_goal", "F1"}
+SAME_EVERYWHERE = {"", "E_train", "E_test", "E_goal", "E_test − E_goal", "f1"}
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +175,31 @@ def test_cli_takes_the_language_from_the_environment(reports, demo, tmp_path, mo
     assert main(["report", "--model", demo[1].id, "--goal", "0.01", "--out", str(out), "--quiet"]) == 0
     text = out.read_text()
     assert "<html lang='ru'>" in text and "Карточка модели" in text
+
+
+def test_the_diagnosis_speaks_the_lectures_words_in_russian():
+    """The actions in the lecture's own Russian wording, verdicts and regimes translated where shown, numbers with
+    a decimal comma; the identifiers (verdict, regime) and the English text unchanged."""
+    from diagnostics.diagnosis import Facts, diagnose, regime_label, verdict_label
+    from nnlab import i18n
+
+    facts = Facts(label_issue_fraction=0.002, label_issues=3, imbalance_ratio=1.2, pixel_shift=0.01)
+    en = diagnose(0.10, 0.12, 0.05, facts)
+    with i18n.language("ru"):
+        ru = diagnose(0.10, 0.12, 0.05, facts)
+        regime, verdicts = regime_label(ru.regime), [verdict_label(a.verdict) for a in ru.actions]
+    assert ru.regime == en.regime == "underfitting" and [a.verdict for a in ru.actions] == [a.verdict for a in en.actions]
+    assert en.actions[0].text == "Increase the network size" and "E_train = 10.00%" in en.headline
+    assert regime == "недообучение" and "подтверждается" in verdicts and "опровергается" in verdicts
+    texts = [a.text for a in ru.actions]
+    assert texts[:2] == ["Увеличить размер НС", "Улучшить алгоритм обучения (дольше обучать, другой оптимизатор, "
+                                                  "расписание)"]
+    assert "Анализ качества исходных данных: несбалансированная выборка" in texts
+    assert "E_train = 10,00%" in ru.headline and "E_goal = 5,00%" in ru.headline
+    assert all(CYRILLIC.search(a.evidence) for a in ru.actions)
+    over = diagnose(0.01, 0.12, 0.05, Facts(domain_auc=0.7))
+    with i18n.language("ru"):
+        over_ru = diagnose(0.01, 0.12, 0.05, Facts(domain_auc=0.7))
+    assert [a.text for a in over_ru.actions][-1] == "Несоответствие S_train и S_test"
+    assert over.actions[-1].evidence == "domain-classifier AUC = 0.700: the splits differ."
+    assert over_ru.actions[-1].evidence == "AUC классификатора доменов = 0,700: выборки различаются."
