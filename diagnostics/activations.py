@@ -19,6 +19,7 @@ from torch import nn
 from diagnostics.features import channels_first, output_layout, private_copy
 from diagnostics.hooks import capture_outputs
 from nnlab.data.sets import ImageDataset
+from nnlab.i18n import N_
 from nnlab.models.archinfo import token_layout
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
@@ -28,6 +29,11 @@ _TIMM_ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_
 _BOUNDED_BY_NAME = {"Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 KINDS = ("activations", "conv/linear", "all leaves")
+KIND_LABELS = {"activations": N_("activations"), "conv/linear": N_("conv/linear"), "all leaves": N_("all leaves")}
+# The columns of :meth:`LayerActivation.row` for the reader (keys stay as they are; pages rename with _()).
+COLUMNS = {"layer": N_("layer"), "type": N_("type"), "shape": N_("shape"), "mean": N_("mean"), "std": N_("std"),
+           "min": N_("min"), "max": N_("max"), "dead units": N_("dead units"), "dead channels": N_("dead channels"),
+           "saturated": N_("saturated"), "zeros": N_("zeros")}
 
 
 @dataclass

@@ -35,16 +35,17 @@ from torch.overrides import TorchFunctionMode
 from diagnostics.features import output_layout, to_map
 from diagnostics.filters import diverging_rgb
 from diagnostics.hooks import borrowed, forward_hooks
+from nnlab.i18n import N_, _, ngettext
 from nnlab.models.archinfo import ArchInfo, arch_info
 
-METHODS = {
-    "deconvnet": "Deconvnet (Zeiler & Fergus)",
-    "guided_backprop": "Guided backprop",
-    "saliency": "Saliency (|gradient|)",
-    "integrated_gradients": "Integrated gradients",
-    "gradcam": "Grad-CAM (upsampled)",
-    "guided_gradcam": "Guided Grad-CAM",
-    "occlusion": "Occlusion",
+METHODS = {  # method → its name for the reader (shown through _())
+    "deconvnet": N_("Deconvnet (Zeiler & Fergus)"),
+    "guided_backprop": N_("Guided backprop"),
+    "saliency": N_("Saliency (|gradient|)"),
+    "integrated_gradients": N_("Integrated gradients"),
+    "gradcam": N_("Grad-CAM (upsampled)"),
+    "guided_gradcam": N_("Guided Grad-CAM"),
+    "occlusion": N_("Occlusion"),
 }
 GUIDED = {"deconvnet", "guided_backprop", "guided_gradcam"}
 NEEDS_LAYER = {"gradcam", "guided_gradcam"}
@@ -133,22 +134,28 @@ class Prepared:
         """Plain-language notes for the page (empty when the model needs none)."""
         out = []
         if self.info is not None and self.info.kind == "vit":
-            out.append("Vision transformer: the only convolution is the patch embedding; feature maps and "
-                       "Grad-CAM show the patch tokens laid out as their grid (class token left out). "
+            out.append(_("Vision transformer: the only convolution is the patch embedding; feature maps and "
+                         "Grad-CAM show the patch tokens laid out as their grid (class token left out).") + " "
                        + self.info.gradcam_note)
         if not self.relu_modules and not self.functional_calls and self.other_activations:
-            out.append("This model has no ReLU, so deconvnet and guided backprop rectify nothing: both show the "
-                       "plain gradient (like saliency, but signed).")
+            out.append(_("This model has no ReLU, so deconvnet and guided backprop rectify nothing: both show the "
+                         "plain gradient (like saliency, but signed)."))
         if self.inplace_modules:
-            out.append(f"{self.inplace_modules} in-place nn.ReLU module(s) were replaced by non-in-place copies "
-                       "(on a private copy of the model) so the backward hooks see them.")
+            out.append(ngettext("{n} in-place nn.ReLU module(s) were replaced by non-in-place copies (on a private "
+                                "copy of the model) so the backward hooks see them.",
+                                "{n} in-place nn.ReLU module(s) were replaced by non-in-place copies (on a private "
+                                "copy of the model) so the backward hooks see them.",
+                                self.inplace_modules).format(n=self.inplace_modules))
         if self.functional_calls:
-            out.append(f"{self.functional_calls} functional ReLU call(s) per forward pass (not nn.ReLU modules) "
-                       "are routed through the same deconvnet/guided-backprop rule as the modules.")
+            out.append(ngettext("{n} functional ReLU call(s) per forward pass (not nn.ReLU modules) are routed "
+                                "through the same deconvnet/guided-backprop rule as the modules.",
+                                "{n} functional ReLU call(s) per forward pass (not nn.ReLU modules) are routed "
+                                "through the same deconvnet/guided-backprop rule as the modules.",
+                                self.functional_calls).format(n=self.functional_calls))
         if self.other_activations:
             kinds = ", ".join(f"{k} ×{v}" for k, v in self.other_activations.items())
-            out.append(f"Other activations ({kinds}) keep their ordinary gradient in deconvnet and guided "
-                       "backprop: only ReLUs are rectified backwards (Captum's definition).")
+            out.append(_("Other activations ({kinds}) keep their ordinary gradient in deconvnet and guided "
+                         "backprop: only ReLUs are rectified backwards (Captum's definition).").format(kinds=kinds))
         return out
 
 
@@ -235,9 +242,10 @@ def attribute(prep: Prepared, x: torch.Tensor, method: str, target: int, ig_step
     )
 
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ValueError(_("unknown method {method}; choose one of {choices}").format(
+            method=repr(method), choices=", ".join(METHODS)))
     if method in NEEDS_LAYER and not layer:
-        raise ValueError(f"{METHODS[method]} needs a layer")
+        raise ValueError(_("{method} needs a layer").format(method=_(METHODS[method])))
     m = prep.model
     x = x[:1].detach().to(_device(m)).float()
     delta = float("nan")
@@ -297,10 +305,10 @@ def _layer_layout(prep: Prepared, layer: str, x: torch.Tensor) -> str:
     with torch.no_grad(), forward_hooks(m, {layer: hook}):
         m(x[:1])
     if not found:
-        raise ValueError(f"layer {layer!r} produced no tensor output")
+        raise ValueError(_("layer {layer} produced no tensor output").format(layer=repr(layer)))
     if found[0] in ("vector", "other"):
-        raise ValueError(f"Grad-CAM needs a layer with a spatial or token output; {layer!r} "
-                         f"({type(module).__name__}) has none")
+        raise ValueError(_("Grad-CAM needs a layer with a spatial or token output; {layer} ({type}) has none").format(
+            layer=repr(layer), type=type(module).__name__))
     prep.layouts[key] = found[0]
     return found[0]
 
@@ -332,7 +340,7 @@ def layer_gradcam(prep: Prepared, x: torch.Tensor, layer: str, target: int) -> t
 def check_target(num_classes: int, target: int) -> int:
     """Validate a target class index."""
     if not 0 <= int(target) < num_classes:
-        raise ValueError(f"target class {target} is outside 0–{num_classes - 1}")
+        raise ValueError(_("target class {target} is outside 0–{last}").format(target=target, last=num_classes - 1))
     return int(target)
 
 
@@ -353,11 +361,11 @@ def gradcam_layers(model: nn.Module) -> list[str]:
     info = arch_info(model)
     if info.kind != "vit" or info.gradcam_layer is None:
         return convs
-    block, _, leaf = info.gradcam_layer.rpartition(".") if info.gradcam_layer.endswith(("norm1", "ln_1")) \
+    block, _sep, leaf = info.gradcam_layer.rpartition(".") if info.gradcam_layer.endswith(("norm1", "ln_1")) \
         else (info.gradcam_layer, "", "")
-    parent, _, _ = block.rpartition(".")
+    parent, _sep, _name = block.rpartition(".")
     names = dict(model.named_modules())
-    earlier = [f"{parent}.{c}" + (f".{leaf}" if leaf else "") for c, _ in names[parent].named_children()][::-1] \
+    earlier = [f"{parent}.{c}" + (f".{leaf}" if leaf else "") for c, _child in names[parent].named_children()][::-1] \
         if parent in names else []
     layers = [info.gradcam_layer] + [n for n in earlier if n in names and n != info.gradcam_layer]
     return layers + convs
@@ -404,11 +412,16 @@ def render(values: np.ndarray, image: np.ndarray | None = None, style: str = "he
     return np.ascontiguousarray(out)
 
 
+# The columns of :func:`summary` for the reader (keys stay as they are; pages rename with _()).
+SUMMARY_COLUMNS = {"method": N_("method"), "max |value|": N_("max |value|"), "sum |value|": N_("sum |value|"),
+                   "positive share": N_("positive share"), "IG delta": N_("IG delta")}
+
+
 def summary(a: Attribution) -> dict:
     """Numbers for one map: max |value|, total |value|, share of positive mass, IG delta."""
     v = a.values
     pos, neg = float(v[v > 0].sum()), float(-v[v < 0].sum())
-    return {"method": METHODS[a.method], "max |value|": float(np.abs(v).max()), "sum |value|": float(np.abs(v).sum()),
+    return {"method": _(METHODS[a.method]), "max |value|": float(np.abs(v).max()), "sum |value|": float(np.abs(v).sum()),
             "positive share": pos / (pos + neg) if pos + neg > 0 else float("nan"), "IG delta": a.delta}
 
 
@@ -419,8 +432,8 @@ def attribute_all(prep: Prepared, x: torch.Tensor, target: int, methods: list[st
     out = []
     for i, meth in enumerate(methods):
         if progress:
-            progress(i / len(methods), METHODS[meth])
+            progress(i / len(methods), _(METHODS[meth]))
         out.append(attribute(prep, x, meth, target, ig_steps=ig_steps, layer=layer, window=window))
     if progress:
-        progress(1.0, "done")
+        progress(1.0, _("done"))
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from compression.cli import OutputParser, _data_ref, _load, _progress, printing_to, stdout_to_stderr
+from nnlab import i18n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--goal", type=float, default=None, help="E_goal as a fraction (default: the pages' default)")
     rp.add_argument("--out", default="nnlab-report.html", help="where to write the HTML (the PDF goes beside it)")
     rp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    rp.add_argument("--lang", default=None, choices=sorted(i18n.LANGUAGES),
+                    help="the report's language (default: from NNLAB_LANG / LANGUAGE / LC_ALL / LC_MESSAGES / LANG)")
     return p
 
 
@@ -46,7 +49,8 @@ def report(args: argparse.Namespace, ws: Any) -> tuple[int, str]:
     ref = refs.data_ref(dref["key"], dref["path"], pre if pre and pre != src.native(ws.root).to_dict() else None)
     out = Path(args.out).resolve()
     res = dtasks.build_report(ws, model_id, ref, [v for v in args.variants.split(",") if v.strip()], args.goal,
-                              progress=_progress(args.quiet), out=out)
+                              progress=_progress(args.quiet), out=out,
+                              lang=args.lang or i18n.language_from_env())
     return 0, json.dumps(res, indent=1)
 
 

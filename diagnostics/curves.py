@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from nnlab.data.sets import ImageDataset
+from nnlab.i18n import _, num
 from nnlab.jobs.pieces import (
     Report,
     dataset_ref,
@@ -124,14 +125,15 @@ def learning_curve(build: Callable[[], nn.Module], data: ImageDataset, fractions
     base = {"data": dref, "build": spec, "fractions": [float(f) for f in fractions], "seed": int(seed),
             "cfg": asdict(cfg)}
     pieces = [{**base, "index": i} for i in range(len(fractions))]
-    labels = [f"{f:.0%} of the training set ({len(s):,} samples)" for f, s in zip(fractions, subsets)]
+    labels = [_("{fraction} of the training set ({n} samples)").format(fraction=num(f, ".0%"), n=num(len(s), ",d"))
+              for f, s in zip(fractions, subsets)]
     n_threads = threads or (1 if on_ray else torch.get_num_threads())
     with _lend(token, build), primed({} if on_ray else {ref_key(dref): data}):
         results = map_tasks(curve_piece, pieces, _overall(progress, labels, work), cancel, use_ray=on_ray,
                             threads_per_task=n_threads)
-    raise_for_outcome(results, labels, "learning curve")
+    raise_for_outcome(results, labels, _("learning curve"))
     if progress is not None:
-        progress(1.0, "done")
+        progress(1.0, _("done"))
     return [CurvePoint(**r.value) for r in results]
 
 
@@ -179,7 +181,8 @@ def _builder(spec: dict, data: ImageDataset) -> Callable[[], nn.Module]:
     if build is not None:
         return build
     if "arch" not in spec:
-        raise ValueError(f"the model builder of this curve lives in the caller's process, not on {node_name()}")
+        raise ValueError(_("the model builder of this curve lives in the caller's process, not on {node}").format(
+            node=node_name()))
     c, h, w = data.input_shape
     return lambda: create_model(spec["arch"], c, data.num_classes, (h, w))
 

@@ -45,6 +45,7 @@ from diagnostics.mismatch import (
     pixel_stats,
 )
 from nnlab.data.sets import ImageDataset
+from nnlab.i18n import N_, _, num
 from nnlab.runtimes import bulk
 from nnlab.workspace import Workspace, safe_key
 
@@ -158,24 +159,23 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
             return None
         return lambda m, f: progress(m, start + (end - start) * f)
 
-    rt, _ = features_runtime(model, data, n_tr + n_te, min_images=min_runtime_images)  # it converts copies
+    rt, _unused = features_runtime(model, data, n_tr + n_te, min_images=min_runtime_images)  # it converts copies
     if rt.runner is None:
         model = copy.deepcopy(model)  # the hook path: the hook goes on a private copy
     if progress is not None:
-        progress(f"feature pass in {rt.runtime}", 0.0)
-    f_train, _ = features_and_logits(model, data, "train", progress=part(0.0, share), cancel=cancel,
+        progress(_("feature pass in {runtime}").format(runtime=rt.runtime), 0.0)
+    f_train, _unused = features_and_logits(model, data, "train", progress=part(0.0, share), cancel=cancel,
                                      runner=rt.runner)
-    f_test, _ = features_and_logits(model, data, "test", progress=part(share, 0.8), cancel=cancel, runner=rt.runner)
+    f_test, _unused = features_and_logits(model, data, "test", progress=part(share, 0.8), cancel=cancel, runner=rt.runner)
     if progress is not None:
-        progress("label errors (cross-validated logistic regression), mismatch, near-duplicates", 0.82)
+        progress(_("label errors (cross-validated logistic regression), mismatch, near-duplicates"), 0.82)
     ytr = data.y_train.numpy()
     sub = subsample(ytr, max_label or len(ytr), seed)  # by default every training sample is checked
     # the folds' fits take seconds: in this process (starting Ray would cost more than it saves)
     probs = crossval_probs_features(f_train[sub], ytr[sub], seed=seed, progress=part(0.82, 0.9), cancel=cancel,
                                     use_ray=False)
     issues = find_label_issues(ytr[sub], probs)
-    issues = replace(issues, method=f"penultimate features + 5-fold logistic regression on {len(sub):,} of "
-                                    f"{len(ytr):,} training samples")
+    issues = replace(issues, method=label_method_text(len(sub), len(ytr)))
     flagged = sub[issues.indices]
     nb, nb_sim = class_neighbours(f_train, ytr, flagged, issues.suggested, k=NEIGHBOURS, exclude=flagged)
     dom = domain_classifier(f_train, f_test, max_per_split=max_domain, seed=seed)
@@ -190,6 +190,12 @@ def data_report(model: nn.Module, data: ImageDataset, max_label: int | None = No
                       version=REPORT_VERSION, runtime=rt.summary)
 
 
+def label_method_text(checked: int, total: int) -> str:
+    """How the data checks found the suspected label errors, in the current language."""
+    return _("penultimate features + 5-fold logistic regression on {checked} of {total} training samples").format(
+        checked=num(checked, ",d"), total=num(total, ",d"))
+
+
 def features_runtime(model: nn.Module, data: ImageDataset, images: int, min_images: int | None = None
                      ) -> tuple[bulk.BulkRuntime, nn.Module | None]:
     """The runtime of the penultimate-feature pass: it runs the model's features-and-logits copy
@@ -198,7 +204,7 @@ def features_runtime(model: nn.Module, data: ImageDataset, images: int, min_imag
     shape = tuple(data.x_train.shape[1:])
     fm = feature_model(model, shape)
     if fm is None:
-        return bulk.BulkRuntime(None, bulk.EAGER, "eager PyTorch (the head is not the model's last operation)"), None
+        return bulk.BulkRuntime(None, bulk.EAGER, _("eager PyTorch (the head is not the model's last operation)")), None
     return bulk.bulk_runtime(fm, data, "train", images, min_images=min_images), fm
 
 
@@ -244,7 +250,8 @@ def class_neighbours(features: np.ndarray, labels: np.ndarray, query: np.ndarray
     return out_i, out_s
 
 
-DECISIONS = ("label wrong", "label right", "unsure")
+DECISIONS = ("label wrong", "label right", "unsure")  # identifiers (stored, in CSVs); shown through DECISION_LABELS
+DECISION_LABELS = {"label wrong": N_("label wrong"), "label right": N_("label right"), "unsure": N_("unsure")}
 
 
 def label_error_rows(rep: DataReport, classes: list[str]) -> list[dict]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from diagnostics.curves import history_trend
+from nnlab.i18n import N_, _, num
 
 PAGES = {
     "goal": "pages/diagnose_goal.py",
@@ -30,6 +31,11 @@ PAGES = {
 }
 
 SUPPORTED, CONTRADICTED, NEUTRAL, UNMEASURED = "supported", "contradicted", "neutral", "not measured"
+# Verdicts and regimes are identifiers (pages and tests compare them); these are their words for the reader.
+VERDICT_LABELS = {SUPPORTED: N_("supported"), CONTRADICTED: N_("contradicted"), NEUTRAL: N_("neutral"),
+                  UNMEASURED: N_("not measured")}
+GOAL_MET, UNDERFITTING, OVERFITTING = "goal met", "underfitting", "overfitting or mismatch"
+REGIME_LABELS = {GOAL_MET: N_("goal met"), UNDERFITTING: N_("underfitting"), OVERFITTING: N_("overfitting or mismatch")}
 
 SLOPE_HELPS = -0.005  # E_test change per doubling of S_train below which more data clearly helps
 SLOPE_FLAT = 0.002  # |change| below which the curve is flat
@@ -38,6 +44,20 @@ IMBALANCE_HIGH, IMBALANCE_LOW = 3.0, 1.5
 AUC_MISMATCH, AUC_NONE = 0.6, 0.55
 CLASS_SHIFT_HIGH = 0.05  # total variation distance of class frequencies
 PIXEL_SHIFT_HIGH = 0.25  # |mean shift| in training standard deviations
+
+
+def verdict_label(verdict: str) -> str:
+    """A verdict in the current language ("supported" → "подтверждается")."""
+    return _(VERDICT_LABELS[verdict]) if verdict in VERDICT_LABELS else verdict
+
+
+def regime_label(regime: str) -> str:
+    """A regime in the current language ("underfitting" → "недообучение")."""
+    return _(REGIME_LABELS[regime]) if regime in REGIME_LABELS else regime
+
+
+def _pct(x: float, spec: str = ".2%") -> str:
+    return num(x, spec)
 
 
 @dataclass(frozen=True)
@@ -102,73 +122,95 @@ def diagnose(e_train: float, e_test: float, e_goal: float, facts: Facts = Facts(
     if n_test > 0:
         se = math.sqrt(max(e_test * (1 - e_test), 1.0 / n_test) / n_test)
         if abs(e_test - e_goal) < 2 * se:
-            notes.append(f"E_test − E_goal = {e_test - e_goal:+.2%} is within two standard errors "
-                         f"(±{2 * se:.2%}) of the test error measured on {n_test:,} images: the test set cannot "
-                         "tell these apart.")
+            notes.append(_("E_test − E_goal = {diff} is within two standard errors ({se}) of the test error measured "
+                           "on {n} images: the test set cannot tell these apart.").format(
+                diff=_pct(e_test - e_goal, "+.2%"), se="±" + _pct(2 * se), n=num(n_test, ",d")))
     if e_test <= e_goal:
-        extra = (" The training error is above the test error, which is unusual (dropout and augmentation "
-                 "are active only while training; train error here is measured in eval mode)."
+        extra = (" " + _("The training error is above the test error, which is unusual (dropout and augmentation "
+                         "are active only while training; train error here is measured in eval mode).")
                  if e_train > e_test else "")
-        return Diagnosis("goal met", f"E_test = {e_test:.2%} ≤ E_goal = {e_goal:.2%}: the goal is met.{extra}",
-                         e_train, e_test, e_goal, [], notes)
+        head = _("E_test = {e_test} ≤ E_goal = {e_goal}: the goal is met.").format(
+            e_test=_pct(e_test), e_goal=_pct(e_goal))
+        return Diagnosis(GOAL_MET, head + extra, e_train, e_test, e_goal, [], notes)
     if e_train > e_goal:
-        head = (f"E_train = {e_train:.2%} > E_goal = {e_goal:.2%}: the network does not reach the goal even on its "
-                f"training set (underfitting, or a data problem). Work on the training error first.")
+        head = _("E_train = {e_train} > E_goal = {e_goal}: the network does not reach the goal even on its training "
+                 "set (underfitting, or a data problem). Work on the training error first.").format(
+            e_train=_pct(e_train), e_goal=_pct(e_goal))
         if e_test - e_train > max(0.02, 0.5 * (e_train - e_goal)):
-            notes.append(f"The train/test gap is also large ({e_test - e_train:+.2%}): once the training error is "
-                         "down, expect the overfitting actions to matter too.")
+            notes.append(_("The train/test gap is also large ({gap}): once the training error is down, expect the "
+                           "overfitting actions to matter too.").format(gap=_pct(e_test - e_train, "+.2%")))
         actions = _underfit_actions(e_train, e_goal, facts)
-        return Diagnosis("underfitting", head, e_train, e_test, e_goal, actions, notes)
-    head = (f"E_train = {e_train:.2%} ≤ E_goal = {e_goal:.2%} < E_test = {e_test:.2%}: the network fits its training "
-            f"set but does not generalise (overfitting, or a train/test mismatch).")
-    return Diagnosis("overfitting or mismatch", head, e_train, e_test, e_goal,
+        return Diagnosis(UNDERFITTING, head, e_train, e_test, e_goal, actions, notes)
+    head = _("E_train = {e_train} ≤ E_goal = {e_goal} < E_test = {e_test}: the network fits its training set but "
+             "does not generalise (overfitting, or a train/test mismatch).").format(
+        e_train=_pct(e_train), e_goal=_pct(e_goal), e_test=_pct(e_test))
+    return Diagnosis(OVERFITTING, head, e_train, e_test, e_goal,
                      _overfit_actions(e_train, e_test, e_goal, facts), notes)
 
 
 def _common_notes(e_train: float, e_test: float, f: Facts) -> list[str]:
     notes = []
     if f.duplicates:
-        notes.append(f"{f.duplicates} test samples have a near-identical training sample (leakage): E_test may be "
-                     "optimistic.")
+        notes.append(_("{n} test samples have a near-identical training sample (leakage): E_test may be "
+                       "optimistic.").format(n=f.duplicates))
     return notes
 
 
+# The lecture's actions (lecture 4); the Russian catalog uses the lecture's own wording.
+A_BIGGER = N_("Increase the network size")
+A_ALGO = N_("Improve the training algorithm (longer training, optimiser, schedule)")
+A_HYPER = N_("Tune the training hyper-parameters (learning rate, batch size, epochs)")
+A_SNR = N_("Check the signal-to-noise of the data")
+A_PREPROCESSING = N_("Check the preprocessing (input statistics train vs test)")
+A_LABELS = N_("Check for unreliable reference labels")
+A_IMBALANCE = N_("Check for an imbalanced sample")
+A_MORE_DATA = N_("Enlarge the training set S_train")
+A_SMALLER = N_("Reduce the network size")
+A_REGULARISE = N_("Regularise (tune the network's hyper-parameters: weight decay, dropout, augmentation)")
+A_ALGO_OVERFIT = N_("Choose another training algorithm (e.g. early stopping)")
+A_MISMATCH = N_("Check for a mismatch between S_train and S_test")
+
+
 def _label_action(e_train: float, f: Facts) -> Action:
-    text = "Check for unreliable reference labels"
+    text = _(A_LABELS)
     if f.label_issue_fraction is None:
-        return Action(text, UNMEASURED, "Run the label-error check on the Data checks page.", PAGES["data"])
+        return Action(text, UNMEASURED, _("Run the label-error check on the Data checks page."), PAGES["data"])
     frac = f.label_issue_fraction
-    ev = f"confident learning flags {f.label_issues or 0} training samples ({frac:.2%}); E_train is {e_train:.2%}"
+    ev = _("confident learning flags {n} training samples ({frac}); E_train is {e_train}").format(
+        n=f.label_issues or 0, frac=_pct(frac), e_train=_pct(e_train))
     if frac >= max(0.01, 0.5 * e_train):
-        return Action(text, SUPPORTED, ev + ": suspected label errors explain a large share of the training error.",
-                      PAGES["data"])
+        return Action(text, SUPPORTED, ev + _(": suspected label errors explain a large share of the training "
+                                              "error."), PAGES["data"])
     if frac < 0.25 * e_train:
-        return Action(text, CONTRADICTED, ev + ": too few to explain the training error.", PAGES["data"])
+        return Action(text, CONTRADICTED, ev + _(": too few to explain the training error."), PAGES["data"])
     return Action(text, NEUTRAL, ev + ".", PAGES["data"])
 
 
 def _imbalance_action(f: Facts) -> Action:
-    text = "Check for an imbalanced sample"
+    text = _(A_IMBALANCE)
     if f.imbalance_ratio is None:
-        return Action(text, UNMEASURED, "Class counts not measured.", PAGES["data"])
+        return Action(text, UNMEASURED, _("Class counts not measured."), PAGES["data"])
     r = f.imbalance_ratio
-    ev = f"largest/smallest class = {r:.2f}"
+    ev = _("largest/smallest class = {ratio}").format(ratio=num(r, ".2f"))
     if r >= IMBALANCE_HIGH:
-        return Action(text, SUPPORTED, ev + f" (≥ {IMBALANCE_HIGH:g}): reweight or resample.", PAGES["data"])
+        return Action(text, SUPPORTED, ev + _(" (≥ {limit}): reweight or resample.").format(
+            limit=num(IMBALANCE_HIGH, "g")), PAGES["data"])
     if r <= IMBALANCE_LOW:
-        return Action(text, CONTRADICTED, ev + f" (≤ {IMBALANCE_LOW:g}): the classes are balanced.", PAGES["data"])
-    return Action(text, NEUTRAL, ev + ": mild imbalance.", PAGES["data"])
+        return Action(text, CONTRADICTED, ev + _(" (≤ {limit}): the classes are balanced.").format(
+            limit=num(IMBALANCE_LOW, "g")), PAGES["data"])
+    return Action(text, NEUTRAL, ev + _(": mild imbalance."), PAGES["data"])
 
 
 def _preprocessing_action(f: Facts) -> Action:
-    text = "Check the preprocessing (input statistics train vs test)"
+    text = _(A_PREPROCESSING)
     if f.pixel_shift is None:
-        return Action(text, UNMEASURED, "Pixel statistics not measured.", PAGES["data"])
-    ev = f"largest per-channel mean shift test vs train = {f.pixel_shift:.2f} training std"
+        return Action(text, UNMEASURED, _("Pixel statistics not measured."), PAGES["data"])
+    ev = _("largest per-channel mean shift test vs train = {shift} training std").format(
+        shift=num(f.pixel_shift, ".2f"))
     if abs(f.pixel_shift) >= PIXEL_SHIFT_HIGH:
-        return Action(text, SUPPORTED, ev + f" (≥ {PIXEL_SHIFT_HIGH:g}): the splits are preprocessed differently.",
-                      PAGES["data"])
-    return Action(text, CONTRADICTED, ev + ": the input statistics agree.", PAGES["data"])
+        return Action(text, SUPPORTED, ev + _(" (≥ {limit}): the splits are preprocessed differently.").format(
+            limit=num(PIXEL_SHIFT_HIGH, "g")), PAGES["data"])
+    return Action(text, CONTRADICTED, ev + _(": the input statistics agree."), PAGES["data"])
 
 
 def _underfit_actions(e_train: float, e_goal: float, f: Facts) -> list[Action]:
@@ -176,32 +218,33 @@ def _underfit_actions(e_train: float, e_goal: float, f: Facts) -> list[Action]:
     trend = history_trend(f.history, "train_loss")
     label = _label_action(e_train, f)
     if label.verdict == SUPPORTED:
-        bigger = Action("Increase the network size", CONTRADICTED,
-                        f"E_train − E_goal = {gap:+.2%}, but suspected label errors ({f.label_issue_fraction:.2%}) "
-                        "account for much of it: a larger network would learn the wrong labels.", PAGES["data"])
+        bigger = Action(_(A_BIGGER), CONTRADICTED,
+                        _("E_train − E_goal = {gap}, but suspected label errors ({frac}) account for much of it: a "
+                          "larger network would learn the wrong labels.").format(
+                            gap=_pct(gap, "+.2%"), frac=_pct(f.label_issue_fraction)), PAGES["data"])
     else:
-        bigger = Action("Increase the network size", SUPPORTED,
-                        f"E_train − E_goal = {gap:+.2%}: the network does not fit its training set.", PAGES["curves"])
+        bigger = Action(_(A_BIGGER), SUPPORTED,
+                        _("E_train − E_goal = {gap}: the network does not fit its training set.").format(
+                            gap=_pct(gap, "+.2%")), PAGES["curves"])
     if trend is None:
-        algo = Action("Improve the training algorithm (longer training, optimiser, schedule)", UNMEASURED,
-                      "No per-epoch history for this model.", PAGES["curves"])
-        hyper = Action("Tune the training hyper-parameters (learning rate, batch size, epochs)", UNMEASURED,
-                       "No per-epoch history for this model.", PAGES["curves"])
+        no_history = _("No per-epoch history for this model.")
+        algo = Action(_(A_ALGO), UNMEASURED, no_history, PAGES["curves"])
+        hyper = Action(_(A_HYPER), UNMEASURED, no_history, PAGES["curves"])
     elif trend <= LOSS_STILL_FALLING:
-        algo = Action("Improve the training algorithm (longer training, optimiser, schedule)", SUPPORTED,
-                      f"training loss still falls by {-trend:.3f} per epoch at the end: training stopped early.",
-                      PAGES["curves"])
-        hyper = Action("Tune the training hyper-parameters (learning rate, batch size, epochs)", SUPPORTED,
-                       "more epochs first: the loss had not converged.", PAGES["curves"])
+        algo = Action(_(A_ALGO), SUPPORTED,
+                      _("training loss still falls by {drop} per epoch at the end: training stopped early.").format(
+                          drop=num(-trend, ".3f")), PAGES["curves"])
+        hyper = Action(_(A_HYPER), SUPPORTED, _("more epochs first: the loss had not converged."), PAGES["curves"])
     else:
-        algo = Action("Improve the training algorithm (longer training, optimiser, schedule)", NEUTRAL,
-                      f"training loss has flattened ({trend:+.3f} per epoch): longer training alone will not help; "
-                      "try another optimiser or schedule.", PAGES["curves"])
-        hyper = Action("Tune the training hyper-parameters (learning rate, batch size, epochs)", NEUTRAL,
-                       f"training loss flat ({trend:+.3f} per epoch): try other learning rates.", PAGES["curves"])
-    snr = Action("Check the signal-to-noise of the data", NEUTRAL,
-                 "not measured directly: look at the worst training errors for images even a human cannot label.",
-                 PAGES["worst"])
+        algo = Action(_(A_ALGO), NEUTRAL,
+                      _("training loss has flattened ({trend} per epoch): longer training alone will not help; try "
+                        "another optimiser or schedule.").format(trend=num(trend, "+.3f")), PAGES["curves"])
+        hyper = Action(_(A_HYPER), NEUTRAL,
+                       _("training loss flat ({trend} per epoch): try other learning rates.").format(
+                           trend=num(trend, "+.3f")), PAGES["curves"])
+    snr = Action(_(A_SNR), NEUTRAL,
+                 _("not measured directly: look at the worst training errors for images even a human cannot "
+                   "label."), PAGES["worst"])
     return [bigger, algo, hyper, snr, _preprocessing_action(f), label, _imbalance_action(f)]
 
 
@@ -209,67 +252,71 @@ def _overfit_actions(e_train: float, e_test: float, e_goal: float, f: Facts) -> 
     gap = e_test - e_train
     excess = e_test - e_goal
     actions = []
-    text = "Enlarge the training set S_train"
+    text = _(A_MORE_DATA)
     if f.test_slope is None:
-        actions.append(Action(text, UNMEASURED, "Run the learning curves by training-set size.", PAGES["curves"]))
+        actions.append(Action(text, UNMEASURED, _("Run the learning curves by training-set size."), PAGES["curves"]))
     elif f.test_slope <= SLOPE_HELPS:
-        actions.append(Action(text, SUPPORTED, f"E_test falls by {-f.test_slope:.2%} per doubling of S_train at the "
-                                               "largest size: more data should help.", PAGES["curves"]))
+        actions.append(Action(text, SUPPORTED, _("E_test falls by {drop} per doubling of S_train at the largest "
+                                                 "size: more data should help.").format(
+            drop=_pct(-f.test_slope)), PAGES["curves"]))
     elif abs(f.test_slope) <= SLOPE_FLAT:
-        actions.append(Action(text, CONTRADICTED, f"the learning curve is flat ({f.test_slope:+.2%} per doubling): "
-                                                  "more data of the same kind is unlikely to help.", PAGES["curves"]))
+        actions.append(Action(text, CONTRADICTED, _("the learning curve is flat ({slope} per doubling): more data of "
+                                                    "the same kind is unlikely to help.").format(
+            slope=_pct(f.test_slope, "+.2%")), PAGES["curves"]))
     else:
-        actions.append(Action(text, NEUTRAL, f"E_test changes by {f.test_slope:+.2%} per doubling of S_train.",
-                              PAGES["curves"]))
-    ev = f"train/test gap E_test − E_train = {gap:+.2%} (E_test − E_goal = {excess:+.2%})"
+        actions.append(Action(text, NEUTRAL, _("E_test changes by {slope} per doubling of S_train.").format(
+            slope=_pct(f.test_slope, "+.2%")), PAGES["curves"]))
+    ev = _("train/test gap E_test − E_train = {gap} (E_test − E_goal = {excess})").format(
+        gap=_pct(gap, "+.2%"), excess=_pct(excess, "+.2%"))
     test_trend = history_trend(f.history, "test_loss")
     mismatch = f.domain_auc is not None and f.domain_auc >= AUC_MISMATCH
     if test_trend is None:
-        verdict, why = NEUTRAL, "; no per-epoch history to tell overfitting from mismatch."
+        verdict, why = NEUTRAL, _("; no per-epoch history to tell overfitting from mismatch.")
     elif test_trend > 0:
-        verdict, why = SUPPORTED, f"; test loss rose by {test_trend:.3f} per epoch at the end: the network overfits."
+        verdict, why = SUPPORTED, _("; test loss rose by {rise} per epoch at the end: the network overfits.").format(
+            rise=num(test_trend, ".3f"))
     elif test_trend <= LOSS_STILL_FALLING:
-        verdict, why = CONTRADICTED, (f"; test loss still falls by {-test_trend:.3f} per epoch at the end: the "
-                                      "network is not overfitting yet (train longer first).")
+        verdict, why = CONTRADICTED, _("; test loss still falls by {drop} per epoch at the end: the network is not "
+                                       "overfitting yet (train longer first).").format(drop=num(-test_trend, ".3f"))
     elif mismatch:
-        verdict, why = NEUTRAL, (f"; test loss flat, and the splits differ (domain AUC {f.domain_auc:.3f}): the gap "
-                                 "may come from the mismatch rather than from capacity.")
+        verdict, why = NEUTRAL, _("; test loss flat, and the splits differ (domain AUC {auc}): the gap may come from "
+                                  "the mismatch rather than from capacity.").format(auc=num(f.domain_auc, ".3f"))
     else:
-        verdict, why = SUPPORTED, "; test loss flat while the training error is at its floor."
-    for t in ("Reduce the network size", "Regularise (tune the network's hyper-parameters: weight decay, dropout, "
-                                         "augmentation)"):
-        actions.append(Action(t, verdict, ev + why, PAGES["curves"]))
+        verdict, why = SUPPORTED, _("; test loss flat while the training error is at its floor.")
+    for t in (A_SMALLER, A_REGULARISE):
+        actions.append(Action(_(t), verdict, ev + why, PAGES["curves"]))
     best = _best_epoch(f.history)
-    algo = "Choose another training algorithm (e.g. early stopping)"
+    algo = _(A_ALGO_OVERFIT)
     if best is None:
-        actions.append(Action(algo, UNMEASURED, "No per-epoch history for this model.", PAGES["curves"]))
+        actions.append(Action(algo, UNMEASURED, _("No per-epoch history for this model."), PAGES["curves"]))
     elif best[0] < len(f.history) and best[2] > best[1] * 1.02:
-        actions.append(Action(algo, SUPPORTED, f"test loss was lowest at epoch {best[0]} of {len(f.history)} "
-                                               f"({best[1]:.3f}, last {best[2]:.3f}): early stopping would have "
-                                               "helped.", PAGES["curves"]))
+        actions.append(Action(algo, SUPPORTED, _("test loss was lowest at epoch {best} of {epochs} ({low}, last "
+                                                 "{last}): early stopping would have helped.").format(
+            best=best[0], epochs=len(f.history), low=num(best[1], ".3f"), last=num(best[2], ".3f")),
+            PAGES["curves"]))
     else:
-        actions.append(Action(algo, NEUTRAL, "test loss was lowest at the last epoch.", PAGES["curves"]))
+        actions.append(Action(algo, NEUTRAL, _("test loss was lowest at the last epoch."), PAGES["curves"]))
     actions.append(_mismatch_action(f))
     return actions
 
 
 def _mismatch_action(f: Facts) -> Action:
-    text = "Check for a mismatch between S_train and S_test"
+    text = _(A_MISMATCH)
     parts, votes = [], []
     if f.domain_auc is not None:
-        parts.append(f"domain-classifier AUC = {f.domain_auc:.3f}")
+        parts.append(_("domain-classifier AUC = {auc}").format(auc=num(f.domain_auc, ".3f")))
         votes.append(SUPPORTED if f.domain_auc >= AUC_MISMATCH else CONTRADICTED if f.domain_auc <= AUC_NONE
                      else NEUTRAL)
     if f.class_shift is not None:
-        parts.append(f"class-frequency shift (TV) = {f.class_shift:.3f}")
+        parts.append(_("class-frequency shift (TV) = {shift}").format(shift=num(f.class_shift, ".3f")))
         votes.append(SUPPORTED if f.class_shift >= CLASS_SHIFT_HIGH else CONTRADICTED)
     if f.pixel_shift is not None:
-        parts.append(f"pixel mean shift = {f.pixel_shift:.2f} std")
+        parts.append(_("pixel mean shift = {shift} std").format(shift=num(f.pixel_shift, ".2f")))
         votes.append(SUPPORTED if abs(f.pixel_shift) >= PIXEL_SHIFT_HIGH else CONTRADICTED)
     if not votes:
-        return Action(text, UNMEASURED, "Run the mismatch checks on the Data checks page.", PAGES["data"])
+        return Action(text, UNMEASURED, _("Run the mismatch checks on the Data checks page."), PAGES["data"])
     verdict = SUPPORTED if SUPPORTED in votes else CONTRADICTED if all(v == CONTRADICTED for v in votes) else NEUTRAL
-    tail = {SUPPORTED: ": the splits differ.", CONTRADICTED: ": no detectable mismatch.", NEUTRAL: "."}[verdict]
+    tail = {SUPPORTED: _(": the splits differ."), CONTRADICTED: _(": no detectable mismatch."), NEUTRAL: "."}[verdict]
     return Action(text, verdict, ", ".join(parts) + tail, PAGES["data"])
 
 

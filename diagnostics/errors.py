@@ -13,11 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-SORTS = {
-    "loss": "highest loss first",
-    "confidence": "most confident wrong predictions first",
-    "margin": "smallest margin (true-class probability minus the best other class) first",
+from nnlab import i18n
+from nnlab.i18n import N_, _, num
+
+SORTS = {  # shown through _() where they are shown
+    "loss": N_("highest loss first"),
+    "confidence": N_("most confident wrong predictions first"),
+    "margin": N_("smallest margin (true-class probability minus the best other class) first"),
 }
+
+
+# The columns of :meth:`ClassMetrics.rows` for the reader (keys stay as they are; pages rename with _()).
+METRIC_COLUMNS = {"class": N_("class"), "precision": N_("precision"), "recall": N_("recall"), "f1": N_("f1"),
+                  "support": N_("support")}
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ def ranking_scores(probs: np.ndarray, losses: np.ndarray, labels: np.ndarray, by
         return np.where(wrong, conf, conf - 2.0)  # every wrong prediction ranks above every right one
     if by == "margin":
         return -margins(probs, labels).astype(np.float64)
-    raise ValueError(f"unknown sort {by!r}; choose one of {', '.join(SORTS)}")
+    raise ValueError(_("unknown sort {by}; choose one of {choices}").format(by=repr(by), choices=", ".join(SORTS)))
 
 
 def rank_samples(probs: np.ndarray, losses: np.ndarray, labels: np.ndarray, by: str = "loss",
@@ -187,12 +195,13 @@ def analyze(probs: np.ndarray, losses: np.ndarray, labels: np.ndarray, num_class
 def confusion_figure(cm: np.ndarray, classes: list[str], normalized: bool = False) -> go.Figure:
     """Heatmap of the confusion matrix (rows true, columns predicted), counts or row-normalised."""
     z = row_normalize(cm) if normalized else cm
-    text = [[f"{v:.0%}" if normalized else f"{int(v)}" for v in row] for row in z]
+    text = [[num(v, ".0%") if normalized else f"{int(v)}" for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
         z=z, x=list(classes), y=list(classes), text=text, texttemplate="%{text}", colorscale="Blues",
-        customdata=cm, hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} samples<extra></extra>"))
-    fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-                      height=120 + 36 * len(classes), margin=dict(l=10, r=10, t=30, b=10))
+        customdata=cm, hovertemplate=_("true %{y}<br>predicted %{x}<br>%{customdata} samples") + "<extra></extra>"))
+    fig.update_layout(xaxis_title=_("predicted"), yaxis_title=_("true"), yaxis_autorange="reversed",
+                      height=120 + 36 * len(classes), margin=dict(l=10, r=10, t=30, b=10),
+                      separators=i18n.plotly_separators())
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     return fig
@@ -203,7 +212,8 @@ def topk_figure(classes: list[str], probs_row: np.ndarray, true: int, k: int = 5
     idx, p = top_k(probs_row, k)
     colors = ["#2ca02c" if i == true else ("#d62728" if j == 0 else "#999999") for j, i in enumerate(idx)]
     fig = go.Figure(go.Bar(x=p[::-1], y=[classes[i] for i in idx][::-1], orientation="h",
-                           marker_color=colors[::-1], text=[f"{v:.2f}" for v in p[::-1]], textposition="auto"))
-    fig.update_layout(height=150, margin=dict(l=0, r=0, t=0, b=0), xaxis_range=[0, 1], showlegend=False)
+                           marker_color=colors[::-1], text=[num(v, ".2f") for v in p[::-1]], textposition="auto"))
+    fig.update_layout(height=150, margin=dict(l=0, r=0, t=0, b=0), xaxis_range=[0, 1], showlegend=False,
+                      separators=i18n.plotly_separators())
     fig.update_yaxes(type="category")
     return fig

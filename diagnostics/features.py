@@ -26,6 +26,7 @@ from diagnostics.hooks import capture_outputs, forward_hooks, run_until_captured
 from nnlab.data.inputs import input_from_dataset, input_from_upload  # noqa: F401 - part of this module's interface
 from nnlab.data.sets import ImageDataset
 from nnlab.data.viz import grid
+from nnlab.i18n import _
 from nnlab.models.archinfo import TokenLayout, token_layout
 
 REDUCTIONS = ("max", "mean")
@@ -50,7 +51,7 @@ class LayerInfo:
 
     @property
     def label(self) -> str:
-        how = {"tokens": " (patch tokens as a grid)", "hwc": " (channels-last, shown channel-first)"}
+        how = {"tokens": " " + _("(patch tokens as a grid)"), "hwc": " " + _("(channels-last, shown channel-first)")}
         return f"{self.name} · {self.type} → {'×'.join(map(str, self.shape))}{how.get(self.layout, '')}"
 
 
@@ -90,7 +91,7 @@ def output_layout(module: nn.Module, t: torch.Tensor, input_hw: tuple[int, int],
         return "chw"
     if isinstance(module, nn.Linear):
         return "hwc"
-    _, a, b, c = (int(v) for v in t.shape)
+    _n, a, b, c = (int(v) for v in t.shape)
     chw, hwc = _plausible(b, c, input_hw), _plausible(a, b, input_hw)
     if chw != hwc:
         return "chw" if chw else "hwc"
@@ -144,7 +145,7 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, int, int], leaves_onl
                 found[name] = (tuple(int(v) for v in to_map(t, layout, hw, tokens).shape[1:]), layout)
         return fn
 
-    with forward_hooks(m, {n: make(n) for n, _ in mods}), torch.no_grad():
+    with forward_hooks(m, {n: make(n) for n, _m in mods}), torch.no_grad():
         m(torch.zeros(1, *input_shape, device=_device(m)))
     return [LayerInfo(n, type(mod).__name__, *found[n]) for n, mod in mods if n in found]
 
@@ -168,7 +169,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     with capture_outputs(m, [layer], stop_early=True) as store:
         run_until_captured(m, x.to(_device(m)), store)
         if layer not in store:
-            raise ValueError(f"layer {layer!r} produced no tensor output for this input")
+            raise ValueError(_("layer {layer} produced no tensor output for this input").format(layer=repr(layer)))
         t = store[layer]
     hw, tokens = tuple(x.shape[-2:]), token_layout(m)
     return to_map(t, output_layout(m.get_submodule(layer), t, hw, tokens), hw, tokens)[0].cpu()
@@ -231,10 +232,10 @@ def channel_scores(model: nn.Module, data: ImageDataset, layer: str, split: str 
     out = []
     with capture_outputs(m, [layer], stop_early=True, transform=red) as store:
         done = 0
-        for x, _ in data.batches(split, batch_size, indices=np.arange(n)):
+        for x, _y in data.batches(split, batch_size, indices=np.arange(n)):
             run_until_captured(m, x.to(dev), store)
             if layer not in store:
-                raise ValueError(f"layer {layer!r} produced no tensor output")
+                raise ValueError(_("layer {layer} produced no tensor output").format(layer=repr(layer)))
             out.append(store[layer].cpu())
             done += len(x)
             if progress:

@@ -11,6 +11,8 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from nnlab.data.viz import grid
+from nnlab import i18n
+from nnlab.i18n import N_, _
 
 SCALES = ("shared", "per-filter")
 VIEWS = ("rgb", "channel", "mean")
@@ -69,7 +71,7 @@ def conv_weight(model: nn.Module, name: str) -> np.ndarray:
     """The weight ``out×in/groups×kh×kw`` of conv layer ``name`` as float64 numpy (a copy)."""
     m = model.get_submodule(name)
     if not isinstance(m, nn.Conv2d):
-        raise ValueError(f"{name!r} is not a Conv2d layer")
+        raise ValueError(_("{name} is not a Conv2d layer").format(name=repr(name)))
     w = m.weight.detach()
     if w.is_quantized:
         w = w.dequantize()
@@ -130,12 +132,13 @@ def filter_images(weight: np.ndarray, view: str = "channel", channel: int = 0, s
     """
     if view == "rgb":
         if weight.shape[1] != 3:
-            raise ValueError(f"the colour view needs 3 input channels, this layer has {weight.shape[1]}")
+            raise ValueError(_("the colour view needs 3 input channels, this layer has {n}").format(n=weight.shape[1]))
         s = _scaled(weight, scale)
         return [np.clip(0.5 + 0.5 * f.transpose(1, 2, 0), 0, 1) for f in s]
     if view == "channel":
         if not 0 <= channel < weight.shape[1]:
-            raise ValueError(f"input channel {channel} out of range 0–{weight.shape[1] - 1}")
+            raise ValueError(_("input channel {channel} out of range 0–{last}").format(channel=channel,
+                                                                                   last=weight.shape[1] - 1))
         planes = weight[:, channel]
     elif view == "mean":
         planes = weight.mean(axis=1)
@@ -152,9 +155,9 @@ def filter_grid(weight: np.ndarray, view: str = "channel", channel: int = 0, sca
     order = filter_order(norms, sort)[:max_filters]
     ims = filter_images(weight[order], view, channel, scale)
     tiles = [_upscale((im * 255).round().astype(np.uint8), cell) for im in ims]
-    note = ("colour: input channels R, G, B; mid grey is zero" if view == "rgb"
-            else "red positive, blue negative, white zero")
-    note += "; one colour scale for all filters" if scale == "shared" else "; each filter scaled to its own max |w|"
+    note = (_("colour: input channels R, G, B; mid grey is zero") if view == "rgb"
+            else _("red positive, blue negative, white zero"))
+    note += _("; one colour scale for all filters") if scale == "shared" else _("; each filter scaled to its own max |w|")
     return FilterGrid(grid(tiles, ncols=min(ncols, len(tiles)), fill=160), order, norms, view, note)
 
 
@@ -167,6 +170,12 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _weight(m: nn.Module) -> torch.Tensor:
     w = m.weight.detach()
     return (w.dequantize() if w.is_quantized else w).float()
+
+
+# The columns of :func:`weight_table` for the reader (keys stay as they are; pages rename with _()).
+WEIGHT_COLUMNS = {"layer": N_("layer"), "type": N_("type"), "shape": N_("shape"), "params": N_("params"),
+                  "mean": N_("mean"), "std": N_("std"), "max |w|": N_("max |w|"), "near zero": N_("near zero"),
+                  "exact zeros": N_("exact zeros")}
 
 
 def weight_table(model: nn.Module, near_zero: float = 0.01) -> list[dict]:
@@ -212,6 +221,6 @@ def histogram_figure(hists: dict[str, tuple[np.ndarray, np.ndarray]], ncols: int
         fig.add_trace(go.Bar(x=centers, y=counts, width=np.diff(edges), name=label, showlegend=False,
                              marker_line_width=0, marker_color="#3b6fb6"), row=r + 1, col=c + 1)
     fig.update_layout(height=max(220, nrows * height_per_row), margin=dict(l=10, r=10, t=40, b=10),
-                      title=title or None, bargap=0)
+                      title=title or None, bargap=0, separators=i18n.plotly_separators())
     fig.update_annotations(font_size=11)
     return fig

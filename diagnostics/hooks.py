@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from nnlab.i18n import _
+
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 
@@ -32,7 +34,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name) if name else model
     except AttributeError as exc:
-        raise KeyError(f"the model has no layer named {name!r}") from exc
+        raise KeyError(_("the model has no layer named {name}").format(name=repr(name))) from exc
 
 
 @contextlib.contextmanager

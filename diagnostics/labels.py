@@ -41,6 +41,7 @@ from torch import nn
 from nnlab.data.sets import ImageDataset
 from nnlab.errors import Cancelled
 from nnlab.evaluate import predict_logits
+from nnlab.i18n import _, num
 from nnlab.jobs import pieces as jobs
 from nnlab.models.randinit import seeded_init
 from nnlab.train import Progress, TrainConfig, train_model
@@ -130,7 +131,7 @@ def _folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     counts = np.bincount(labels)
     k = max(2, min(k, int(counts[counts > 0].min()))) if np.any(counts > 0) else 2
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [test for _, test in skf.split(np.zeros(len(labels)), labels)]
+    return [test for _train, test in skf.split(np.zeros(len(labels)), labels)]
 
 
 def _fold_of(parts: list[np.ndarray], n: int) -> np.ndarray:
@@ -210,7 +211,7 @@ def _run_folds(fn: Callable[[dict, jobs.Report], dict], pieces: list[dict], prog
     n_threads = threads or (1 if on_ray else torch.get_num_threads())
     results = jobs.map_tasks(fn, pieces, progress, cancel, use_ray=on_ray, threads_per_task=n_threads)
     if any(r.status == "cancelled" for r in results):
-        raise Cancelled("cancelled by the user")
+        raise Cancelled(_("cancelled by the user"))
     failed = [r for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"fold {failed[0].index + 1} of {len(pieces)} failed: {failed[0].error}")
@@ -340,7 +341,7 @@ def logistic_regression_probs(x_train: np.ndarray, y_train: np.ndarray, x_eval: 
 
     def closure() -> torch.Tensor:
         if cancel is not None and cancel():
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
         with torch.no_grad():  # the gradient by hand: two matrix products, no autograd graph
             z = xt @ u + b
             lse = torch.logsumexp(z, dim=1, keepdim=True)
@@ -366,11 +367,11 @@ def features_fold(piece: dict, report: jobs.Report) -> dict:
     labels, fold = np.load(piece["labels"]), np.load(piece["folds"])
     f = int(piece["fold"])
     held, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-    report(f"logistic regression on {len(train):,} samples", 0.0)
+    report(_("logistic regression on {n} samples").format(n=num(len(train), ",d")), 0.0)
     probs = logistic_regression_probs(feats[train], labels[train], feats[held], int(piece["classes"]),
                                       float(piece["c"]), max_iter=int(piece["max_iter"]), cancel=report.cancelled)
     np.save(piece["out"], probs)
-    report(f"{len(held):,} samples predicted", 1.0)
+    report(_("{n} samples predicted").format(n=num(len(held), ",d")), 1.0)
     return {"probs": piece["out"], "rows": len(held)}
 
 
@@ -436,5 +437,5 @@ def subsample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
         return np.arange(len(labels))
     from sklearn.model_selection import train_test_split
 
-    idx, _ = train_test_split(np.arange(len(labels)), train_size=n, random_state=seed, stratify=labels)
+    idx, _rest = train_test_split(np.arange(len(labels)), train_size=n, random_state=seed, stratify=labels)
     return np.sort(idx)

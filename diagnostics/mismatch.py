@@ -17,14 +17,25 @@ from torch import nn
 
 from nnlab.data.sets import ImageDataset
 from nnlab.errors import Cancelled
+from nnlab.i18n import N_, _, num
 
 # --- penultimate features ---------------------------------------------------------------------------------
+
+_FEATURES_OF = {"train": N_("features of the train split: {done}/{n} images"),
+                "test": N_("features of the test split: {done}/{n} images")}
+
+
+def _features_message(split: str, done: int, n: int) -> str:
+    """The progress of a feature pass, in the current language."""
+    template = _(_FEATURES_OF[split]) if split in _FEATURES_OF else f"features of the {split} split: {{done}}/{{n}} images"
+    return template.format(done=num(done, ",d"), n=num(n, ",d"))
+
 
 def last_linear(model: nn.Module) -> nn.Linear:
     """The last ``nn.Linear`` module of ``model`` (its classifier head)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("the model has no nn.Linear layer, so it has no penultimate features to read")
+        raise ValueError(_("the model has no nn.Linear layer, so it has no penultimate features to read"))
     return linears[-1]
 
 
@@ -52,7 +63,7 @@ def feature_model(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module |
     names = [n for n, m in work.named_modules() if m is head]
     if not names or not names[0]:
         return None
-    parent_name, _, attr = names[0].rpartition(".")
+    parent_name, _sep, attr = names[0].rpartition(".")
     parent = work.get_submodule(parent_name) if parent_name else work
     setattr(parent, attr, _FeaturesThenLogits(head))
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
@@ -80,15 +91,15 @@ def features_and_logits(model: nn.Module, data: ImageDataset, split: str, indice
         head = last_linear(model)
         n = len(indices) if indices is not None else len(data.labels(split))
         feats, logits = [], []
-        for x, _ in data.stream(split, batch_size, indices=indices):
+        for x, _y in data.stream(split, batch_size, indices=indices):
             if cancel is not None and cancel():
-                raise Cancelled("cancelled by the user")
+                raise Cancelled(_("cancelled by the user"))
             out = np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)
             feats.append(out[:, :head.in_features])
             logits.append(out[:, head.in_features:])
             if progress is not None:
                 done = sum(len(t) for t in logits)
-                progress(f"features of the {split} split: {done:,}/{n:,} images", done / max(1, n))
+                progress(_features_message(split, done, n), done / max(1, n))
         if not logits:
             return np.zeros((0, head.in_features), np.float32), np.zeros((0, head.out_features), np.float32)
         return np.concatenate(feats), np.concatenate(logits)
@@ -106,13 +117,13 @@ def features_and_logits(model: nn.Module, data: ImageDataset, split: str, indice
     try:
         model.eval()
         with torch.inference_mode():
-            for x, _ in data.stream(split, batch_size, indices=indices):
+            for x, _y in data.stream(split, batch_size, indices=indices):
                 if cancel is not None and cancel():
-                    raise Cancelled("cancelled by the user")
+                    raise Cancelled(_("cancelled by the user"))
                 logits.append(model(x.to(device)).float().cpu())
                 if progress is not None:
                     done = sum(len(t) for t in logits)
-                    progress(f"features of the {split} split: {done:,}/{n:,} images", done / max(1, n))
+                    progress(_features_message(split, done, n), done / max(1, n))
     finally:
         handle.remove()
         model.train(was_training)
@@ -232,7 +243,7 @@ def domain_auc(train_features: np.ndarray, test_features: np.ndarray, max_per_sp
 def domain_scores(train_features: np.ndarray, test_features: np.ndarray, max_per_split: int = 10000,
                   folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold "is test" probabilities of the balanced domain-classifier sample, and its 0/1 labels."""
-    scores, y, _ = _domain_scores(train_features, test_features, max_per_split, folds, seed)
+    scores, y, _idx = _domain_scores(train_features, test_features, max_per_split, folds, seed)
     return scores, y
 
 
@@ -261,7 +272,7 @@ def _domain_scores(train_features: np.ndarray, test_features: np.ndarray, max_pe
     g = np.random.default_rng(seed)
     n = min(len(train_features), len(test_features), max_per_split)
     if n < folds * 2:
-        raise ValueError(f"too few samples for a domain classifier ({n} per split)")
+        raise ValueError(_("too few samples for a domain classifier ({n} per split)").format(n=n))
     ia = g.choice(len(train_features), n, replace=False)
     ib = g.choice(len(test_features), n, replace=False)
     x = np.concatenate([train_features[ia], test_features[ib]]).astype(np.float64)

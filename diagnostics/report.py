@@ -1,5 +1,8 @@
 """One report per model: a single self-contained HTML file (and a PDF when a browser can print it).
 
+The report is written in one language (``lang``; default: the current one): every heading, label and sentence
+through the translation layer, numbers with the language's decimal separator, the same numbers in every language.
+
 Sections: the model card (architecture, preprocessing, data, accuracy, size, latency), the diagnosis against
 E_goal with its evidence, per-class metrics and the confusion matrix, the worst errors with their attributions,
 the data-check results, and the Pareto plot with the chosen variants side by side. Every number comes from the
@@ -23,16 +26,23 @@ from torch import nn
 
 from diagnostics import datacheck
 from diagnostics.curves import cached_curves, error_slope
-from diagnostics.diagnosis import default_goal, diagnose
-from diagnostics.errors import class_metrics, confusion, confusion_figure, rank_samples
+from diagnostics.diagnosis import default_goal, diagnose, regime_label, verdict_label
+from diagnostics.errors import METRIC_COLUMNS, class_metrics, confusion, confusion_figure, rank_samples
+from nnlab import i18n
 from nnlab.data.sets import ImageDataset
 from nnlab.data.viz import as_image, display_scale
 from nnlab.evaluate import EvalResult
+from nnlab.i18n import N_, _, num
 from nnlab.measure import speedups
 from nnlab.records import Record
 from nnlab.workspace import Workspace
 
 SECTIONS = ("model-card", "diagnosis", "per-class", "worst-errors", "data-checks", "variants")
+# Section headings (translated where the report is written, in its language).
+HEADINGS = {"model-card": N_("Model card"), "diagnosis": N_("Diagnosis against the goal"),
+            "per-class": N_("Per-class metrics and confusion matrix"),
+            "worst-errors": N_("Worst errors and their attributions"), "data-checks": N_("Data checks"),
+            "variants": N_("Compressed variants"), "notes": N_("Notes")}
 
 
 @dataclass
@@ -53,6 +63,8 @@ class ReportData:
     variants: list[Record] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)  # name → data URI
     notes: list[str] = field(default_factory=list)
+    lang: str = i18n.DEFAULT  # the language its words (diagnosis, figures, notes) were gathered in
+    facts: Any = None  # what the diagnosis was made from (render_html in another language diagnoses again)
 
 
 def _png_uri(img: np.ndarray) -> str:
@@ -70,7 +82,8 @@ def _figure_uri(fig: Any, notes: list[str], width: int = 900, height: int = 420)
 
         svg = figures.to_svg(fig, width=width, height=height)
     except Exception as exc:  # noqa: BLE001 - the report still has every table; say why a figure is missing
-        notes.append(f"A figure could not be rendered ({type(exc).__name__}: {str(exc)[:160]}).")
+        notes.append(_("A figure could not be rendered ({error}).").format(
+            error=f"{type(exc).__name__}: {str(exc)[:160]}"))
         return ""
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
 
@@ -78,8 +91,21 @@ def _figure_uri(fig: Any, notes: list[str], width: int = 900, height: int = 420)
 def gather(model: nn.Module, record: Record, data: ImageDataset, ws: Workspace, test: EvalResult,
            train: EvalResult, variants: list[Record] | None = None, e_goal: float | None = None,
            worst: int = 8, attribution: str = "integrated_gradients", history: list[dict] | None = None,
-           progress: Any = None) -> ReportData:
-    """Collect every section's numbers and pictures (the model is only read: attributions use a copy)."""
+           progress: Any = None, lang: str | None = None) -> ReportData:
+    """Collect every section's numbers and pictures (the model is only read: attributions use a copy).
+
+    Words that are gathered here (the diagnosis, figure titles, notes) are in ``lang`` (default: the current
+    language); render the data in the same language.
+    """
+    with i18n.language(lang or i18n.get_language()) as code:
+        rep = _gather(model, record, data, ws, test, train, variants, e_goal, worst, attribution, history, progress)
+        rep.lang = code
+        return rep
+
+
+def _gather(model: nn.Module, record: Record, data: ImageDataset, ws: Workspace, test: EvalResult,
+            train: EvalResult, variants: list[Record] | None, e_goal: float | None, worst: int, attribution: str,
+            history: list[dict] | None, progress: Any) -> ReportData:
     notes: list[str] = []
     e_test, e_train = test.error, train.error
     goal = default_goal(e_test) if e_goal is None else float(e_goal)
@@ -92,17 +118,17 @@ def gather(model: nn.Module, record: Record, data: ImageDataset, ws: Workspace, 
     metrics = class_metrics(test.labels, test.preds, k)
     cm = confusion(test.labels, test.preds, k)
     rep = ReportData(record=record, data=data, test=test, train=train, e_goal=goal, diagnosis=diag, metrics=metrics,
-                     cm=cm, data_summary=summary, variants=list(variants or []), notes=notes)
+                     cm=cm, data_summary=summary, variants=list(variants or []), notes=notes, facts=facts)
     if progress is not None:
-        progress("figures: confusion matrix", 0.2)
+        progress(_("figures: confusion matrix"), 0.2)
     rep.figures["confusion"] = _figure_uri(confusion_figure(cm, data.classes), notes, 700, 600)
     if progress is not None:
-        progress("worst errors and their attributions", 0.35)
+        progress(_("worst errors and their attributions"), 0.35)
     rep.worst = _worst(model, data, test, worst, attribution, notes)
     rep.label_issues = _label_issues(ws, record.id, data)
     if rep.variants:
         if progress is not None:
-            progress("figures: Pareto plot", 0.8)
+            progress(_("figures: Pareto plot"), 0.8)
         from compression.pareto import pareto_figure
 
         rep.figures["pareto"] = _figure_uri(pareto_figure([record, *rep.variants], "size", base_id=record.id),
@@ -123,6 +149,7 @@ def _worst(model: nn.Module, data: ImageDataset, test: EvalResult, n: int, metho
     work = copy.deepcopy(model).eval().cpu()
     scale = display_scale(data.input_shape[1], 96)
     prep = None
+    failed = False
     for i in order:
         x8 = data.x_test[i:i + 1]
         item = {"index": i, "true": data.classes[int(test.labels[i])], "pred": data.classes[int(test.preds[i])],
@@ -135,8 +162,10 @@ def _worst(model: nn.Module, data: ImageDataset, test: EvalResult, n: int, metho
             shown = attr.render(a.values, as_image(x8[0]), style="heat", scale=scale)
             item["attribution"] = _png_uri(shown)
         except Exception as exc:  # noqa: BLE001 - a model the method does not fit: the image without the map
-            if not notes or "attributions" not in notes[-1]:
-                notes.append(f"No {method} attributions for this model ({type(exc).__name__}: {str(exc)[:120]}).")
+            if not failed:  # one note for the whole gallery
+                failed = True
+                notes.append(_("No {method} attributions for this model ({error}).").format(
+                    method=method, error=f"{type(exc).__name__}: {str(exc)[:120]}"))
         out.append(item)
     return out
 
@@ -177,13 +206,15 @@ def _e(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
-def _table(rows: list[dict], fmt: dict[str, str] | None = None) -> str:
+def _table(rows: list[dict], fmt: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> str:
+    """An HTML table of ``rows`` (keys are the columns, shown as ``headers[key]`` where given); numbers in ``fmt``'s
+    format, with the current language's decimal separator."""
     if not rows:
-        return "<p class='muted'>(none)</p>"
-    fmt = fmt or {}
+        return "<p class='muted'>" + _e(_("(none)")) + "</p>"
+    fmt, headers = fmt or {}, headers or {}
     cols = list(rows[0])
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_e(format(r[c], fmt[c]) if c in fmt and isinstance(r[c], (int, float)) else r[c])}</td>"
+    head = "".join(f"<th>{_e(headers.get(c, c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_e(num(r[c], fmt[c]) if c in fmt and isinstance(r[c], (int, float)) else r[c])}</td>"
                                     for c in cols) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -191,114 +222,161 @@ def _table(rows: list[dict], fmt: dict[str, str] | None = None) -> str:
 def _lat(rec: Record, batch: int = 1) -> str:
     lat = rec.latency.get(str(batch))
     if not lat:
-        return "n/a"
-    return f"{float(lat['median_ms']):.2f} ms ({lat.get('runtime', '')}, {lat.get('threads', '?')} threads)"
+        return _("n/a")
+    return _("{ms} ms ({runtime}, {threads} threads)").format(
+        ms=num(float(lat["median_ms"]), ".2f"), runtime=lat.get("runtime", ""), threads=lat.get("threads", "?"))
 
 
 def _speedups(v: Record, base: Record) -> dict[str, str]:
     """Both speed-ups of a variant at batch 1 as text: against the base in its runtime (one run) and against the
     base's fastest fp32 runtime; "n/a" where not measured by today's harness."""
     sp = speedups(v, base if v.parent == base.id else None, 1)
-    same = (f"{sp['same_runtime']:.2f}× (base in {sp['same_runtime_base']})"
-            if math.isfinite(sp["same_runtime"]) else "n/a")
-    fast = (f"{sp['vs_fastest_fp32']:.2f}× ({sp['fastest_fp32_runtime']})"
-            if math.isfinite(sp["vs_fastest_fp32"]) else "n/a")
+    same = (_("{x}× (base in {runtime})").format(x=num(sp["same_runtime"], ".2f"), runtime=sp["same_runtime_base"])
+            if math.isfinite(sp["same_runtime"]) else _("n/a"))
+    fast = (f"{num(sp['vs_fastest_fp32'], '.2f')}× ({sp['fastest_fp32_runtime']})"
+            if math.isfinite(sp["vs_fastest_fp32"]) else _("n/a"))
     return {"speed-up, same runtime": same, "speed-up vs base's fastest fp32": fast}
 
 
-def render_html(r: ReportData) -> str:
-    """The report as one HTML document (no script, no external resource)."""
+def _h2(section: str) -> str:
+    return f"<h2>{_e(_(HEADINGS[section]))}</h2>"
+
+
+def render_html(r: ReportData, lang: str | None = None) -> str:
+    """The report as one HTML document (no script, no external resource), in ``lang`` (default: the language the
+    data was gathered in)."""
+    with i18n.language(lang or r.lang) as code:
+        return _render_html(r, code)
+
+
+def _render_html(r: ReportData, code: str) -> str:
     rec, data = r.record, r.data
     pre = data.preprocessing
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>nnlab report: {_e(rec.name)}</title>"
+    title = _("nnlab report: {name}").format(name=rec.name)
+    generated = _("Generated {time} by nnlab · model {model} · dataset {dataset}").format(
+        time=_e(time.strftime("%Y-%m-%d %H:%M")), model=f"<code>{_e(rec.id)}</code>",
+        dataset=f"<code>{_e(data.id)}</code>")
+    parts = [f"<!doctype html><html lang='{code}'><head><meta charset='utf-8'><title>{_e(title)}</title>"
              f"<style>{_CSS}</style></head><body>",
-             f"<h1>nnlab report: {_e(rec.name)}</h1><p class='muted'>Generated {_e(time.strftime('%Y-%m-%d %H:%M'))}"
-             f" by nnlab · model <code>{_e(rec.id)}</code> · dataset <code>{_e(data.id)}</code></p>"]
+             f"<h1>{_e(title)}</h1><p class='muted'>{generated}</p>"]
     # model card
-    card = [{"": "Architecture", "value": rec.arch}, {"": "Dataset", "value": f"{data.name} — {data.source}"},
-            {"": "Classes", "value": f"{data.num_classes}: {', '.join(data.classes[:20])}"
-                                     + (" …" if data.num_classes > 20 else "")},
-            {"": "Images", "value": f"{len(data.y_train):,} training, {len(data.y_test):,} test"},
-            {"": "Preprocessing", "value": pre.describe() + (f" ({pre.source})" if pre.source else "")},
-            {"": "Test accuracy", "value": f"{r.test.accuracy:.2%}"},
-            {"": "Train accuracy", "value": f"{r.train.accuracy:.2%}"},
-            {"": "Parameters", "value": f"{rec.params:,} ({rec.nonzero_params:,} nonzero)"},
-            {"": "MACs / image", "value": f"{rec.macs / 1e6:.2f} M"},
-            {"": "Size on disk", "value": f"{rec.size_bytes / 1024:.0f} KiB" if rec.size_bytes else "in memory"},
-            {"": "Latency, batch 1", "value": _lat(rec, 1)}]
-    parts.append(f"<section id='model-card'><h2>Model card</h2>{_table(card)}</section>")
+    size = (_("{kib} KiB").format(kib=num(rec.size_bytes / 1024, ".0f")) if rec.size_bytes else _("in memory"))
+    card = [{"": _("Architecture"), "value": rec.arch}, {"": _("Dataset"), "value": f"{data.name} — {data.source}"},
+            {"": _("Classes"), "value": f"{data.num_classes}: {', '.join(data.classes[:20])}"
+                                        + (" …" if data.num_classes > 20 else "")},
+            {"": _("Images"), "value": _("{train} training, {test} test").format(
+                train=num(len(data.y_train), ",d"), test=num(len(data.y_test), ",d"))},
+            {"": _("Preprocessing"), "value": pre.describe() + (f" ({pre.source})" if pre.source else "")},
+            {"": _("Test accuracy"), "value": num(r.test.accuracy, ".2%")},
+            {"": _("Train accuracy"), "value": num(r.train.accuracy, ".2%")},
+            {"": _("Parameters"), "value": _("{params} ({nonzero} nonzero)").format(
+                params=num(rec.params, ",d"), nonzero=num(rec.nonzero_params, ",d"))},
+            {"": _("MACs / image"), "value": _("{macs} M").format(macs=num(rec.macs / 1e6, ".2f"))},
+            {"": _("Size on disk"), "value": size},
+            {"": _("Latency, batch 1"), "value": _lat(rec, 1)}]
+    value = _("value")
+    parts.append(f"<section id='model-card'>{_h2('model-card')}{_table(card, headers={'value': value})}</section>")
     # diagnosis
     d = r.diagnosis
+    if r.lang != code:  # the diagnosis' words in this language: the same rules on the same numbers
+        from diagnostics.diagnosis import Facts
+
+        d = diagnose(d.e_train, d.e_test, d.e_goal, r.facts or Facts(), n_test=len(r.test.labels))
     acts = "".join(f"<li><span class='verdict {('ok' if a.verdict == 'supported' else 'bad' if a.verdict == 'contradicted' else 'neutral')}'>"
-                   f"{_e(a.verdict)}</span> — <b>{_e(a.text)}</b><br><span class='muted'>{_e(a.evidence)}</span></li>"
+                   f"{_e(verdict_label(a.verdict))}</span> — <b>{_e(a.text)}</b><br><span class='muted'>{_e(a.evidence)}</span></li>"
                    for a in d.actions)
-    parts.append("<section id='diagnosis'><h2>Diagnosis against the goal</h2>"
-                 + _table([{"E_train": f"{r.train.error:.2%}", "E_test": f"{r.test.error:.2%}",
-                            "E_goal": f"{r.e_goal:.2%}", "E_test − E_goal": f"{r.test.error - r.e_goal:+.2%}"}])
-                 + f"<p><b>{_e(d.regime)}</b>: {_e(d.headline)}</p>"
+    parts.append(f"<section id='diagnosis'>{_h2('diagnosis')}"
+                 + _table([{"E_train": num(r.train.error, ".2%"), "E_test": num(r.test.error, ".2%"),
+                            "E_goal": num(r.e_goal, ".2%"), "E_test − E_goal": num(r.test.error - r.e_goal, "+.2%")}])
+                 + f"<p><b>{_e(regime_label(d.regime))}</b>: {_e(d.headline)}</p>"
                  + "".join(f"<p class='muted'>{_e(n)}</p>" for n in d.notes)
                  + (f"<ol>{acts}</ol>" if acts else "") + "</section>")
     # per-class
     rows = r.metrics.rows(data.classes)
-    parts.append("<section id='per-class'><h2>Per-class metrics and confusion matrix</h2>"
-                 + _table(rows, {"precision": ".3f", "recall": ".3f", "f1": ".3f"})
-                 + (f"<img class='fig' alt='confusion matrix' src='{r.figures['confusion']}'>"
+    parts.append(f"<section id='per-class'>{_h2('per-class')}"
+                 + _table(rows, {"precision": ".3f", "recall": ".3f", "f1": ".3f"},
+                          {k: _(v) for k, v in METRIC_COLUMNS.items()})
+                 + ("<img class='fig' alt='" + _e(_("confusion matrix")) + f"' src='{r.figures['confusion']}'>"
                     if r.figures.get("confusion") else "") + "</section>")
     # worst errors
     cards = "".join(f"<div class='card'><img alt='sample {w['index']}' src='{w['image']}'>"
                     + (f"<img alt='attribution' src='{w['attribution']}'>" if w["attribution"] else "")
-                    + f"<div>test #{w['index']}: true <b>{_e(w['true'])}</b> · predicted <b>{_e(w['pred'])}</b> "
-                      f"({w['confidence']:.0%}), loss {w['loss']:.2f}</div></div>" for w in r.worst)
-    parts.append("<section id='worst-errors'><h2>Worst errors and their attributions</h2>"
-                 "<p class='muted'>Test images the model gets wrong with the highest loss; beside each, where the "
-                 "attribution (integrated gradients for the predicted class) puts the evidence.</p>"
-                 f"<div class='grid'>{cards or '<p>No error on the test split.</p>'}</div></section>")
+                    + "<div>" + _("test #{index}: true {true} · predicted {pred} ({confidence}), loss {loss}").format(
+                        index=w["index"], true=f"<b>{_e(w['true'])}</b>", pred=f"<b>{_e(w['pred'])}</b>",
+                        confidence=num(w["confidence"], ".0%"), loss=num(w["loss"], ".2f")) + "</div></div>"
+                    for w in r.worst)
+    no_error = "<p>" + _e(_("No error on the test split.")) + "</p>"
+    parts.append(f"<section id='worst-errors'>{_h2('worst-errors')}"
+                 "<p class='muted'>" + _e(_("Test images the model gets wrong with the highest loss; beside each, "
+                                           "where the attribution (integrated gradients for the predicted class) "
+                                           "puts the evidence.")) + "</p>"
+                 f"<div class='grid'>{cards or no_error}</div></section>")
     # data checks
     s = r.data_summary
     if s:
-        dc = [{"check": "Suspected label errors", "result": f"{s.get('label_issues', 0):,} of "
-                                                            f"{s.get('label_checked', 0):,} ({s.get('label_issue_fraction', 0):.2%})"},
-              {"check": "Class imbalance (largest / smallest)", "result": f"{s.get('imbalance_ratio', float('nan')):.2f}"},
-              {"check": "Class-frequency shift train→test (TV)", "result": f"{s.get('class_shift', float('nan')):.3f}"},
-              {"check": "Domain-classifier AUC (train vs test)", "result": f"{s.get('domain_auc', float('nan')):.3f}"},
-              {"check": "Test images with a near-duplicate in train", "result": f"{s.get('duplicates', 0):,}"}]
-        issues = "".join(f"<div class='card'><img alt='train {li['index']}' src='{li['image']}'><div>train "
-                         f"#{li['index']}: given <b>{_e(li['given'])}</b>, suggested <b>{_e(li['suggested'])}</b> "
-                         f"(p(given) {li['self_confidence']:.2f})</div></div>" for li in r.label_issues)
-        parts.append(f"<section id='data-checks'><h2>Data checks</h2>{_table(dc)}"
-                     f"<p class='muted'>{_e(s.get('label_method', ''))}</p><div class='grid'>{issues}</div></section>")
+        nan = float("nan")
+        dc = [{"check": _("Suspected label errors"), "result": _("{n} of {checked} ({fraction})").format(
+                  n=num(s.get("label_issues", 0), ",d"), checked=num(s.get("label_checked", 0), ",d"),
+                  fraction=num(s.get("label_issue_fraction", 0), ".2%"))},
+              {"check": _("Class imbalance (largest / smallest)"), "result": num(s.get("imbalance_ratio", nan), ".2f")},
+              {"check": _("Class-frequency shift train→test (TV)"), "result": num(s.get("class_shift", nan), ".3f")},
+              {"check": _("Domain-classifier AUC (train vs test)"), "result": num(s.get("domain_auc", nan), ".3f")},
+              {"check": _("Test images with a near-duplicate in train"), "result": num(s.get("duplicates", 0), ",d")}]
+        issues = "".join(f"<div class='card'><img alt='train {li['index']}' src='{li['image']}'><div>"
+                         + _("train #{index}: given {given}, suggested {suggested} (p(given) {p})").format(
+                             index=li["index"], given=f"<b>{_e(li['given'])}</b>",
+                             suggested=f"<b>{_e(li['suggested'])}</b>", p=num(li["self_confidence"], ".2f"))
+                         + "</div></div>" for li in r.label_issues)
+        method = s.get("label_method", "")
+        if s.get("label_checked") and str(method).startswith("penultimate features"):  # stored in English
+            from diagnostics.datacheck import label_method_text
+
+            method = label_method_text(int(s["label_checked"]), len(data.y_train))
+        parts.append(f"<section id='data-checks'>{_h2('data-checks')}"
+                     + _table(dc, headers={"check": _("check"), "result": _("result")})
+                     + f"<p class='muted'>{_e(method)}</p><div class='grid'>{issues}</div></section>")
     else:
-        parts.append("<section id='data-checks'><h2>Data checks</h2><p class='muted'>Not run for this model yet "
-                     "(Data checks page).</p></section>")
+        parts.append(f"<section id='data-checks'>{_h2('data-checks')}<p class='muted'>"
+                     + _e(_("Not run for this model yet (Data checks page).")) + "</p></section>")
     # variants
     if r.variants:
         base = r.record
-        side = [{"model": base.name + " (base)", "method": "base", "accuracy": f"{base.accuracy:.2%}", "Δ points": "",
-                 "size (KiB)": f"{base.size_bytes / 1024:.1f}", "latency b1": _lat(base),
-                 "speed-up, same runtime": "1.00×", "speed-up vs base's fastest fp32": "1.00×",
-                 "MACs (M)": f"{base.macs / 1e6:.2f}", "runtime": str(base.latency.get("1", {}).get("runtime", ""))}]
+        cols = {"model": _("model"), "method": _("method"), "accuracy": _("accuracy"), "Δ points": _("Δ points"),
+                "size (KiB)": _("size (KiB)"), "latency b1": _("latency b1"),
+                "speed-up, same runtime": _("speed-up, same runtime"),
+                "speed-up vs base's fastest fp32": _("speed-up vs base's fastest fp32"), "MACs (M)": _("MACs (M)"),
+                "runtime": _("runtime")}
+        one = num(1.0, ".2f") + "×"
+        side = [{"model": _("{name} (base)").format(name=base.name), "method": _("base"),
+                 "accuracy": num(base.accuracy, ".2%"), "Δ points": "",
+                 "size (KiB)": num(base.size_bytes / 1024, ".1f"), "latency b1": _lat(base),
+                 "speed-up, same runtime": one, "speed-up vs base's fastest fp32": one,
+                 "MACs (M)": num(base.macs / 1e6, ".2f"), "runtime": str(base.latency.get("1", {}).get("runtime", ""))}]
         for v in r.variants:
-            side.append({"model": v.name, "method": v.method, "accuracy": f"{v.accuracy:.2%}",
-                         "Δ points": f"{100 * (v.accuracy - base.accuracy):+.2f}",
-                         "size (KiB)": f"{v.size_bytes / 1024:.1f}", "latency b1": _lat(v),
-                         **_speedups(v, base), "MACs (M)": f"{v.macs / 1e6:.2f}",
+            side.append({"model": v.name, "method": v.method, "accuracy": num(v.accuracy, ".2%"),
+                         "Δ points": num(100 * (v.accuracy - base.accuracy), "+.2f"),
+                         "size (KiB)": num(v.size_bytes / 1024, ".1f"), "latency b1": _lat(v),
+                         **_speedups(v, base), "MACs (M)": num(v.macs / 1e6, ".2f"),
                          "runtime": str(v.extra.get("runtime", ""))})
         deltas = []
         for i, c in enumerate(data.classes):
-            row = {"class": c, "base": f"{base.per_class_accuracy[i]:.2%}" if i < len(base.per_class_accuracy) else ""}
+            row = {"class": c, "base": num(base.per_class_accuracy[i], ".2%") if i < len(base.per_class_accuracy)
+                   else ""}
             for v in r.variants:
                 if i < len(v.per_class_accuracy) and i < len(base.per_class_accuracy):
-                    row[v.name[:40]] = f"{100 * (v.per_class_accuracy[i] - base.per_class_accuracy[i]):+.2f}"
+                    row[v.name[:40]] = num(100 * (v.per_class_accuracy[i] - base.per_class_accuracy[i]), "+.2f")
             deltas.append(row)
-        parts.append("<section id='variants'><h2>Compressed variants</h2>"
-                     + (f"<img class='fig' alt='Pareto plot' src='{r.figures['pareto']}'>" if r.figures.get("pareto") else "")
-                     + "<h3>Side by side</h3>" + _table(side)
-                     + "<h3>Per-class accuracy change (points)</h3>" + _table(deltas) + "</section>")
+        parts.append(f"<section id='variants'>{_h2('variants')}"
+                     + ("<img class='fig' alt='" + _e(_("Pareto plot")) + f"' src='{r.figures['pareto']}'>"
+                        if r.figures.get("pareto") else "")
+                     + "<h3>" + _e(_("Side by side")) + "</h3>" + _table(side, headers=cols)
+                     + "<h3>" + _e(_("Per-class accuracy change (points)")) + "</h3>"
+                     + _table(deltas, headers={"class": _("class"), "base": _("base")}) + "</section>")
     else:
-        parts.append("<section id='variants'><h2>Compressed variants</h2><p class='muted'>No variant chosen.</p>"
-                     "</section>")
+        parts.append(f"<section id='variants'>{_h2('variants')}<p class='muted'>" + _e(_("No variant chosen."))
+                     + "</p></section>")
     if r.notes:
-        parts.append("<section><h2>Notes</h2>" + "".join(f"<p class='muted'>{_e(n)}</p>" for n in r.notes)
+        parts.append(f"<section>{_h2('notes')}" + "".join(f"<p class='muted'>{_e(n)}</p>" for n in r.notes)
                      + "</section>")
     parts.append("</body></html>")
     return "".join(parts)

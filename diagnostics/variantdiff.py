@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from diagnostics.hooks import forward_hooks
+from nnlab.i18n import _
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -129,9 +130,10 @@ def layer_errors(base: nn.Module, variant: nn.Module, x: torch.Tensor,
                 if local.shape == ref.shape:
                     local_rel, local_db = _rel(ref, local), _sqnr_db(ref, local)
                 else:
-                    note = f"output shape {tuple(local.shape[1:])} against the base's {tuple(ref.shape[1:])}"
+                    note = _("output shape {shape} against the base's {base}").format(
+                        shape=tuple(local.shape[1:]), base=tuple(ref.shape[1:]))
             except (RuntimeError, KeyError) as exc:  # e.g. pruned input channels: the base's input does not fit
-                note = f"the variant's layer cannot take the base's input ({str(exc)[:80]})"
+                note = _("the variant's layer cannot take the base's input ({error})").format(error=str(exc)[:80])
             if name in v_out and v_out[name].shape == ref.shape:
                 acc_rel, acc_db = _rel(ref, v_out[name]), _sqnr_db(ref, v_out[name])
             rows.append(LayerError(name, type(dict(b.named_modules())[name]).__name__, depth, local_rel, local_db,
@@ -144,7 +146,7 @@ def put_back(base: nn.Module, variant: nn.Module, layers: list[str]) -> nn.Modul
     out = copy.deepcopy(variant)
     b_mods = dict(base.named_modules())
     for name in layers:
-        parent, _, child = name.rpartition(".")
+        parent, _sep, child = name.rpartition(".")
         setattr(out.get_submodule(parent) if parent else out, child, copy.deepcopy(b_mods[name]))
     return out.eval()
 

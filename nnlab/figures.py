@@ -29,6 +29,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from nnlab.i18n import _, num
+
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
 # The flags tests/browser.py starts chromium with; choreographer already adds --no-sandbox and --disable-gpu
@@ -71,13 +73,13 @@ def unavailable_reason() -> str | None:
         import choreographer  # noqa: F401
         import kaleido  # noqa: F401
     except ImportError:
-        return "PNG/SVG export needs the kaleido package (pinned in requirements.txt), which is not installed"
+        return _("PNG/SVG export needs the kaleido package (pinned in requirements.txt), which is not installed")
     if browser_path() is None:
         env = os.environ.get("BROWSER_PATH", "").strip()
-        where = f"BROWSER_PATH={env!r} is not an executable" if env else (
-            f"no {' / '.join(BROWSER_NAMES[:2])} on PATH and no {DEBIAN_CHROMIUM}")
-        return (f"PNG/SVG export needs a Chromium browser ({where}): install Debian's chromium "
-                "(apt-get install chromium) or set BROWSER_PATH; nnlab never downloads one")
+        where = _("BROWSER_PATH={path} is not an executable").format(path=repr(env)) if env else (
+            _("no {names} on PATH and no {debian}").format(names=" / ".join(BROWSER_NAMES[:2]), debian=DEBIAN_CHROMIUM))
+        return _("PNG/SVG export needs a Chromium browser ({where}): install Debian's chromium (apt-get install "
+                 "chromium) or set BROWSER_PATH; nnlab never downloads one").format(where=where)
     return None
 
 
@@ -229,14 +231,15 @@ class _Renderer:
             return fut.result(timeout)
         except FutureTimeout:
             fut.cancel()
-            raise FigureExportError(f"the export browser did not answer within {timeout:.0f} s") from None
+            raise FigureExportError(_("the export browser did not answer within {seconds} s").format(
+                seconds=num(timeout, ".0f"))) from None
 
     async def _open(self) -> Any:
         import kaleido
 
         path = browser_path()
         if path is None:
-            raise FigureExportError(unavailable_reason() or "no browser")
+            raise FigureExportError(unavailable_reason() or _("no browser"))
         os.environ.setdefault("BROWSER_PATH", path)  # any other kaleido user in this process finds the same one
         k = kaleido.Kaleido(n=1, timeout=RENDER_TIMEOUT, mathjax=False, path=path, browser_cls=_chromium_class())
         await asyncio.wait_for(k.open(), START_TIMEOUT)
@@ -286,11 +289,11 @@ class _Renderer:
                 except Exception as exc:  # noqa: BLE001 - kaleido/choreographer errors: say what failed
                     self._call(self._aclose(), 30)
                     if attempt:
-                        raise FigureExportError(f"{opts['format'].upper()} export failed: {type(exc).__name__}: "
-                                                f"{str(exc)[:300]}") from exc
+                        raise FigureExportError(_("{format} export failed: {error}").format(
+                            format=opts["format"].upper(), error=f"{type(exc).__name__}: {str(exc)[:300]}")) from exc
                     continue
                 if not isinstance(out, (bytes, bytearray)) or not out:
-                    raise FigureExportError(f"{opts['format'].upper()} export returned nothing")
+                    raise FigureExportError(_("{format} export returned nothing").format(format=opts["format"].upper()))
                 return bytes(out)
         raise AssertionError("unreachable")
 
