@@ -328,7 +328,7 @@ def _render_html(r: ReportData, code: str) -> str:
                              suggested=f"<b>{_e(li['suggested'])}</b>", p=num(li["self_confidence"], ".2f"))
                          + "</div></div>" for li in r.label_issues)
         method = s.get("label_method", "")
-        if s.get("label_checked") and str(method).startswith("penultimate features"):  # stored in English
+        if s.get("label_checked"):  # stored in the language of the job that made it: rebuilt from the numbers
             from diagnostics.datacheck import label_method_text
 
             method = label_method_text(int(s["label_checked"]), len(data.y_train))

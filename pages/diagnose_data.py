@@ -94,8 +94,7 @@ def _record(idx: int) -> None:
 
 def _decision_label(decision: str) -> str:
     """A decision as shown; its value (in the session and the CSVs) stays the English id."""
-    return {"label wrong": _("label wrong"), "label right": _("label right"), "unsure": _("unsure")}.get(decision,
-                                                                                                       decision)
+    return _(datacheck.DECISION_LABELS[decision]) if decision in datacheck.DECISION_LABELS else decision
 
 
 def label_card(r: dict, decisions: dict[int, str], big: int, small: int) -> None:
@@ -165,7 +164,8 @@ if rep is not None:
     li = rep.labels
     st.caption(_("Confident learning (Northcutt et al. 2021) on out-of-sample probabilities: {method}. The features "
                  "were learned with these labels, so they are only partly out-of-sample; k-fold retraining below is "
-                 "exact.").format(method=_(li.method)))
+                 "exact.").format(method=datacheck.label_method_text(li.checked, len(data.y_train)) if li.checked
+                                  else _(li.method)))  # the stored text is in the language of the job that made it
     e_train = session.evaluation("train", cur).error
     if e_train < 0.005:
         st.warning(_("This model fits its training set almost perfectly (E_train = {e_train}): its features have "

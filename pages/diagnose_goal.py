@@ -7,8 +7,9 @@ import streamlit as st
 from diagnostics import datacheck
 from diagnostics import tasks as dtasks  # noqa: F401 - registers the diagnostics' job kinds
 from diagnostics.curves import cached_curves, error_slope
-from diagnostics.diagnosis import CONTRADICTED, NEUTRAL, SUPPORTED, UNMEASURED, default_goal, diagnose
-from nnlab.i18n import N_, _, num, pgettext
+from diagnostics.diagnosis import (CONTRADICTED, NEUTRAL, SUPPORTED, UNMEASURED, default_goal, diagnose, regime_label,
+                                   verdict_label)
+from nnlab.i18n import N_, _, num
 from nnlab.jobs import manager as jobs
 from nnlab.ui import session
 
@@ -17,13 +18,6 @@ TITLES = {"pages/diagnose_data.py": N_("Data checks"), "pages/diagnose_curves.py
           "pages/diagnose_worst.py": N_("Worst errors"), "pages/diagnose_classes.py": N_("Errors by class")}
 ICONS = {SUPPORTED: ":green[:material/check_circle:]", CONTRADICTED: ":red[:material/block:]",
          NEUTRAL: ":gray[:material/remove:]", UNMEASURED: ":orange[:material/help:]"}
-
-
-def _verdict(verdict: str) -> str:
-    """A verdict as shown (the diagnosis keeps its English id)."""
-    return {SUPPORTED: pgettext("verdict", "supported"), CONTRADICTED: pgettext("verdict", "contradicted"),
-            NEUTRAL: pgettext("verdict", "neutral"), UNMEASURED: pgettext("verdict", "not measured")}.get(verdict,
-                                                                                                         verdict)
 
 
 @st.cache_data(max_entries=8)
@@ -78,7 +72,7 @@ except ValueError as exc:
     st.error(_(str(exc)))
     st.stop()
 
-st.subheader(_("Diagnosis: {regime}").format(regime=_(d.regime)))
+st.subheader(_("Diagnosis: {regime}").format(regime=regime_label(d.regime)))
 (st.success if d.regime == "goal met" else st.warning)(_(d.headline))
 for note in d.notes:
     st.info(_(note))
@@ -89,7 +83,7 @@ if d.actions:
     for i, a in enumerate(d.actions):
         with st.container(border=True):
             left, right = st.columns([5, 1])
-            left.markdown(f"{ICONS[a.verdict]} **{_(a.text)}** — *{_verdict(a.verdict)}*  \n{_(a.evidence)}")
+            left.markdown(f"{ICONS[a.verdict]} **{_(a.text)}** — *{verdict_label(a.verdict)}*  \n{_(a.evidence)}")
             if a.page:
                 right.page_link(a.page, label=_(TITLES[a.page]) if a.page in TITLES else a.page)
     for a in d.contradictions:
@@ -99,4 +93,6 @@ if curves:
     st.caption(_("Learning-curve slope from the cached run `{run}`.").format(run=curves[0][0]))
 if summary:
     st.caption(_("Data evidence: {method}; computed in {seconds} s.").format(
-        method=_(summary.get("label_method", "")), seconds=num(summary.get("seconds", 0), ".1f")))
+        method=(datacheck.label_method_text(int(summary["label_checked"]), len(cur.data.y_train))
+                if summary.get("label_checked") else _(summary.get("label_method", ""))),  # stored in the job's language
+        seconds=num(summary.get("seconds", 0), ".1f")))
