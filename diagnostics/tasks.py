@@ -289,8 +289,31 @@ def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
     x, y = data.tensors("test", np.arange(n))
     out: dict = {"samples": n, "variant_id": rec.id, "runtime": rec.latency.get("1", {}).get("runtime", "")}
     if runs_outside_pytorch(variant):
-        out.update(errors=[], recovery=[], note=f"{rec.name} runs in {out['runtime']}: its layers are not PyTorch "
-                   "modules, so the per-layer error needs the runtime's own intermediate outputs (not measured yet)")
+        from diagnostics import runtimediff
+
+        ctx.progress(f"per-layer error from {out['runtime'] or 'the runtime'}'s intermediate outputs", 0.2)
+        note = ""
+        try:
+            errors = runtimediff.runtime_layer_errors(base, rec, ws.root / rec.artifact, x)
+        except ValueError as exc:  # e.g. a torch.ao FX variant, or a QOperator graph
+            errors, note = [], str(exc)
+        ctx.check_cancel()
+        if errors:
+            score = runtimediff.added_error(errors)
+            top = [e.name for e in sorted(errors, key=lambda e: -score[e.name])[: int(params.get("top_k", 5))]
+                   if score[e.name] > 0]
+            acc_v = runtimediff._accuracy(variant.runner, x, y.numpy())
+            ctx.progress(f"re-quantizing with each of the {len(top)} layers with the largest error left in float",
+                         0.5)
+            acc_b, rec_rows = runtimediff.runtime_recovery(
+                base, data, rec, top, x, y.numpy(), acc_v,
+                progress=lambda m, f: (ctx.progress(m, 0.5 + 0.45 * f), ctx.check_cancel()))
+            note = "" if all(np.isfinite(e.local_rel) for e in errors) else \
+                "OpenVINO: the error is measured where both networks see the same images (accumulated) only"
+            out.update(errors=[e.to_dict() for e in errors], recovery=[r.to_dict() for r in rec_rows],
+                       base_accuracy=acc_b, variant_accuracy=acc_v, note=note)
+        else:
+            out.update(errors=[], recovery=[], note=note)
     else:
         ctx.progress("per-layer error", 0.2)
         errors = variantdiff.layer_errors(base, variant, x)
@@ -317,10 +340,14 @@ def variant_repair_job(params: dict, ctx: JobContext) -> dict:
     from diagnostics import variantdiff
 
     data, base, base_rec, ws, rec, variant = _base_and_variant(params, ctx)
-    if runs_outside_pytorch(variant):
-        raise ValueError(f"{rec.name} runs in {rec.latency.get('1', {}).get('runtime', 'another runtime')}: putting "
-                         "layers back there (nodes left in float) is not built yet; repair works on PyTorch variants")
     budget = float(params["budget"])
+    if runs_outside_pytorch(variant):  # an int8 runtime: re-quantize with the worst layers left in float
+        from diagnostics import runtimediff
+
+        new = runtimediff.repair_runtime_variant(
+            base, base_rec.id, base_rec.arch, rec, data, ws, budget, int(params.get("samples", 512)),
+            int(params.get("max_layers", 16)), progress=ctx.progress, cancel=ctx.cancelled)
+        return {"variant_id": new.id, "restored_layers": new.extra["restored_layers"], "accuracy": new.accuracy}
     n = min(int(params.get("samples", 512)), len(data.labels("test")))
     x, y = data.tensors("test", np.arange(n))
     ctx.progress("ranking the layers by what putting each back recovers", 0.1)
