@@ -309,7 +309,9 @@ def repair_int8(base: nn.Module, data: Any, cfg: Any, ranking: list[str], x: tor
             raise Cancelled("cancelled by the user")
         chosen.append(name)
         if progress is not None:
-            progress(f"{len(chosen)} layer(s) in float: {', '.join(chosen)}")
+            from nnlab.i18n import _
+
+            progress(_("{n} layer(s) in float: {layers}").format(n=len(chosen), layers=", ".join(chosen)))
         with tempfile.TemporaryDirectory(prefix="nnlab-repair-") as tmp:
             res = to_int8(base, data, dataclasses.replace(cfg, ignored_layers=",".join(chosen)), Path(tmp))
             acc = _accuracy(res.runner, x, y)
@@ -351,13 +353,15 @@ def repair_runtime_variant(base: nn.Module, base_id: str, arch: str, record: Any
         if progress is not None:
             progress(message, fraction)
 
+    from nnlab.i18n import _
+
     cfg = int8_config_of(record)
     already = [la for la in (cfg.ignored_layers or "").split(",") if la.strip()]
     n = min(int(samples), len(data.labels("test")))
     x, y = data.tensors("test", np.arange(n))
     y = y.numpy()
     artifact = ws.root / record.artifact
-    say("the runtime's per-layer error", 0.05)
+    say(_("the runtime's per-layer error"), 0.05)
     rows = runtime_layer_errors(base, record, artifact, x[:rank_samples])
     score = added_error(rows)
     ranking = [r.name for r in sorted(rows, key=lambda r: -score[r.name]) if score[r.name] > 0 and r.name not in already]
@@ -365,7 +369,7 @@ def repair_runtime_variant(base: nn.Module, base_id: str, arch: str, record: Any
         acc_b = float((base.eval()(x).argmax(1).numpy() == y).mean())
     runner = ARTIFACT_LOADERS[record.artifact_format](artifact, base, record).runner
     acc_v = _accuracy(runner, x, y)
-    say("putting layers back into float until the drop is within the budget", 0.2)
+    say(_("putting layers back into float until the drop is within the budget"), 0.2)
     chosen, acc = repair_int8(base, data, cfg, ranking, x, y, budget, acc_b, acc_v, max_layers,
                               progress=lambda m: say(m, 0.4), cancel=cancel)
     final = dataclasses.replace(cfg, ignored_layers=",".join(already + chosen))
@@ -379,7 +383,7 @@ def repair_runtime_variant(base: nn.Module, base_id: str, arch: str, record: Any
         res.extra.update(extra)
         return res
 
-    say(f"measuring the repaired variant ({len(chosen)} layer(s) in float)", 0.7)
+    say(_("measuring the repaired variant ({n} layer(s) in float)").format(n=len(chosen)), 0.7)
     return store_result_variant(build, base, base_id, arch, config, data, ws,
                                 name=f"{record.name} · {len(chosen)} layer(s) back (≤ {100 * budget:g} pt)")
 
@@ -405,7 +409,9 @@ def runtime_recovery(base: nn.Module, data: Any, record: Any, layers: list[str],
     out = []
     for i, layer in enumerate(layers):
         if progress is not None:
-            progress(f"{layer} in float", i / max(1, len(layers)))
+            from nnlab.i18n import _
+
+            progress(_("{layer} in float").format(layer=layer), i / max(1, len(layers)))
         with tempfile.TemporaryDirectory(prefix="nnlab-recovery-") as tmp:
             res = to_int8(base, data, dataclasses.replace(cfg, ignored_layers=",".join(already + [layer])),
                           Path(tmp))

@@ -283,15 +283,16 @@ def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
     each of the ``top_k`` worst layers put back (:mod:`diagnostics.variantdiff`); the table goes to a run."""
     from compression.compare import runs_outside_pytorch
     from diagnostics import variantdiff
+    from nnlab.i18n import _
 
-    data, base, _, ws, rec, variant = _base_and_variant(params, ctx)
+    data, base, _base_rec, ws, rec, variant = _base_and_variant(params, ctx)
     n = min(int(params.get("samples", 256)), len(data.labels("test")))
     x, y = data.tensors("test", np.arange(n))
     out: dict = {"samples": n, "variant_id": rec.id, "runtime": rec.latency.get("1", {}).get("runtime", "")}
     if runs_outside_pytorch(variant):
         from diagnostics import runtimediff
 
-        ctx.progress(f"per-layer error from {out['runtime'] or 'the runtime'}'s intermediate outputs", 0.2)
+        ctx.progress(_("per-layer error from {runtime}'s intermediate outputs").format(runtime=out["runtime"]), 0.2)
         note = ""
         try:
             errors = runtimediff.runtime_layer_errors(base, rec, ws.root / rec.artifact, x)
@@ -303,13 +304,13 @@ def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
             top = [e.name for e in sorted(errors, key=lambda e: -score[e.name])[: int(params.get("top_k", 5))]
                    if score[e.name] > 0]
             acc_v = runtimediff._accuracy(variant.runner, x, y.numpy())
-            ctx.progress(f"re-quantizing with each of the {len(top)} layers with the largest error left in float",
-                         0.5)
+            ctx.progress(_("re-quantizing with each of the {n} layers with the largest error left in float")
+                         .format(n=len(top)), 0.5)
             acc_b, rec_rows = runtimediff.runtime_recovery(
                 base, data, rec, top, x, y.numpy(), acc_v,
                 progress=lambda m, f: (ctx.progress(m, 0.5 + 0.45 * f), ctx.check_cancel()))
             note = "" if all(np.isfinite(e.local_rel) for e in errors) else \
-                "OpenVINO: the error is measured where both networks see the same images (accumulated) only"
+                _("OpenVINO: the error is measured where both networks see the same images (accumulated) only")
             out.update(errors=[e.to_dict() for e in errors], recovery=[r.to_dict() for r in rec_rows],
                        base_accuracy=acc_b, variant_accuracy=acc_v, note=note)
         else:
