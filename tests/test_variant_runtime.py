@@ -123,16 +123,23 @@ def test_repair_puts_the_outlier_layer_back_first_and_stores_a_measured_variant(
     assert new.latency["1"]["runtime"] == v.latency["1"]["runtime"]  # its latency cost, in the same runtime
 
 
-def test_the_diagnosis_job_measures_an_ort_int8_variant_layer_by_layer(demo, digits):
-    import diagnostics.tasks  # noqa: F401 - registers the job kinds
+@pytest.fixture(scope="module")
+def ort_variant(demo, digits):
     from compression.variant import make_variant
+    from nnlab.workspace import Workspace
+
+    model, base, _ = demo
+    return make_variant(model, base.id, base.arch, [Int8Config(backend="onnxruntime")], digits, Workspace())
+
+
+def test_the_diagnosis_job_measures_an_ort_int8_variant_layer_by_layer(demo, digits, ort_variant):
+    import diagnostics.tasks  # noqa: F401 - registers the job kinds
     from nnlab.jobs import manager as jobs
     from nnlab.jobs.refs import data_ref
     from nnlab.workspace import Workspace
 
     model, base, _ = demo
-    ws = Workspace()
-    v = make_variant(model, base.id, base.arch, [Int8Config(backend="onnxruntime")], digits, ws)
+    ws, v = Workspace(), ort_variant
     job = jobs.submit("variant-diagnosis", {"model_id": base.id, "data": data_ref("digits"), "variant_id": v.id,
                                             "samples": 64, "top_k": 2})
     jobs.wait(job.key, 300)
@@ -143,3 +150,26 @@ def test_the_diagnosis_job_measures_an_ort_int8_variant_layer_by_layer(demo, dig
     assert names and set(names) <= set(weighted) and run["note"] == ""
     assert all(np.isfinite(e["local_sqnr_db"]) and np.isfinite(e["accumulated_sqnr_db"]) for e in run["errors"])
     assert 1 <= len(run["recovery"]) <= 2 and all(len(r["layers"]) == 1 for r in run["recovery"])
+
+
+def test_the_page_ranks_the_layers_of_an_int8_variant_and_its_repair_is_a_listed_variant(demo, ort_variant):
+    from nnlab.workspace import Workspace
+    from tests.conftest import app_test
+
+    model, base, _ = demo
+    at = app_test("pages/compress_diagnose.py", timeout=600)
+    at.session_state["compare_ids"] = [ort_variant.id]
+    at.run()
+    assert not at.exception, at.exception
+    errors = next(d.value for d in at.dataframe if "local_rel" in d.value.columns)
+    assert len(errors) >= 2 and np.isfinite(errors["accumulated_sqnr_db"]).all()
+    recovery = next(d.value for d in at.dataframe if "recovered" in d.value.columns)
+    assert 1 <= len(recovery) <= 5 and recovery["accuracy"].is_monotonic_decreasing
+    before = {v.id for v in Workspace().list_variants()}
+    at.button(key="diag_repair").click().run()
+    assert not at.exception, at.exception
+    new = [v for v in Workspace().list_variants() if v.id not in before]
+    assert len(new) == 1 and new[0].config["method"] == "restore" and new[0].parent == base.id
+    assert new[0].extra["from_variant"] == ort_variant.id and isinstance(new[0].extra["restored_layers"], list)
+    assert new[0].artifact_format == ort_variant.artifact_format  # still run by ONNX Runtime: on the Pareto plot
+    assert any("New variant" in s.value for s in at.success)
