@@ -209,6 +209,9 @@ class Int8Config(MethodConfig):
                                                              "separated (e.g. 'Add,MatMul')"})
     ignored_patterns: str = field(default="", metadata={"help": "NNCF: regular expressions of node names left in "
                                                                 "float, comma-separated (e.g. '.*fc.*')"})
+    ignored_layers: str = field(default="", metadata={"help": "Layers left in float, PyTorch names comma-separated "
+                                                              "(ONNX Runtime: nodes_to_exclude; NNCF: ignored "
+                                                              "scope by name); e.g. what a repair puts back"})
     fast_bias_correction: bool = field(default=True, metadata={"help": "NNCF: fast bias correction (else the "
                                                                        "slower full one)"})
     accuracy_control: bool = field(default=False, metadata={"help": "NNCF: quantize with accuracy control (layers "
@@ -239,12 +242,78 @@ class Int8Config(MethodConfig):
             raise ValueError(f"{self.method}: accuracy control is NNCF's (backend openvino)")
 
 
+def split_layers(text: str) -> list[str]:
+    """Layer names from a comma-separated setting (blanks dropped, order kept)."""
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+WEIGHTED_ONNX_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+WEIGHTED_OV_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+_DQ_OUT = "_DequantizeLinear_Output"
+
+
+def onnx_layer_of(node: Any) -> str | None:
+    """The PyTorch layer an ONNX Conv/Gemm/MatMul node computes, or None.
+
+    Found by its weight's initializer name (``conv1.weight``, in a float graph or behind a DequantizeLinear in a
+    QDQ graph), else by the TorchScript exporter's node naming (``/layer1/layer1.0/conv1/Conv``).
+    """
+    if node.op_type not in WEIGHTED_ONNX_OPS or len(node.input) < 2:
+        return None
+    w = node.input[1]
+    w = w[: -len(_DQ_OUT)] if w.endswith(_DQ_OUT) else w
+    if w.endswith(".weight"):
+        return w[: -len(".weight")]
+    parts = [p for p in node.name.split("/") if p]
+    if len(parts) < 2:
+        return None
+    leaf = parts[-2]  # "/layer1/layer1.0/conv1/Conv": the leaf is conv1 in layer1.0
+    return leaf if "." in leaf or len(parts) < 3 else f"{parts[-3]}.{leaf}"
+
+
+def onnx_layer_nodes(graph: Any) -> dict[str, str]:
+    """PyTorch layer name → name of the ONNX node that computes it (graph order) in ``graph`` (an ONNX
+    GraphProto, float or QDQ)."""
+    out: dict[str, str] = {}
+    for node in graph.node:
+        layer = onnx_layer_of(node)
+        if layer and layer not in out:
+            out[layer] = node.name
+    return out
+
+
+def ov_layer_of(name: str) -> str | None:
+    """The PyTorch layer of an OpenVINO node converted from PyTorch (``__module.conv1/aten::_convolution/…``)."""
+    head = name.split("/", 1)[0]
+    return head[len("__module."):] if head.startswith("__module.") else None
+
+
+def ov_layer_nodes(model: Any) -> dict[str, str]:
+    """PyTorch layer name → friendly name of the OpenVINO Convolution/MatMul node computing it (graph order)."""
+    out: dict[str, str] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in WEIGHTED_OV_OPS:
+            layer = ov_layer_of(op.get_friendly_name())
+            if layer and layer not in out:
+                out[layer] = op.get_friendly_name()
+    return out
+
+
+def _nodes_for(layers: list[str], nodes: dict[str, str], runtime: str) -> list[str]:
+    missing = [la for la in layers if la not in nodes]
+    if missing:
+        raise ValueError(f"no {runtime} node computes the layer(s) {', '.join(missing)} "
+                         f"(known: {', '.join(list(nodes)[:12])})")
+    return [nodes[la] for la in layers]
+
+
 def quantized_layer_rows(model: nn.Module, cfg: Int8Config) -> list[dict]:
-    """Per-layer bit-widths: Conv/Linear weights int8 (dynamic mode: Linear only)."""
+    """Per-layer bit-widths: Conv/Linear weights int8 (dynamic mode: Linear only; ``ignored_layers`` fp32)."""
     rows = []
+    kept = set(split_layers(cfg.ignored_layers))
     for name, m in model.named_modules():
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            int8 = cfg.mode == "static" or isinstance(m, nn.Linear)
+            int8 = (cfg.mode == "static" or isinstance(m, nn.Linear)) and name not in kept
             rows.append({"name": name, "bits": 8 if int8 else 32, "quantized": int8,
                          "activations": "int8" if cfg.mode == "static" else ("dynamic" if int8 else "fp32")})
     return rows
@@ -268,14 +337,25 @@ def _build(backend: str, model: nn.Module, data: ImageDataset, cfg: Int8Config, 
         try:
             extra["exporter"] = export_onnx(model, data.input_shape, fp32, cfg.exporter)
             path = workdir / "model.int8.onnx"
-            quantize_onnx(fp32, path, calib, cfg.mode, cfg.per_channel, cfg.quant_format, cfg.calibrate_method)
+            exclude = []
+            if cfg.ignored_layers:
+                import onnx
+
+                exclude = _nodes_for(split_layers(cfg.ignored_layers), onnx_layer_nodes(onnx.load(str(fp32)).graph),
+                                     "ONNX")
+                extra["nodes_to_exclude"] = exclude
+            quantize_onnx(fp32, path, calib, cfg.mode, cfg.per_channel, cfg.quant_format, cfg.calibrate_method,
+                          nodes_to_exclude=exclude)
             extra["fp32_onnx_bytes"] = fp32.stat().st_size
         finally:
             fp32.unlink(missing_ok=True)
         return _Built(OrtRunner(path, threads, f"onnxruntime-int8-{cfg.mode}-cpu"), path, ONNX_FORMAT, [path], extra)
     if backend == "openvino":
         fp32 = ovr.convert(model, data.input_shape)
-        scope = ovr.ignored_scope(patterns=cfg.ignored_patterns, types=cfg.ignored_types)
+        names = _nodes_for(split_layers(cfg.ignored_layers), ov_layer_nodes(fp32), "OpenVINO")
+        if names:
+            extra["ignored_nodes"] = names
+        scope = ovr.ignored_scope(names=",".join(names), patterns=cfg.ignored_patterns, types=cfg.ignored_types)
         if cfg.accuracy_control:
             vx, vy = validation_inputs(data, len(calib), cfg.validation_samples, seed)
             q = ovr.quantize_with_accuracy_control(fp32, calib, vx, vy, cfg.max_drop, cfg.preset, scope,

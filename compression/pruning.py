@@ -261,9 +261,14 @@ class PruneChannelsConfig(MethodConfig):
                                                       "choices": PRUNE_RUNTIMES})
     threads: int = field(default=0, metadata={"help": "Runtime threads (0: PyTorch's current setting)",
                                               "min": 0, "max": 256})
+    per_layer: str = field(default="", metadata={"help": "Per-group channel ratios 'layer=ratio,...' keyed by each "
+                                                         "dependency group's leading layer (e.g. from the group "
+                                                         "sensitivity analysis); when given, only those groups are "
+                                                         "pruned, each by its ratio, and target/amount are unused"})
 
     def __post_init__(self) -> None:
         check_range(self, "round_to", 0, 64)
+        parse_levels(self.per_layer, self.method)
         check_choice(self, "target", ("macs", "params", "channels"))
         check_range(self, "amount", 0.05, 0.95)
         check_choice(self, "norm", ("l1", "l2"))
@@ -275,11 +280,15 @@ class PruneChannelsConfig(MethodConfig):
 
 
 def channel_prune(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, target: str, amount: float,
-                  norm: str = "l2", scope: str = "layer", steps: int = 40, round_to: int = 1) -> dict:
+                  norm: str = "l2", scope: str = "layer", steps: int = 40, round_to: int = 1,
+                  per_group: dict[str, float] | None = None) -> dict:
     """Remove channels in place until ``target`` (macs/params) falls by ``amount`` (or a channel ratio).
 
     Torch-Pruning's ``MagnitudePruner`` steps through a linear schedule of channel ratios (up to 0.9 per
-    layer in ``steps`` steps); we stop at the first step that reaches the target.
+    layer in ``steps`` steps); we stop at the first step that reaches the target. With ``per_group`` (leading
+    layer of a dependency group → channel ratio, see :func:`channel_groups`) only those groups are pruned, in
+    one step, each by its own ratio (Torch-Pruning's ``pruning_ratio_dict``; every coupled layer of a group
+    shrinks with it), and ``target``/``amount`` are unused.
 
     Returns:
         Before/after MACs and parameters and the number of steps taken.
@@ -290,9 +299,18 @@ def channel_prune(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
     example = torch.zeros(1, *input_shape)
     imp = tp.importance.MagnitudeImportance(p=1 if norm == "l1" else 2)
     base_macs, base_params = count_macs(model, input_shape), count_parameters(model)[0]
-    one_shot = target == "channels"
+    one_shot = target == "channels" or bool(per_group)
+    ratios = None
+    if per_group:
+        mods = dict(model.named_modules())
+        unknown = [n for n in per_group if n not in mods]
+        if unknown:
+            raise ValueError(f"no layer named {', '.join(unknown)}")
+        ratios = {mods[n]: float(r) for n, r in per_group.items() if r > 0}
+        amount = 0.0
     pruner = tp.pruner.MagnitudePruner(model, example, importance=imp, global_pruning=scope == "global",
                                        pruning_ratio=amount if one_shot else 0.9,
+                                       pruning_ratio_dict=ratios,
                                        iterative_steps=1 if one_shot else steps,
                                        ignored_layers=classifier_layers(model, num_classes),
                                        round_to=round_to if round_to > 1 else None)
@@ -307,6 +325,38 @@ def channel_prune(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
             break
     return {"macs_before": base_macs, "macs_after": count_macs(model, input_shape), "params_before": base_params,
             "params_after": count_parameters(model)[0], "steps": taken}
+
+
+def channel_groups(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> list[dict]:
+    """Torch-Pruning's dependency groups of ``model`` (not changed): the channels that must be removed together.
+
+    Residual connections couple layers: the output channels of a ResNet stage's stem and of every block's last
+    conv are one group (pruning one alone would break the additions), so sensitivity is measured per group (a
+    layer-by-layer analysis with ``ignored_layers`` prunes nothing in such layers and reports them as robust).
+
+    Returns:
+        One dict per group, in Torch-Pruning's order: ``layer`` (the leading layer, whose name keys the group in
+        ``per_layer``), ``channels`` (its output channels), ``members`` (every Conv/Linear whose weight the group
+        changes, input or output side) and ``params`` (their weights' size).
+    """
+    import torch_pruning as tp
+
+    work = copy.deepcopy(model).cpu().eval()
+    names = {m: n for n, m in work.named_modules()}
+    dg = tp.DependencyGraph().build_dependency(work, example_inputs=torch.zeros(1, *input_shape))
+    out = []
+    for group in dg.get_all_groups(ignored_layers=classifier_layers(work, num_classes),
+                                   root_module_types=[nn.Conv2d, nn.Linear]):
+        root = group[0].dep.target.module
+        if root not in names:
+            continue
+        members = list(dict.fromkeys(names[it.dep.target.module] for it in group
+                                     if isinstance(it.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))
+                                     and it.dep.target.module in names))
+        mods = dict(work.named_modules())
+        out.append({"layer": names[root], "channels": int(dg.get_out_channels(root)), "members": members,
+                    "params": int(sum(mods[m].weight.numel() for m in members))})
+    return out
 
 
 def channel_rows(before: dict[str, tuple], model: nn.Module) -> list[dict]:
@@ -349,7 +399,7 @@ def prune_channels(model: nn.Module, cfg: PruneChannelsConfig, ctx: CompressCont
     round_to = resolve_round_to(cfg.round_to)
     ctx.report(f"removing channels: {cfg.amount:.0%} of {cfg.target}", 0.0)
     stats = channel_prune(model, ctx.data.input_shape, ctx.data.num_classes, cfg.target, cfg.amount, cfg.norm,
-                          cfg.scope, round_to=round_to)
+                          cfg.scope, round_to=round_to, per_group=parse_levels(cfg.per_layer, cfg.method) or None)
     ctx.check_cancel()
     hist = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, start=0.1, end=0.8)
     ctx.check_cancel()

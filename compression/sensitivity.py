@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from compression.pruning import prunable_layers, split_train
+from compression.pruning import channel_groups, channel_prune, prunable_layers, split_train
 from compression.registry import CancelFn, ProgressFn
 from nnlab.data.sets import ImageDataset
 from nnlab.jobs.pieces import (
@@ -60,6 +60,14 @@ def _prune_weight(w: torch.Tensor, level: float) -> torch.Tensor:
 
 
 register_transform("prune", _prune_weight, True, (0.3, 0.5, 0.7, 0.8, 0.9, 0.95))
+
+def _per_group(w: torch.Tensor, level: float) -> torch.Tensor:
+    raise TypeError("channel pruning acts on dependency groups, not on one weight (see group_cell_piece)")
+
+
+# channel pruning per Torch-Pruning dependency group: rows keyed by the group's leading layer (see channel_groups)
+register_transform("channels", _per_group, True, (0.25, 0.5, 0.75))
+GROUP_KINDS = ("channels",)
 
 try:  # the quantization module's FakeQuant (Algorithms 2–3, per output channel)
     from compression.quantization import fake_quantize as _fq
@@ -145,14 +153,21 @@ def layer_sensitivity(model: nn.Module, data: ImageDataset, kind: str = "prune",
     work = copy.deepcopy(model).cpu().eval()
     idx, ev_split = _eval_samples(data, split, max_samples, seed)
     _, base = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
-    all_layers = prunable_layers(work)
-    chosen = [(n, m) for n, m in all_layers if layers is None or n in layers]
+    if kind in GROUP_KINDS:  # one row per dependency group, keyed by its leading layer
+        groups = channel_groups(work, data.input_shape, data.num_classes)
+        chosen = [(g["layer"], g["params"]) for g in groups if layers is None or g["layer"] in layers]
+        members = {g["layer"]: g["members"] for g in groups}
+        what = "dependency group led by a layer"
+    else:
+        chosen = [(n, m.weight.numel()) for n, m in prunable_layers(work) if layers is None or n in layers]
+        members = {}
+        what = "Conv/Linear layer"
     if layers is not None and len(chosen) != len(set(layers)):
         missing = set(layers) - {n for n, _ in chosen}
-        raise ValueError(f"no Conv/Linear layer named {', '.join(sorted(missing))}")
+        raise ValueError(f"no {what} named {', '.join(sorted(missing))}")
     del work
     table = SensitivityTable(kind, base, split=split)
-    cells = [(name, mod.weight.numel(), level) for name, mod in chosen for level in levels]
+    cells = [(name, params, level) for name, params in chosen for level in levels]
     if not cells:
         return table
 
@@ -168,13 +183,18 @@ def layer_sensitivity(model: nn.Module, data: ImageDataset, kind: str = "prune",
     pieces = [{**common, "layer": name, "level": level} for name, _, level in cells]
     names = [f"{name} at {level:g}" for name, _, level in cells]
     n_threads = threads or (1 if on_ray else torch.get_num_threads())
+    piece_fn = group_cell_piece if kind in GROUP_KINDS else cell_piece
     with primed({} if on_ray else {ref_key(mref): model, ref_key(dref): data}):
-        results = map_tasks(cell_piece, pieces, _overall(progress, names), cancel, use_ray=on_ray,
+        results = map_tasks(piece_fn, pieces, _overall(progress, names), cancel, use_ray=on_ray,
                             threads_per_task=n_threads)
     raise_for_outcome(results, names, "sensitivity")
     for (name, params, level), r in zip(cells, results):
         acc = r.value["accuracy"]
-        table.rows.append({"layer": name, "level": level, "accuracy": acc, "drop": base - acc, "params": params})
+        row = {"layer": name, "level": level, "accuracy": acc, "drop": base - acc, "params": params}
+        if kind in GROUP_KINDS:
+            row.update(members=members[name], channels_before=r.value["channels_before"],
+                       channels_after=r.value["channels_after"], changed=r.value["changed"])
+        table.rows.append(row)
     return table
 
 
@@ -194,6 +214,23 @@ def cell_piece(piece: dict, report: Report) -> dict:
     _, acc = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
     report(f"accuracy {acc:.3f}", 1.0)
     return {"accuracy": acc}
+
+
+def group_cell_piece(piece: dict, report: Report) -> dict:
+    """Piece function: the accuracy with the dependency group led by ``piece["layer"]`` alone pruned by the channel
+    ratio ``piece["level"]`` (Torch-Pruning, L2 magnitude, every coupled layer with it), as the channel-pruning
+    method's ``per_layer`` does; also the channel counts before and after and the layers whose shape changed."""
+    data = load_dataset_ref(piece["data"])
+    work = copy.deepcopy(load_model_ref(piece["model"], data)).cpu().eval()
+    before = {n: tuple(m.weight.shape) for n, m in prunable_layers(work)}
+    channel_prune(work, data.input_shape, data.num_classes, "channels", 0.0,
+                  per_group={piece["layer"]: float(piece["level"])})
+    after = {n: tuple(m.weight.shape) for n, m in prunable_layers(work)}
+    idx, ev_split = _eval_samples(data, piece["split"], int(piece["max_samples"]), int(piece["seed"]))
+    _, acc = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
+    report(f"accuracy {acc:.3f}", 1.0)
+    return {"accuracy": acc, "channels_before": int(before[piece["layer"]][0]),
+            "channels_after": int(after[piece["layer"]][0]), "changed": [n for n in before if before[n] != after[n]]}
 
 
 def _copy_but_layer(model: nn.Module, layer: str) -> nn.Module:
@@ -244,6 +281,7 @@ def suggest_levels(table: SensitivityTable, max_drop: float) -> dict[str, float 
 LAB_METHODS: dict[str, tuple[str, float, str]] = {
     "prune": ("prune-unstructured", 0.0, "sparsity 0"),
     "quantize": ("quantize-weights", 32, "float32"),
+    "channels": ("prune-channels", 0.0, "no channels removed"),
 }
 
 
@@ -264,6 +302,9 @@ def suggested_config(table: SensitivityTable, suggestion: dict[str, float | None
     per_layer = ",".join(f"{la}={fmt(untouched if lv is None else lv)}" for la, lv in suggestion.items())
     if table.kind == "prune":
         return {"method": method, "sparsity": 0.0, "scope": "layer", "targets": "conv+linear",
+                "per_layer": per_layer}
+    if table.kind == "channels":  # per dependency group, keyed by its leading layer
+        return {"method": method, "target": "channels", "scope": "layer", "norm": "l2", "round_to": 1,
                 "per_layer": per_layer}
     # the analysis quantized asymmetrically per output channel (see _quantize_weight)
     return {"method": method, "bits": 8, "scheme": "asymmetric", "granularity": "per-channel",

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -213,12 +214,23 @@ def store_model_variant(model: nn.Module, parent_model: nn.Module, parent_id: st
     """Measure and store a model made outside the method registry (``config["method"]`` names how, e.g.
     "restore" for layers put back into a variant) exactly like any variant: artifact, accuracy, size, latency
     beside the base in its runtime, MACs. The model is not changed."""
+    return store_result_variant(lambda _: CompressResult(model=copy.deepcopy(model).cpu().eval(),
+                                                         extra=dict(extra or {})),
+                                parent_model, parent_id, arch, config, data, ws, name)
+
+
+def store_result_variant(build: Callable[[Path], CompressResult], parent_model: nn.Module, parent_id: str,
+                         arch: str, config: dict, data: ImageDataset, ws: Workspace, name: str) -> Record:
+    """Like :func:`store_model_variant` for a result that writes its own artifact: ``build(workdir)`` returns
+    it (e.g. an int8 runtime model re-quantized with layers left in float), then it is measured and stored."""
     vid = new_id("v")
     workdir = ws.variant_dir(vid)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        result = CompressResult(model=copy.deepcopy(model).cpu().eval(), extra=dict(extra or {}))
-        record = _measure(result, parent_model, parent_id, arch, config, data, ws, vid, name, None, None, 0.0)
+        t0 = time.perf_counter()
+        result = build(workdir)
+        record = _measure(result, parent_model, parent_id, arch, config, data, ws, vid, name, None, None,
+                          time.perf_counter() - t0)
         ws.save_variant(record)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -310,15 +310,38 @@ def variant_diagnosis_job(params: dict, ctx: JobContext) -> dict:
     each of the ``top_k`` worst layers put back (:mod:`diagnostics.variantdiff`); the table goes to a run."""
     from compression.compare import runs_outside_pytorch
     from diagnostics import variantdiff
+    from nnlab.i18n import _
 
     data, base, _base_rec, ws, rec, variant = _base_and_variant(params, ctx)
     n = min(int(params.get("samples", 256)), len(data.labels("test")))
     x, y = data.tensors("test", np.arange(n))
     out: dict = {"samples": n, "variant_id": rec.id, "runtime": rec.latency.get("1", {}).get("runtime", "")}
     if runs_outside_pytorch(variant):
-        out.update(errors=[], recovery=[], note=_("{name} runs in {runtime}: its layers are not PyTorch modules, so "
-                                                  "the per-layer error needs the runtime's own intermediate outputs "
-                                                  "(not measured yet)").format(name=rec.name, runtime=out["runtime"]))
+        from diagnostics import runtimediff
+
+        ctx.progress(_("per-layer error from {runtime}'s intermediate outputs").format(runtime=out["runtime"]), 0.2)
+        note = ""
+        try:
+            errors = runtimediff.runtime_layer_errors(base, rec, ws.root / rec.artifact, x)
+        except ValueError as exc:  # e.g. a torch.ao FX variant, or a QOperator graph
+            errors, note = [], str(exc)
+        ctx.check_cancel()
+        if errors:
+            score = runtimediff.added_error(errors)
+            top = [e.name for e in sorted(errors, key=lambda e: -score[e.name])[: int(params.get("top_k", 5))]
+                   if score[e.name] > 0]
+            acc_v = runtimediff._accuracy(variant.runner, x, y.numpy())
+            ctx.progress(_("re-quantizing with each of the {n} layers with the largest error left in float")
+                         .format(n=len(top)), 0.5)
+            acc_b, rec_rows = runtimediff.runtime_recovery(
+                base, data, rec, top, x, y.numpy(), acc_v,
+                progress=lambda m, f: (ctx.progress(m, 0.5 + 0.45 * f), ctx.check_cancel()))
+            note = "" if all(np.isfinite(e.local_rel) for e in errors) else \
+                _("OpenVINO: the error is measured where both networks see the same images (accumulated) only")
+            out.update(errors=[e.to_dict() for e in errors], recovery=[r.to_dict() for r in rec_rows],
+                       base_accuracy=acc_b, variant_accuracy=acc_v, note=note)
+        else:
+            out.update(errors=[], recovery=[], note=note)
     else:
         ctx.progress(_("per-layer error"), 0.2)
         errors = variantdiff.layer_errors(base, variant, x)
@@ -345,11 +368,14 @@ def variant_repair_job(params: dict, ctx: JobContext) -> dict:
     from diagnostics import variantdiff
 
     data, base, base_rec, ws, rec, variant = _base_and_variant(params, ctx)
-    if runs_outside_pytorch(variant):
-        raise ValueError(_("{name} runs in {runtime}: putting layers back there (nodes left in float) is not built "
-                           "yet; repair works on PyTorch variants").format(
-            name=rec.name, runtime=rec.latency.get("1", {}).get("runtime", _("another runtime"))))
     budget = float(params["budget"])
+    if runs_outside_pytorch(variant):  # an int8 runtime: re-quantize with the worst layers left in float
+        from diagnostics import runtimediff
+
+        new = runtimediff.repair_runtime_variant(
+            base, base_rec.id, base_rec.arch, rec, data, ws, budget, int(params.get("samples", 512)),
+            int(params.get("max_layers", 16)), progress=ctx.progress, cancel=ctx.cancelled)
+        return {"variant_id": new.id, "restored_layers": new.extra["restored_layers"], "accuracy": new.accuracy}
     n = min(int(params.get("samples", 512)), len(data.labels("test")))
     x, y = data.tensors("test", np.arange(n))
     ctx.progress(_("ranking the layers by what putting each back recovers"), 0.1)

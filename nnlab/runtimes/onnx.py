@@ -145,8 +145,12 @@ def _reader(batches: list[np.ndarray], input_name: str) -> Any:
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: torch.Tensor | np.ndarray | None,
                   mode: str = "static", per_channel: bool = True, quant_format: str = "qdq",
-                  calibrate_method: str = "minmax", preprocess: bool = True, batch_size: int = 32) -> None:
-    """Quantize an fp32 ONNX file with ONNX Runtime (static with calibration, or dynamic) into ``out_path``."""
+                  calibrate_method: str = "minmax", preprocess: bool = True, batch_size: int = 32,
+                  nodes_to_exclude: list[str] | None = None) -> None:
+    """Quantize an fp32 ONNX file with ONNX Runtime (static with calibration, or dynamic) into ``out_path``.
+
+    ``nodes_to_exclude``: names of graph nodes left in float (ONNX Runtime's ``nodes_to_exclude``).
+    """
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -166,7 +170,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: torch.Tens
         with atomic_path(out_path) as tmp:
             if mode == "dynamic":
                 quantize_dynamic(str(src), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm"])
+                                 op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=nodes_to_exclude or [])
             else:
                 if calib is None or len(calib) == 0:
                     raise ValueError("static quantization needs calibration samples")
@@ -178,6 +182,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: torch.Tens
                                 quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
                                 per_channel=per_channel, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=method,
+                                nodes_to_exclude=nodes_to_exclude or [],
                                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     finally:
         if preprocess:
