@@ -19,7 +19,9 @@ from nnlab.ui import columns, session, widgets
 from nnlab.workspace import WorkspaceError
 
 MODES = {"One method": N_("One method"), "Pipeline": N_("Pipeline")}
-SENS_KINDS = {"prune": N_("pruning (sparsity)"), "quantize": N_("quantization (bits)")}
+SENS_KINDS = {"prune": N_("pruning (sparsity)"), "quantize": N_("quantization (bits)"),
+              "channels": N_("channel pruning per dependency group (share of channels)")}
+SENS_AXES = {"prune": N_("sparsity"), "channels": N_("share of channels removed"), "quantize": N_("bits")}
 # the variants table: the frame keeps these (English) names, the header shows their translation
 VARIANT_COLUMNS = (N_("id"), N_("name"), N_("method"), N_("accuracy"), N_("Δ points"), N_("size (KiB)"),
                    N_("× smaller"), N_("weight sparsity"), N_("latency b1 (ms)"), N_("format"), N_("seconds"),
@@ -313,9 +315,9 @@ with st.expander(_("Sensitivity analysis: one layer at a time"), expanded=False)
                                          mode="lines+markers", name=layer))
             fig.add_hline(y=table.base_accuracy, line_dash="dot", annotation_text=_("untouched"))
             fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), yaxis_tickformat=".0%",
-                              xaxis_title=_("sparsity") if table.kind == "prune" else _("bits"),
+                              xaxis_title=_(SENS_AXES.get(table.kind, "bits")),
                               yaxis_title=_("accuracy"), separators=i18n.plotly_separators())
-            if table.kind != "prune":
+            if table.kind == "quantize":  # fewer bits is more compression: to the right, like the pruning levels
                 fig.update_xaxes(autorange="reversed")
             widgets.chart(fig, key="lab_sens_fig")
             budget = st.number_input(_("Accuracy-drop budget for all layers together (points)"), 0.0, 50.0, 1.0,
