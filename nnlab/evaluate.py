@@ -164,8 +164,9 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
        counts (``done`` of ``total`` images, ``correct``), so the running accuracy estimates the whole split's.
 
     Returns ``(logits in the split's order, info)``; ``info`` holds the runtime and precision of the rest, the gate
-    (``gate``: a :class:`~nnlab.runtimes.precision.Gate` as a dict, or ``None``, with ``gate_note`` saying why
-    not), the sample size and the seconds to the first number and to the end.
+    (``gate``: a :class:`~nnlab.runtimes.precision.Gate` as a dict, or ``None``; ``gate_note`` says what became of
+    bf16 and ``gate_code`` names the case: "used", "refused", "slower", "failed", "unsupported", "forced", "few",
+    "whole"), the sample size and the seconds to the first number and to the end.
     """
     import time
 
@@ -183,6 +184,7 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
     logits: np.ndarray | None = None
     state = {"total": total, "done": 0, "correct": 0, "first_images": n_first, "first_correct": 0,
              "phase": "first", "runtime": runtime, "precision": "fp32", "gate": None, "gate_note": "",
+             "gate_code": "",
              "first_seconds": None, "seconds": None}
 
     def keep(idx: np.ndarray, out: np.ndarray) -> None:
@@ -205,14 +207,15 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
     rest_runner, rest_runtime = runner, runtime
     support = prec.cpu_support()
     if n_first >= total:
-        state["gate_note"] = "the first sample is the whole split: nothing left to speed up"
+        state.update(gate_code="whole", gate_note="the first sample is the whole split: nothing left to speed up")
     elif precision == "fp32":
-        state["gate_note"] = "fp32 forced by the switch"
+        state.update(gate_code="forced", gate_note="fp32 forced by the switch")
     elif total - n_first < (4 * n_first if min_rest is None else min_rest):
+        state["gate_code"] = "few"
         state["gate_note"] = (f"{total - n_first:,} images after the first sample: too few to pay for building and "
                               "checking a bf16 runner")
     elif not support["bf16"]:
-        state["gate_note"] = prec.unsupported_reason(support)
+        state.update(gate_code="unsupported", gate_note=prec.unsupported_reason(support))
     else:
         try:
             cand = reduced() if reduced is not None else prec.reduced_runner(
@@ -227,19 +230,22 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
             state["gate"] = {**verdict.to_dict(), "fp32_ms": round(1000 * fp32_s / n_first, 3),
                              "reduced_ms": round(1000 * red_s / n_first, 3)}
             if not verdict.passed:
-                state["gate_note"] = f"{cand.runtime} refused: {verdict.reason}; fp32 kept"
+                state.update(gate_code="refused", gate_note=f"{cand.runtime} refused: {verdict.reason}; fp32 kept")
             elif red_s >= fp32_s:
+                state["gate_code"] = "slower"
+                g = state["gate"]
                 state["gate_note"] = (f"{cand.runtime} passed the gate but ran no faster than {runtime} "
-                                      f"({state['gate']['reduced_ms']:.2f} vs {state['gate']['fp32_ms']:.2f} ms/image): "
-                                      "fp32 kept")
+                                      f"({g['reduced_ms']:.2f} vs {g['fp32_ms']:.2f} ms/image): fp32 kept")
             else:
                 rest_runner, rest_runtime = cand, cand.runtime
-                state.update(precision="bf16", gate_note=f"{cand.runtime} passed the gate: used for the rest")
+                state.update(precision="bf16", gate_code="used",
+                             gate_note=f"{cand.runtime} passed the gate: used for the rest")
         except Exception as exc:  # noqa: BLE001 - no reduced runner here: fp32, and why
             from nnlab.errors import Cancelled
 
             if isinstance(exc, Cancelled):
                 raise
+            state["gate_code"] = "failed"
             state["gate_note"] = f"bf16 could not be built: {type(exc).__name__}: {str(exc)[:200]}; fp32 kept"
     state.update(phase="rest", runtime=rest_runtime)
     if on_chunk is not None:

@@ -200,3 +200,32 @@ def test_the_stored_pass_keeps_its_counts_and_the_fp32_switch_replaces_a_reduced
     ensure_evaluation(ws, "m", demo[0], digits, "test", min_runtime_images=0, precision="fp32")
     again = ws.load_run(runtime_key("m", digits.id, "test"))
     assert again["precision"] == "fp32" and again["forced_fp32"] and again["gate_note"] == "fp32 forced by the switch"
+
+
+# --- the runtime choice, measured once per model ---------------------------------------------------------------------
+
+
+def test_a_preferred_runtime_is_built_and_checked_once_per_process(demo, digits):
+    from nnlab.runtimes import bulk
+
+    bulk.clear_built()
+    first = bulk.bulk_runtime(demo[0], digits, "test", prefer="onnxruntime-fp32-cpu")
+    again = bulk.bulk_runtime(demo[0], digits, "train", prefer="onnxruntime-fp32-cpu")
+    assert first.runtime == "onnxruntime-fp32-cpu" and first.runner is not None, first.summary
+    assert again.runner is first.runner and "built and checked once" in again.summary
+
+
+def test_a_pass_that_measured_the_choice_stores_it_for_every_later_pass(demo, digits, tmp_path, monkeypatch):
+    from nnlab.jobs.kinds import choice_key
+    from nnlab.runtimes import bulk
+
+    ws = Workspace(tmp_path)  # no record with latencies: the first pass measures (forced here for 450 images)
+    monkeypatch.setattr(bulk, "MIN_IMAGES", 0)
+    ensure_evaluation(ws, "m", demo[0], digits, "test")
+    chosen = ws.load_run(choice_key("m"))
+    assert chosen and chosen["runtime"], chosen
+    monkeypatch.setattr(bulk, "MIN_IMAGES", 10**9)  # a small set: it is not measured again, the choice is reused
+    ensure_evaluation(ws, "m", demo[0], digits, "train")
+    info = ws.load_run(runtime_key("m", digits.id, "train"))
+    assert info["fp32_runtime"] == chosen["runtime"] or chosen["runtime"] == "pytorch-eager-fp32-cpu"
+    assert "too few" not in info["summary"] and "measured fastest" in info["summary"], info["summary"]

@@ -142,6 +142,12 @@ def runtime_key(model_id: str, data_id: str, split: str) -> str:
     return safe_key("evalrt", model_id, data_id, split)
 
 
+def choice_key(model_id: str) -> str:
+    """Workspace run key of the bulk runtime measured for a model by a pass (for models whose record has no
+    latencies): later passes of any size build it instead of measuring again."""
+    return safe_key("bulkchoice", model_id)
+
+
 def stream_key(model_id: str, data_id: str, split: str) -> str:
     """Workspace run key of a running evaluation pass's counts, rewritten after every chunk (see
     :func:`nnlab.evaluate.streamed_pass`): the first sample's accuracy, then ``done`` of ``total`` and ``correct``."""
@@ -174,11 +180,22 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
                                 ("", "fp32")):
         return res
     record = ws.load_model_record(model_id) if ws.has_model(model_id) else None
-    prefer = _fastest_bulk_runtime(record) if min_runtime_images is None else ""
+    prefer = ""
+    if min_runtime_images is None:  # the choice measured for this model once: when profiled, or by an earlier pass
+        prefer = _fastest_bulk_runtime(record) or (ws.load_run(choice_key(model_id)) or {}).get("runtime", "")
     rt = bulk.bulk_runtime(model, data, split, min_images=min_runtime_images, prefer=prefer)
+    if not prefer and any(f.get("median_ms") for f in rt.figures):  # measured now: every later pass reuses it
+        try:
+            ws.save_run(choice_key(model_id), {"runtime": rt.runtime, "summary": rt.summary})
+        except (OSError, WorkspaceError):
+            pass
     if progress is not None:
         progress(f"evaluating the {split} split in {rt.runtime}", 0.0)
     skey = stream_key(model_id, data.id, split)
+    try:  # counts of an earlier pass must not pass for this one's
+        ws.save_run(skey, {"phase": "starting", "total": len(data.labels(split)), "done": 0, "correct": 0})
+    except (OSError, WorkspaceError):
+        pass
 
     def on_chunk(state: dict) -> None:
         try:
@@ -195,7 +212,8 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
     labels = data.labels(split).numpy()
     key = eval_key(model_id, data.id, split)
     stored = {**rt.to_dict(), "fp32_runtime": rt.runtime, "runtime": info["runtime"], "precision": info["precision"],
-              "gate": info["gate"], "gate_note": info["gate_note"], "forced_fp32": precision == "fp32",
+              "gate": info["gate"], "gate_note": info["gate_note"], "gate_code": info["gate_code"],
+              "forced_fp32": precision == "fp32",
               "first_images": info["first_images"], "first_seconds": info["first_seconds"],
               "seconds": info["seconds"]}
     try:
