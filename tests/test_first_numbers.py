@@ -229,3 +229,38 @@ def test_a_pass_that_measured_the_choice_stores_it_for_every_later_pass(demo, di
     info = ws.load_run(runtime_key("m", digits.id, "train"))
     assert info["fp32_runtime"] == chosen["runtime"] or chosen["runtime"] == "pytorch-eager-fp32-cpu"
     assert "too few" not in info["summary"] and "measured fastest" in info["summary"], info["summary"]
+
+
+# --- the Overview page ----------------------------------------------------------------------------------------------
+
+
+def test_overview_states_the_gate_verdict_and_honours_the_fp32_switch(demo, digits):
+    from tests.conftest import app_test
+
+    at = app_test("pages/overview.py")
+    at.run()
+    assert not at.exception, at.exception
+    ws = Workspace()
+    key = runtime_key(demo[1].id, digits.id, "test")
+    original = ws.load_run(key)
+    assert original is not None
+    try:
+        refused = {"runtime": "openvino-bf16-cpu", "precision": "bf16", "images": 300, "agreement": 0.96,
+                   "max_abs_err": 2.5, "mean_abs_err": 0.125, "passed": False,
+                   "reason": "top-1 agreement with fp32 96.00% < 99.5%: 12 of 300 predictions changed"}
+        ws.save_run(key, {**original, "gate": refused, "gate_code": "refused", "precision": "fp32"})
+        at.run()
+        said = " ".join(w.value for w in at.warning)
+        assert "refused by the fidelity gate" in said and "96.00%" in said and "99.5%" in said, said
+        # a pass stored in bf16, then the switch: the Overview runs the pass again in fp32 and says so
+        ws.save_run(key, {**original, "gate": {**refused, "agreement": 1.0, "passed": True, "reason": ""},
+                          "gate_code": "used", "precision": "bf16"})
+        at.toggle(key="_fp32_only_toggle").set_value(True).run()
+        assert not at.exception, at.exception
+        assert at.session_state["fp32_only"] is True
+        again = ws.load_run(key)
+        assert again["precision"] == "fp32" and again["forced_fp32"] and again["gate_code"] == "forced"
+        assert any("as the switch asks" in c.value for c in at.caption)
+        assert any(m.label == "Test accuracy" for m in at.metric)
+    finally:
+        ws.save_run(key, original)
