@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from nnlab.runtimes.precision import MIN_AGREEMENT, cpu_support
 from nnlab.ui import session, widgets
 
 # a pass over more images than this shows its first sample's accuracy and streams; a smaller one is simply awaited
-STREAM_MIN = 1000
+STREAM_MIN = int(os.environ.get("NNLAB_STREAM_MIN", "1000"))
 
 session.ensure_frame()  # first, before anything renders: a deep link on a fresh server runs app.py
 st.title(_("nnlab · Overview"))

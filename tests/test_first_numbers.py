@@ -264,3 +264,49 @@ def test_overview_states_the_gate_verdict_and_honours_the_fp32_switch(demo, digi
         assert any(m.label == "Test accuracy" for m in at.metric)
     finally:
         ws.save_run(key, original)
+
+
+def test_overview_shows_the_first_numbers_while_the_pass_streams(demo, digits, monkeypatch):
+    import threading
+
+    import nnlab.jobs.kinds as kinds
+    from nnlab.jobs.kinds import eval_key, user_model_id
+    from tests.conftest import app_test
+    from tests.waiting import wait_for
+
+    ws = Workspace()
+    model_id = user_model_id("demo-cnn", digits, "random", "s0")
+    for key in (eval_key(model_id, digits.id, "test"),):  # a pass not stored yet (the workspace outlives runs)
+        ws.result_path(key).unlink(missing_ok=True)
+    release, real = threading.Event(), kinds.ensure_evaluation
+
+    def held(ws_, mid, model, data, split, progress=None, cancel=None, **kw):
+        if mid == model_id and split == "test":  # the pass has done its first sample and 60 more images
+            ws_.save_run(kinds.stream_key(mid, data.id, split), {
+                "phase": "rest", "total": 450, "done": 360, "correct": 324, "first_images": 300,
+                "first_correct": 276, "first_seconds": 1.5, "runtime": "openvino-bf16-cpu", "gate_note": "used"})
+            release.wait(60)
+        return real(ws_, mid, model, data, split, progress, cancel, **kw)
+
+    monkeypatch.setattr(kinds, "ensure_evaluation", held)
+    monkeypatch.setenv("NNLAB_STREAM_MIN", "0")
+    at = app_test("pages/overview.py")
+    at.session_state["weights"] = "Random weights (untrained)"
+    try:
+        at.run()
+        assert not at.exception, at.exception
+        running = {m.label: m.value for m in at.metric}
+        assert running.get("Test accuracy (running)") == "≈ 90.00%", running  # 324 of 360
+        lo, hi = wilson_interval(324, 360)
+        bars = [p.proto.text for p in at.get("progress")]
+        assert f"360 of 450 images · 95 % interval {lo:.1%}–{hi:.1%}" in bars, bars
+        lo1, hi1 = wilson_interval(276, 300)
+        assert any(f"First number: 92.00% on 300 images stratified by class (95 % interval {lo1:.1%}–{hi1:.1%}), "
+                   "after 1.5 s." in c.value for c in at.caption)
+    finally:
+        release.set()
+    wait_for(lambda: ws.result_path(eval_key(model_id, digits.id, "test")).is_file(), timeout=120,
+             what="the pass to be stored")
+    at.run()
+    assert not at.exception, at.exception
+    assert any(m.label == "Test accuracy" for m in at.metric)
