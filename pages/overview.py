@@ -177,7 +177,7 @@ else:
               help=_("Top-1 on the first {n} training images, measured with the model; the Error-vs-goal page runs "
                      "the pass over every training image.").format(n=num(n_tr, ",")))
 c3.metric(_("Parameters"), num(rec.params, ","), help=_("{n} nonzero").format(n=num(rec.nonzero_params, ",")))
-c4.metric(_("MACs / image"), num(rec.macs / 1e6, ".2f") + " M", help="torch.utils.flop_counter, FLOPs / 2")
+c4.metric(_("MACs / image"), num(rec.macs / 1e6, ".2f") + " M", help=_("torch.utils.flop_counter, FLOPs / 2"))
 size = num(rec.size_bytes / 1024, ".0f") + " KiB" if rec.size_bytes else _("in memory")
 c5.metric(_("Size on disk"), size, help=_("gzipped: {kib} KiB").format(kib=num(rec.size_gzip_bytes / 1024, ".0f"))
           if rec.size_bytes else None)
