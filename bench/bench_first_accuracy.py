@@ -17,7 +17,7 @@ Prints a README-ready markdown table and the CPU features it ran on. The figures
 each (no repeats: the passes are long); on a shared machine they vary with the load.
 
 Run: ``python bench/bench_first_accuracy.py [--images 10000] [--threads 2] [--archs tv:resnet18,tv:resnet50]``;
-a quick check: ``--images 400 --first 100``.
+a quick check: ``--images 300 --first 100 --min-rest 0 --choice-batch 32 --archs tv:resnet18``.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", default="tv:resnet18,tv:resnet50")
     ap.add_argument("--first", type=int, default=300, help="images of the stratified first sample")
     ap.add_argument("--min-rest", type=int, default=None, help="smallest rest worth a bf16 try (default 4×first)")
+    ap.add_argument("--choice-batch", type=int, default=bulk.BATCH,
+                    help="batch size of the runtime choice's timing (the app's: 256; smaller for a quick check)")
     ap.add_argument("--workdir", default="", help="where the folder and the data cache go (default: a temp dir)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="nnlab-first-acc-")).resolve()
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
             model = create_model(arch, 3, data.num_classes, (224, 224), seed=0).eval()
             t = time.perf_counter()  # the choice, measured once per model (when it is profiled)
-            choice = bulk.bulk_runtime(model, data, "test", min_images=0, threads=args.threads)
+            choice = bulk.bulk_runtime(model, data, "test", min_images=0, threads=args.threads,
+                                       batch=args.choice_batch)
             choose_s = time.perf_counter() - t
             bulk.clear_built()
             b = before(model, data, args.threads, choice.runtime)
