@@ -1,8 +1,9 @@
 """Benchmark: time to the first accuracy and to the full accuracy of an evaluation pass, before and after (issue 22).
 
-For ResNet-18 and ResNet-50 (torchvision, random weights: the timing does not depend on them) at 224 over the
-``test/`` split of an RGB ImageFolder of ``--images`` images (generated synthetic shapes when ``--folder`` is not
-given; decoded once into the data cache, timed separately), on ``--threads`` threads:
+For ResNet-18 and ResNet-50 (torchvision; random weights unless ``--weights`` gives a checkpoint: the timing does
+not depend on them, the fidelity gate's verdict does) at 224 over the ``test/`` split of an RGB ImageFolder of
+``--images`` images (generated synthetic shapes when ``--folder`` is not given; decoded once into the data cache,
+timed separately), on ``--threads`` threads:
 
 - the runtime choice, measured once per model (when the model is profiled; timed here separately as "choice,
   once"): :func:`nnlab.runtimes.bulk.bulk_runtime`, every fp32 candidate built, checked and timed.
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-rest", type=int, default=None, help="smallest rest worth a bf16 try (default 4×first)")
     ap.add_argument("--choice-batch", type=int, default=bulk.BATCH,
                     help="batch size of the runtime choice's timing (the app's: 256; smaller for a quick check)")
+    ap.add_argument("--weights", action="append", default=[], metavar="ARCH=PATH",
+                    help="a trained checkpoint for an architecture (repeatable); random weights give near-tied "
+                         "logits, on which bf16 flips more top-1s than on a trained model, so the gate may refuse")
     ap.add_argument("--workdir", default="", help="where the folder and the data cache go (default: a temp dir)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="nnlab-first-acc-")).resolve()
@@ -124,10 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {n:,} test images at {'×'.join(map(str, data.input_shape))}, {args.threads} threads; folder "
           f"{'given' if args.folder else f'generated in {gen_s:.0f} s'}, decoded into the cache in {decode_s:.0f} s",
           file=sys.stderr)
+    weights = dict(w.split("=", 1) for w in args.weights)
     rows = []
     with torch_threads(args.threads):
         for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
             model = create_model(arch, 3, data.num_classes, (224, 224), seed=0).eval()
+            if arch in weights:
+                from nnlab.models.checkpoints import load_into, read_state_dict_file
+
+                load_into(model, read_state_dict_file(weights[arch]))
             t = time.perf_counter()  # the choice, measured once per model (when it is profiled)
             choice = bulk.bulk_runtime(model, data, "test", min_images=0, threads=args.threads,
                                        batch=args.choice_batch)
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             a = after(model, data, args.threads, choice.runtime, args.first, args.min_rest)
             a["choose_s"] = choose_s
             agree = float((a["logits"].argmax(1) == b["logits"].argmax(1)).mean())
-            rows.append((arch, b, a, agree))
+            rows.append((arch + ("" if arch in weights else " (random weights)"), b, a, agree))
             print(f"{arch}: before {b['full_s']:.1f} s ({b['runtime']}); after first {a['first_s']:.1f} s, full "
                   f"{a['full_s']:.1f} s ({a['runtime']}); {a['note']}", file=sys.stderr)
     print(f"\nCPU: {', '.join(cpu['features']) or 'no bf16/int8 features'}{'' if cpu['amx'] else ' (no AMX)'}; "
