@@ -310,3 +310,16 @@ def test_overview_shows_the_first_numbers_while_the_pass_streams(demo, digits, m
     at.run()
     assert not at.exception, at.exception
     assert any(m.label == "Test accuracy" for m in at.metric)
+
+
+def test_the_autocast_bf16_runner_is_gated_like_any_other(demo, digits):
+    model = demo[0]
+    runner = prec.AutocastRunner(__import__("copy").deepcopy(model), 1)
+    x = digits.normalize(digits.images("test")[:200])
+    ref = predict_logits(model, digits, "test", indices=np.arange(200))
+    out = runner.predict_logits(x)
+    verdict = prec.gate(ref, out, runner.runtime)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert 0 < verdict.max_abs_err < 0.5 and verdict.mean_abs_err <= verdict.max_abs_err  # bf16 rounding, stated
+    assert verdict.passed == (verdict.agreement >= prec.MIN_AGREEMENT)
+    assert runner.runtime == "pytorch-eager-bf16-cpu"
