@@ -323,3 +323,12 @@ def test_the_autocast_bf16_runner_is_gated_like_any_other(demo, digits):
     assert 0 < verdict.max_abs_err < 0.5 and verdict.mean_abs_err <= verdict.max_abs_err  # bf16 rounding, stated
     assert verdict.passed == (verdict.agreement >= prec.MIN_AGREEMENT)
     assert runner.runtime == "pytorch-eager-bf16-cpu"
+
+
+@pytest.mark.skipif(not prec.cpu_support()["bf16"], reason="no native bf16 on this CPU: the branch that states it "
+                    "is asserted by test_on_this_cpu_bf16_is_tried_or_its_absence_is_stated")
+def test_the_bf16_runner_of_a_model_is_built_once(demo, digits):
+    shape = tuple(digits.input_shape)
+    first = prec.reduced_runner(demo[0], shape, 1)
+    assert prec.reduced_runner(demo[0], shape, 1) is first
+    assert prec.reduced_runner(demo[0], shape, 2, streams=2) is not first  # other threads: another runner

@@ -12,11 +12,13 @@ calibrated copy (NNCF, tens of seconds for a ResNet), more than it saves on one 
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from torch import nn
 
 from nnlab.runtimes.base import cpu_flags
@@ -114,13 +116,30 @@ def unsupported_reason(support: dict[str, Any] | None = None) -> str:
 
 def reduced_runner(model: nn.Module, input_shape: tuple[int, ...], threads: int, streams: int = 1) -> Any:
     """A bf16 runner of ``model`` (not changed: copies are converted): OpenVINO bf16 where the plugin runs it,
-    else torch autocast bf16. Raises when this CPU has no native bf16."""
+    else torch autocast bf16. Raises when this CPU has no native bf16.
+
+    The runner is kept (two per process, keyed by the model's content, the input shape, threads and streams), so
+    the passes of one model (test split, train split) convert and compile it once."""
     why = unsupported_reason()
     if why:
         raise RuntimeError(why)
+    from nnlab.models.checkpoints import model_hash
     from nnlab.runtimes import openvino as ovr
 
+    key = (model_hash(model), tuple(input_shape), int(threads), int(streams))
+    with _KEPT_LOCK:
+        kept = _KEPT.get(key)
+    if kept is not None:
+        return kept
     if ovr.available() and "bf16" in ovr.supported_precisions():
         name = "openvino-bf16-cpu" + (f"-{streams}streams" if streams > 1 else "")
-        return ovr.OpenVINORunner(ovr.convert(model, input_shape), threads, "bf16", name, streams=streams)
-    return AutocastRunner(copy.deepcopy(model).cpu().eval(), threads)
+        runner: Any = ovr.OpenVINORunner(ovr.convert(model, input_shape), threads, "bf16", name, streams=streams)
+    else:
+        runner = AutocastRunner(copy.deepcopy(model).cpu().eval(), threads)
+    with _KEPT_LOCK:
+        _KEPT[key] = runner
+    return runner
+
+
+_KEPT: LRUCache = LRUCache(maxsize=2)
+_KEPT_LOCK = threading.Lock()
