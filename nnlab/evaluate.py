@@ -108,3 +108,152 @@ def _model_device(model: nn.Module) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return config.device()
+
+
+# --- the streamed pass: first numbers in seconds, the rest in the fastest runtime that passes the gate -------------
+
+def _run_chunks(runner: Any, model: nn.Module | None, data: ImageDataset, split: str, indices: np.ndarray,
+                batch_size: int, cancel: Callable[[], bool] | None,
+                each: Callable[[np.ndarray, np.ndarray], None]) -> float:
+    """Run ``indices`` of a split batch by batch (``runner``, or eager ``model`` when None); ``each(idx, logits)``
+    hears about every batch. Returns the seconds spent."""
+    import time
+
+    from nnlab.errors import Cancelled
+
+    t0 = time.perf_counter()
+    start = 0
+    with torch.inference_mode():
+        for x, _ in data.stream(split, batch_size, indices=indices):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled by the user")
+            if runner is not None:
+                out = np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)
+            else:
+                out = model(x.to(_model_device(model))).float().cpu().numpy()
+            each(indices[start:start + len(x)], out)
+            start += len(x)
+    return time.perf_counter() - t0
+
+
+def _prepare(runner: Any, shape: tuple[int, ...]) -> None:
+    """Compile a runner's static shape before it is timed (OpenVINO), so both runners are timed alike."""
+    prepare = getattr(runner, "prepare", None)
+    if prepare is not None:
+        try:
+            prepare(shape)
+        except Exception:  # noqa: BLE001 - it runs on its dynamic shape instead
+            pass
+
+
+def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runner: Any = None,
+                  runtime: str = "pytorch-eager-fp32-cpu", precision: str = "auto", first: int | None = None,
+                  batch_size: int = 64, reduced: Callable[[], Any] | None = None, min_rest: int | None = None,
+                  on_chunk: Callable[[dict], None] | None = None, cancel: Callable[[], bool] | None = None,
+                  ) -> tuple[np.ndarray, dict]:
+    """Logits of a whole split with a first accuracy in seconds, in the fastest runtime that passes the gate.
+
+    1. A stratified sample of the split (:func:`nnlab.estimate.stream_order`) runs in fp32 (``runner``, or eager
+       ``model``): its accuracy is the first number (``on_chunk`` hears it at once).
+    2. Unless ``precision == "fp32"`` (the user's switch) or the CPU has no native bf16 (stated), a bf16 runner
+       (``reduced()``, default :func:`nnlab.runtimes.precision.reduced_runner`) runs the same images; the fidelity
+       gate (:func:`nnlab.runtimes.precision.gate`) compares it with fp32. It is used for the rest when it passes
+       and ran faster; otherwise the rest stays in fp32 and the reason is kept. A rest shorter than ``min_rest``
+       images (default: four first samples) stays in fp32 without trying: building and checking would cost more.
+    3. The rest of the split, in a seeded random order, chunk by chunk: after each, ``on_chunk`` hears the running
+       counts (``done`` of ``total`` images, ``correct``), so the running accuracy estimates the whole split's.
+
+    Returns ``(logits in the split's order, info)``; ``info`` holds the runtime and precision of the rest, the gate
+    (``gate``: a :class:`~nnlab.runtimes.precision.Gate` as a dict, or ``None``; ``gate_note`` says what became of
+    bf16 and ``gate_code`` names the case: "used", "refused", "slower", "failed", "unsupported", "forced", "few",
+    "whole"), the sample size and the seconds to the first number and to the end.
+    """
+    import time
+
+    from nnlab.estimate import FIRST_SAMPLE, stream_order
+    from nnlab.runtimes import precision as prec
+
+    if runner is None and model is None:
+        raise ValueError("streamed_pass needs a model or a runner")
+    if runner is None:
+        model.eval()
+    t0 = time.perf_counter()
+    labels = data.labels(split).numpy()
+    total = len(labels)
+    order, n_first = stream_order(labels, FIRST_SAMPLE if first is None else first)
+    logits: np.ndarray | None = None
+    state = {"total": total, "done": 0, "correct": 0, "first_images": n_first, "first_correct": 0,
+             "phase": "first", "runtime": runtime, "precision": "fp32", "gate": None, "gate_note": "",
+             "gate_code": "",
+             "first_seconds": None, "seconds": None}
+
+    def keep(idx: np.ndarray, out: np.ndarray) -> None:
+        nonlocal logits
+        if logits is None:
+            logits = np.zeros((total, out.shape[1]), np.float32)
+        logits[idx] = out
+        state["done"] += len(idx)
+        state["correct"] += int((out.argmax(1) == labels[idx]).sum())
+        if state["phase"] != "first" and on_chunk is not None:
+            on_chunk(dict(state))
+
+    shape = (batch_size, *tuple(data.input_shape))
+    _prepare(runner, shape)
+    first_idx = order[:n_first]
+    fp32_s = _run_chunks(runner, model, data, split, first_idx, batch_size, cancel, keep)
+    state.update(first_correct=state["correct"], first_seconds=round(time.perf_counter() - t0, 3), phase="gate")
+    if on_chunk is not None:
+        on_chunk(dict(state))
+    rest_runner, rest_runtime = runner, runtime
+    support = prec.cpu_support()
+    if n_first >= total:
+        state.update(gate_code="whole", gate_note="the first sample is the whole split: nothing left to speed up")
+    elif precision == "fp32":
+        state.update(gate_code="forced", gate_note="fp32 forced by the switch")
+    elif total - n_first < (4 * n_first if min_rest is None else min_rest):
+        state["gate_code"] = "few"
+        state["gate_note"] = (f"{total - n_first:,} images after the first sample: too few to pay for building and "
+                              "checking a bf16 runner")
+    elif not support["bf16"]:
+        state.update(gate_code="unsupported", gate_note=prec.unsupported_reason(support))
+    else:
+        try:
+            cand = reduced() if reduced is not None else prec.reduced_runner(
+                model, tuple(data.input_shape), int(getattr(runner, "threads", 0) or torch.get_num_threads()),
+                streams=int(getattr(runner, "streams", 1) or 1))
+            _prepare(cand, shape)
+            got: list[tuple[np.ndarray, np.ndarray]] = []
+            red_s = _run_chunks(cand, None, data, split, first_idx, batch_size, cancel,
+                                lambda i, o: got.append((i, o)))
+            cand_logits = np.concatenate([o for _, o in got])
+            verdict = prec.gate(logits[first_idx], cand_logits, cand.runtime, "bf16")
+            state["gate"] = {**verdict.to_dict(), "fp32_ms": round(1000 * fp32_s / n_first, 3),
+                             "reduced_ms": round(1000 * red_s / n_first, 3)}
+            if not verdict.passed:
+                state.update(gate_code="refused", gate_note=f"{cand.runtime} refused: {verdict.reason}; fp32 kept")
+            elif red_s >= fp32_s:
+                state["gate_code"] = "slower"
+                g = state["gate"]
+                state["gate_note"] = (f"{cand.runtime} passed the gate but ran no faster than {runtime} "
+                                      f"({g['reduced_ms']:.2f} vs {g['fp32_ms']:.2f} ms/image): fp32 kept")
+            else:
+                rest_runner, rest_runtime = cand, cand.runtime
+                state.update(precision="bf16", gate_code="used",
+                             gate_note=f"{cand.runtime} passed the gate: used for the rest")
+        except Exception as exc:  # noqa: BLE001 - no reduced runner here: fp32, and why
+            from nnlab.errors import Cancelled
+
+            if isinstance(exc, Cancelled):
+                raise
+            state["gate_code"] = "failed"
+            state["gate_note"] = f"bf16 could not be built: {type(exc).__name__}: {str(exc)[:200]}; fp32 kept"
+    state.update(phase="rest", runtime=rest_runtime)
+    if on_chunk is not None:
+        on_chunk(dict(state))
+    _run_chunks(rest_runner, model, data, split, order[n_first:], batch_size, cancel, keep)
+    state.update(phase="done", seconds=round(time.perf_counter() - t0, 3))
+    if on_chunk is not None:
+        on_chunk(dict(state))
+    if logits is None:
+        logits = np.zeros((0, data.num_classes), np.float32)
+    return logits, state

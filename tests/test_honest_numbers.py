@@ -179,6 +179,8 @@ CLOCK_ALLOWED = {
     "nnlab/train.py": "epoch duration for the history",
     "nnlab/jobs/kinds.py": "training duration of a trained model",
     "nnlab/jobs/manager.py": "progress rate and time left",
+    "nnlab/evaluate.py": "seconds to a streamed pass's first number, and fp32 against bf16 on its first sample "
+                         "(which runtime does the rest; shown as the pass's own throughput, not as a latency)",
     "nnlab/jobs/engine.py": "piece durations, polling and cancel grace",
     "nnlab/data/_cachebuild.py": "decode progress and commit intervals",
     "nnlab/data/cache.py": "unique names of deleted folders",

@@ -18,7 +18,7 @@ from torch import nn
 
 from nnlab.base import demo_id, ensure_demo, profile_model
 from nnlab.data.sets import ImageDataset
-from nnlab.evaluate import EvalResult, predict_logits, result_from_logits
+from nnlab.evaluate import EvalResult, result_from_logits, streamed_pass
 from nnlab.jobs import refs
 from nnlab.jobs.manager import JobContext, job_kind
 from nnlab.measure import artifact_sizes
@@ -142,29 +142,82 @@ def runtime_key(model_id: str, data_id: str, split: str) -> str:
     return safe_key("evalrt", model_id, data_id, split)
 
 
+def choice_key(model_id: str) -> str:
+    """Workspace run key of the bulk runtime measured for a model by a pass (for models whose record has no
+    latencies): later passes of any size build it instead of measuring again."""
+    return safe_key("bulkchoice", model_id)
+
+
+def stream_key(model_id: str, data_id: str, split: str) -> str:
+    """Workspace run key of a running evaluation pass's counts, rewritten after every chunk (see
+    :func:`nnlab.evaluate.streamed_pass`): the first sample's accuracy, then ``done`` of ``total`` and ``correct``."""
+    return safe_key("evalstream", model_id, data_id, split)
+
+
+def stored_precision(ws: Workspace, model_id: str, data_id: str, split: str) -> str:
+    """The precision the stored pass ran its bulk in ("fp32", "bf16"; "" when there is none)."""
+    info = ws.load_run(runtime_key(model_id, data_id, split))
+    return "" if info is None else str(info.get("precision", "fp32"))
+
+
 def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: ImageDataset, split: str,
-                      progress: Any = None, cancel: Any = None, min_runtime_images: int | None = None
-                      ) -> EvalResult:
+                      progress: Any = None, cancel: Any = None, min_runtime_images: int | None = None,
+                      precision: str = "auto") -> EvalResult:
     """The stored per-sample results of a model on a split, computed (and stored) first when missing.
 
-    The pass runs in the fastest runtime verified for the model (:mod:`nnlab.runtimes.bulk`, when the split has at least
-    ``min_runtime_images`` images, default :data:`nnlab.runtimes.bulk.MIN_IMAGES`); which one is stored beside it.
+    The pass runs in the fastest runtime verified for the model (:mod:`nnlab.runtimes.bulk`: the one measured when
+    the model was profiled, whatever the split's size; else chosen by measurement when the split has at least
+    ``min_runtime_images`` images, default :data:`nnlab.runtimes.bulk.MIN_IMAGES`), streamed
+    (:func:`nnlab.evaluate.streamed_pass`): a stratified first sample in fp32, whose counts are stored at once under
+    :func:`stream_key`, then the rest in bf16 where the CPU has it and the fidelity gate passes (``precision="fp32"``:
+    never), the counts rewritten after every chunk. The runtime, precision and gate are stored beside the results.
+    ``precision="fp32"`` also replaces a stored pass that ran in reduced precision.
     """
     from nnlab.runtimes import bulk
 
     res = load_evaluation(ws, model_id, data.id, split)
-    if res is not None:
+    if res is not None and not (precision == "fp32" and stored_precision(ws, model_id, data.id, split) not in
+                                ("", "fp32")):
         return res
     record = ws.load_model_record(model_id) if ws.has_model(model_id) else None
-    prefer = _fastest_bulk_runtime(record) if min_runtime_images is None else ""
+    prefer = ""
+    if min_runtime_images is None:  # the choice measured for this model once: when profiled, or by an earlier pass
+        prefer = _fastest_bulk_runtime(record) or (ws.load_run(choice_key(model_id)) or {}).get("runtime", "")
     rt = bulk.bulk_runtime(model, data, split, min_images=min_runtime_images, prefer=prefer)
+    if not prefer and any(f.get("median_ms") for f in rt.figures):  # measured now: every later pass reuses it
+        try:
+            ws.save_run(choice_key(model_id), {"runtime": rt.runtime, "summary": rt.summary})
+        except (OSError, WorkspaceError):
+            pass
     if progress is not None:
         progress(f"evaluating the {split} split in {rt.runtime}", 0.0)
-    logits = predict_logits(model, data, split, progress=progress, cancel=cancel, runner=rt.runner)
+    skey = stream_key(model_id, data.id, split)
+    try:  # counts of an earlier pass must not pass for this one's
+        ws.save_run(skey, {"phase": "starting", "total": len(data.labels(split)), "done": 0, "correct": 0})
+    except (OSError, WorkspaceError):
+        pass
+
+    def on_chunk(state: dict) -> None:
+        try:
+            ws.save_run(skey, state)
+        except (OSError, WorkspaceError):
+            pass  # a read-only workspace: the page shows the job's progress only
+        if progress is not None:
+            acc = state["correct"] / max(1, state["done"])
+            progress(f"evaluating the {split} split in {state['runtime']}: {state['done']:,}/{state['total']:,} images",
+                     state["done"] / max(1, state["total"]), accuracy=acc)
+
+    logits, info = streamed_pass(model, data, split, runner=rt.runner, runtime=rt.runtime, precision=precision,
+                                 on_chunk=on_chunk, cancel=cancel)
     labels = data.labels(split).numpy()
     key = eval_key(model_id, data.id, split)
+    stored = {**rt.to_dict(), "fp32_runtime": rt.runtime, "runtime": info["runtime"], "precision": info["precision"],
+              "gate": info["gate"], "gate_note": info["gate_note"], "gate_code": info["gate_code"],
+              "forced_fp32": precision == "fp32",
+              "first_images": info["first_images"], "first_seconds": info["first_seconds"],
+              "seconds": info["seconds"]}
     try:
-        ws.save_run(runtime_key(model_id, data.id, split), rt.to_dict())  # first: the arrays mark completion
+        ws.save_run(runtime_key(model_id, data.id, split), stored)  # first: the arrays mark completion
         ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
     except WorkspaceError:
         with _MEMORY_LOCK:
@@ -188,7 +241,7 @@ def evaluate_job(params: dict, ctx: JobContext) -> dict:
     model, _ = refs.load_model(params["model_id"], ctx.workspace)
     split = params["split"]
     res = ensure_evaluation(Workspace(ctx.workspace), params["model_id"], model, data, split, ctx.progress,
-                            ctx.cancelled)
+                            ctx.cancelled, precision=params.get("precision", "auto"))
     return {"key": eval_key(params["model_id"], data.id, split), "accuracy": res.accuracy,
             "samples": len(res.labels)}
 
@@ -218,6 +271,8 @@ __all__ = [
     "evaluate_job",
     "load_evaluation",
     "register_model",
+    "stored_precision",
+    "stream_key",
     "stash_upload",
     "train_demo",
     "user_model_id",

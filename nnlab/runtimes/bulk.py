@@ -6,15 +6,19 @@ after checking each candidate against eager PyTorch on real images of the split 
 max logit difference at most 1e-3). Eager PyTorch stays the fallback. Small passes skip the selection
 (exporting and timing cost more than they save), unless the model's record already names its fastest fp32
 runtime (measured once, when the model was profiled): then that runtime is built and checked, not timed
-again, whatever the size of the pass. ``NNLAB_BULK_RUNTIME=pytorch`` turns it off.
+again, whatever the size of the pass. The runner built that way is kept (a few per process, keyed by the model's
+content, the runtime, the threads and the input shape), so the next pass of the same model (the other split, a
+re-run in fp32) neither converts nor checks it again. ``NNLAB_BULK_RUNTIME=pytorch`` turns it off.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
 from torch import nn
 
 # below this many images per pass, eager PyTorch is used without measuring (export + timing take seconds)
@@ -22,6 +26,16 @@ MIN_IMAGES = 5000
 BATCH = 256
 PROBE = 16
 EAGER = "pytorch-eager-fp32-cpu"
+
+# runners built for a model's preferred runtime, checked: (model hash, runtime, threads, input shape) → (runner, facts)
+_BUILT: LRUCache = LRUCache(maxsize=4)
+_BUILT_LOCK = threading.Lock()
+
+
+def clear_built() -> None:
+    """Forget the kept runners (tests; memory)."""
+    with _BUILT_LOCK:
+        _BUILT.clear()
 
 
 @dataclass
@@ -90,17 +104,33 @@ def _preferred(model: nn.Module, data: Any, split: str, runtime: str, threads: i
     from nnlab.runtimes.candidates import engine_of, fidelity_check, fp32_factories
 
     name = engine_of(runtime)
+    if name == "openvino" and runtime.endswith("streams"):  # the multi-stream candidate a bulk pass measured
+        name = "openvino-streams"
     why = f"measured fastest for this model when it was profiled ({runtime}); built once, not timed again"
     if name == "pytorch":
         return BulkRuntime(None, EAGER, f"eager PyTorch ({why})")
+    from nnlab.models.checkpoints import model_hash
+
     probe = next(iter(data.stream(split, PROBE)))[0].numpy()
+    threads = int(threads or torch.get_num_threads())
+    key = (model_hash(model), runtime, threads, tuple(probe.shape[1:]))
+    with _BUILT_LOCK:
+        kept = _BUILT.get(key)
+    if kept is not None:
+        runner, facts = kept
+        return BulkRuntime(runner, runner.runtime, f"{runner.runtime}: {why}; built and checked once in this process "
+                           f"(max |Δlogit| {facts['max_abs_diff']:.1e} against eager PyTorch)",
+                           [{"name": name, **facts}])
     try:
-        factory = fp32_factories(model, tuple(probe.shape[1:]), int(threads or torch.get_num_threads()), (name,))[name]
+        factories = fp32_factories(model, tuple(probe.shape[1:]), threads, (name, engine_of(runtime)))
+        factory = factories.get(name) or factories[engine_of(runtime)]  # streams need threads > 1
         runner = factory()
         ok, facts = fidelity_check(torch_logits(model.eval(), probe), probe, model)(name, runner)
     except Exception as exc:  # noqa: BLE001 - the chosen runtime cannot take the model here: eager, and why
         return BulkRuntime(None, EAGER, f"eager PyTorch ({runtime} failed: {type(exc).__name__}: {exc})"[:300])
     if not ok:
         return BulkRuntime(None, EAGER, f"eager PyTorch ({runtime} rejected on real images: {facts['note']})")
+    with _BUILT_LOCK:
+        _BUILT[key] = (runner, facts)
     return BulkRuntime(runner, runner.runtime, f"{runner.runtime}: {why}; matches eager PyTorch on {len(probe)} "
                        f"images (max |Δlogit| {facts['max_abs_diff']:.1e})", [{"name": name, **facts}])

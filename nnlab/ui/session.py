@@ -619,7 +619,8 @@ def evaluation(split: str = "test", cur: Current | None = None) -> EvalResult:
     res = _stored_evaluation(str(ws.root), cur.model_id, cur.data.id, split, stamp) if stamp else \
         load_evaluation(ws, cur.model_id, cur.data.id, split)
     if res is None:
-        run_job("evaluate", {"model_id": cur.model_id, "data": cur.data_ref, "split": split},
+        run_job("evaluate", {"model_id": cur.model_id, "data": cur.data_ref, "split": split,
+                             **({"precision": "fp32"} if st.session_state.get("fp32_only") else {})},
                 title=f"Evaluating the model on the {split} split…", what="The evaluation")
         stamp = path.stat().st_mtime if path.is_file() else time.time()
         res = _stored_evaluation(str(ws.root), cur.model_id, cur.data.id, split, stamp) if path.is_file() else \
