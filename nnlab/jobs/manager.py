@@ -40,6 +40,7 @@ from typing import Any
 
 from nnlab import config
 from nnlab.errors import Cancelled
+from nnlab.i18n import _
 from nnlab.workspace import WorkspaceError, atomic_write_text
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
@@ -242,7 +243,7 @@ class JobContext:
     def check_cancel(self) -> None:
         """Raise :class:`nnlab.train.Cancelled` when someone asked the job to stop."""
         if self._job.cancel_requested:
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
 
     def sub(self, start: float, end: float) -> Callable[..., None]:
         """A ``progress(message, fraction, **metrics)`` that maps 0–1 onto ``start``–``end`` of this job."""
@@ -383,9 +384,9 @@ class JobManager:
                         acquired = True
                         break
                 if not acquired:
-                    raise Cancelled("cancelled before it started")
+                    raise Cancelled(_("cancelled before it started"))
             if job.cancel_requested:
-                raise Cancelled("cancelled before it started")
+                raise Cancelled(_("cancelled before it started"))
             with job._lock:
                 job.status, job.started, job.message = RUNNING, time.time(), "starting"
             self._persist(job, force=True)
@@ -496,5 +497,6 @@ def wait(key: str, timeout: float | None = None, root: str | Path | None = None)
     if job is None:
         raise KeyError(key)
     if not job.wait(timeout):
-        raise TimeoutError(f"job {key} still {job.status} after {timeout} s")
+        raise TimeoutError(_("job {key} still {status} after {timeout} s").format(
+            key=key, status=job.status, timeout=timeout))
     return job
