@@ -1,4 +1,4 @@
-"""Shown names of the table columns that compression produces (compare, pareto, search).
+"""Shown names of the table columns that compression produces (compare, pareto, search's result_rows).
 
 The tables keep their English column keys (pages, tests and the CSV download index them); a page shows a table
 through :func:`shown` (or names one column with :func:`column_label`), which translates the keys to the current
@@ -25,7 +25,7 @@ COLUMN_LABELS: dict[str, str] = {k: k for k in (
     N_("runtime"), N_("base timed in"), N_("base's fastest fp32"), N_("latency comparable"), N_("format"),
     N_("method"), N_("id"), N_("agreement with ref"), N_("changed predictions"), N_("layer"), N_("bits"),
     N_("clusters"), N_("channels"), N_("frontier"), N_("comparable"), N_("candidate"), N_("test accuracy"),
-    N_("changed"), N_("fixed"), N_("broken"),
+    N_("changed"), N_("fixed"), N_("broken"), N_("status"), N_("cost"), N_("screen accuracy"), N_("record"),
 )}
 
 

@@ -105,3 +105,40 @@ def test_json_document_is_the_same_in_english_and_russian(demo, tmp_path, capsys
     assert not CYRILLIC.search(json.dumps(ru, ensure_ascii=False))  # nothing translated inside the document
     # what people read on stderr does follow the language: the progress lines
     assert "готово" in errs["ru"] and not CYRILLIC.search(errs["en"]) and "done" in errs["en"]
+
+
+# The texts compression hands to the pages: translated where they are produced, English by default.
+
+def test_method_registry_texts_follow_the_language():
+    from compression.registry import family_label, get_method, method_description, method_label
+
+    cls = get_method("prune-unstructured")
+    help_en = {f.name: f.help for f in cls.fields_info()}
+    assert method_label(cls) == cls.label == "Pruning: weights by magnitude (unstructured)"
+    with i18n.language("ru"):
+        assert method_label(cls) == "Прунинг: веса по модулю (неструктурированный)"
+        assert family_label("quantization") == "квантизация" and CYRILLIC.search(method_description(cls))
+        help_ru = {f.name: f.help for f in cls.fields_info()}
+        with pytest.raises(ValueError, match="должно быть от 0 до 0.99"):
+            cls(sparsity=2.0)
+    assert help_en["sparsity"] == "Fraction of weights set to zero (0–0.99)"
+    assert help_ru["sparsity"] == "Доля обнуляемых весов (0–0.99)" and set(help_ru) == set(help_en)
+
+
+def test_figures_and_tables_follow_the_language_but_keep_their_keys():
+    import pandas as pd
+
+    from compression import columns, pareto
+    from nnlab.records import Record
+
+    recs = [Record(id="base", name="base", method="base", accuracy=0.9, size_bytes=4000, macs=1e6),
+            Record(id="v", name="v", method="int8", parent="base", accuracy=0.89, size_bytes=1000, macs=1e6)]
+    en = pareto.pareto_figure(recs, "size", base_id="base")
+    with i18n.language("ru"):
+        ru = pareto.pareto_figure(recs, "size", base_id="base")
+        table = columns.shown(pd.DataFrame(pareto.summary_rows(recs, recs[0])))
+    assert en.layout.title.text == "Accuracy vs size on disk" and en.layout.separators == ".,"
+    assert ru.layout.title.text == "Точность и размер на диске" and ru.layout.separators == ", "
+    assert ru.data[-1].name == "Фронт Парето" and en.data[-1].name == "Pareto frontier"
+    assert "точность" in table.columns and "размер (КиБ)" in table.columns and "id" in table.columns
+    assert "accuracy" in pareto.summary_rows(recs, recs[0])[0]  # the rows themselves keep the English keys
