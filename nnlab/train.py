@@ -242,8 +242,9 @@ def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.
             loss_sum += float(loss.detach()) * len(y)
             if progress is not None and (b % 10 == 0 or b == steps_per_epoch):
                 progress(Progress(epoch, cfg.epochs, b, steps_per_epoch, loss_sum / seen, float("nan"),
-                                  f"epoch {epoch}/{cfg.epochs}, batch {b}/{steps_per_epoch}, "
-                                  f"loss {loss_sum / seen:.3f}"))
+                                  _("epoch {epoch}/{epochs}, batch {batch}/{batches}, loss {loss:.3f}").format(
+                                      epoch=epoch, epochs=cfg.epochs, batch=b, batches=steps_per_epoch,
+                                      loss=loss_sum / seen)))
         # train metrics in eval mode over (at most 10 000 of) the samples trained on
         train_idx = np.asarray(indices)[:10000] if indices is not None else np.arange(min(10000, n))
         train_loss, train_acc = quick_eval(model, data, "train", indices=train_idx, device=device)
@@ -253,8 +254,10 @@ def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.
         history.append(EpochStats(epoch, train_loss, train_acc, test_loss, test_acc, time.perf_counter() - t0))
         if progress is not None:
             progress(Progress(epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, train_loss, test_acc,
-                              f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.3f}, "
-                              f"train acc {train_acc:.3f}, test acc {test_acc:.3f}"))
+                              _("epoch {epoch}/{epochs}: train loss {train_loss:.3f}, train acc {train_acc:.3f}, "
+                                "test acc {test_acc:.3f}").format(epoch=epoch, epochs=cfg.epochs,
+                                                                  train_loss=train_loss, train_acc=train_acc,
+                                                                  test_acc=test_acc)))
     model.eval()
     return history
 
