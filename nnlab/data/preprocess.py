@@ -139,19 +139,22 @@ class Preprocessing:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def describe(self) -> str:
-        """One line for pages and exports."""
+        """One line for pages and exports, in the current language."""
         h, w = self.size
         if self.resize_mode == "shorter":
-            geo = f"shorter side → {self.resize} px ({self.interpolation}), "
+            geo = _("shorter side → {resize} px ({interpolation}), ").format(resize=self.resize,
+                                                                            interpolation=self.interpolation)
         elif self.resize_mode == "squash":
-            geo = f"resize to {self.resize}×{self.resize} ({self.interpolation}), "
+            geo = _("resize to {resize}×{resize} ({interpolation}), ").format(resize=self.resize,
+                                                                              interpolation=self.interpolation)
         else:
-            geo = "no resize, "
-        geo += f"centre crop {h}×{w}" if self.crop == "center" else f"{h}×{w}"
+            geo = _("no resize, ")
+        geo += _("centre crop {h}×{w}").format(h=h, w=w) if self.crop == "center" else f"{h}×{w}"
         mean = ", ".join(f"{v:.3f}" for v in self.mean)
         std = ", ".join(f"{v:.3f}" for v in self.std)
-        mode = "RGB" if self.channels == 3 else "greyscale"
-        return f"{mode}, {geo}; normalised with mean ({mean}), std ({std})"
+        mode = "RGB" if self.channels == 3 else _("greyscale")
+        return _("{mode}, {geometry}; normalised with mean ({mean}), std ({std})").format(
+            mode=mode, geometry=geo, mean=mean, std=std)
 
     def with_changes(self, **changes: Any) -> Preprocessing:
         """A validated copy with some settings changed (marked as edited)."""
