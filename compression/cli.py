@@ -15,6 +15,10 @@ Examples::
 ``--dataset`` takes a dataset key (digits, fashion-mnist …) or, as the sidebar does, a path under the allowed
 roots (``NNLAB_ALLOWED_ROOTS``): a folder is read as an ImageFolder, a file as a CSV/JSON list of path,label.
 
+Messages for people (the help, progress and errors on stderr) follow the language of ``--lang en|ru``, else of
+the environment (``NNLAB_LANG``, ``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``); the JSON document on stdout
+is the same in every language (keys and values untranslated).
+
 stdout carries one JSON document and nothing else (``methods`` and ``--help`` print text): while a command
 works, everything else bound for stdout, third-party progress bars and C libraries included, goes to stderr,
 with the progress lines (``--quiet`` drops those).
@@ -48,16 +52,20 @@ from compression.registry import (
     config_from_strings,
     get_method,
     list_methods,
+    method_description,
+    method_label,
 )
+from nnlab import i18n
+from nnlab.i18n import _
 
 
 def describe_methods() -> str:
     """Every registered method with its parameters (name, type, default, help)."""
     lines = []
     for cls in list_methods():
-        lines.append(f"{cls.method}  —  {cls.label}")
+        lines.append(f"{cls.method}  —  {method_label(cls)}")
         if cls.description:
-            lines.extend("    " + s for s in textwrap.wrap(cls.description, 96))
+            lines.extend("    " + s for s in textwrap.wrap(method_description(cls), 96))
         for fi in cls.fields_info():
             choices = f" {{{', '.join(map(str, fi.choices))}}}" if fi.choices else ""
             lines.append(f"    {fi.name}={fi.default!r} ({fi.type}{choices}): {fi.help}")
@@ -75,7 +83,7 @@ class _Step(argparse.Action):
             steps.append((values, []))
         else:
             if not steps:
-                parser.error("--set must follow a --method")
+                parser.error(_("--set must follow a --method"))
             steps[-1][1].extend(values)
         ns.steps = steps
 
@@ -93,64 +101,133 @@ class OutputParser(argparse.ArgumentParser):
         super().print_usage(file or self.out)
 
 
-def printing_to(parser: argparse.ArgumentParser, out: TextIO) -> argparse.ArgumentParser:
-    """``parser`` with it and every subcommand's parser printing help to ``out``; returns ``parser``."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter with its own words ("usage: ") in the current language."""
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, _("usage: ") if prefix is None else prefix)
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every subcommand's parser."""
     todo = [parser]
     while todo:
         p = todo.pop()
-        p.out = out
+        yield p
         for action in p._subparsers._group_actions if p._subparsers else []:
             todo.extend(action.choices.values())
+
+
+def printing_to(parser: argparse.ArgumentParser, out: TextIO) -> argparse.ArgumentParser:
+    """``parser`` with it and every subcommand's parser printing help to ``out``; returns ``parser``."""
+    for p in _parsers(parser):
+        p.out = out
     return parser
 
 
+def _translate_argparse(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """argparse's own headings and the -h help in the current language (argparse translates them only through
+    its own gettext domain, which nnlab does not ship)."""
+    for p in _parsers(parser):
+        p.formatter_class = _Formatter
+        p._positionals.title = _("positional arguments")
+        p._optionals.title = _("options")
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                action.help = _("show this help message and exit")
+    return parser
+
+
+def split_lang(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--lang X`` / ``--lang=X`` taken out of ``argv`` wherever it stands: (the language or None, the rest).
+
+    Raises:
+        SystemExit: ``--lang`` without a value or with an unsupported one (message on stderr, status 2).
+    """
+    lang, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a == "--lang" or a.startswith("--lang="):
+            if a == "--lang":
+                if i + 1 >= len(argv):
+                    _die(_("--lang needs a value: {choices}").format(choices=", ".join(i18n.LANGUAGES)))
+                value, i = argv[i + 1], i + 2
+            else:
+                value, i = a.split("=", 1)[1], i + 1
+            if value.strip().lower() not in i18n.LANGUAGES:
+                _die(_("--lang {value}: choose one of {choices}").format(value=value,
+                                                                        choices=", ".join(i18n.LANGUAGES)))
+            lang = value.strip().lower()
+            continue
+        rest.append(a)
+        i += 1
+    return lang, rest
+
+
+def _die(message: str) -> None:
+    print(_("error: {message}").format(message=message), file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OutputParser(prog="python -m compression", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Compress a model into measured variants (records as JSON).",
-                                epilog="methods and parameters:\n\n" + describe_methods())
+    """The parser, its texts in the current language (set it first: :func:`main` does)."""
+    p = OutputParser(prog="python -m compression", formatter_class=_Formatter,
+                     description=_("Compress a model into measured variants (records as JSON)."),
+                     epilog=_("methods and parameters:") + "\n\n" + describe_methods())
+    p.add_argument("--lang", choices=list(i18n.LANGUAGES), default=None,
+                   help=_("language of the help and of the messages on stderr (default: from $LANG); the JSON on "
+                          "stdout is the same in every language"))
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("methods", help="list methods and their parameters")
+    sub.add_parser("methods", help=_("list methods and their parameters"))
 
     def common(sp: argparse.ArgumentParser, required: bool) -> None:
-        sp.add_argument("--model", required=required, help="workspace model id, a state-dict file, or 'demo'")
-        sp.add_argument("--arch", default=None, help="architecture of --model (default demo-cnn)")
+        sp.add_argument("--model", required=required, help=_("workspace model id, a state-dict file, or 'demo'"))
+        sp.add_argument("--arch", default=None, help=_("architecture of --model (default demo-cnn)"))
         sp.add_argument("--dataset", default=None,
-                        help="dataset key (default digits), or the path of an ImageFolder or of a CSV/JSON list "
-                             "under the allowed roots ($NNLAB_ALLOWED_ROOTS)")
-        sp.add_argument("--workspace", default=None, help="workspace folder (default $NNLAB_WORKSPACE)")
-        sp.add_argument("--device", default="cpu", help="device for fine-tuning / calibration")
-        sp.add_argument("--repeats", type=int, default=20, help="latency repeats at batch 1")
-        sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+                        help=_("dataset key (default digits), or the path of an ImageFolder or of a CSV/JSON list "
+                               "under the allowed roots ($NNLAB_ALLOWED_ROOTS)"))
+        sp.add_argument("--workspace", default=None, help=_("workspace folder (default $NNLAB_WORKSPACE)"))
+        sp.add_argument("--device", default="cpu", help=_("device for fine-tuning / calibration"))
+        sp.add_argument("--repeats", type=int, default=20, help=_("latency repeats at batch 1"))
+        sp.add_argument("--quiet", action="store_true", help=_("no progress on stderr"))
 
-    ap = sub.add_parser("apply", help="apply a method or a pipeline and print the record")
+    ap = sub.add_parser("apply", help=_("apply a method or a pipeline and print the record"))
     common(ap, True)
-    ap.add_argument("--method", action=_Step, dest="steps", help="method key (repeat for a pipeline)")
+    ap.add_argument("--method", action=_Step, dest="steps", help=_("method key (repeat for a pipeline)"))
     ap.add_argument("--set", action=_Step, dest="steps", nargs="+", metavar="KEY=VALUE",
-                    help="parameter of the preceding --method")
-    ap.add_argument("--name", default=None, help="display name of the variant")
+                    help=_("parameter of the preceding --method"))
+    ap.add_argument("--name", default=None, help=_("display name of the variant"))
+
     def distributed_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--ray-address", default=None, metavar="ADDR",
-                        help="run the configurations on Ray: 'local' starts a local Ray, else a cluster address "
-                             "(default: $NNLAB_RAY_ADDRESS, else in-process)")
-        sp.add_argument("--threads", type=int, default=1, help="intra-op threads of each configuration")
-        sp.add_argument("--sweep-id", default=None, help="prefix of the variant ids (default: a hash of the inputs)")
+                        help=_("run the configurations on Ray: 'local' starts a local Ray, else a cluster address "
+                               "(default: $NNLAB_RAY_ADDRESS, else in-process)"))
+        sp.add_argument("--threads", type=int, default=1, help=_("intra-op threads of each configuration"))
+        sp.add_argument("--sweep-id", default=None,
+                        help=_("prefix of the variant ids (default: a hash of the inputs)"))
 
-    sp = sub.add_parser("sweep", help="apply every configuration of a YAML/JSON file; one record each")
-    sp.add_argument("file", help="YAML or JSON sweep file")
+    sp = sub.add_parser("sweep", help=_("apply every configuration of a YAML/JSON file; one record each"))
+    sp.add_argument("file", help=_("YAML or JSON sweep file"))
     common(sp, False)
     distributed_flags(sp)
-    se = sub.add_parser("search", help="search methods and levels; print the frontier within the budget")
+    se = sub.add_parser("search", help=_("search methods and levels; print the frontier within the budget"))
     common(se, False)
     distributed_flags(se)
-    se.add_argument("--strategy", choices=["grid", "halving", "nsga2"], default="grid")
-    se.add_argument("--budget", type=float, default=0.01, help="largest accuracy drop (0.01 = one point)")
-    se.add_argument("--cost", default="size", choices=["size", "size_gzip", "latency", "latency32", "macs"])
-    se.add_argument("--candidates", default=None, help="grid/halving: JSON or YAML file of pipelines")
-    se.add_argument("--trials", type=int, default=24, help="nsga2: trials in all")
-    se.add_argument("--population", type=int, default=8, help="nsga2: trials per generation")
-    se.add_argument("--seed", type=int, default=0)
-    se.add_argument("--keep-all", action="store_true", help="keep every measured variant, not only the frontier")
-    return p
+    se.add_argument("--strategy", choices=["grid", "halving", "nsga2"], default="grid",
+                    help=_("how candidates are chosen"))
+    se.add_argument("--budget", type=float, default=0.01, help=_("largest accuracy drop (0.01 = one point)"))
+    se.add_argument("--cost", default="size", choices=["size", "size_gzip", "latency", "latency32", "macs"],
+                    help=_("the cost the frontier minimises"))
+    se.add_argument("--candidates", default=None, help=_("grid/halving: JSON or YAML file of pipelines"))
+    se.add_argument("--trials", type=int, default=24, help=_("nsga2: trials in all"))
+    se.add_argument("--population", type=int, default=8, help=_("nsga2: trials per generation"))
+    se.add_argument("--seed", type=int, default=0, help=_("seed of the search"))
+    se.add_argument("--keep-all", action="store_true",
+                    help=_("keep every measured variant, not only the frontier"))
+    return _translate_argparse(p)
 
 
 def _progress(quiet: bool):
@@ -180,10 +257,11 @@ def _data_ref(dataset: str) -> dict:
         return refs.data_ref(dataset)
     keys = ", ".join(k for k, e in DATASETS.items() if not e.needs_path)
     if entry is not None:
-        raise DatasetError(f"--dataset {dataset}: give the path of the folder or list itself instead of the key")
+        raise DatasetError(_("--dataset {dataset}: give the path of the folder or list itself instead of the "
+                             "key").format(dataset=dataset))
     if not Path(dataset).expanduser().exists():
-        raise DatasetError(f"--dataset {dataset!r} is neither a dataset key ({keys}) nor an existing folder or "
-                           "CSV/JSON list")
+        raise DatasetError(_("--dataset {dataset!r} is neither a dataset key ({keys}) nor an existing folder or "
+                             "CSV/JSON list").format(dataset=dataset, keys=keys))
     path = check_allowed(dataset)
     return refs.data_ref("imagefolder" if path.is_dir() else "filelist", str(path))
 
@@ -200,17 +278,18 @@ def _load(model_ref: str, arch: str, dref: dict, ws):
         rec = ws.load_model_record(model_ref)
         pre = rec.extra.get("preprocessing") if rec is not None else None
         data = load_dataset(dref["key"], dref["path"], preprocessing=pre or None, workspace=ws.root)
-        model, _ = refs.load_model(model_ref, ws.root)
+        model, _rec = refs.load_model(model_ref, ws.root)
         return model, model_ref, data
     data = load_dataset(dref["key"], dref["path"], workspace=ws.root)
     if model_ref == "demo":
-        model, rec, _ = ensure_demo(data, ws, arch=arch)
+        model, rec, _data = ensure_demo(data, ws, arch=arch)
         return model, rec.id, data
     c, h, w = data.input_shape
     if Path(model_ref).is_file():
         model = load_into(create_model(arch, c, data.num_classes, (h, w)), read_state_dict_file(model_ref))
         return model, Path(model_ref).stem, data
-    raise SystemExit(f"error: --model {model_ref!r} is neither a file, a workspace model id, nor 'demo'")
+    raise SystemExit(_("error: --model {model!r} is neither a file, a workspace model id, nor 'demo'").format(
+        model=model_ref))
 
 
 def _variant_configs(item: Any) -> tuple[str | None, list[MethodConfig]]:
@@ -222,7 +301,8 @@ def _variant_configs(item: Any) -> tuple[str | None, list[MethodConfig]]:
         d = dict(item)
         name = d.pop("name", None)
         return name, [config_from_dict(d)]
-    raise ValueError(f"a sweep variant must be a config, a list of configs or {{steps: [...]}}, got {item!r}")
+    raise ValueError(_("a sweep variant must be a config, a list of configs or {{steps: [...]}}, got "
+                       "{item!r}").format(item=item))
 
 
 def read_sweep(path: str | Path) -> dict:
@@ -237,7 +317,7 @@ def read_sweep(path: str | Path) -> dict:
     if isinstance(doc, list):
         doc = {"variants": doc}
     if not isinstance(doc, dict) or not isinstance(doc.get("variants"), list) or not doc["variants"]:
-        raise ValueError(f"{path}: expected a list of variants (or a mapping with 'variants')")
+        raise ValueError(_("{path}: expected a list of variants (or a mapping with 'variants')").format(path=path))
     return doc
 
 
@@ -250,9 +330,10 @@ def _use_ray(args: argparse.Namespace) -> bool:
         return False
     ex = distributed.ensure_ray(address)
     if not args.quiet:
-        where = (f"Ray at {ex.address}: {ex.nodes} node(s), {ex.cpus:g} CPUs" if ex.kind == "ray"
-                 else f"in-process ({ex.reason})")
-        print(f"running on {where}", file=sys.stderr, flush=True)
+        where = (_("Ray at {address}: {nodes} node(s), {cpus} CPUs").format(
+            address=ex.address, nodes=ex.nodes, cpus=i18n.num(ex.cpus, "g")) if ex.kind == "ray"
+                 else _("in-process ({reason})").format(reason=ex.reason))
+        print(_("running on {where}").format(where=where), file=sys.stderr, flush=True)
     return ex.kind == "ray"
 
 
@@ -299,7 +380,8 @@ def _sweep(args: argparse.Namespace, ws) -> tuple[int, str]:
         if r.ok:
             out.append(Record.from_dict(r.value["record"]).to_dict())
         else:
-            print(f"error: variant {r.index + 1} ({names[r.index]}) {r.status}: {r.error}", file=sys.stderr)
+            print(_("error: variant {number} ({name}) {status}: {error}").format(
+                number=r.index + 1, name=names[r.index], status=r.status, error=r.error), file=sys.stderr)
     return 0 if len(out) == len(results) else 1, json.dumps(out, indent=2, sort_keys=True, allow_nan=False)
 
 
@@ -313,7 +395,8 @@ def _search(args: argparse.Namespace, ws) -> tuple[int, str]:
     model, parent, data = _load(str(args.model or "demo"), arch, dataset, ws)
     base = ws.load_model_record(parent) or ws.load_variant(parent)
     if base is None:
-        raise ValueError(f"--model {parent!r} has no record in the workspace; search needs its measured base")
+        raise ValueError(_("--model {model!r} has no record in the workspace; search needs its measured "
+                           "base").format(model=parent))
     res = search(model, base, data, ws, budget=args.budget, candidates=candidates, strategy=args.strategy,
                  cost=args.cost, keep_all=args.keep_all, seed=args.seed, progress=_progress(args.quiet),
                  use_ray=_use_ray(args), threads=args.threads, sweep_id=args.sweep_id, trials=args.trials,
@@ -326,7 +409,7 @@ def _apply(args: argparse.Namespace, ws) -> tuple[int, str]:
     from compression.variant import make_variant
 
     if not getattr(args, "steps", None):
-        raise ValueError("give at least one --method")
+        raise ValueError(_("give at least one --method"))
     configs = [config_from_strings(get_method(m).method, sets) for m, sets in args.steps]
     arch = args.arch or "demo-cnn"
     model, parent, data = _load(args.model, arch, _data_ref(args.dataset or "digits"), ws)
@@ -385,7 +468,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str | None]:
             return _search(args, ws)
         return _sweep(args, ws)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(_("error: {message}").format(message=exc), file=sys.stderr, flush=True)
         return 2, None
 
 
@@ -393,7 +476,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     """Run one command; its JSON document (or the method list, or the help) is all that goes to ``stdout``.
 
     Args:
-        argv: The arguments (default: ``sys.argv[1:]``).
+        argv: The arguments (default: ``sys.argv[1:]``). ``--lang en|ru`` anywhere in them sets the language of
+            the help and of the messages (default: the environment's, :func:`nnlab.i18n.language_from_env`).
         stdout: Where the document goes (default: ``sys.stdout`` as it is at the call). While the command works
             everything else bound for stdout goes to stderr (:func:`stdout_to_stderr`); the document is written
             after that, so this may be the process's own stdout.
@@ -402,13 +486,15 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
         0 on success, 1 when some sweep variants failed, 2 for bad input (with a message on stderr).
     """
     out = stdout if stdout is not None else sys.stdout
-    args = printing_to(build_parser(), out).parse_args(argv)
-    if args.command == "methods":
-        doc: str | None = describe_methods()
-        rc = 0
-    else:
-        with stdout_to_stderr():
-            rc, doc = _run(args)
+    lang, argv = split_lang(list(sys.argv[1:] if argv is None else argv))
+    with i18n.language(lang or i18n.language_from_env()):
+        args = printing_to(build_parser(), out).parse_args(argv)
+        if args.command == "methods":
+            doc: str | None = describe_methods()
+            rc = 0
+        else:
+            with stdout_to_stderr():
+                rc, doc = _run(args)
     if doc is not None:
         out.write(doc + "\n")
         out.flush()

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 from compression.packing import index_bits
 from compression.pruning import TARGETS, finetune, prunable_layers
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
+from nnlab.i18n import N_, _
 
 INITS = ("linear", "kmeans++", "density")
 MAX_FIT_SAMPLES = 200_000
@@ -99,25 +100,26 @@ class ClusterConfig(MethodConfig):
     """k-means weight sharing per layer."""
 
     method: ClassVar[str] = "cluster"
-    label: ClassVar[str] = "Weight clustering (k-means)"
+    label: ClassVar[str] = N_("Weight clustering (k-means)")
     family: ClassVar[str] = "clustering"
-    description: ClassVar[str] = ("Replace each layer's weights by k shared values (k-means centroids); stored "
-                                  "as k floats plus ⌈log2 k⌉-bit indices.")
+    description: ClassVar[str] = (N_("Replace each layer's weights by k shared values (k-means centroids); stored "
+                                  "as k floats plus ⌈log2 k⌉-bit indices."))
 
-    k: int = field(default=16, metadata={"help": "Clusters per layer (2–256)", "min": 2, "max": 256,
+    k: int = field(default=16, metadata={"help": N_("Clusters per layer (2–256)"), "min": 2, "max": 256,
                                          "formula": r"\text{bits/weight} = \lceil\log_2 k\rceil"})
-    init: str = field(default="linear", metadata={"help": "Centroid initialisation: linear, k-means++ or density",
+    init: str = field(default="linear", metadata={"help": N_("Centroid initialisation: linear, k-means++ or density"),
                                                   "choices": INITS})
-    targets: str = field(default="conv+linear", metadata={"help": "Which layers are clustered", "choices": TARGETS})
-    keep_zeros: bool = field(default=True, metadata={"help": "Keep pruned zeros as zeros, outside the clusters"})
-    finetune_epochs: int = field(default=0, metadata={"help": "Epochs of centroid fine-tuning (0 = none)",
+    targets: str = field(default="conv+linear", metadata={"help": N_("Which layers are clustered"), "choices": TARGETS})
+    keep_zeros: bool = field(default=True, metadata={"help": N_("Keep pruned zeros as zeros, outside the clusters")})
+    finetune_epochs: int = field(default=0, metadata={"help": N_("Epochs of centroid fine-tuning (0 = none)"),
                                                       "min": 0, "max": 50})
-    lr: float = field(default=1e-4, metadata={"help": "Centroid fine-tuning learning rate", "min": 1e-7, "max": 1.0})
+    lr: float = field(default=1e-4, metadata={"help": N_("Centroid fine-tuning learning rate"),
+                                              "min": 1e-7, "max": 1.0})
 
     def __post_init__(self) -> None:
         check_range(self, "k", 2, 256)
         if isinstance(self.k, float):
-            raise ValueError(f"{self.method}: k must be an integer, got {self.k!r}")
+            raise ValueError(_("{method}: k must be an integer, got {k!r}").format(method=self.method, k=self.k))
         check_choice(self, "init", INITS)
         check_choice(self, "targets", TARGETS)
         check_range(self, "finetune_epochs", 0, 50)
@@ -129,12 +131,14 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: CompressContext) -> Compr
     layers = prunable_layers(model, cfg.targets)
     smallest = min(layers, key=lambda item: item[1].weight.numel(), default=None)
     if smallest is not None and cfg.k > smallest[1].weight.numel():
-        raise ValueError(f"{cfg.method}: k={cfg.k} is more than the {smallest[1].weight.numel()} weights of layer "
-                         f"{smallest[0]}; choose k ≤ {smallest[1].weight.numel()} or other target layers")
+        raise ValueError(_("{method}: k={k} is more than the {n} weights of layer {layer}; choose k ≤ {n} "
+                           "or other target layers").format(
+            method=cfg.method, k=cfg.k, n=smallest[1].weight.numel(), layer=smallest[0]))
     rows, infos = [], {}
     for i, (name, mod) in enumerate(layers):
         ctx.check_cancel()
-        ctx.report(f"k-means on {name}", 0.5 * i / max(1, len(layers)) if cfg.finetune_epochs else i / len(layers))
+        ctx.report(_("k-means on {name}").format(name=name),
+                   0.5 * i / max(1, len(layers)) if cfg.finetune_epochs else i / len(layers))
         new_w, info = cluster_layer(mod.weight, cfg.k, cfg.init, cfg.keep_zeros, ctx.seed)
         with torch.no_grad():
             mod.weight.copy_(new_w)
@@ -146,7 +150,7 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: CompressContext) -> Compr
         nz = w[w != 0] if infos[name]["zeros_kept"] else w.reshape(-1)
         rows.append({"name": name, "clusters": int(torch.unique(nz).numel()), "k": cfg.k,
                      "index_bits": infos[name]["index_bits"], "zeros_kept": infos[name]["zeros_kept"]})
-    ctx.report("clustered", 1.0)
+    ctx.report(_("clustered"), 1.0)
     return CompressResult(model=model, layers=rows, extra={"k": cfg.k, "init": cfg.init})
 
 

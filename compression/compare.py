@@ -14,25 +14,27 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
+from compression.columns import SPEEDUP_FASTEST, SPEEDUP_FASTEST_32, SPEEDUP_SAME, SPEEDUP_SAME_32
+from compression.columns import column_label, shown  # noqa: F401 - the page shows tables through these
+from nnlab import i18n
 from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import EvalResult, evaluate, result_from_logits
+from nnlab.i18n import _
 from nnlab.measure import comparable, speedups
 from nnlab.records import Record
-
-SPEEDUP_SAME = "speed-up b1, same runtime (×)"
-SPEEDUP_SAME_32 = "speed-up b32, same runtime (×)"
-SPEEDUP_FASTEST = "speed-up b1 vs base's fastest fp32 (×)"
 
 LAYER_KEYS = ("sparsity", "weight_sparsity", "bits", "clusters", "channels", "params", "nonzero")
 
 
 def _check_same(a: EvalResult, b: EvalResult) -> None:
     if len(a.labels) != len(b.labels) or not np.array_equal(a.labels, b.labels):
-        raise ValueError("the two evaluations are not over the same samples")
+        raise ValueError(_("the two evaluations are not over the same samples"))
 
 
 def metrics_table(records: list[Record], base: Record | None = None) -> pd.DataFrame:
     """One row per record (the first is the reference), the compared quantities first and ids last.
+
+    The column keys stay English (a page shows them through :func:`compression.columns.shown`).
 
     Columns: name, accuracy and Δ accuracy (points) against the first; size, gzip size and size ÷ ref;
     latency b1/b32 with both speed-ups against the base model (``base``, default: the first record when it
@@ -55,7 +57,7 @@ def metrics_table(records: list[Record], base: Record | None = None) -> pd.DataF
             "latency b1 (ms)": r.latency_ms(1) if ok else np.nan,
             SPEEDUP_SAME: sp1["same_runtime"], SPEEDUP_FASTEST: sp1["vs_fastest_fp32"],
             "latency b32 (ms)": r.latency_ms(32) if ok else np.nan,
-            SPEEDUP_SAME_32: sp32["same_runtime"], "speed-up b32 vs base's fastest fp32 (×)": sp32["vs_fastest_fp32"],
+            SPEEDUP_SAME_32: sp32["same_runtime"], SPEEDUP_FASTEST_32: sp32["vs_fastest_fp32"],
             "MACs (M)": r.macs / 1e6, "MACs ÷ ref": _ratio(r.macs, ref.macs), "params": r.params,
             "nonzero params": r.nonzero_params, "sparsity": r.sparsity, "weight sparsity": weight_sparsity(r),
             "runtime": (r.latency.get("1") or {}).get("runtime", ""), "base timed in": sp1["same_runtime_base"],
@@ -197,7 +199,8 @@ def per_class_figure(diffs: dict[str, np.ndarray], classes: list[str], ref_name:
     for name, d in diffs.items():
         fig.add_trace(go.Bar(x=classes, y=100 * np.asarray(d), name=name))
     fig.update_layout(barmode="group", height=340, margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis_title=f"Δ accuracy vs {ref_name} (points)", title="Per-class accuracy change")
+                      yaxis_title=_("Δ accuracy vs {name} (points)").format(name=ref_name),
+                      title=_("Per-class accuracy change"), separators=i18n.plotly_separators())
     return fig
 
 
@@ -205,10 +208,11 @@ def confusion_difference_figure(diff: np.ndarray, classes: list[str], title: str
     """Heat map of a confusion difference, symmetric colour scale centred on zero."""
     m = float(np.abs(diff).max()) or 1.0
     fig = go.Figure(go.Heatmap(z=diff, x=classes, y=classes, colorscale="RdBu", zmin=-m, zmax=m, zmid=0,
-                               text=diff, texttemplate="%{text}", hovertemplate="true %{y}<br>pred %{x}<br>Δ %{z}"
-                               "<extra></extra>"))
+                               text=diff, texttemplate="%{text}",
+                               hovertemplate=_("true %{y}<br>pred %{x}<br>Δ %{z}") + "<extra></extra>"))
     fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10), title=title,
-                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
+                      xaxis_title=_("predicted"), yaxis_title=_("true"), yaxis_autorange="reversed",
+                      separators=i18n.plotly_separators())
     return fig
 
 
@@ -235,7 +239,7 @@ def histogram_figure(values: dict[str, np.ndarray], title: str, bins: int = 60, 
             fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, name=name, opacity=0.6,
                                  width=(edges[1] - edges[0])))
     fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10), title=title,
-                      yaxis_type="log" if log_y else "linear")
+                      yaxis_type="log" if log_y else "linear", separators=i18n.plotly_separators())
     return fig
 
 
@@ -247,7 +251,7 @@ def binned_figure(hists: dict[str, tuple[np.ndarray, np.ndarray]], title: str, l
         fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=np.asarray(counts), name=name, opacity=0.6,
                              width=np.diff(edges)))
     fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10), title=title,
-                      yaxis_type="log" if log_y else "linear")
+                      yaxis_type="log" if log_y else "linear", separators=i18n.plotly_separators())
     return fig
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compression.registry import MethodConfig, get_method
+from nnlab.i18n import N_, _, num
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class FirstClick:
         overrides: Config fields that differ from the config's own defaults.
         max_drop: Accuracy drop (fraction, 0.01 = 1 point) the default is expected to stay within on the
             demo model.
-        why: One or two sentences for the page: why this setting.
+        why: One or two sentences for the page: why this setting (marked with ``N_``; :func:`promise` translates).
         min_samples: For methods that train: at least this many training samples are seen in all (the
             ``epochs_field`` is raised on small datasets, where a few epochs are only a few hundred steps).
         epochs_field: The config field counting epochs.
@@ -41,47 +42,47 @@ class FirstClick:
 FIRST_CLICK: dict[str, FirstClick] = {
     "prune-unstructured": FirstClick(
         {"scope": "global"}, 0.01,
-        "Half the weights, chosen by one magnitude threshold over all layers: it removes the weights that matter "
+        N_("Half the weights, chosen by one magnitude threshold over all layers: it removes the weights that matter "
         "least wherever they are. The same 50 % in every layer cuts the small first convolution as hard as the "
         "big layers: without fine-tuning the Fashion-MNIST demo lost 12 to 25 points that way (92.60 % to "
-        "80.45 %, and 92.45 % to 67.33 % in another training) and none with one global threshold."),
+        "80.45 %, and 92.45 % to 67.33 % in another training) and none with one global threshold.")),
     "prune-channels": FirstClick(
         {"amount": 0.25, "finetune_epochs": 1}, 0.02,
-        "A quarter of the MACs, then one fine-tuning epoch. Removing whole filters changes what the next layer "
+        N_("A quarter of the MACs, then one fine-tuning epoch. Removing whole filters changes what the next layer "
         "receives: on the Fashion-MNIST demo a quarter cost 3.5 points and half 8.8 points before fine-tuning; "
-        "one epoch brings a quarter back within 0.2 points."),
+        "one epoch brings a quarter back within 0.2 points.")),
     "prune-iterative": FirstClick(
         {"rounds": 2, "epochs": 1}, 0.01,
-        "Two rounds of 30 % with one fine-tuning epoch each (about 51 % sparsity): the accuracy stayed level on "
-        "the Fashion-MNIST demo; more rounds reach higher sparsity, one epoch each."),
+        N_("Two rounds of 30 % with one fine-tuning epoch each (about 51 % sparsity): the accuracy stayed level on "
+        "the Fashion-MNIST demo; more rounds reach higher sparsity, one epoch each.")),
     "cluster": FirstClick(
         {"k": 32}, 0.01,
-        "32 shared values per layer (5-bit indices) keep the weights close enough without fine-tuning: 0.2 "
+        N_("32 shared values per layer (5-bit indices) keep the weights close enough without fine-tuning: 0.2 "
         "points on the Fashion-MNIST demo, where k = 16 lost 2.9 points (it needs a centroid fine-tuning "
-        "epoch)."),
+        "epoch).")),
     "distill": FirstClick(
         {"epochs": 3}, 0.04,
-        "A student a quarter as wide (about 16x fewer weights) trained on the teacher's soft targets for 3 "
+        N_("A student a quarter as wide (about 16x fewer weights) trained on the teacher's soft targets for 3 "
         "epochs, more on small datasets (at least 40,000 samples seen): 2.7 points below the Fashion-MNIST demo; "
-        "more epochs close most of the gap.", min_samples=40000),
+        "more epochs close most of the gap."), min_samples=40000),
     "quantize-weights": FirstClick(
         {}, 0.005,
-        "8-bit weights with one scale per output channel round each weight by at most half a step: 4x smaller "
+        N_("8-bit weights with one scale per output channel round each weight by at most half a step: 4x smaller "
         "weights at no measurable loss (4 bits everywhere lost 1.2 points on the Fashion-MNIST demo: choose "
-        "per-layer bits with the sensitivity analysis below)."),
+        "per-layer bits with the sensitivity analysis below).")),
     "int8": FirstClick(
         {}, 0.01,
-        "Static int8 in ONNX Runtime with per-channel weights and min/max activation ranges from 256 training "
-        "images: real int8 kernels, 4x smaller; no loss on the Fashion-MNIST demo."),
+        N_("Static int8 in ONNX Runtime with per-channel weights and min/max activation ranges from 256 training "
+        "images: real int8 kernels, 4x smaller; no loss on the Fashion-MNIST demo.")),
     "qat": FirstClick(
         {"epochs": 1, "train_samples": 20000}, 0.01,
-        "One epoch on 20,000 training images with fake quantization lets the weights adapt to int8 before the "
+        N_("One epoch on 20,000 training images with fake quantization lets the weights adapt to int8 before the "
         "conversion: 0.1 points on the Fashion-MNIST demo in two minutes (the config's 2 epochs on all 60,000 "
-        "gained 0.4 points in six times as long)."),
+        "gained 0.4 points in six times as long).")),
     "half": FirstClick(
         {}, 0.002,
-        "fp16 keeps 11 significant bits: the logits move by about 1e-3 and predictions almost never change "
-        "(0.01 points on the Fashion-MNIST demo)."),
+        N_("fp16 keeps 11 significant bits: the logits move by about 1e-3 and predictions almost never change "
+        "(0.01 points on the Fashion-MNIST demo).")),
 }
 
 
@@ -119,4 +120,5 @@ def promise(method: str) -> str:
     fc = FIRST_CLICK.get(method)
     if fc is None:
         return ""
-    return f"First click: expected accuracy drop at most {100 * fc.max_drop:g} points on the demo model. {fc.why}"
+    return _("First click: expected accuracy drop at most {points} points on the demo model. {why}").format(
+        points=num(100 * fc.max_drop, "g"), why=_(fc.why) if fc.why else "")

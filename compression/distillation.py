@@ -19,6 +19,7 @@ from torch import nn
 
 from compression.pruning import batch_size_for
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
+from nnlab.i18n import N_, _
 from nnlab.models.randinit import seeded_init
 from nnlab.models.registry import create_model, list_models
 from nnlab.train import Progress, TrainConfig, train_model
@@ -38,32 +39,33 @@ class DistillConfig(MethodConfig):
     """Teacher → student distillation."""
 
     method: ClassVar[str] = "distill"
-    label: ClassVar[str] = "Knowledge distillation (teacher → student)"
+    label: ClassVar[str] = N_("Knowledge distillation (teacher → student)")
     family: ClassVar[str] = "distillation"
-    description: ClassVar[str] = ("Train a smaller registered architecture on the labels and on the teacher's "
-                                  "temperature-softened outputs.")
+    description: ClassVar[str] = (N_("Train a smaller registered architecture on the labels and on the teacher's "
+                                  "temperature-softened outputs."))
 
-    student: str = field(default="demo-cnn-small", metadata={"help": "Student architecture (registered model)",
+    student: str = field(default="demo-cnn-small", metadata={"help": N_("Student architecture (registered model)"),
                                                              "choices": tuple(list_models())})
-    alpha: float = field(default=0.5, metadata={"help": "Weight α of the hard-label cross-entropy",
+    alpha: float = field(default=0.5, metadata={"help": N_("Weight α of the hard-label cross-entropy"),
                                                 "min": 0.0, "max": 10.0, "formula": r"\alpha H(y,\sigma(z_s))"})
-    beta: float = field(default=0.5, metadata={"help": "Weight β of the soft-target term (scaled by τ²)",
+    beta: float = field(default=0.5, metadata={"help": N_("Weight β of the soft-target term (scaled by τ²)"),
                                                "min": 0.0, "max": 10.0,
                                                "formula": r"\beta\tau^2 H(\sigma(z_t/\tau),\sigma(z_s/\tau))"})
-    tau: float = field(default=4.0, metadata={"help": "Temperature τ of the softmax", "min": 0.5, "max": 50.0})
-    epochs: int = field(default=10, metadata={"help": "Training epochs of the student", "min": 1, "max": 200})
-    lr: float = field(default=1e-2, metadata={"help": "Learning rate (peak of the one-cycle schedule)", "min": 1e-6, "max": 1.0})
-    subset: int = field(default=0, metadata={"help": "Train on the first N training samples only (0 = all)",
+    tau: float = field(default=4.0, metadata={"help": N_("Temperature τ of the softmax"), "min": 0.5, "max": 50.0})
+    epochs: int = field(default=10, metadata={"help": N_("Training epochs of the student"), "min": 1, "max": 200})
+    lr: float = field(default=1e-2, metadata={"help": N_("Learning rate (peak of the one-cycle schedule)"),
+                                              "min": 1e-6, "max": 1.0})
+    subset: int = field(default=0, metadata={"help": N_("Train on the first N training samples only (0 = all)"),
                                              "min": 0, "max": 10_000_000})
-    pretrained_student: bool = field(default=False, metadata={"help": "Start torchvision students from "
-                                                                      "ImageNet weights (needs a download)"})
+    pretrained_student: bool = field(default=False, metadata={"help": N_("Start torchvision students from "
+                                                                      "ImageNet weights (needs a download)")})
 
     def __post_init__(self) -> None:
         check_choice(self, "student", tuple(list_models()))
         check_range(self, "alpha", 0.0, 10.0)
         check_range(self, "beta", 0.0, 10.0)
         if self.alpha + self.beta <= 0:
-            raise ValueError(f"{self.method}: alpha + beta (α + β) must be positive")
+            raise ValueError(_("{method}: alpha + beta (α + β) must be positive").format(method=self.method))
         check_range(self, "tau", 0.5, 50.0)
         check_range(self, "epochs", 1, 200)
         check_range(self, "lr", 1e-6, 1.0)
@@ -91,7 +93,7 @@ def train_student(teacher: nn.Module | None, cfg: DistillConfig, ctx: CompressCo
         return distillation_loss(z_s, z_t, y, cfg.alpha, cfg.beta, cfg.tau)
 
     def prog(p: Progress) -> None:
-        ctx.report(f"student: {p.message}", p.fraction)
+        ctx.report(_("student: {message}").format(message=p.message), p.fraction)
 
     n = len(data.y_train)
     indices = np.arange(min(cfg.subset, n)) if cfg.subset else None
@@ -108,6 +110,6 @@ def train_student(teacher: nn.Module | None, cfg: DistillConfig, ctx: CompressCo
 @register(DistillConfig)
 def distill(model: nn.Module, cfg: DistillConfig, ctx: CompressContext) -> CompressResult:
     student, hist = train_student(model, cfg, ctx)
-    ctx.report("student trained", 1.0)
+    ctx.report(_("student trained"), 1.0)
     return CompressResult(model=student, arch=cfg.student, extra={"history": hist, "student": cfg.student,
                                                                   "teacher_arch": ctx.arch})

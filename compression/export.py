@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from safetensors.torch import save as st_save
 from torch import nn
 
+from nnlab.i18n import _
 from nnlab.records import Record
 from nnlab.workspace import Workspace
 
@@ -29,17 +30,17 @@ class ExportError(RuntimeError):
 def state_dict_bytes(model: nn.Module) -> bytes:
     """The model's weights as safetensors bytes (dense; runtime-backed int8 models have none)."""
     if getattr(model, "runner", None) is not None:
-        raise ExportError("this variant runs in an int8 runtime; download its artifact (ONNX) instead")
+        raise ExportError(_("this variant runs in an int8 runtime; download its artifact (ONNX) instead"))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if not state:
-        raise ExportError("the model has no weights to export")
+        raise ExportError(_("the model has no weights to export"))
     return st_save(state)
 
 
 def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """The float model exported to ONNX (dynamic batch axis), read back as bytes."""
     if getattr(model, "runner", None) is not None:
-        raise ExportError("this variant is already an ONNX int8 graph: download its artifact")
+        raise ExportError(_("this variant is already an ONNX int8 graph: download its artifact"))
     from compression.int8 import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="nnlab-export-") as d:
@@ -47,17 +48,19 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         try:
             export_onnx(copy.deepcopy(model), tuple(input_shape), path)  # the exporter traces: never the shared one
         except Exception as exc:  # noqa: BLE001 - both exporters failed: say so
-            raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise ExportError(_("ONNX export failed: {error}: {detail}").format(
+                error=type(exc).__name__, detail=str(exc)[:200])) from exc
         return path.read_bytes()
 
 
 def artifact_bytes(ws: Workspace, record: Record) -> tuple[bytes, str]:
     """The stored artifact of a record (packed, safetensors, int8 ONNX …) and a file name for it."""
     if not record.artifact:
-        raise ExportError(f"{record.name} has no stored artifact")
+        raise ExportError(_("{name} has no stored artifact").format(name=record.name))
     path = ws.root / record.artifact
     if not path.is_file():
-        raise ExportError(f"the artifact of {record.name} is missing ({record.artifact})")
+        raise ExportError(_("the artifact of {name} is missing ({artifact})").format(
+            name=record.name, artifact=record.artifact))
     return path.read_bytes(), f"{record.id}-{path.name}"
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from compression.int8 import TorchRunner
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, register, register_loader
+from nnlab.i18n import N_, _
 from nnlab.workspace import load_state_dict, save_state_dict
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -57,23 +58,24 @@ class HalfPrecisionConfig(MethodConfig):
     """Store (and run) the model in fp16 or bf16."""
 
     method: ClassVar[str] = "half"
-    label: ClassVar[str] = "Half precision (fp16 / bf16)"
+    label: ClassVar[str] = N_("Half precision (fp16 / bf16)")
     family: ClassVar[str] = "quantization"
-    description: ClassVar[str] = ("Every float tensor stored in 16 bits: fp16 (10-bit mantissa, range ±65504) or "
-                                  "bf16 (fp32's range, 7-bit mantissa); run in that dtype on the CPU.")
+    description: ClassVar[str] = (N_("Every float tensor stored in 16 bits: fp16 (10-bit mantissa, range ±65504) or "
+                                  "bf16 (fp32's range, 7-bit mantissa); run in that dtype on the CPU."))
 
-    dtype: str = field(default="fp16", metadata={"help": "Half-precision format", "choices": tuple(DTYPES)})
-    compute: str = field(default="half", metadata={"help": "Run in the half dtype, or in fp32 on the rounded "
-                                                   "weights (faster on CPUs without half kernels)",
+    dtype: str = field(default="fp16", metadata={"help": N_("Half-precision format"), "choices": tuple(DTYPES)})
+    compute: str = field(default="half", metadata={"help": N_("Run in the half dtype, or in fp32 on the rounded "
+                                                   "weights (faster on CPUs without half kernels)"),
                                                    "choices": ("half", "fp32")})
-    threads: int = field(default=0, metadata={"help": "Runtime threads (0: PyTorch's current setting)",
+    threads: int = field(default=0, metadata={"help": N_("Runtime threads (0: PyTorch's current setting)"),
                                               "min": 0, "max": 256})
 
     def __post_init__(self) -> None:
         check_choice(self, "dtype", tuple(DTYPES))
         check_choice(self, "compute", ("half", "fp32"))
         if not isinstance(self.threads, int) or not 0 <= self.threads <= 256:
-            raise ValueError(f"{self.method}: threads must be between 0 and 256, got {self.threads!r}")
+            raise ValueError(_("{method}: threads must be between 0 and 256, got {threads!r}").format(
+                method=self.method, threads=self.threads))
 
 
 @register(HalfPrecisionConfig)

@@ -50,6 +50,7 @@ from compression.registry import (
     register_loader,
 )
 from nnlab.data.sets import ImageDataset
+from nnlab.i18n import N_, _
 from nnlab.measure import counting_macs
 from nnlab.runtimes import openvino as ovr
 from nnlab.runtimes.base import sqnr_db, top1_agreement
@@ -161,12 +162,12 @@ def quantize_fx(model: nn.Module, calib: torch.Tensor | None, mode: str = "stati
 
     example = calib[:1] if calib is not None and len(calib) else None
     if example is None:
-        raise ValueError("FX quantization needs at least one example input")
+        raise ValueError(_("FX quantization needs at least one example input"))
     try:
         prepared = _fx_prepare(model, example, mode, per_channel)
     except Exception as exc:  # noqa: BLE001 - e.g. symbolic tracing fails on data-dependent control flow
-        raise ValueError(f"torch.ao FX could not prepare this model ({type(exc).__name__}: {str(exc)[:160]}); "
-                         "use the openvino or onnxruntime backend") from exc
+        raise ValueError(_("torch.ao FX could not prepare this model ({error}: {detail}); use the openvino or "
+                           "onnxruntime backend").format(error=type(exc).__name__, detail=str(exc)[:160])) from exc
     if mode == "dynamic":
         return prepared.eval()  # already converted (see _fx_prepare)
     with torch.inference_mode():
@@ -182,46 +183,46 @@ class Int8Config(MethodConfig):
     """Post-training int8 quantization executed in a real int8 runtime."""
 
     method: ClassVar[str] = "int8"
-    label: ClassVar[str] = "Int8 post-training quantization (real int8 runtime)"
+    label: ClassVar[str] = N_("Int8 post-training quantization (real int8 runtime)")
     family: ClassVar[str] = "quantization"
-    description: ClassVar[str] = ("Weights int8 and activations int8/uint8 calibrated on training samples (static), "
+    description: ClassVar[str] = (N_("Weights int8 and activations int8/uint8 calibrated on training samples (static), "
                                   "or int8 Linear weights with run-time activation ranges (dynamic); run by "
                                   "OpenVINO (NNCF), ONNX Runtime or torch.ao FX — by default the fastest of them "
-                                  "measured on this machine.")
+                                  "measured on this machine."))
 
-    backend: str = field(default="auto", metadata={"help": "Runtime that executes the int8 model (auto: the "
-                                                           "fastest measured here)", "choices": BACKENDS})
-    mode: str = field(default="static", metadata={"help": "Static: calibrated activations; dynamic: Linear only "
-                                                          "(ONNX Runtime, torch-fx)", "choices": MODES})
-    calibration_samples: int = field(default=256, metadata={"help": "Training samples used to calibrate "
-                                                            "activation ranges (static)", "min": 1, "max": 10000})
-    per_channel: bool = field(default=True, metadata={"help": "One weight scale per output channel (ONNX Runtime, "
-                                                              "torch-fx; NNCF always uses per-channel weights)"})
-    quant_format: str = field(default="qdq", metadata={"help": "ONNX graph format: QuantizeLinear/DequantizeLinear "
-                                                       "pairs or QLinear operators", "choices": FORMATS})
-    calibrate_method: str = field(default="minmax", metadata={"help": "How ONNX Runtime picks activation ranges",
+    backend: str = field(default="auto", metadata={"help": N_("Runtime that executes the int8 model (auto: the "
+                                                           "fastest measured here)"), "choices": BACKENDS})
+    mode: str = field(default="static", metadata={"help": N_("Static: calibrated activations; dynamic: Linear only "
+                                                          "(ONNX Runtime, torch-fx)"), "choices": MODES})
+    calibration_samples: int = field(default=256, metadata={"help": N_("Training samples used to calibrate "
+                                                            "activation ranges (static)"), "min": 1, "max": 10000})
+    per_channel: bool = field(default=True, metadata={"help": N_("One weight scale per output channel (ONNX Runtime, "
+                                                              "torch-fx; NNCF always uses per-channel weights)")})
+    quant_format: str = field(default="qdq", metadata={"help": N_("ONNX graph format: QuantizeLinear/DequantizeLinear "
+                                                       "pairs or QLinear operators"), "choices": FORMATS})
+    calibrate_method: str = field(default="minmax", metadata={"help": N_("How ONNX Runtime picks activation ranges"),
                                                               "choices": CALIBRATIONS})
-    exporter: str = field(default="dynamo", metadata={"help": "torch.onnx exporter (the other one is the fallback)",
+    exporter: str = field(default="dynamo", metadata={"help": N_("torch.onnx exporter (the other one is the fallback)"),
                                                       "choices": EXPORTERS})
-    preset: str = field(default="performance", metadata={"help": "NNCF preset: performance (symmetric activations) "
-                                                         "or mixed (asymmetric activations)", "choices": PRESETS})
-    ignored_types: str = field(default="", metadata={"help": "NNCF: OpenVINO op types left in float, comma-"
-                                                             "separated (e.g. 'Add,MatMul')"})
-    ignored_patterns: str = field(default="", metadata={"help": "NNCF: regular expressions of node names left in "
-                                                                "float, comma-separated (e.g. '.*fc.*')"})
-    ignored_layers: str = field(default="", metadata={"help": "Layers left in float, PyTorch names comma-separated "
+    preset: str = field(default="performance", metadata={"help": N_("NNCF preset: performance (symmetric activations) "
+                                                         "or mixed (asymmetric activations)"), "choices": PRESETS})
+    ignored_types: str = field(default="", metadata={"help": N_("NNCF: OpenVINO op types left in float, comma-"
+                                                             "separated (e.g. 'Add,MatMul')")})
+    ignored_patterns: str = field(default="", metadata={"help": N_("NNCF: regular expressions of node names left in "
+                                                                "float, comma-separated (e.g. '.*fc.*')")})
+    ignored_layers: str = field(default="", metadata={"help": N_("Layers left in float, PyTorch names comma-separated "
                                                               "(ONNX Runtime: nodes_to_exclude; NNCF: ignored "
-                                                              "scope by name); e.g. what a repair puts back"})
-    fast_bias_correction: bool = field(default=True, metadata={"help": "NNCF: fast bias correction (else the "
-                                                                       "slower full one)"})
-    accuracy_control: bool = field(default=False, metadata={"help": "NNCF: quantize with accuracy control (layers "
+                                                              "scope by name); e.g. what a repair puts back")})
+    fast_bias_correction: bool = field(default=True, metadata={"help": N_("NNCF: fast bias correction (else the "
+                                                                       "slower full one)")})
+    accuracy_control: bool = field(default=False, metadata={"help": N_("NNCF: quantize with accuracy control (layers "
                                                                     "return to float until the drop is within "
-                                                                    "max_drop on held-out training samples)"})
-    max_drop: float = field(default=0.01, metadata={"help": "Accuracy control: largest top-1 drop (fraction: 0.01 = "
-                                                            "1 point)", "min": 0.0, "max": 1.0})
-    validation_samples: int = field(default=300, metadata={"help": "Accuracy control: held-out training samples "
-                                                           "that judge the drop", "min": 10, "max": 10000})
-    threads: int = field(default=0, metadata={"help": "Runtime threads (0: PyTorch's current setting)",
+                                                                    "max_drop on held-out training samples)")})
+    max_drop: float = field(default=0.01, metadata={"help": N_("Accuracy control: largest top-1 drop (fraction: 0.01 = "
+                                                            "1 point)"), "min": 0.0, "max": 1.0})
+    validation_samples: int = field(default=300, metadata={"help": N_("Accuracy control: held-out training samples "
+                                                           "that judge the drop"), "min": 10, "max": 10000})
+    threads: int = field(default=0, metadata={"help": N_("Runtime threads (0: PyTorch's current setting)"),
                                               "min": 0, "max": 256})
 
     def __post_init__(self) -> None:
@@ -236,10 +237,10 @@ class Int8Config(MethodConfig):
         check_range(self, "validation_samples", 1, 100000)
         check_range(self, "threads", 0, 256)
         if self.backend == "openvino" and self.mode != "static":
-            raise ValueError(f"{self.method}: the openvino backend (NNCF) quantizes statically; use mode=static "
-                             "or another backend for dynamic quantization")
+            raise ValueError(_("{method}: the openvino backend (NNCF) quantizes statically; use mode=static or "
+                               "another backend for dynamic quantization").format(method=self.method))
         if self.accuracy_control and self.backend not in ("openvino", "auto"):
-            raise ValueError(f"{self.method}: accuracy control is NNCF's (backend openvino)")
+            raise ValueError(_("{method}: accuracy control is NNCF's (backend openvino)").format(method=self.method))
 
 
 def split_layers(text: str) -> list[str]:
@@ -373,7 +374,7 @@ def _build(backend: str, model: nn.Module, data: ImageDataset, cfg: Int8Config, 
         with atomic_path(path) as tmp:
             torch.save(qmodel.state_dict(), tmp)
         return _Built(TorchRunner(qmodel, threads, f"pytorch-fx-int8-{cfg.mode}-cpu"), path, FX_FORMAT, [path], extra)
-    raise ValueError(f"unknown int8 backend {backend!r}")
+    raise ValueError(_("unknown int8 backend {backend!r}").format(backend=backend))
 
 
 def _auto(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path, calib: torch.Tensor,
@@ -387,7 +388,7 @@ def _auto(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path, 
     if cfg.accuracy_control:
         candidates = [b for b in candidates if b == "openvino"]
     if not candidates:
-        raise ValueError("no int8 backend is available for these settings")
+        raise ValueError(_("no int8 backend is available for these settings"))
     built: dict[str, _Built] = {}
     outputs: dict[str, np.ndarray] = {}  # each checked runner's logits on x_ref
 
@@ -457,10 +458,11 @@ def to_int8(model: nn.Module, data: ImageDataset, cfg: Int8Config, workdir: Path
 @register(Int8Config)
 def int8_handler(model: nn.Module, cfg: Int8Config, ctx: CompressContext) -> CompressResult:
     """Static or dynamic int8 post-training quantization through OpenVINO/NNCF, ONNX Runtime or torch.ao FX."""
-    ctx.report(f"int8 ({cfg.backend}, {cfg.mode}): calibrating on {cfg.calibration_samples} samples", 0.1)
+    ctx.report(_("int8 ({backend}, {mode}): calibrating on {calibration_samples} samples").format(
+        backend=cfg.backend, mode=cfg.mode, calibration_samples=cfg.calibration_samples), 0.1)
     ctx.check_cancel()
     result = to_int8(model, ctx.data, cfg, ctx.workdir, seed=ctx.seed)
-    ctx.report(f"int8 model ready ({result.extra['backend']})", 1.0)
+    ctx.report(_("int8 model ready ({backend})").format(backend=result.extra['backend']), 1.0)
     return result
 
 
@@ -510,7 +512,7 @@ def load_fx_int8(path: Path, template: nn.Module, record: Any = None, threads: i
     cfg = _config_of(record) if record is not None else Int8Config(backend="torch-fx")
     shape = (getattr(record, "extra", {}) or {}).get("input_shape") if record is not None else None
     if not shape:
-        raise ValueError("loading an FX int8 artifact needs the record's input_shape")
+        raise ValueError(_("loading an FX int8 artifact needs the record's input_shape"))
     example = torch.zeros(1, *shape)
     reference = copy.deepcopy(template).eval()
     prepared = _fx_prepare(template, example, cfg.mode, cfg.per_channel)

@@ -18,16 +18,34 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
+from compression.columns import SPEEDUP_FASTEST, SPEEDUP_SAME, SPEEDUP_SAME_32
+from compression.columns import column_label, shown  # noqa: F401 - the page shows tables through these
+from nnlab import i18n
+from nnlab.i18n import N_, _
 from nnlab.measure import comparable, speedups
 from nnlab.records import Record
 
+# The costs and their axis titles (marked with N_: show them through cost_label, or _() where shown).
 COSTS: dict[str, str] = {
-    "size": "Size on disk (bytes)",
-    "size_gzip": "Size gzipped (bytes)",
-    "latency": "Latency, batch 1 (ms)",
-    "latency32": "Latency, batch 32 (ms)",
-    "macs": "MACs per image",
+    "size": N_("Size on disk (bytes)"),
+    "size_gzip": N_("Size gzipped (bytes)"),
+    "latency": N_("Latency, batch 1 (ms)"),
+    "latency32": N_("Latency, batch 32 (ms)"),
+    "macs": N_("MACs per image"),
 }
+# The figure's title per cost.
+COST_TITLES: dict[str, str] = {
+    "size": N_("Accuracy vs size on disk"),
+    "size_gzip": N_("Accuracy vs size gzipped"),
+    "latency": N_("Accuracy vs latency, batch 1"),
+    "latency32": N_("Accuracy vs latency, batch 32"),
+    "macs": N_("Accuracy vs macs per image"),
+}
+
+
+def cost_label(cost: str) -> str:
+    """The cost's axis title in the current language (the key itself for an unknown cost)."""
+    return _(COSTS[cost]) if cost in COSTS else cost
 
 
 def cost_of(record: Record, cost: str = "size") -> float:
@@ -43,7 +61,7 @@ def cost_of(record: Record, cost: str = "size") -> float:
     elif cost == "macs":
         v = float(record.macs)
     else:
-        raise ValueError(f"unknown cost {cost!r}; one of {', '.join(COSTS)}")
+        raise ValueError(_("unknown cost {cost!r}; one of {costs}").format(cost=cost, costs=', '.join(COSTS)))
     return v if v > 0 and math.isfinite(v) else float("nan")
 
 
@@ -54,6 +72,7 @@ def runtime_of(record: Record) -> str:
 
 
 COLOR_BY = ("method", "runtime")
+COLOR_BY_LABELS: dict[str, str] = {"method": N_("method"), "runtime": N_("runtime")}
 
 
 def runtime_note(record: Record) -> str:
@@ -63,9 +82,10 @@ def runtime_note(record: Record) -> str:
     onnxruntime 10.4 ms (2 thread(s), batch 1, medians of 5 interleaved rounds)".
     """
     lat = (record.latency or {}).get("1") or {}
-    text = f"runs in {runtime_of(record)}"
+    text = _("runs in {runtime}").format(runtime=runtime_of(record))
     if lat:
-        text += f", {lat.get('threads', '?')} thread(s), {float(lat.get('median_ms', float('nan'))):.3g} ms at batch 1"
+        text += _(", {threads} thread(s), {ms:.3g} ms at batch 1").format(
+            threads=lat.get("threads", "?"), ms=float(lat.get("median_ms", float("nan"))))
     extra = record.extra or {}
     choices = [extra.get("runtime_choice")] + [s.get("extra", {}).get("runtime_choice")
                                                for s in extra.get("steps", []) if isinstance(s, dict)]
@@ -76,14 +96,16 @@ def runtime_note(record: Record) -> str:
         shown = ", ".join(f"{f['name']} {f['median_ms']:.3g} ms" for f in figs)
         left = [f"{f['name']} {f['status']}" for f in choice.get("figures", []) if f.get("median_ms") is None]
         again = any(f.get("remeasured") for f in figs)
-        text += (f" — chosen by measurement: {shown}" + (f"; {', '.join(left)}" if left else "")
-                 + f" ({choice.get('threads')} thread(s), batch {choice.get('batch')}, medians of "
-                 f"{choice.get('rounds')} interleaved rounds"
-                 + ("; the two fastest were close, so all were timed again over twice the rounds" if again else "")
-                 + f"{', cached' if choice.get('cached') else ''})")
+        text += (_(" — chosen by measurement: {figures}").format(figures=shown)
+                 + (f"; {', '.join(left)}" if left else "")
+                 + _(" ({threads} thread(s), batch {batch}, medians of {rounds} interleaved rounds").format(
+                     threads=choice.get("threads"), batch=choice.get("batch"), rounds=choice.get("rounds"))
+                 + (_("; the two fastest were close, so all were timed again over twice the rounds") if again else "")
+                 + (_(", cached") if choice.get("cached") else "") + ")")
     if "latency_ratio" in extra and "macs_ratio" in extra:
-        text += (f"; pruned/unpruned in {extra.get('latency_runtime', 'the same runtime')}: "
-                 f"{extra['macs_ratio']:.2f}× MACs, {extra['latency_ratio']:.2f}× latency")
+        text += _("; pruned/unpruned in {runtime}: {macs:.2f}× MACs, {latency:.2f}× latency").format(
+            runtime=extra.get("latency_runtime") or _("the same runtime"), macs=extra["macs_ratio"],
+            latency=extra["latency_ratio"])
     return text
 
 
@@ -125,7 +147,7 @@ def pareto_mask(accuracy: np.ndarray, cost: np.ndarray) -> np.ndarray:
     acc = np.asarray(accuracy, dtype=float)
     c = np.asarray(cost, dtype=float)
     if acc.shape != c.shape:
-        raise ValueError("accuracy and cost need the same length")
+        raise ValueError(_("accuracy and cost need the same length"))
     ok = np.isfinite(acc) & np.isfinite(c)
     mask = np.zeros(len(acc), dtype=bool)
     for i in np.flatnonzero(ok):
@@ -173,25 +195,27 @@ def summary_rows(records: list[Record], base: Record | None = None, cost: str = 
     return rows
 
 
-SPEEDUP_SAME = "speed-up b1, same runtime (×)"
-SPEEDUP_SAME_32 = "speed-up b32, same runtime (×)"
-SPEEDUP_FASTEST = "speed-up b1 vs base's fastest fp32 (×)"
-
 
 def _hover(r: Record, base: Record | None = None) -> str:
     lat = r.latency_ms(1)
-    size = f"{r.size_bytes / 1024:.1f} KiB" if r.size_bytes else "in memory"
-    text = (f"<b>{r.name}</b><br>id {r.id}<br>method {r.method}<br>accuracy {r.accuracy:.2%}<br>size {size}"
-            f" (gzip {r.size_gzip_bytes / 1024:.1f} KiB)<br>latency b1 {lat:.3f} ms ({runtime_of(r)})"
-            f"<br>MACs {r.macs / 1e6:.2f} M<br>sparsity {r.sparsity:.1%}")
+    num = i18n.num
+    size = _("{size} KiB").format(size=num(r.size_bytes / 1024, ".1f")) if r.size_bytes else _("in memory")
+    text = (f"<b>{r.name}</b><br>"
+            + _("id {id}<br>method {method}<br>accuracy {accuracy}<br>size {size} (gzip {gzip} KiB)<br>latency b1 "
+                "{latency} ms ({runtime})<br>MACs {macs} M<br>sparsity {sparsity}").format(
+                id=r.id, method=r.method, accuracy=num(r.accuracy, ".2%"), size=size,
+                gzip=num(r.size_gzip_bytes / 1024, ".1f"), latency=num(lat, ".3f"), runtime=runtime_of(r),
+                macs=num(r.macs / 1e6, ".2f"), sparsity=num(r.sparsity, ".1%")))
     if r.parent:
         sp = speedups(r, base if base is not None and base.id == r.parent else None, 1)
         if math.isfinite(sp["same_runtime"]):
-            text += f"<br>speed-up {sp['same_runtime']:.2f}× vs the base in {sp['same_runtime_base']} (same run)"
+            text += "<br>" + _("speed-up {ratio}× vs the base in {runtime} (same run)").format(
+                ratio=num(sp["same_runtime"], ".2f"), runtime=sp["same_runtime_base"])
         if math.isfinite(sp["vs_fastest_fp32"]):
-            text += f"<br>{sp['vs_fastest_fp32']:.2f}× vs the base's fastest fp32 ({sp['fastest_fp32_runtime']})"
+            text += "<br>" + _("{ratio}× vs the base's fastest fp32 ({runtime})").format(
+                ratio=num(sp["vs_fastest_fp32"], ".2f"), runtime=sp["fastest_fp32_runtime"])
         if not comparable(r):
-            text += "<br>latency from an older harness: not compared"
+            text += "<br>" + _("latency from an older harness: not compared")
     return text
 
 
@@ -216,18 +240,20 @@ def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None
     pts = [(r, c) for r, c in pts if math.isfinite(c) and math.isfinite(r.accuracy)]
     fig = go.Figure()
     if not pts:
-        fig.update_layout(title="No record has both an accuracy and this cost", height=height)
+        fig.update_layout(title=_("No record has both an accuracy and this cost"), height=height,
+                          separators=i18n.plotly_separators())
         return fig
     sizes = dict(zip([r.id for r, _ in pts], bubble_sizes(np.array([r.macs for r, _ in pts]))))
     if color_by not in COLOR_BY:
-        raise ValueError(f"color_by must be one of {', '.join(COLOR_BY)}")
+        raise ValueError(_("color_by must be one of {choices}").format(choices=', '.join(COLOR_BY)))
     group_of = runtime_of if color_by == "runtime" else (lambda r: r.method)
-    for m in dict.fromkeys(group_of(r) for r, _ in pts):
+    for m in dict.fromkeys(group_of(r) for r, _cost in pts):
         group = [(r, c) for r, c in pts if group_of(r) == m]
         fig.add_trace(go.Scatter(
             x=[c for _, c in group], y=[r.accuracy for r, _ in group], name=m,
             mode="markers+text" if any("base_runtime" in r.extra for r, _ in group) else "markers",
-            text=[f"base · {r.extra['base_runtime']}" if "base_runtime" in r.extra else "" for r, _ in group],
+            text=[_("base · {runtime}").format(runtime=r.extra["base_runtime"]) if "base_runtime" in r.extra else ""
+                  for r, _c in group],
             textposition="top center",
             customdata=[[r.id] for r, _ in group], hovertext=[_hover(r, base) for r, _ in group],
             hovertemplate="%{hovertext}<extra></extra>",
@@ -235,14 +261,17 @@ def pareto_figure(records: list[Record], cost: str = "size", base_id: str | None
                         symbol=["star" if r.id == base_id else "circle" for r, _ in group])))
     front = frontier([r for r, _ in pts], cost)
     fig.add_trace(go.Scatter(x=[cost_of(r, cost) for r in front], y=[r.accuracy for r in front],
-                             mode="lines", line=dict(shape="hv", dash="dash", color="#444"), name="Pareto frontier",
+                             mode="lines", line=dict(shape="hv", dash="dash", color="#444"), name=_("Pareto frontier"),
                              hoverinfo="skip"))
     xs = [c for _, c in pts]
     if log_x is None:
         log_x = max(xs) / min(xs) > 10
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend_title_text=color_by,
-                      xaxis_title=COSTS[cost] + (" — log scale" if log_x else ""), yaxis_title="test accuracy",
-                      yaxis_tickformat=".1%", title=f"Accuracy vs {COSTS[cost].split(' (')[0].lower()}")
+    axis = _(COSTS[cost])
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      legend_title_text=_(COLOR_BY_LABELS[color_by]),
+                      xaxis_title=_("{axis} — log scale").format(axis=axis) if log_x else axis,
+                      yaxis_title=_("test accuracy"), yaxis_tickformat=".1%", title=_(COST_TITLES[cost]),
+                      separators=i18n.plotly_separators())
     if log_x:
         fig.update_xaxes(type="log")
     return fig

@@ -34,6 +34,7 @@ from compression.registry import (
     check_range,
     register,
 )
+from nnlab.i18n import N_, _
 from nnlab.measure import count_macs, count_parameters, interleaved_latency
 from nnlab.runtimes.base import simd_width
 from nnlab.runtimes.select import FP32_CANDIDATES, fastest_fp32_runner, fp32_factories
@@ -110,7 +111,7 @@ def penalty_fn(kind: str, weight: float) -> Callable[[nn.Module], torch.Tensor] 
 
     def pen(model: nn.Module) -> torch.Tensor:
         total = torch.zeros((), device=next(model.parameters()).device)
-        for _, m in prunable_layers(model):
+        for _name, m in prunable_layers(model):
             w = m.weight
             if kind == "l1":
                 total = total + w.abs().sum()
@@ -166,21 +167,21 @@ class PruneUnstructuredConfig(MethodConfig):
     """Magnitude pruning of individual weights."""
 
     method: ClassVar[str] = "prune-unstructured"
-    label: ClassVar[str] = "Pruning: weights by magnitude (unstructured)"
+    label: ClassVar[str] = N_("Pruning: weights by magnitude (unstructured)")
     family: ClassVar[str] = "pruning"
-    description: ClassVar[str] = ("Zero the weights with the smallest |w| (torch.nn.utils.prune masks, made "
-                                  "permanent). Shrinks the packed artifact; dense kernels do not run faster.")
+    description: ClassVar[str] = (N_("Zero the weights with the smallest |w| (torch.nn.utils.prune masks, made "
+                                  "permanent). Shrinks the packed artifact; dense kernels do not run faster."))
 
-    sparsity: float = field(default=0.5, metadata={"help": "Fraction of weights set to zero (0–0.99)",
+    sparsity: float = field(default=0.5, metadata={"help": N_("Fraction of weights set to zero (0–0.99)"),
                                                    "min": 0.0, "max": 0.99, "formula": r"|\{w=0\}| / |W|"})
-    scope: str = field(default="layer", metadata={"help": "layer: same sparsity in each layer; global: one "
-                                                          "threshold over all layers", "choices": ("layer", "global")})
-    targets: str = field(default="conv+linear", metadata={"help": "Which layers are pruned", "choices": TARGETS})
-    finetune_epochs: int = field(default=0, metadata={"help": "Fine-tuning epochs after pruning (masks kept)",
+    scope: str = field(default="layer", metadata={"help": N_("layer: same sparsity in each layer; global: one "
+                                                          "threshold over all layers"), "choices": ("layer", "global")})
+    targets: str = field(default="conv+linear", metadata={"help": N_("Which layers are pruned"), "choices": TARGETS})
+    finetune_epochs: int = field(default=0, metadata={"help": N_("Fine-tuning epochs after pruning (masks kept)"),
                                                       "min": 0, "max": 50})
-    lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate", "min": 1e-6, "max": 1.0})
-    per_layer: str = field(default="", metadata={"help": "Per-layer sparsities 'name=level,...' (e.g. from the "
-                                                         "sensitivity analysis); other layers use `sparsity`"})
+    lr: float = field(default=1e-3, metadata={"help": N_("Fine-tuning learning rate"), "min": 1e-6, "max": 1.0})
+    per_layer: str = field(default="", metadata={"help": N_("Per-layer sparsities 'name=level,...' (e.g. from the "
+                                                         "sensitivity analysis); other layers use `sparsity`")})
 
     def __post_init__(self) -> None:
         check_range(self, "sparsity", 0.0, 0.99)
@@ -190,7 +191,7 @@ class PruneUnstructuredConfig(MethodConfig):
         check_range(self, "lr", 1e-6, 1.0)
         levels = parse_levels(self.per_layer, self.method)
         if levels and self.scope == "global":
-            raise ValueError(f"{self.method}: per_layer sparsities need scope='layer'")
+            raise ValueError(_("{method}: per_layer sparsities need scope='layer'").format(method=self.method))
 
 
 def parse_levels(text: str, method: str = "per_layer") -> dict[str, float]:
@@ -203,20 +204,22 @@ def parse_levels(text: str, method: str = "per_layer") -> dict[str, float]:
         except ValueError:
             level = float("nan")
         if not sep or not name.strip() or not (0.0 <= level <= 0.99):
-            raise ValueError(f"{method}: per_layer entry {part!r} must be name=level with level 0–0.99")
+            raise ValueError(_("{method}: per_layer entry {part!r} must be name=level with level 0–0.99").format(
+                method=method, part=part))
         out[name.strip()] = level
     return out
 
 
 @register(PruneUnstructuredConfig)
 def prune_unstructured(model: nn.Module, cfg: PruneUnstructuredConfig, ctx: CompressContext) -> CompressResult:
-    ctx.report(f"pruning {cfg.sparsity:.0%} of the weights ({cfg.scope})", 0.0)
+    ctx.report(_("pruning {sparsity:.0%} of the weights ({scope})").format(sparsity=cfg.sparsity, scope=cfg.scope), 0.0)
     levels = parse_levels(cfg.per_layer, cfg.method)
     if levels:
         names = {n for n, _ in prunable_layers(model, cfg.targets)}
         unknown = sorted(set(levels) - names)
         if unknown:
-            raise ValueError(f"{cfg.method}: no prunable layer named {', '.join(unknown)}")
+            raise ValueError(_("{method}: no prunable layer named {unknown}").format(
+                method=cfg.method, unknown=', '.join(unknown)))
         for name, mod in prunable_layers(model, cfg.targets):
             level = levels.get(name, cfg.sparsity)
             if level > 0:
@@ -225,7 +228,7 @@ def prune_unstructured(model: nn.Module, cfg: PruneUnstructuredConfig, ctx: Comp
     else:
         magnitude_prune(model, cfg.sparsity, cfg.scope, cfg.targets)
     hist = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, masks=weight_masks(model, cfg.targets), start=0.05)
-    ctx.report("pruned", 1.0)
+    ctx.report(_("pruned"), 1.0)
     return CompressResult(model=model, layers=sparsity_rows(model, cfg.targets),
                           extra={"finetune_history": hist} if hist else {})
 
@@ -237,29 +240,31 @@ class PruneChannelsConfig(MethodConfig):
     """Filter/channel pruning through Torch-Pruning's dependency graph."""
 
     method: ClassVar[str] = "prune-channels"
-    label: ClassVar[str] = "Pruning: filters / channels (structured)"
+    label: ClassVar[str] = N_("Pruning: filters / channels (structured)")
     family: ClassVar[str] = "pruning"
-    description: ClassVar[str] = ("Remove whole filters with the smallest L1/L2 norm; coupled layers shrink "
-                                  "with them (Torch-Pruning), so MACs and latency fall.")
+    description: ClassVar[str] = (N_("Remove whole filters with the smallest L1/L2 norm; coupled layers shrink "
+                                  "with them (Torch-Pruning), so MACs and latency fall."))
 
-    target: str = field(default="macs", metadata={"help": "What `amount` reduces: macs, params, or the channel "
-                                                          "ratio of every layer", "choices": ("macs", "params", "channels")})
-    amount: float = field(default=0.5, metadata={"help": "Fraction of MACs / parameters / channels removed",
+    target: str = field(default="macs", metadata={"help": N_("What `amount` reduces: macs, params, or the channel "
+                                                          "ratio of every layer"),
+                                                  "choices": ("macs", "params", "channels")})
+    amount: float = field(default=0.5, metadata={"help": N_("Fraction of MACs / parameters / channels removed"),
                                                  "min": 0.05, "max": 0.95})
-    norm: str = field(default="l2", metadata={"help": "Filter importance: L1 or L2 norm of its weights",
+    norm: str = field(default="l2", metadata={"help": N_("Filter importance: L1 or L2 norm of its weights"),
                                               "choices": ("l1", "l2"), "formula": r"\|W_f\|_p"})
-    scope: str = field(default="layer", metadata={"help": "layer: same ratio per layer; global: rank filters "
-                                                          "across layers", "choices": ("layer", "global")})
-    finetune_epochs: int = field(default=0, metadata={"help": "Fine-tuning epochs after pruning", "min": 0, "max": 50})
-    lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate", "min": 1e-6, "max": 1.0})
-    round_to: int = field(default=1, metadata={"help": "Keep channel counts multiples of this (0: the CPU's SIMD "
-                                                       "width, 16 fp32 lanes with AVX-512, 8 with AVX2)",
+    scope: str = field(default="layer", metadata={"help": N_("layer: same ratio per layer; global: rank filters "
+                                                          "across layers"), "choices": ("layer", "global")})
+    finetune_epochs: int = field(default=0, metadata={"help": N_("Fine-tuning epochs after pruning"),
+                                                      "min": 0, "max": 50})
+    lr: float = field(default=1e-3, metadata={"help": N_("Fine-tuning learning rate"), "min": 1e-6, "max": 1.0})
+    round_to: int = field(default=1, metadata={"help": N_("Keep channel counts multiples of this (0: the CPU's SIMD "
+                                                       "width, 16 fp32 lanes with AVX-512, 8 with AVX2)"),
                                                "min": 0, "max": 64})
-    runtime: str = field(default="fastest", metadata={"help": "Runtime that runs and times the pruned model and, "
+    runtime: str = field(default="fastest", metadata={"help": N_("Runtime that runs and times the pruned model and, "
                                                               "for the latency ratio, the unpruned one (fastest: "
-                                                              "measured here among the verified fp32 runtimes)",
+                                                              "measured here among the verified fp32 runtimes)"),
                                                       "choices": PRUNE_RUNTIMES})
-    threads: int = field(default=0, metadata={"help": "Runtime threads (0: PyTorch's current setting)",
+    threads: int = field(default=0, metadata={"help": N_("Runtime threads (0: PyTorch's current setting)"),
                                               "min": 0, "max": 256})
     per_layer: str = field(default="", metadata={"help": "Per-group channel ratios 'layer=ratio,...' keyed by each "
                                                          "dependency group's leading layer (e.g. from the group "
@@ -315,7 +320,7 @@ def channel_prune(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
                                        ignored_layers=classifier_layers(model, num_classes),
                                        round_to=round_to if round_to > 1 else None)
     taken = 0
-    for _ in range(1 if one_shot else steps):
+    for _step in range(1 if one_shot else steps):
         pruner.step()
         taken += 1
         if one_shot:
@@ -397,13 +402,14 @@ def prune_channels(model: nn.Module, cfg: PruneChannelsConfig, ctx: CompressCont
     parent = copy.deepcopy(model).eval()
     before = {n: tuple(m.weight.shape) for n, m in prunable_layers(model)}
     round_to = resolve_round_to(cfg.round_to)
-    ctx.report(f"removing channels: {cfg.amount:.0%} of {cfg.target}", 0.0)
+    ctx.report(_("removing channels: {amount:.0%} of {target}").format(amount=cfg.amount, target=cfg.target), 0.0)
     stats = channel_prune(model, ctx.data.input_shape, ctx.data.num_classes, cfg.target, cfg.amount, cfg.norm,
                           cfg.scope, round_to=round_to, per_group=parse_levels(cfg.per_layer, cfg.method) or None)
     ctx.check_cancel()
     hist = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, start=0.1, end=0.8)
     ctx.check_cancel()
-    ctx.report(f"choosing the fp32 runtime ({cfg.runtime}) and timing both models in it", 0.85)
+    ctx.report(_("choosing the fp32 runtime ({runtime}) and timing both models in it").format(runtime=cfg.runtime),
+               0.85)
     model = model.cpu().eval()
     idx = np.sort(np.random.default_rng(ctx.seed).permutation(len(ctx.data.y_train))[:16])
     timing = runtime_ratio(parent, model, ctx.data.input_shape, cfg.runtime, cfg.threads or None,
@@ -414,7 +420,8 @@ def prune_channels(model: nn.Module, cfg: PruneChannelsConfig, ctx: CompressCont
              "latency_pruned_ms": timing["pruned_ms"], "latency_runtime": sel.runtime,
              "runtime_choice": {**sel.to_dict(), "summary": sel.summary()},
              **({"finetune_history": hist} if hist else {})}
-    ctx.report(f"pruned: {extra['macs_ratio']:.2f}× MACs, {timing['ratio']:.2f}× latency in {sel.runtime}", 1.0)
+    ctx.report(_("pruned: {macs_ratio:.2f}× MACs, {ratio:.2f}× latency in {runtime}").format(
+        macs_ratio=extra['macs_ratio'], ratio=timing['ratio'], runtime=sel.runtime), 1.0)
     return CompressResult(model=model, layers=channel_rows(before, model), runner=timing["runner"], extra=extra)
 
 
@@ -425,33 +432,35 @@ class PruneIterativeConfig(MethodConfig):
     """Seed 000 Algorithm 1: N rounds of (prune a fraction p, fine-tune)."""
 
     method: ClassVar[str] = "prune-iterative"
-    label: ClassVar[str] = "Pruning: iterative prune + fine-tune"
+    label: ClassVar[str] = N_("Pruning: iterative prune + fine-tune")
     family: ClassVar[str] = "pruning"
-    description: ClassVar[str] = ("Rounds of pruning a fraction of what remains, then fine-tuning; stops when "
+    description: ClassVar[str] = (N_("Rounds of pruning a fraction of what remains, then fine-tuning; stops when "
                                   "validation accuracy falls below the floor or the budget is spent, and "
-                                  "keeps the last model above the floor.")
+                                  "keeps the last model above the floor."))
 
-    structure: str = field(default="unstructured", metadata={"help": "Prune weights (unstructured) or whole "
-                                                                     "channels", "choices": ("unstructured", "channels")})
-    rounds: int = field(default=3, metadata={"help": "Round budget N", "min": 1, "max": 30})
-    fraction: float = field(default=0.3, metadata={"help": "Fraction p of the remaining weights (or channels) "
-                                                           "pruned per round", "min": 0.01, "max": 0.9,
+    structure: str = field(default="unstructured", metadata={"help": N_("Prune weights (unstructured) or whole "
+                                                                     "channels"),
+                                                           "choices": ("unstructured", "channels")})
+    rounds: int = field(default=3, metadata={"help": N_("Round budget N"), "min": 1, "max": 30})
+    fraction: float = field(default=0.3, metadata={"help": N_("Fraction p of the remaining weights (or channels) "
+                                                           "pruned per round"), "min": 0.01, "max": 0.9,
                                                    "formula": r"s_i = 1-(1-p)^i"})
-    scope: str = field(default="global", metadata={"help": "layer or global ranking", "choices": ("layer", "global")})
-    epochs: int = field(default=1, metadata={"help": "Fine-tuning epochs per round", "min": 0, "max": 50})
-    lr: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate", "min": 1e-6, "max": 1.0})
-    max_drop: float = field(default=0.02, metadata={"help": "Accuracy floor: stop when validation accuracy falls "
-                                                            "more than this below the start (1 = off)",
+    scope: str = field(default="global", metadata={"help": N_("layer or global ranking"),
+                                                   "choices": ("layer", "global")})
+    epochs: int = field(default=1, metadata={"help": N_("Fine-tuning epochs per round"), "min": 0, "max": 50})
+    lr: float = field(default=1e-3, metadata={"help": N_("Fine-tuning learning rate"), "min": 1e-6, "max": 1.0})
+    max_drop: float = field(default=0.02, metadata={"help": N_("Accuracy floor: stop when validation accuracy falls "
+                                                            "more than this below the start (1 = off)"),
                                                     "min": 0.0, "max": 1.0})
-    max_seconds: float = field(default=0.0, metadata={"help": "Compute budget in seconds (0 = rounds only)",
+    max_seconds: float = field(default=0.0, metadata={"help": N_("Compute budget in seconds (0 = rounds only)"),
                                                       "min": 0.0, "max": 86400.0})
-    penalty: str = field(default="none", metadata={"help": "Penalty added to the fine-tuning loss (seed 002)",
+    penalty: str = field(default="none", metadata={"help": N_("Penalty added to the fine-tuning loss (seed 002)"),
                                                    "choices": ("none", "l1", "group"),
                                                    "formula": r"L + \lambda\sum|w| \;or\; L + \lambda\sum_f\|W_f\|_2"})
-    penalty_weight: float = field(default=1e-5, metadata={"help": "Penalty weight λ", "min": 0.0, "max": 1.0})
-    rewind: bool = field(default=False, metadata={"help": "Lottery-ticket rewinding: after each pruning, reset "
-                                                          "surviving weights to their values before round 1"})
-    norm: str = field(default="l2", metadata={"help": "Channel importance norm (channels only)",
+    penalty_weight: float = field(default=1e-5, metadata={"help": N_("Penalty weight λ"), "min": 0.0, "max": 1.0})
+    rewind: bool = field(default=False, metadata={"help": N_("Lottery-ticket rewinding: after each pruning, reset "
+                                                          "surviving weights to their values before round 1")})
+    norm: str = field(default="l2", metadata={"help": N_("Channel importance norm (channels only)"),
                                               "choices": ("l1", "l2")})
 
     def __post_init__(self) -> None:
@@ -467,16 +476,19 @@ class PruneIterativeConfig(MethodConfig):
         check_range(self, "penalty_weight", 0.0, 1.0)
         check_choice(self, "norm", ("l1", "l2"))
         if self.rewind and self.structure != "unstructured":
-            raise ValueError(f"{self.method}: rewinding needs unstructured pruning (channel pruning changes shapes)")
+            raise ValueError(_("{method}: rewinding needs unstructured pruning (channel pruning changes "
+                               "shapes)").format(
+                method=self.method))
         if 1.0 - (1.0 - self.fraction) ** self.rounds > 0.995 and self.structure == "unstructured":
-            raise ValueError(f"{self.method}: {self.rounds} rounds of {self.fraction:.0%} exceed 99.5 % sparsity")
+            raise ValueError(_("{method}: {rounds} rounds of {fraction:.0%} exceed 99.5 % sparsity").format(
+                method=self.method, rounds=self.rounds, fraction=self.fraction))
 
 
 @register(PruneIterativeConfig)
 def prune_iterative(model: nn.Module, cfg: PruneIterativeConfig, ctx: CompressContext) -> CompressResult:
     data = ctx.data
     tune_idx, val_idx = split_train(len(data.y_train), ctx.seed)
-    _, start_acc = quick_eval(model.cpu(), data, "train", indices=val_idx, device=torch.device("cpu"))
+    _loss, start_acc = quick_eval(model.cpu(), data, "train", indices=val_idx, device=torch.device("cpu"))
     floor = start_acc - cfg.max_drop
     rewind_state = copy.deepcopy(model.state_dict()) if cfg.rewind else None
     pen = penalty_fn(cfg.penalty, cfg.penalty_weight)
@@ -487,7 +499,7 @@ def prune_iterative(model: nn.Module, cfg: PruneIterativeConfig, ctx: CompressCo
     for i in range(1, cfg.rounds + 1):
         ctx.check_cancel()
         a, b = (i - 1) / cfg.rounds, i / cfg.rounds
-        ctx.report(f"round {i}/{cfg.rounds}: pruning", a)
+        ctx.report(_("round {i}/{rounds}: pruning").format(i=i, rounds=cfg.rounds), a)
         masks = None
         if cfg.structure == "unstructured":
             target = 1.0 - (1.0 - cfg.fraction) ** i  # s_i: fraction p of what remained is removed
@@ -500,7 +512,7 @@ def prune_iterative(model: nn.Module, cfg: PruneIterativeConfig, ctx: CompressCo
             channel_prune(model, data.input_shape, data.num_classes, "channels", cfg.fraction, cfg.norm, cfg.scope)
         finetune(model, ctx, cfg.epochs, cfg.lr, masks=masks, penalty=pen, indices=tune_idx,
                  start=a + 0.1 * (b - a), end=b, label=f"round {i}/{cfg.rounds}")
-        _, acc = quick_eval(model, data, "train", indices=val_idx, device=torch.device("cpu"))
+        _loss, acc = quick_eval(model, data, "train", indices=val_idx, device=torch.device("cpu"))
         total, nonzero = count_parameters(model)
         row = {"round": i, "val_accuracy": acc, "sparsity": 1.0 - nonzero / total, "params": total,
                "macs": count_macs(model, data.input_shape), "seconds": round(time.perf_counter() - t0, 2)}
@@ -512,7 +524,7 @@ def prune_iterative(model: nn.Module, cfg: PruneIterativeConfig, ctx: CompressCo
         if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
             stop = f"time budget after round {i}"
             break
-    ctx.report("done", 1.0)
+    ctx.report(_("done"), 1.0)
     rows = sparsity_rows(kept)
     return CompressResult(model=kept, layers=rows, extra={"rounds": history, "stopped_by": stop,
                                                            "start_val_accuracy": start_acc})

@@ -25,6 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from compression.int8 import BACKENDS, Int8Config, calibration_inputs, to_int8
 from compression.quantization import compute_qparams, fake_quantize
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
+from nnlab.i18n import N_, _
 from nnlab.train import Progress, TrainConfig, train_model
 
 
@@ -157,22 +158,23 @@ class QATConfig(MethodConfig):
     """Fine-tune with fake quantization (straight-through estimator), then convert to a real int8 model."""
 
     method: ClassVar[str] = "qat"
-    label: ClassVar[str] = "Quantization-aware training → int8"
+    label: ClassVar[str] = N_("Quantization-aware training → int8")
     family: ClassVar[str] = "quantization"
-    description: ClassVar[str] = ("Fine-tunes with FakeQuant on weights (int8, per channel) and activations (uint8) "
-                                  "so the network adapts to rounding, then runs it in a real int8 runtime.")
+    description: ClassVar[str] = (N_("Fine-tunes with FakeQuant on weights (int8, per channel) and activations (uint8) "
+                                  "so the network adapts to rounding, then runs it in a real int8 runtime."))
 
-    epochs: int = field(default=2, metadata={"help": "Fine-tuning epochs with fake quantization", "min": 1, "max": 50})
-    lr: float = field(default=5e-4, metadata={"help": "Peak learning rate of the fine-tuning", "min": 1e-6,
+    epochs: int = field(default=2, metadata={"help": N_("Fine-tuning epochs with fake quantization"),
+                                             "min": 1, "max": 50})
+    lr: float = field(default=5e-4, metadata={"help": N_("Peak learning rate of the fine-tuning"), "min": 1e-6,
                                               "max": 1e-1})
-    batch_size: int = field(default=64, metadata={"help": "Samples per step", "min": 1, "max": 4096})
-    train_samples: int = field(default=0, metadata={"help": "Training samples used (0: all)", "min": 0,
+    batch_size: int = field(default=64, metadata={"help": N_("Samples per step"), "min": 1, "max": 4096})
+    train_samples: int = field(default=0, metadata={"help": N_("Training samples used (0: all)"), "min": 0,
                                                     "max": 1000000})
-    calibration_samples: int = field(default=256, metadata={"help": "Samples for the final activation calibration",
+    calibration_samples: int = field(default=256, metadata={"help": N_("Samples for the final activation calibration"),
                                                             "min": 1, "max": 10000})
-    backend: str = field(default="onnxruntime", metadata={"help": "Runtime that executes the int8 model",
+    backend: str = field(default="onnxruntime", metadata={"help": N_("Runtime that executes the int8 model"),
                                                           "choices": BACKENDS})
-    threads: int = field(default=0, metadata={"help": "Runtime threads (0: PyTorch's current setting)",
+    threads: int = field(default=0, metadata={"help": N_("Runtime threads (0: PyTorch's current setting)"),
                                               "min": 0, "max": 256})
 
     def __post_init__(self) -> None:
@@ -201,19 +203,19 @@ def qat_handler(model: nn.Module, cfg: QATConfig, ctx: CompressContext) -> Compr
         indices = np.sort(np.random.default_rng(ctx.seed).permutation(n)[:cfg.train_samples])
 
     def progress(p: Progress) -> None:
-        ctx.report(f"QAT {p.message}", 0.05 + 0.75 * p.fraction)
+        ctx.report(_("QAT {message}").format(message=p.message), 0.05 + 0.75 * p.fraction)
 
     history = train_model(model, data, TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                                                    seed=ctx.seed, eval_test=False),
                           indices=indices, progress=progress, cancel=ctx.cancel, device=torch.device(ctx.device))
     ctx.check_cancel()
     model = remove_fake_quant(model.cpu().eval())
-    ctx.report("QAT: converting to int8", 0.85)
+    ctx.report(_("QAT: converting to int8"), 0.85)
     result = to_int8(model, data, Int8Config(backend=cfg.backend, calibration_samples=cfg.calibration_samples,
                                              threads=cfg.threads), ctx.workdir, calib=calib, seed=ctx.seed)
     result.extra.update({"qat_history": [h.to_dict() for h in history], "batchnorm_folded": folded,
                          "fake_quantized_layers": len(wrapped)})
-    ctx.report("QAT done", 1.0)
+    ctx.report(_("QAT done"), 1.0)
     return result
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from compression import packing
 from compression.packing import QuantSpec
 from compression.registry import CompressContext, CompressResult, MethodConfig, check_choice, check_range, register
+from nnlab.i18n import N_, _
 
 SCHEMES = ("asymmetric", "symmetric")
 GRANULARITIES = ("per-channel", "per-tensor")
@@ -43,10 +44,10 @@ GRANULARITIES = ("per-channel", "per-tensor")
 def qrange(bits: int, symmetric: bool = False) -> tuple[int, int]:
     """``(q_min, q_max)``: ``[0, 2^b − 1]`` asymmetric, ``[−(2^(b−1) − 1), 2^(b−1) − 1]`` symmetric."""
     if not 1 <= bits <= 16:
-        raise ValueError(f"bits must be 1–16, got {bits}")
+        raise ValueError(_("bits must be 1–16, got {bits}").format(bits=bits))
     if symmetric:
         if bits < 2:
-            raise ValueError("symmetric quantization needs at least 2 bits (use binary weights for 1 bit)")
+            raise ValueError(_("symmetric quantization needs at least 2 bits (use binary weights for 1 bit)"))
         m = 2 ** (bits - 1) - 1
         return -m, m
     return 0, 2**bits - 1
@@ -195,7 +196,9 @@ def parse_bits(text: str, method: str = "per_layer") -> dict[str, int]:
         except ValueError:
             bits = -1
         if not sep or not name.strip() or not (1 <= bits <= 8 or bits == FLOAT_BITS):
-            raise ValueError(f"{method}: per_layer entry {part!r} must be name=bits with bits 1–8, or 32 for float32")
+            raise ValueError(_("{method}: per_layer entry {part!r} must be name=bits with bits 1–8, or 32 for "
+                               "float32").format(
+                method=method, part=part))
         out[name.strip()] = bits
     return out
 
@@ -213,7 +216,7 @@ def quantize_model_weights(model: nn.Module, bits: int, symmetric: bool = False,
     per_layer = dict(per_layer or {})
     unknown = sorted(set(per_layer) - {n for n, _ in layers})
     if unknown:
-        raise ValueError(f"no Conv/Linear layer named {', '.join(unknown)}")
+        raise ValueError(_("no Conv/Linear layer named {unknown}").format(unknown=', '.join(unknown)))
     skip = {layers[0][0], layers[-1][0]} if keep_first_last and len(layers) > 1 else set()
     specs: dict[str, QuantSpec] = {}
     rows: list[dict] = []
@@ -242,27 +245,28 @@ class WeightQuantConfig(MethodConfig):
     """Weight-only quantization (Algorithms 2–3); 1 bit means binary weights."""
 
     method: ClassVar[str] = "quantize-weights"
-    label: ClassVar[str] = "Weight quantization (2–8 bit, binary)"
+    label: ClassVar[str] = N_("Weight quantization (2–8 bit, binary)")
     family: ClassVar[str] = "quantization"
-    description: ClassVar[str] = ("Conv/Linear weights rounded to b-bit integers with a scale and zero-point "
-                                  "(seed 000, Algorithms 2–3) and stored bit-packed; computation stays float.")
+    description: ClassVar[str] = (N_("Conv/Linear weights rounded to b-bit integers with a scale and zero-point "
+                                  "(seed 000, Algorithms 2–3) and stored bit-packed; computation stays float."))
 
-    bits: int = field(default=8, metadata={"help": "Bits per weight (1 = binary: sign × mean |w|)",
+    bits: int = field(default=8, metadata={"help": N_("Bits per weight (1 = binary: sign × mean |w|)"),
                                            "formula": "s=(X_max−X_min)/(2^b−1), z=round(q_min−X_min/s)",
                                            "min": 1, "max": 8})
-    scheme: str = field(default="asymmetric", metadata={"help": "Asymmetric (zero-point) or symmetric (z = 0)",
+    scheme: str = field(default="asymmetric", metadata={"help": N_("Asymmetric (zero-point) or symmetric (z = 0)"),
                                                         "choices": SCHEMES})
-    granularity: str = field(default="per-channel", metadata={"help": "One scale per output channel or per tensor",
+    granularity: str = field(default="per-channel", metadata={"help": N_("One scale per output channel or per tensor"),
                                                               "choices": GRANULARITIES})
-    keep_first_last: bool = field(default=False, metadata={"help": "Leave the first and last layers in float32"})
-    per_layer: str = field(default="", metadata={"help": "Per-layer bit widths 'name=bits,...' (e.g. from the "
+    keep_first_last: bool = field(default=False, metadata={"help": N_("Leave the first and last layers in float32")})
+    per_layer: str = field(default="", metadata={"help": N_("Per-layer bit widths 'name=bits,...' (e.g. from the "
                                                          "sensitivity analysis; 32 leaves a layer in float32); "
-                                                         "other layers use `bits`"})
+                                                         "other layers use `bits`")})
 
     def __post_init__(self) -> None:
         check_range(self, "bits", 1, 8)
         if self.bits != int(self.bits):
-            raise ValueError(f"{self.method}: bits must be a whole number, got {self.bits!r}")
+            raise ValueError(_("{method}: bits must be a whole number, got {bits!r}").format(
+                method=self.method, bits=self.bits))
         check_choice(self, "scheme", SCHEMES)
         check_choice(self, "granularity", GRANULARITIES)
         parse_bits(self.per_layer, self.method)
@@ -271,7 +275,7 @@ class WeightQuantConfig(MethodConfig):
 @register(WeightQuantConfig)
 def quantize_weights_handler(model: nn.Module, cfg: WeightQuantConfig, ctx: CompressContext) -> CompressResult:
     """Quantize the weights of ``model`` (already a copy) and write them bit-packed with scales and zero-points."""
-    ctx.report("quantizing weights", 0.1)
+    ctx.report(_("quantizing weights"), 0.1)
     model = model.cpu().eval()
     try:
         specs, rows = quantize_model_weights(model, cfg.bits, cfg.scheme == "symmetric",
@@ -290,7 +294,7 @@ def quantize_weights_handler(model: nn.Module, cfg: WeightQuantConfig, ctx: Comp
         e = stored.get(f"{r['name']}.weight")
         if e:
             r["stored_bytes"] = e["bytes"]
-    ctx.report("weights quantized", 1.0)
+    ctx.report(_("weights quantized"), 1.0)
     return CompressResult(model=model, layers=rows, artifact=path, artifact_format=packing.FORMAT,
                           extra={"quantized_layers": len(specs), "bits": cfg.bits,
                                  "note": "weights stored as b-bit integers; compute in float32 after dequantization"})

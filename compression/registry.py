@@ -5,8 +5,8 @@ A method is declared in two parts (torchao's config → handler table)::
     @dataclass(frozen=True)
     class PruneConfig(MethodConfig):
         method: ClassVar[str] = "prune-unstructured"
-        label: ClassVar[str] = "Magnitude pruning (unstructured)"
-        sparsity: float = field(default=0.5, metadata={"help": "Fraction of weights set to zero"})
+        label: ClassVar[str] = N_("Magnitude pruning (unstructured)")
+        sparsity: float = field(default=0.5, metadata={"help": N_("Fraction of weights set to zero")})
 
         def __post_init__(self) -> None:
             check_range(self, "sparsity", 0.0, 0.99)
@@ -36,6 +36,7 @@ from torch import nn
 
 from nnlab.data.sets import ImageDataset
 from nnlab.errors import Cancelled
+from nnlab.i18n import N_, _
 from nnlab.runtimes.base import Runner  # noqa: F401 - the one Runner protocol; handlers' runners follow it
 
 ProgressFn = Callable[[str, float], None]
@@ -64,11 +65,12 @@ class MethodConfig:
 
     Class variables:
         method: Registry key (also the ``"method"`` entry of :meth:`to_dict`).
-        label: Human-readable name for menus.
+        label: Human-readable name for menus (marked with ``N_``; shown through :func:`method_label`).
         family: "pruning", "quantization", "clustering", "distillation" … (groups menus).
-        description: One or two sentences for the UI and ``--help``.
+        description: One or two sentences for the UI and ``--help`` (``N_``; :func:`method_description`).
 
-    Field metadata: ``help`` (one line, required), and optionally ``formula`` (LaTeX-ish text),
+    Field metadata: ``help`` (one line, required, marked with ``N_``; :meth:`fields_info` translates it), and
+    optionally ``formula`` (LaTeX-ish text),
     ``choices`` (allowed values), ``min`` / ``max`` (bounds for sliders).
     """
 
@@ -94,7 +96,7 @@ class MethodConfig:
             md = f.metadata
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-            out.append(FieldInfo(f.name, _type_name(hints.get(f.name, str)), default, md.get("help", ""),
+            out.append(FieldInfo(f.name, _type_name(hints.get(f.name, str)), default, _(md.get("help", "")),
                                  md.get("formula", ""), tuple(md.get("choices", ())), md.get("min"), md.get("max")))
         return out
 
@@ -104,17 +106,37 @@ class MethodConfig:
         d = dict(d)
         key = d.pop("method", cls.method)
         if key != cls.method:
-            raise ValueError(f"config for {key!r} given to {cls.method!r}")
+            raise ValueError(_("config for {key} given to {method}").format(key=repr(key), method=repr(cls.method)))
         info = {fi.name: fi for fi in cls.fields_info()}
         unknown = [k for k in d if k not in info]
         if unknown:
-            raise ValueError(f"{cls.method}: unknown parameter {unknown[0]!r}; "
-                             f"known: {', '.join(info) or '(none)'}")
+            raise ValueError(_("{method}: unknown parameter {name}; known: {known}").format(
+                method=cls.method, name=repr(unknown[0]), known=", ".join(info) or _("(none)")))
         return cls(**{k: coerce(v, info[k].type, k) for k, v in d.items()})
 
     def replace(self, **changes: Any) -> MethodConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+# Families group the menus; their shown names (translated where shown, :func:`family_label`).
+FAMILIES: dict[str, str] = {"pruning": N_("pruning"), "quantization": N_("quantization"),
+                            "clustering": N_("clustering"), "distillation": N_("distillation")}
+
+
+def family_label(family: str) -> str:
+    """The family's name in the current language (the key itself for an unknown family)."""
+    return _(FAMILIES[family]) if family in FAMILIES else family
+
+
+def method_label(cls: type[MethodConfig]) -> str:
+    """The method's menu name in the current language (``label`` is marked with ``N_``)."""
+    return _(cls.label) if cls.label else cls.method
+
+
+def method_description(cls: type[MethodConfig]) -> str:
+    """The method's description in the current language ("" when it has none)."""
+    return _(cls.description) if cls.description else ""
 
 
 def _type_name(t: Any) -> str:
@@ -152,21 +174,24 @@ def coerce(value: Any, type_name: str, name: str = "value") -> Any:
             return tuple(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: cannot read {value!r} as {type_name}") from None
+        raise ValueError(_("{name}: cannot read {value} as {type}").format(name=name, value=repr(value),
+                                                                            type=type_name)) from None
 
 
 def check_range(cfg: MethodConfig, name: str, lo: float, hi: float) -> None:
     """Raise ``ValueError`` unless ``lo <= cfg.name <= hi`` (helper for ``__post_init__``)."""
     v = getattr(cfg, name)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or v != v:
-        raise ValueError(f"{cfg.method}: {name} must be between {lo:g} and {hi:g}, got {v!r}")
+        raise ValueError(_("{method}: {name} must be between {lo} and {hi}, got {value}").format(
+            method=cfg.method, name=name, lo=format(lo, "g"), hi=format(hi, "g"), value=repr(v)))
 
 
 def check_choice(cfg: MethodConfig, name: str, choices: tuple) -> None:
     """Raise ``ValueError`` unless ``cfg.name`` is one of ``choices``."""
     v = getattr(cfg, name)
     if v not in choices:
-        raise ValueError(f"{cfg.method}: {name} must be one of {', '.join(map(str, choices))}, got {v!r}")
+        raise ValueError(_("{method}: {name} must be one of {choices}, got {value}").format(
+            method=cfg.method, name=name, choices=", ".join(map(str, choices)), value=repr(v)))
 
 
 # --- context and result ----------------------------------------------------------------------------
@@ -201,7 +226,7 @@ class CompressContext:
     def check_cancel(self) -> None:
         """Raise :class:`nnlab.train.Cancelled` when the user asked to stop."""
         if self.cancel is not None and self.cancel():
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
 
     def sub(self, start: float, end: float, workdir: Path | None = None) -> CompressContext:
         """A context whose progress maps 0–1 onto ``start``–``end`` of this one (pipeline steps)."""
@@ -278,14 +303,15 @@ def list_methods(family: str | None = None) -> list[type[MethodConfig]]:
 
 def get_method(key: str) -> type[MethodConfig]:
     if key not in METHODS:
-        raise ValueError(f"unknown method {key!r}; available: {', '.join(METHODS) or '(none)'}")
+        raise ValueError(_("unknown method {key}; available: {available}").format(
+            key=repr(key), available=", ".join(METHODS) or _("(none)")))
     return METHODS[key]
 
 
 def config_from_dict(d: dict[str, Any]) -> MethodConfig:
     """Rebuild a config from :meth:`MethodConfig.to_dict` output (needs the ``"method"`` key)."""
     if not isinstance(d, dict) or "method" not in d:
-        raise ValueError("a method config needs a 'method' key")
+        raise ValueError(_("a method config needs a 'method' key"))
     return get_method(str(d["method"])).from_dict(d)
 
 
@@ -294,7 +320,7 @@ def config_from_strings(method: str, assignments: list[str]) -> MethodConfig:
     d: dict[str, Any] = {"method": method}
     for a in assignments:
         if "=" not in a:
-            raise ValueError(f"expected key=value, got {a!r}")
+            raise ValueError(_("expected key=value, got {value}").format(value=repr(a)))
         k, v = a.split("=", 1)
         d[k.strip()] = v.strip()
     return config_from_dict(d)
@@ -304,7 +330,7 @@ def apply(model: nn.Module, cfg: MethodConfig, ctx: CompressContext) -> Compress
     """Apply one method to a deep copy of ``model``; the input model is never changed."""
     handler = HANDLERS.get(type(cfg))
     if handler is None:
-        raise ValueError(f"no handler registered for {type(cfg).__name__}")
+        raise ValueError(_("no handler registered for {name}").format(name=type(cfg).__name__))
     from nnlab.models.archinfo import check_method
 
     check_method(model, cfg)  # e.g. channel pruning through attention: a clear reason, before any work
@@ -324,7 +350,7 @@ def apply_pipeline(model: nn.Module, configs: list[MethodConfig], ctx: CompressC
     ``extra["steps"]`` holds each step's method, config and extra.
     """
     if not configs:
-        raise ValueError("a pipeline needs at least one method")
+        raise ValueError(_("a pipeline needs at least one method"))
     n = len(configs)
     current = model
     layers: dict[str, dict] = {}

@@ -43,6 +43,7 @@ from compression.registry import CompressContext, MethodConfig, apply_pipeline, 
 from compression.variant import describe_configs
 from nnlab.data.sets import ImageDataset
 from nnlab.errors import Cancelled
+from nnlab.i18n import _
 from nnlab.jobs.pieces import (
     Executor,
     Report,
@@ -90,9 +91,9 @@ def parse_candidates(candidates: list[list[dict]] | None) -> list[list[MethodCon
         try:
             out.append([config_from_dict(s) for s in steps])
         except ValueError as exc:
-            raise ValueError(f"candidate {i + 1}: {exc}") from exc
+            raise ValueError(_("candidate {number}: {exc}").format(number=i + 1, exc=exc)) from exc
     if not out:
-        raise ValueError("no candidate uses a registered method")
+        raise ValueError(_("no candidate uses a registered method"))
     return out
 
 
@@ -145,27 +146,29 @@ def _screen(model: nn.Module, data: ImageDataset, cands: list[list[MethodConfig]
     with tempfile.TemporaryDirectory(prefix="nnlab-search-") as tmp:
         for i in alive:  # apply each once; the rungs only grow the evaluation sample
             if cancel():
-                raise Cancelled("cancelled by the user")
-            report(f"screening: applying {rows[i]['candidate']}", 0.4 * (i + 1) / len(cands))
+                raise Cancelled(_("cancelled by the user"))
+            report(_("screening: applying {candidate}").format(candidate=rows[i]['candidate']),
+                   0.4 * (i + 1) / len(cands))
             ctx = CompressContext(data=data, cancel=cancel, workdir=Path(tmp) / f"c{i}", arch=arch, seed=seed)
             models[i] = apply_pipeline(model, cands[i], ctx).model.cpu().eval()
         for r in range(rungs):
             n = min(len(val), start * 2 ** r)
             idx = val[:n]
-            _, base_acc = quick_eval(model, data, "train", indices=idx, device=_CPU)
+            _loss, base_acc = quick_eval(model, data, "train", indices=idx, device=_CPU)
             se = math.sqrt(max(base_acc * (1 - base_acc), 1.0 / n) / n)
             keep = []
             for i in alive:
                 if cancel():
-                    raise Cancelled("cancelled by the user")
-                _, acc = quick_eval(models[i], data, "train", indices=idx, device=_CPU)
+                    raise Cancelled(_("cancelled by the user"))
+                _loss, acc = quick_eval(models[i], data, "train", indices=idx, device=_CPU)
                 rows[i].setdefault("screen", []).append({"samples": n, "accuracy": acc, "base": base_acc})
                 if base_acc - acc <= budget + 2 * math.sqrt(2) * se:
                     keep.append(i)
                 else:
                     rows[i]["status"] = f"dropped at screening ({n} samples: drop {100 * (base_acc - acc):.1f} points)"
             alive = keep
-            report(f"screening rung {r + 1}/{rungs}: {len(alive)} of {len(cands)} left", 0.4 + 0.1 * (r + 1) / rungs)
+            report(_("screening rung {rung}/{rungs}: {n_alive} of {n_cands} left").format(
+                rung=r + 1, rungs=rungs, n_alive=len(alive), n_cands=len(cands)), 0.4 + 0.1 * (r + 1) / rungs)
             if n >= len(val) or not alive:
                 break
     return alive
@@ -200,7 +203,7 @@ def measure_piece(piece: dict, report: Report) -> dict:
     vid = piece["variant_id"]
     old = ws.load_variant(vid)
     if old is not None and old.status == "ok":
-        report("reused the stored record", 1.0)
+        report(_("reused the stored record"), 1.0)
         return {"record": old.to_dict(), "reused": True}
     if ws.variant_dir(vid).exists():
         ws.delete_variant(vid)
@@ -338,9 +341,10 @@ def search(model: nn.Module, base: Record, data: ImageDataset, ws: Workspace, bu
         **variant_kwargs: Passed to ``make_variant`` (JSON-able: ``latency_repeats``, ``device``).
     """
     if not 0 <= budget <= 1:
-        raise ValueError(f"the budget is an accuracy drop between 0 and 1, got {budget!r}")
+        raise ValueError(_("the budget is an accuracy drop between 0 and 1, got {budget!r}").format(budget=budget))
     if strategy not in ("grid", "halving", "nsga2"):
-        raise ValueError(f"strategy must be 'grid', 'halving' or 'nsga2', got {strategy!r}")
+        raise ValueError(_("strategy must be 'grid', 'halving' or 'nsga2', got {strategy!r}").format(
+            strategy=strategy))
     cost_of(base, cost)  # validates the axis name
     report = progress or (lambda m, f: None)
     stop = cancel or (lambda: False)
@@ -369,7 +373,7 @@ def search(model: nn.Module, base: Record, data: ImageDataset, ws: Workspace, bu
         results = meas.run(pieces, _aggregate(report, task_progress, names, lo, 1.0), stop)
         made = _fill_rows(results, [rows[i] for i in alive], base, budget, cost)
         if any(r.status == "cancelled" for r in results):
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
         result.measured = made
     result.executor = meas.executor.to_dict() if meas.executor else {}
     result.tasks = meas.tasks
@@ -428,7 +432,8 @@ def _finish(result: SearchResult, ws: Workspace, keep_all: bool, report: Progres
             if r.id not in front_ids:
                 ws.delete_variant(r.id)
         result.records = [r for r in made if r.id in front_ids]
-    report(f"done: {len(ok)} of {len(result.tried)} within budget, {len(front)} on the frontier", 1.0)
+    report(_("done: {n_ok} of {n_tried} within budget, {n_front} on the frontier").format(
+        n_ok=len(ok), n_tried=len(result.tried), n_front=len(front)), 1.0)
     return result
 
 
@@ -451,7 +456,7 @@ def parse_space(space: dict) -> list[list[MethodConfig | None]]:
     """Validate a space (``{"stages": [{"name", "choices": [config dict or None, ...]}, ...]}``)."""
     stages = space.get("stages") if isinstance(space, dict) else None
     if not stages or not all(isinstance(s, dict) and s.get("choices") for s in stages):
-        raise ValueError("a search space needs 'stages', each with a non-empty list of 'choices'")
+        raise ValueError(_("a search space needs 'stages', each with a non-empty list of 'choices'"))
     return [[None if c is None else config_from_dict(c) for c in s["choices"]] for s in stages]
 
 
@@ -470,7 +475,7 @@ def _nsga2(meas: Measurer, base: Record, budget: float, cost: str, space: dict, 
     import optuna
 
     if trials < 1 or population < 2:
-        raise ValueError("nsga2 needs trials >= 1 and population >= 2")
+        raise ValueError(_("nsga2 needs trials >= 1 and population >= 2"))
     parse_space(space)
 
     sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
@@ -481,7 +486,7 @@ def _nsga2(meas: Measurer, base: Record, budget: float, cost: str, space: dict, 
     done = 0
     while done < trials:
         if stop():
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
         batch = [study.ask() for _ in range(min(population, trials - done))]
         pipes = [pipeline_at(space, [t.suggest_categorical(st["name"], list(range(len(st["choices"]))))
                                      for st in space["stages"]]) for t in batch]
@@ -504,7 +509,7 @@ def _nsga2(meas: Measurer, base: Record, budget: float, cost: str, space: dict, 
         result.tried.extend(rows)
         result.measured.extend(made)
         if any(r.status == "cancelled" for r in results):
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
         recs = {r.id: r for r in made}
         for k, row in zip(new, rows):
             by_key[k] = recs.get(row.get("record_id", ""))

@@ -26,6 +26,7 @@ from torch.nn.utils import prune
 from compression.pruning import channel_groups, channel_prune, prunable_layers, split_train
 from compression.registry import CancelFn, ProgressFn
 from nnlab.data.sets import ImageDataset
+from nnlab.i18n import _
 from nnlab.jobs.pieces import (
     Report,
     dataset_ref,
@@ -146,25 +147,26 @@ def layer_sensitivity(model: nn.Module, data: ImageDataset, kind: str = "prune",
         RuntimeError: A cell failed (every failed cell named, with its error).
     """
     if kind not in TRANSFORMS:
-        raise ValueError(f"unknown sensitivity kind {kind!r}; available: {', '.join(TRANSFORMS)}")
+        raise ValueError(_("unknown sensitivity kind {kind!r}; available: {available}").format(
+            kind=kind, available=', '.join(TRANSFORMS)))
     if split not in ("validation", "test"):
-        raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+        raise ValueError(_("split must be 'validation' or 'test', got {split!r}").format(split=split))
     levels = tuple(levels or DEFAULT_LEVELS[kind])
     work = copy.deepcopy(model).cpu().eval()
     idx, ev_split = _eval_samples(data, split, max_samples, seed)
-    _, base = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
+    _loss, base = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
     if kind in GROUP_KINDS:  # one row per dependency group, keyed by its leading layer
         groups = channel_groups(work, data.input_shape, data.num_classes)
         chosen = [(g["layer"], g["params"]) for g in groups if layers is None or g["layer"] in layers]
         members = {g["layer"]: g["members"] for g in groups}
-        what = "dependency group led by a layer"
+        what = _("no dependency group led by a layer named {names}")
     else:
         chosen = [(n, m.weight.numel()) for n, m in prunable_layers(work) if layers is None or n in layers]
         members = {}
-        what = "Conv/Linear layer"
+        what = _("no Conv/Linear layer named {names}")
     if layers is not None and len(chosen) != len(set(layers)):
-        missing = set(layers) - {n for n, _ in chosen}
-        raise ValueError(f"no {what} named {', '.join(sorted(missing))}")
+        missing = set(layers) - {n for n, _p in chosen}
+        raise ValueError(what.format(names=", ".join(sorted(missing))))
     del work
     table = SensitivityTable(kind, base, split=split)
     cells = [(name, params, level) for name, params in chosen for level in levels]
@@ -207,12 +209,12 @@ def cell_piece(piece: dict, report: Report) -> dict:
     data = load_dataset_ref(piece["data"])
     work = _copy_but_layer(load_model_ref(piece["model"], data), piece["layer"])
     mod = dict(work.named_modules())[piece["layer"]]
-    fn, _ = TRANSFORMS[piece["kind"]]
+    fn, _kind = TRANSFORMS[piece["kind"]]
     with torch.no_grad():
         mod.weight.copy_(fn(mod.weight.detach().clone(), piece["level"]))
     idx, ev_split = _eval_samples(data, piece["split"], int(piece["max_samples"]), int(piece["seed"]))
-    _, acc = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
-    report(f"accuracy {acc:.3f}", 1.0)
+    _loss, acc = quick_eval(work, data, ev_split, indices=idx, device=torch.device("cpu"))
+    report(_("accuracy {acc:.3f}").format(acc=acc), 1.0)
     return {"accuracy": acc}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import compression  # noqa: F401 - registers the methods
 from compression.registry import config_from_dict
+from nnlab.i18n import _, num
 from nnlab.jobs import refs
 from nnlab.jobs.manager import JobContext, job_kind
 from nnlab.workspace import Workspace, safe_key
@@ -23,10 +24,10 @@ def _model_and_data(params: dict, root: Path) -> tuple[Any, Any, Any]:
 
 
 def _steps(params: dict) -> str:
-    return " → ".join(s.get("method", "?") for s in params.get("configs", [])) or "(empty)"
+    return " → ".join(s.get("method", "?") for s in params.get("configs", [])) or _("(empty)")
 
 
-@job_kind("variant", label=lambda p: f"Compress {p['model_id']}: {_steps(p)}")
+@job_kind("variant", label=lambda p: _("Compress {model}: {steps}").format(model=p["model_id"], steps=_steps(p)))
 def variant_job(params: dict, ctx: JobContext) -> dict:
     """Apply a pipeline of method configs to a base model and store the measured variant."""
     from compression.variant import make_variant
@@ -41,8 +42,8 @@ def variant_job(params: dict, ctx: JobContext) -> dict:
             "seconds": rec.extra.get("seconds")}
 
 
-@job_kind("remeasure", label=lambda p: f"Measure again {len(p['ids'])} record(s) of {p['model_id']} "
-                                       "with today's latency harness")
+@job_kind("remeasure", label=lambda p: _("Measure again {n} record(s) of {model} with today's latency "
+                                         "harness").format(n=len(p["ids"]), model=p["model_id"]))
 def remeasure_job(params: dict, ctx: JobContext) -> dict:
     """Time a base (every fp32 runtime) and its variants (each beside the base in its own runtime) again, so
     records from an older harness become comparable; each record is rewritten atomically when done."""
@@ -55,7 +56,8 @@ def remeasure_job(params: dict, ctx: JobContext) -> dict:
     ids, done = list(params["ids"]), []
     for i, rid in enumerate(ids):
         ctx.check_cancel()
-        ctx.progress(f"timing {rid} ({i + 1}/{len(ids)})", i / max(1, len(ids)))
+        ctx.progress(_("timing {rid} ({number}/{n_ids})").format(rid=rid, number=i + 1, n_ids=len(ids)),
+                     i / max(1, len(ids)))
         if rid == record.id:
             if not comparable(record):
                 ws.save_model_record(record.id, remeasure_latency(model, record, data.input_shape))
@@ -80,7 +82,8 @@ def sensitivity_key(model_id: str, kind: str, samples: int) -> str:
     return safe_key("sens", kind, model_id, str(samples))
 
 
-@job_kind("sensitivity", label=lambda p: f"Sensitivity ({p['kind']}) of {p['model_id']}")
+@job_kind("sensitivity", label=lambda p: _("Sensitivity ({kind}) of {model}").format(kind=p["kind"],
+                                                                                      model=p["model_id"]))
 def sensitivity_job(params: dict, ctx: JobContext) -> dict:
     """Compress one layer at a time over a grid of levels; the table goes to the workspace's runs."""
     from compression import sensitivity
@@ -99,8 +102,10 @@ def sensitivity_job(params: dict, ctx: JobContext) -> dict:
     return {"run": key, "layers": len(table.layers())}
 
 
-@job_kind("search", label=lambda p: f"Search within {100 * p['budget']:g} points ({p['strategy']}) on "
-                                    f"{p['model_id']}" + (" on Ray" if p.get("use_ray") else ""))
+@job_kind("search", label=lambda p: (_("Search within {points} points ({strategy}) on {model} on Ray")
+                                     if p.get("use_ray") else _("Search within {points} points ({strategy}) on "
+                                                                "{model}")).format(
+    points=num(100 * p["budget"], "g"), strategy=p["strategy"], model=p["model_id"]))
 def search_job(params: dict, ctx: JobContext) -> dict:
     """Try candidate pipelines (grid, successive halving or NSGA-II), each measurement a piece of work that
     runs in-process or as a Ray task; keep the frontier within the accuracy-drop budget."""
@@ -125,7 +130,8 @@ def search_job(params: dict, ctx: JobContext) -> dict:
             "rows": csearch.result_rows(res)}
 
 
-@job_kind("evaluate-variant", label=lambda p: f"Evaluate variant {p['variant_id']} on the {p['split']} split")
+@job_kind("evaluate-variant", label=lambda p: _("Evaluate variant {variant} on the {split} split").format(
+    variant=p["variant_id"], split=p["split"]))
 def evaluate_variant_job(params: dict, ctx: JobContext) -> dict:
     """One pass of a stored variant (in the runtime that executes it) over a split; logits to the workspace."""
     import numpy as np
@@ -137,12 +143,12 @@ def evaluate_variant_job(params: dict, ctx: JobContext) -> dict:
     ws = Workspace(ctx.workspace)
     rec = ws.load_variant(params["variant_id"])
     if rec is None:
-        raise ValueError(f"no variant {params['variant_id']!r} in the workspace")
+        raise ValueError(_("no variant {variant_id!r} in the workspace").format(variant_id=params['variant_id']))
     data = refs.load_data(params["data"], ctx.workspace)
-    ctx.progress("loading the variant", 0.05)
+    ctx.progress(_("loading the variant"), 0.05)
     model = load_variant_model(ws, rec)
     ctx.check_cancel()
-    ctx.progress(f"evaluating on the {params['split']} split", 0.1)
+    ctx.progress(_("evaluating on the {split} split").format(split=params['split']), 0.1)
     ev = evaluate_model(model, data, params["split"])
     key = eval_key(rec.id, data.id, params["split"])
     ws.save_arrays(key, logits=ev.logits.astype(np.float32), labels=ev.labels.astype(np.int64))

@@ -34,6 +34,7 @@ from compression.registry import (
 )
 from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import predict_logits, result_from_logits
+from nnlab.i18n import _
 from nnlab.jobs.pieces import register_variant_loader
 from nnlab.measure import (
     BATCHES,
@@ -130,7 +131,7 @@ def make_variant(parent_model: nn.Module, parent_id: str, arch: str, configs: li
     vid = variant_id or new_id("v")
     workdir = ws.variant_dir(vid)
     if workdir.exists():
-        raise FileExistsError(f"variant {vid} already exists")
+        raise FileExistsError(_("variant {vid} already exists").format(vid=vid))
     ctx = CompressContext(data=data, progress=None, cancel=cancel, workdir=workdir, device=device, arch=arch)
     if progress is not None:
         ctx.progress = lambda m, f: progress(m, 0.85 * f)
@@ -140,7 +141,7 @@ def make_variant(parent_model: nn.Module, parent_id: str, arch: str, configs: li
         seconds = time.perf_counter() - t0
         ctx.check_cancel()
         if progress is not None:
-            progress("measuring the variant", 0.86)
+            progress(_("measuring the variant"), 0.86)
         record = _measure(result, parent_model, parent_id, arch, configs, data, ws, vid, name, latency_repeats,
                           threads, seconds)
         ctx.check_cancel()
@@ -149,7 +150,7 @@ def make_variant(parent_model: nn.Module, parent_id: str, arch: str, configs: li
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     if progress is not None:
-        progress("done", 1.0)
+        progress(_("done"), 1.0)
     return record
 
 
@@ -268,13 +269,14 @@ def load_variant_result(ws: Workspace, record: Record) -> CompressResult:
     shape = record.extra.get("input_shape")
     num_classes = record.extra.get("num_classes")
     if not path.is_file():
-        raise FileNotFoundError(f"the artifact of {record.id} is missing ({record.artifact})")
+        raise FileNotFoundError(_("the artifact of {id} is missing ({artifact})").format(
+            id=record.id, artifact=record.artifact))
     if not shape or not num_classes:
-        raise ValueError(f"record {record.id} lacks input_shape / num_classes")
+        raise ValueError(_("record {id} lacks input_shape / num_classes").format(id=record.id))
     template = create_model(record.arch, shape[0], num_classes, (shape[1], shape[2]))
     fmt = record.artifact_format
     if fmt == packing.FORMAT:
-        state, _ = packing.load_packed(path)
+        state, _meta = packing.load_packed(path)
     elif fmt == "safetensors":
         from nnlab.workspace import load_state_dict
 
@@ -282,7 +284,7 @@ def load_variant_result(ws: Workspace, record: Record) -> CompressResult:
     elif fmt in ARTIFACT_LOADERS:
         return ARTIFACT_LOADERS[fmt](path, template, record)
     else:
-        raise ValueError(f"no loader for artifact format {fmt!r}")
+        raise ValueError(_("no loader for artifact format {fmt!r}").format(fmt=fmt))
     model = load_into(packing.fit_modules_to_state(template, state), state)
     return CompressResult(model=model, artifact=path, artifact_format=fmt)
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from nnlab import config
 from nnlab.data.sets import ImageDataset
+from nnlab.i18n import _
 
 
 @dataclass(eq=False)
@@ -61,25 +62,26 @@ def predict_logits(model: nn.Module | None, data: ImageDataset, split: str, batc
     """
     if runner is None:
         if model is None:
-            raise ValueError("predict_logits needs a model or a runner")
+            raise ValueError(_("predict_logits needs a model or a runner"))
         device = device or _model_device(model)
         model.eval()
     outs = []
     n = len(indices) if indices is not None else len(data.labels(split))
     done = 0
     with torch.inference_mode():
-        for x, _ in data.stream(split, batch_size, indices=indices):
+        for x, _y in data.stream(split, batch_size, indices=indices):
             if cancel is not None and cancel():
                 from nnlab.errors import Cancelled
 
-                raise Cancelled("cancelled by the user")
+                raise Cancelled(_("cancelled by the user"))
             if runner is not None:
                 outs.append(torch.from_numpy(np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)))
             else:
                 outs.append(model(x.to(device)).float().cpu())
             done += len(x)
             if progress is not None:
-                progress(f"evaluating the {split} split: {done:,}/{n:,} images", done / max(1, n))
+                progress(_("evaluating the {split} split: {done:,}/{n:,} images").format(split=split, done=done, n=n),
+                         done / max(1, n))
     return torch.cat(outs).numpy() if outs else np.zeros((0, data.num_classes), np.float32)
 
 

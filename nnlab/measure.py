@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import (
 )
 from torch.utils.flop_counter import flop_registry
 
+from nnlab.i18n import _, num
 from nnlab.runtimes.base import Runner, artifact_files, as_input, torch_logits
 from nnlab.runtimes.candidates import (
     available_fp32,
@@ -368,14 +369,16 @@ def comparable(record: Any) -> bool:
 
 
 def runtime_rows(base: Any) -> list[dict]:
-    """One row per runtime the base was timed in: median and p90 at each batch size, threads, fastest first."""
+    """One row per runtime the base was timed in: median and p90 at each batch size, threads, fastest first.
+
+    A table for reading: its column names and numbers are in the current language."""
     lats = base.latencies or {}
     rows = []
     for rt in sorted(lats, key=lambda k: float((lats[k].get("1") or {}).get("median_ms", float("inf")))):
-        row: dict[str, Any] = {"runtime": rt}
+        row: dict[str, Any] = {_("runtime"): rt}
         for b, lat in sorted(lats[rt].items(), key=lambda kv: int(kv[0])):
-            row[f"batch {b} (ms)"] = f"{lat['median_ms']:.2f} ({lat['p90_ms']:.2f})"
-            row["threads"] = lat.get("threads")
+            row[_("batch {batch} (ms)").format(batch=b)] = f"{num(lat['median_ms'])} ({num(lat['p90_ms'])})"
+            row[_("threads")] = lat.get("threads")
         rows.append(row)
     return rows
 

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from nnlab.i18n import _
+
 
 @dataclass
 class Record:
@@ -89,7 +91,7 @@ class Record:
         names = {f.name for f in fields(cls)}
         missing = {"id", "name", "method"} - set(d)
         if missing:
-            raise ValueError(f"record lacks {', '.join(sorted(missing))}")
+            raise ValueError(_("record lacks {value}").format(value=', '.join(sorted(missing))))
         kwargs = {k: _restore(v) for k, v in d.items() if k in names}
         return cls(**kwargs)
 

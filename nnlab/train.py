@@ -17,6 +17,7 @@ from nnlab import config
 from nnlab.data.sets import ImageDataset
 from nnlab.errors import Cancelled  # noqa: F401 - raised here, and importable from here as before
 from nnlab.evaluate import evaluate
+from nnlab.i18n import _
 from nnlab.seeding import seeded_dropout
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -95,21 +96,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+            raise ValueError(_("epochs must be at least 1, got {epochs}").format(epochs=self.epochs))
         if not (0 < self.lr < 10):
-            raise ValueError(f"learning rate must be in (0, 10), got {self.lr}")
+            raise ValueError(_("learning rate must be in (0, 10), got {lr}").format(lr=self.lr))
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise ValueError(_("batch size must be at least 1, got {batch_size}").format(batch_size=self.batch_size))
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ValueError(_("optimizer must be one of {choices}, got {optimizer!r}").format(
+                choices=', '.join(OPTIMIZERS), optimizer=self.optimizer))
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise ValueError(_("schedule must be one of {choices}, got {schedule!r}").format(
+                choices=', '.join(SCHEDULES), schedule=self.schedule))
         if not (0.0 <= self.crop <= 0.5):
-            raise ValueError(f"crop padding must be between 0 and 0.5 of the side, got {self.crop}")
+            raise ValueError(_("crop padding must be between 0 and 0.5 of the side, got {crop}").format(
+                crop=self.crop))
         if not (0.0 <= self.label_smoothing < 1.0):
-            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ValueError(_("label smoothing must be in [0, 1), got {label_smoothing}").format(
+                label_smoothing=self.label_smoothing))
         if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be ≥ 0, got {self.weight_decay}")
+            raise ValueError(_("weight decay must be ≥ 0, got {weight_decay}").format(weight_decay=self.weight_decay))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,7 +201,7 @@ def train_model(model: nn.Module, data: ImageDataset, cfg: TrainConfig = TrainCo
     generator = torch.Generator(device=device).manual_seed(cfg.seed)  # dropout masks: this run's own RNG
     n = len(indices) if indices is not None else len(data.labels("train"))
     if n == 0:
-        raise ValueError("no training samples")
+        raise ValueError(_("no training samples"))
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(trainable, cfg)
@@ -222,7 +227,7 @@ def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.
         for b, (x, y) in enumerate(data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
                                                 indices=indices), start=1):
             if cancel is not None and cancel():
-                raise Cancelled("cancelled by the user")
+                raise Cancelled(_("cancelled by the user"))
             x, y = x.to(device), y.to(device)
             if cfg.flip or cfg.crop:
                 x = augment(x, cfg, generator)
@@ -237,8 +242,9 @@ def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.
             loss_sum += float(loss.detach()) * len(y)
             if progress is not None and (b % 10 == 0 or b == steps_per_epoch):
                 progress(Progress(epoch, cfg.epochs, b, steps_per_epoch, loss_sum / seen, float("nan"),
-                                  f"epoch {epoch}/{cfg.epochs}, batch {b}/{steps_per_epoch}, "
-                                  f"loss {loss_sum / seen:.3f}"))
+                                  _("epoch {epoch}/{epochs}, batch {batch}/{batches}, loss {loss:.3f}").format(
+                                      epoch=epoch, epochs=cfg.epochs, batch=b, batches=steps_per_epoch,
+                                      loss=loss_sum / seen)))
         # train metrics in eval mode over (at most 10 000 of) the samples trained on
         train_idx = np.asarray(indices)[:10000] if indices is not None else np.arange(min(10000, n))
         train_loss, train_acc = quick_eval(model, data, "train", indices=train_idx, device=device)
@@ -248,8 +254,10 @@ def _epochs(model: nn.Module, data: ImageDataset, cfg: TrainConfig, indices: np.
         history.append(EpochStats(epoch, train_loss, train_acc, test_loss, test_acc, time.perf_counter() - t0))
         if progress is not None:
             progress(Progress(epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, train_loss, test_acc,
-                              f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.3f}, "
-                              f"train acc {train_acc:.3f}, test acc {test_acc:.3f}"))
+                              _("epoch {epoch}/{epochs}: train loss {train_loss:.3f}, train acc {train_acc:.3f}, "
+                                "test acc {test_acc:.3f}").format(epoch=epoch, epochs=cfg.epochs,
+                                                                  train_loss=train_loss, train_acc=train_acc,
+                                                                  test_acc=test_acc)))
     model.eval()
     return history
 

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nnlab import config
+from nnlab.i18n import _
 from nnlab.records import Record
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -46,7 +47,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise WorkspaceError(f"the workspace folder {path.parent} is not writable: {exc.strerror or exc}") from exc
+        raise WorkspaceError(_("the workspace folder {parent} is not writable: {detail}").format(
+            parent=path.parent, detail=exc.strerror or exc)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,7 +58,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise WorkspaceError(f"could not write {path.name}: {exc.strerror or exc}") from exc
+        raise WorkspaceError(_("could not write {name}: {detail}").format(
+            name=path.name, detail=exc.strerror or exc)) from exc
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -73,7 +76,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WorkspaceError(f"the workspace folder {path.parent} is not writable: {exc.strerror or exc}") from exc
+        raise WorkspaceError(_("the workspace folder {parent} is not writable: {detail}").format(
+            parent=path.parent, detail=exc.strerror or exc)) from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
         yield tmp
@@ -99,7 +103,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def check_id(item_id: str) -> str:
     if not _SAFE_ID.match(item_id or ""):
-        raise WorkspaceError(f"invalid id {item_id!r}")
+        raise WorkspaceError(_("invalid id {item_id!r}").format(item_id=item_id))
     return item_id
 
 
@@ -193,10 +197,10 @@ class Workspace:
     def rename_variant(self, variant_id: str, name: str) -> Record:
         rec = self.load_variant(variant_id)
         if rec is None:
-            raise WorkspaceError(f"no variant {variant_id!r}")
+            raise WorkspaceError(_("no variant {variant_id!r}").format(variant_id=variant_id))
         name = name.strip()
         if not name or len(name) > 120:
-            raise WorkspaceError("a name must have 1 to 120 characters")
+            raise WorkspaceError(_("a name must have 1 to 120 characters"))
         rec.name = name
         self.save_variant(rec)
         return rec

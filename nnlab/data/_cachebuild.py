@@ -63,6 +63,7 @@ from nnlab.data.cachetypes import (
     ProgressFn,
 )
 from nnlab.errors import Cancelled
+from nnlab.i18n import _
 from nnlab.jobs.engine import executor, map_tasks, ray_address
 
 CHUNK = 16  # images per task sent to a worker (a shard, a piece of map_tasks)
@@ -109,7 +110,7 @@ class Build:
                     break
                 except BlockingIOError:
                     if not waited:
-                        self.progress("waiting for another build of this data cache to finish", 0.0)
+                        self.progress(_("waiting for another build of this data cache to finish"), 0.0)
                         waited = True
                     self._check_cancel()
                     time.sleep(0.1)
@@ -119,7 +120,7 @@ class Build:
 
     def _check_cancel(self) -> None:
         if self.cancel():
-            raise Cancelled("data cache build cancelled")
+            raise Cancelled(_("data cache build cancelled"))
 
     def run(self) -> BuildStats:
         with self._lock() as lock_fd, contextlib.closing(self.cache._open_index()) as conn:
@@ -150,7 +151,8 @@ class Build:
         self.cache.last_build = st
         if st.ready == 0:
             first = "; ".join(f"{r}: {why}" for r, why in st.unreadable[:3])
-            raise DataCacheError(f"none of the {st.total:,} images of {self.files.source} could be read ({first})")
+            raise DataCacheError(_("none of the {total:,} images of {source} could be read ({first})").format(
+                total=st.total, source=self.files.source, first=first))
         self.progress(st.summary(), 1.0)
         return st
 
@@ -200,8 +202,9 @@ class Build:
         need = new_images * self.cache.slot_bytes
         free = shutil.disk_usage(self.cache.path).free
         if need > free - DISK_MARGIN:
-            raise DataCacheError(f"the data cache needs {need / 2**30:.1f} GiB more for {new_images:,} images; "
-                                 f"{free / 2**30:.1f} GiB is free under {self.cache.path.parent}")
+            raise DataCacheError(_("the data cache needs {value:.1f} GiB more for {new_images:,} images; "
+                                   "{value2:.1f} GiB is free under {parent}").format(
+                value=need / 2**30, new_images=new_images, value2=free / 2**30, parent=self.cache.path.parent))
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size < slots_needed * self.cache.slot_bytes:
@@ -250,7 +253,8 @@ class Build:
         if now - self.last_report >= 0.2:
             self.last_report = now
             rate = done / max(1e-6, now - self.t0)
-            self.progress(f"decoding images: {int(done):,} / {self.todo:,} ({rate:,.0f} images/s)",
+            self.progress(_("decoding images: {done:,} / {todo:,} ({rate:,.0f} images/s)").format(
+                done=int(done), todo=self.todo, rate=rate),
                           min(1.0, done / max(1, self.todo)))
 
     # decoding
@@ -278,7 +282,7 @@ class Build:
         ctx = worker.Context(str(self.cache.data_path), self.cache.slot_shape, self.cache.storage, self.files.root)
         if not chunks:
             return
-        self.progress(f"decoding {len(assigned):,} images", 0.0)
+        self.progress(_("decoding {n_assigned:,} images").format(n_assigned=len(assigned)), 0.0)
         n = 0 if self.auto_workers and len(assigned) <= SMALL_BUILD else min(max(0, self.workers), len(chunks))
         ex = executor(False if _in_ray_task() else self.use_ray) if n else None
         if ex is None:  # the calling thread, through map_tasks in-process
@@ -338,7 +342,7 @@ class Build:
             if error:
                 raise DataCacheError(error)
             if stopped:
-                raise Cancelled("data cache build cancelled")
+                raise Cancelled(_("data cache build cancelled"))
             took = max(1e-3, time.monotonic() - t0)
             size = max(floor, min(WAVE_MAX * parallel, round(len(wave) * self.commit_seconds / took)))
 
@@ -445,7 +449,8 @@ class _Pool:
         dead.stop(kill=True)
         self.deaths += 1
         if self.deaths > 4 * self.n + 16:
-            raise DataCacheError(f"decode workers keep dying ({self.deaths} so far, exit code {dead.proc.returncode})")
+            raise DataCacheError(_("decode workers keep dying ({deaths} so far, exit code {returncode})").format(
+                deaths=self.deaths, returncode=dead.proc.returncode))
         crashed = []
         for chunk in dead.in_flight:
             for i, slot in chunk:

@@ -33,6 +33,7 @@ from PIL import Image
 
 from nnlab.data.images import MAX_BYTES, load_image_bytes
 from nnlab.data.preprocess import Preprocessing
+from nnlab.i18n import _
 
 
 class FatalWriteError(OSError):
@@ -71,7 +72,7 @@ def decode_file(path: str, pre: Preprocessing) -> tuple[np.ndarray, int, int]:
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if st.st_size > MAX_BYTES:
-            raise ValueError(f"larger than {MAX_BYTES // 2**20} MiB")
+            raise ValueError(_("larger than {value} MiB").format(value=MAX_BYTES // 2**20))
         data = f.read()
     return pre.to_uint8(load_image_bytes(data)), st.st_size, st.st_mtime_ns
 
@@ -86,7 +87,8 @@ def decode_pixels(raw: bytes, shape: tuple[int, int, int], pre: Preprocessing) -
 def write_slot(fd: int, slot: int, pixels: np.ndarray, ctx: Context) -> None:
     """Write one image's pixels into its slot (loops over short writes)."""
     if pixels.shape != ctx.slot_shape:
-        raise ValueError(f"preprocessing gave {pixels.shape}, the cache holds {ctx.slot_shape}")
+        raise ValueError(_("preprocessing gave {shape}, the cache holds {slot_shape}").format(
+            shape=pixels.shape, slot_shape=ctx.slot_shape))
     buf = memoryview(np.ascontiguousarray(pixels)).cast("B")
     offset, done = slot * ctx.slot_bytes, 0
     try:
@@ -145,11 +147,13 @@ def decode_piece(piece: dict, report: Any) -> dict:
     tasks = piece["tasks"]
     shared = "on a Ray cluster it must be at the same path on every node (or build without Ray: NNLAB_RAY=0)"
     if any(len(t) == 2 for t in tasks) and not os.path.isdir(ctx.root):
-        raise FileNotFoundError(f"the source folder {ctx.root} is not on this node: {shared}")
+        raise FileNotFoundError(_("the source folder {root} is not on this node: {shared}").format(
+            root=ctx.root, shared=shared))
     try:
         fd = os.open(ctx.data_path, os.O_WRONLY)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"the data cache {ctx.data_path} is not on this node: {shared}") from exc
+        raise FileNotFoundError(_("the data cache {data_path} is not on this node: {shared}").format(
+            data_path=ctx.data_path, shared=shared)) from exc
     token_path = os.path.join(os.path.dirname(ctx.data_path), TOKEN)
     rows: list[list] = []
     try:
@@ -164,7 +168,7 @@ def decode_piece(piece: dict, report: Any) -> dict:
                 rows += [list(r) for r in decode_chunk(fd, [task], ctx)]
             except FatalWriteError as exc:
                 return {"rows": rows, "stopped": False, "fatal": str(exc)}
-            report(f"{k + 1} of {len(tasks)} images", (k + 1) / len(tasks))
+            report(_("{value} of {n_tasks} images").format(value=k + 1, n_tasks=len(tasks)), (k + 1) / len(tasks))
     finally:
         os.close(fd)
     return {"rows": rows, "stopped": False, "fatal": ""}

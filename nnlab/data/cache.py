@@ -53,6 +53,7 @@ from nnlab.data.cachetypes import (  # noqa: F401 - part of this module's interf
 from nnlab.data.diskimages import DiskImages, batch_loader
 from nnlab.data.filelists import FileList
 from nnlab.data.preprocess import Preprocessing
+from nnlab.i18n import _
 
 FORMAT_VERSION = 1
 @dataclass
@@ -227,8 +228,9 @@ class DataCache:
         s = self._table()
         pending = int((s == PENDING).sum())
         if pending:
-            raise DataCacheError(f"the data cache of {self.files.source} is not complete: {pending:,} of "
-                                 f"{len(s):,} images still to decode; build it first")
+            raise DataCacheError(_("the data cache of {source} is not complete: {pending:,} of {n_s:,} images still "
+                                   "to decode; build it first").format(
+                source=self.files.source, pending=pending, n_s=len(s)))
         return s
 
     def positions(self, split: str) -> np.ndarray:
@@ -254,7 +256,7 @@ class DataCache:
         """The cached images of these list positions (all must be readable), in that order."""
         slots = self._table()[np.asarray(positions, dtype=np.int64)]
         if (slots < 0).any():
-            raise DataCacheError("some of the requested images are not cached")
+            raise DataCacheError(_("some of the requested images are not cached"))
         return DiskImages(self.data_path, self.slot_shape, slots)
 
     def images(self, split: str) -> DiskImages:
@@ -346,7 +348,8 @@ def remove_cache(path: str | os.PathLike) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DataCacheError(f"the data cache {path.name} is being built; cancel the build first") from None
+            raise DataCacheError(_("the data cache {name} is being built; cancel the build first").format(
+                name=path.name)) from None
         trash = path.with_name(f".deleted-{path.name}-{time.monotonic_ns()}")
         os.replace(path, trash)  # the cache disappears at once
     finally:

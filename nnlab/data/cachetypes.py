@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nnlab.i18n import _
+
 PENDING, UNREADABLE = -2, -1  # slot codes of list entries without pixels
 SMALL_BUILD = 64  # with the default worker count, this few images decode in the calling process
 DISK_MARGIN = 256 * 2**20  # leave this much free space
@@ -52,6 +54,7 @@ class BuildStats:
         return self.total - len(self.unreadable)
 
     def summary(self) -> str:
-        bad = f"; {len(self.unreadable):,} unreadable" if self.unreadable else ""
-        return (f"{self.ready:,} of {self.total:,} images cached ({self.decoded:,} decoded, {self.reused:,} "
-                f"reused{bad}) in {self.seconds:.1f} s")
+        bad = _("; {n:,} unreadable").format(n=len(self.unreadable)) if self.unreadable else ""
+        return _("{ready:,} of {total:,} images cached ({decoded:,} decoded, {reused:,} reused{bad}) in {seconds:.1f} "
+                 "s").format(ready=self.ready, total=self.total, decoded=self.decoded, reused=self.reused, bad=bad,
+                            seconds=self.seconds)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nnlab.i18n import _
+
 _OPEN_LOCK = threading.Lock()
 
 
@@ -114,7 +116,8 @@ class DiskImages:
             out = torch.empty((n, *self.item_shape), dtype=torch.uint8)
         elif out.shape != (n, *self.item_shape) or out.dtype != torch.uint8 or not out.is_contiguous() \
                 or out.device.type != "cpu":
-            raise ValueError(f"out must be a contiguous CPU uint8 tensor of shape {(n, *self.item_shape)}")
+            raise ValueError(_("out must be a contiguous CPU uint8 tensor of shape {value}").format(
+                value=(n, *self.item_shape)))
         if n == 0:
             return out
         buf = out.numpy().reshape(n, self.slot_bytes)
@@ -192,11 +195,11 @@ def batch_loader(images: DiskImages, labels: np.ndarray | Sequence[int] | None =
     order = np.arange(len(images), dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and len(lab) != len(images):
-        raise ValueError(f"{len(images)} images but {len(lab)} labels")
+        raise ValueError(_("{n_images} images but {n_lab} labels").format(n_images=len(images), n_lab=len(lab)))
     if len(order) and (order.min() < 0 or order.max() >= len(images)):
         raise IndexError(f"the order has positions outside 0…{len(images) - 1}")
     if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+        raise ValueError(_("batch_size must be at least 1"))
     workers = max(0, int(num_workers))
     return DataLoader(_Batches(images, lab, order, batch_size), batch_size=None, shuffle=False,
                       num_workers=workers, prefetch_factor=prefetch_factor if workers else None,
@@ -208,6 +211,6 @@ def write_images(path: str | os.PathLike, images: np.ndarray | torch.Tensor) -> 
     """Write uint8 ``N×C×H×W`` images to a new data file, one slot each (tests and tools)."""
     a = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images)
     if a.dtype != np.uint8 or a.ndim != 4:
-        raise ValueError(f"expected uint8 N×C×H×W, got {a.dtype} {a.shape}")
+        raise ValueError(_("expected uint8 N×C×H×W, got {dtype} {shape}").format(dtype=a.dtype, shape=a.shape))
     Path(path).write_bytes(a.tobytes())
     return DiskImages(path, a.shape[1:], np.arange(len(a)))

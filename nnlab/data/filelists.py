@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnlab.i18n import _
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -78,7 +80,7 @@ class FileList:
         self.sizes = np.asarray(self.sizes, dtype=np.int64).reshape(-1)
         self.stamps = np.asarray(self.stamps, dtype=np.int64).reshape(-1)
         if not all(len(a) == n for a in (self.labels, self.splits, self.sizes, self.stamps)):
-            raise FileListError("a file list needs one label, split, size and stamp per path")
+            raise FileListError(_("a file list needs one label, split, size and stamp per path"))
 
     def __len__(self) -> int:
         return len(self.relpaths)
@@ -92,7 +94,8 @@ class FileList:
     def indices(self, split: str) -> np.ndarray:
         """Positions of ``split``'s images in the list (in list order)."""
         if split not in (*SPLITS, ALL):
-            raise FileListError(f"unknown split {split!r}; the splits are {', '.join((*SPLITS, ALL))}")
+            raise FileListError(_("unknown split {split!r}; the splits are {value}").format(
+                split=split, value=', '.join((*SPLITS, ALL))))
         return np.flatnonzero(self.splits == split)
 
     def path(self, i: int) -> str:
@@ -145,14 +148,14 @@ def image_folder(path: str | os.PathLike) -> FileList:
     """
     root = Path(path).expanduser()
     if not root.exists():
-        raise FileListError(f"{path} does not exist")
+        raise FileListError(_("{path} does not exist").format(path=path))
     if not root.is_dir():
-        raise FileListError(f"{path} is not a folder")
+        raise FileListError(_("{path} is not a folder").format(path=path))
     root = root.resolve()
     try:
         top = _visible_dirs(root)
     except OSError as exc:
-        raise FileListError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+        raise FileListError(_("{path} cannot be read: {detail}").format(path=path, detail=exc.strerror or exc)) from exc
     split_dirs = {SPLIT_ALIASES[e.name.lower()]: Path(e.path) for e in top if e.name.lower() in SPLIT_ALIASES}
     roots = split_dirs if split_dirs else {ALL: root}
     class_dirs: dict[str, list[str]] = {}
@@ -160,11 +163,12 @@ def image_folder(path: str | os.PathLike) -> FileList:
         try:
             class_dirs[split] = [e.name for e in _visible_dirs(r)]
         except OSError as exc:
-            raise FileListError(f"{r} cannot be read: {exc.strerror or exc}") from exc
+            raise FileListError(_("{r} cannot be read: {detail}").format(r=r, detail=exc.strerror or exc)) from exc
     classes = sorted({c for names in class_dirs.values() for c in names})
     if not classes:
         where = " or in its train/val/test folders" if split_dirs else ""
-        raise FileListError(f"{path} has no class subfolders{where} (expected e.g. {path}/cat/1.jpg)")
+        raise FileListError(_("{path} has no class subfolders{where} (expected e.g. {path}/cat/1.jpg)").format(
+            path=path, where=where))
     lookup = {c: i for i, c in enumerate(classes)}
     relpaths: list[str] = []
     labels: list[int] = []
@@ -182,8 +186,9 @@ def image_folder(path: str | os.PathLike) -> FileList:
                 stamps.append(st.st_mtime_ns)
     if not relpaths:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise FileListError(f"{path} holds no images: its class folders ({', '.join(classes[:5])}"
-                            f"{', …' if len(classes) > 5 else ''}) contain no {exts} files")
+        raise FileListError(_("{path} holds no images: its class folders ({classes}) contain no {exts} "
+                              "files").format(path=path, classes=", ".join(classes[:5]) + (", …" if len(classes) > 5
+                                                                                          else ""), exts=exts))
     return FileList(kind="imagefolder", source=str(root), root=str(root), classes=classes, relpaths=relpaths,
                     labels=labels, splits=splits, sizes=sizes, stamps=stamps)
 
@@ -215,23 +220,25 @@ def list_file(path: str | os.PathLike, classes: list[str] | None = None,
     p = p.resolve()
     try:
         if p.stat().st_size > MAX_LIST_BYTES:
-            raise FileListError(f"{p.name} is larger than {MAX_LIST_BYTES // 1024**3} GiB")
+            raise FileListError(_("{name} is larger than {value} GiB").format(
+                name=p.name, value=MAX_LIST_BYTES // 1024**3))
         raw = p.read_bytes()
     except OSError as exc:
-        raise FileListError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+        raise FileListError(_("{path} cannot be read: {detail}").format(path=path, detail=exc.strerror or exc)) from exc
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise FileListError(f"{p.name} is not a UTF-8 text file (a CSV or JSON list of path,label)") from exc
+        raise FileListError(_("{name} is not a UTF-8 text file (a CSV or JSON list of path,label)").format(
+            name=p.name)) from exc
     kind = "json" if p.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{") else "csv"
     rows, given_classes = _parse_json(text, p.name) if kind == "json" else (_parse_csv(text, p), None)
     if not rows:
-        raise FileListError(f"{p.name} lists no images")
+        raise FileListError(_("{name} lists no images").format(name=p.name))
     classes, labels = _resolve_labels([r[1] for r in rows], classes or given_classes, p.name)
     base = p.parent
     allowed = [Path(r).expanduser().resolve() for r in roots] if roots is not None else [base]
     relpaths, splits, sizes, stamps, problems = [], [], [], [], []
-    for rel, _, split, _line in rows:
+    for rel, _label, split, _line in rows:
         rel = rel if os.path.isabs(rel) else os.path.normpath(rel)
         relpaths.append(rel)
         splits.append(split)
@@ -263,7 +270,8 @@ def _split_name(value: str, where: str) -> str:
     if not v:
         return ALL
     if v not in SPLIT_ALIASES:
-        raise FileListError(f"{where}: unknown split {value!r} (use train, val or test)")
+        raise FileListError(_("{where}: unknown split {value!r} (use train, val or test)").format(
+            where=where, value=value))
     return SPLIT_ALIASES[v]
 
 
@@ -303,15 +311,16 @@ def _parse_json(text: str, name: str) -> tuple[list[tuple[str, str, str, int]], 
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise FileListError(f"{name} is not valid JSON: {exc}") from exc
+        raise FileListError(_("{name} is not valid JSON: {exc}").format(name=name, exc=exc)) from exc
     classes = None
     if isinstance(doc, Mapping):
         classes = doc.get("classes")
         if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
-            raise FileListError(f"{name}: \"classes\" must be a list of names")
+            raise FileListError(_('{name}: "classes" must be a list of names').format(name=name))
         doc = doc.get("items", doc.get("images"))
     if not isinstance(doc, list):
-        raise FileListError(f"{name}: expected a list of {{\"path\", \"label\"}} objects or an object with \"items\"")
+        raise FileListError(_('{name}: expected a list of {{"path", "label"}} objects or an object with '
+                              '"items"').format(name=name))
     rows = []
     for i, rec in enumerate(doc):
         where = f"{name} item {i}"
@@ -320,9 +329,10 @@ def _parse_json(text: str, name: str) -> tuple[list[tuple[str, str, str, int]], 
         elif isinstance(rec, (list, tuple)) and len(rec) in (2, 3):
             path, label, split = rec[0], rec[1], rec[2] if len(rec) == 3 else ""
         else:
-            raise FileListError(f"{where}: expected {{\"path\", \"label\"}} or [path, label], got {str(rec)[:80]}")
+            raise FileListError(_('{where}: expected {{"path", "label"}} or [path, label], got {value}').format(
+                where=where, value=str(rec)[:80]))
         if not isinstance(path, str) or not path or isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise FileListError(f"{where}: needs a path (text) and a label (name or integer)")
+            raise FileListError(_("{where}: needs a path (text) and a label (name or integer)").format(where=where))
         rows.append((path, str(label), _split_name(str(split or ""), where), i))
     return rows, classes
 
@@ -338,7 +348,8 @@ def _resolve_labels(values: list[str], classes: list[str] | None, name: str) -> 
             elif v.lstrip("-").isdigit() and 0 <= int(v) < len(classes):
                 out.append(int(v))
             else:
-                raise FileListError(f"{name}: label {v!r} is not one of the {len(classes)} classes")
+                raise FileListError(_("{name}: label {v!r} is not one of the {n_classes} classes").format(
+                    name=name, v=v, n_classes=len(classes)))
         return list(classes), out
     if all(v.isdigit() for v in values):
         ints = [int(v) for v in values]
@@ -366,11 +377,12 @@ def array_source(name: str, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
         x = np.asarray(x.numpy() if hasattr(x, "numpy") else x)
         y = np.asarray(y.numpy() if hasattr(y, "numpy") else y).astype(np.int64).reshape(-1)
         if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[1] not in (1, 3)):
-            raise FileListError(f"{name} {split}: images must be uint8 N×C×H×W (C 1 or 3) or N×H×W, "
-                                f"got {x.dtype} {x.shape}")
+            raise FileListError(_("{name} {split}: images must be uint8 N×C×H×W (C 1 or 3) or N×H×W, got {dtype} "
+                                  "{shape}").format(name=name, split=split, dtype=x.dtype, shape=x.shape))
         x = x[:, None] if x.ndim == 3 else x
         if len(x) != len(y):
-            raise FileListError(f"{name} {split}: {len(x)} images but {len(y)} labels")
+            raise FileListError(_("{name} {split}: {n_x} images but {n_y} labels").format(
+                name=name, split=split, n_x=len(x), n_y=len(y)))
         arrays[split] = x
         channels.add(x.shape[1])
         flat = x.reshape(len(x), -1)
@@ -380,7 +392,7 @@ def array_source(name: str, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
         sizes.append(np.full(len(x), flat.shape[1], np.int64))
         stamps.append(np.fromiter((_hash63(row) for row in flat), np.int64, len(x)))
     if not relpaths:
-        raise FileListError(f"{name} holds no images")
+        raise FileListError(_("{name} holds no images").format(name=name))
     return FileList(kind="arrays", source=f"arrays:{name}", root="", classes=list(classes), relpaths=relpaths,
                     labels=np.concatenate(labels), splits=split_col, sizes=np.concatenate(sizes),
                     stamps=np.concatenate(stamps), channels=1 if channels == {1} else None, arrays=arrays)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from nnlab.i18n import _
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,18 +26,20 @@ def _open_checked(fp) -> Image.Image:
     try:
         im = Image.open(fp)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image refused: it would decode to too many pixels ({exc})") from exc
+        raise ImageError(_("image refused: it would decode to too many pixels ({exc})").format(exc=exc)) from exc
     except Exception as exc:
-        raise ImageError(f"not a readable image ({type(exc).__name__})") from exc
+        raise ImageError(_("not a readable image ({error})").format(error=type(exc).__name__)) from exc
     w, h = im.size
     if w * h > MAX_PIXELS:
-        raise ImageError(f"image refused: {w}×{h} pixels is over the limit of {MAX_PIXELS:,} pixels")
+        raise ImageError(_("image refused: {w}×{h} pixels is over the limit of {limit:,} pixels").format(
+            w=w, h=h, limit=MAX_PIXELS))
     if w < 2 or h < 2:
-        raise ImageError(f"image too small: {w}×{h} pixels")
+        raise ImageError(_("image too small: {w}×{h} pixels").format(w=w, h=h))
     try:
         im.load()
     except Exception as exc:
-        raise ImageError(f"the image data is damaged or truncated ({type(exc).__name__})") from exc
+        raise ImageError(_("the image data is damaged or truncated ({error})").format(
+            error=type(exc).__name__)) from exc
     return im
 
 
@@ -43,7 +47,7 @@ def load_image_file(path: str | Path) -> Image.Image:
     """Open an image file after checking its byte size and pixel count."""
     p = Path(path)
     if p.stat().st_size > MAX_BYTES:
-        raise ImageError(f"{p.name} is larger than {MAX_BYTES // 2**20} MiB")
+        raise ImageError(_("{name} is larger than {value} MiB").format(name=p.name, value=MAX_BYTES // 2**20))
     with open(p, "rb") as f:
         return _open_checked(io.BytesIO(f.read()))
 
@@ -51,9 +55,9 @@ def load_image_file(path: str | Path) -> Image.Image:
 def load_image_bytes(data: bytes) -> Image.Image:
     """Open an uploaded image from bytes after checking byte size and pixel count."""
     if not data:
-        raise ImageError("the file is empty")
+        raise ImageError(_("the file is empty"))
     if len(data) > MAX_BYTES:
-        raise ImageError(f"image larger than {MAX_BYTES // 2**20} MiB")
+        raise ImageError(_("image larger than {value} MiB").format(value=MAX_BYTES // 2**20))
     return _open_checked(io.BytesIO(data))
 
 
@@ -90,7 +94,7 @@ def prepare_image(im: Image.Image, input_shape: tuple[int, int, int], invert: bo
 
     c, h, w = input_shape
     if c not in (1, 3):
-        raise ImageError(f"models with {c} input channels are not supported for uploaded images")
+        raise ImageError(_("models with {c} input channels are not supported for uploaded images").format(c=c))
     im = to_mode(im, c).resize((w, h), Image.BILINEAR)
     a = np.asarray(im, dtype=np.uint8)
     if invert:

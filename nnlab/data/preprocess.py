@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from nnlab.i18n import _
+
 if TYPE_CHECKING:
     import torch
 
@@ -79,25 +81,29 @@ class Preprocessing:
         object.__setattr__(self, "resize", int(self.resize))
         object.__setattr__(self, "channels", int(self.channels))
         if len(size) != 2 or min(size) < 1 or max(size) > 4096:
-            raise PreprocessingError(f"input size must be two sides between 1 and 4096 pixels, got {self.size}")
+            raise PreprocessingError(_("input size must be two sides between 1 and 4096 pixels, got {size}").format(
+                size=self.size))
         if self.channels not in (1, 3):
-            raise PreprocessingError(f"channels must be 1 or 3, got {self.channels}")
+            raise PreprocessingError(_("channels must be 1 or 3, got {channels}").format(channels=self.channels))
         if self.resize_mode not in RESIZE_MODES:
-            raise PreprocessingError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
+            raise PreprocessingError(_("resize mode must be one of {choices}, got {resize_mode!r}").format(
+                choices=', '.join(RESIZE_MODES), resize_mode=self.resize_mode))
         if self.resize_mode != "none" and not (1 <= self.resize <= 8192):
-            raise PreprocessingError(f"resize must be between 1 and 8192 pixels, got {self.resize}")
+            raise PreprocessingError(_("resize must be between 1 and 8192 pixels, got {resize}").format(
+                resize=self.resize))
         if self.crop not in ("center", "none"):
-            raise PreprocessingError(f"crop must be 'center' or 'none', got {self.crop!r}")
+            raise PreprocessingError(_("crop must be 'center' or 'none', got {crop!r}").format(crop=self.crop))
         if self.interpolation not in INTERPOLATIONS:
-            raise PreprocessingError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                                     f"got {self.interpolation!r}")
+            raise PreprocessingError(_("interpolation must be one of {choices}, got {interpolation!r}").format(
+                choices=', '.join(INTERPOLATIONS), interpolation=self.interpolation))
         if self.convert not in CONVERSIONS:
-            raise PreprocessingError(f"convert must be one of {', '.join(CONVERSIONS)}, got {self.convert!r}")
+            raise PreprocessingError(_("convert must be one of {choices}, got {convert!r}").format(
+                choices=', '.join(CONVERSIONS), convert=self.convert))
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise PreprocessingError(f"mean and std need {self.channels} values each, got {len(self.mean)} and "
-                                     f"{len(self.std)}")
+            raise PreprocessingError(_("mean and std need {channels} values each, got {n_mean} and {n_std}").format(
+                channels=self.channels, n_mean=len(self.mean), n_std=len(self.std)))
         if any(not math.isfinite(s) or s <= 0 for s in self.std) or any(not math.isfinite(m) for m in self.mean):
-            raise PreprocessingError("std values must be positive and mean values finite")
+            raise PreprocessingError(_("std values must be positive and mean values finite"))
 
     # --- identity ---------------------------------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class Preprocessing:
         try:
             return cls(**known)
         except TypeError as exc:
-            raise PreprocessingError(f"not a preprocessing description: {exc}") from exc
+            raise PreprocessingError(_("not a preprocessing description: {exc}").format(exc=exc)) from exc
 
     def pixel_key(self) -> str:
         """A short hash of what decides the cached uint8 pixels (size, channels, resize, crop, conversion).
@@ -133,19 +139,22 @@ class Preprocessing:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def describe(self) -> str:
-        """One line for pages and exports."""
+        """One line for pages and exports, in the current language."""
         h, w = self.size
         if self.resize_mode == "shorter":
-            geo = f"shorter side → {self.resize} px ({self.interpolation}), "
+            geo = _("shorter side → {resize} px ({interpolation}), ").format(resize=self.resize,
+                                                                            interpolation=self.interpolation)
         elif self.resize_mode == "squash":
-            geo = f"resize to {self.resize}×{self.resize} ({self.interpolation}), "
+            geo = _("resize to {resize}×{resize} ({interpolation}), ").format(resize=self.resize,
+                                                                              interpolation=self.interpolation)
         else:
-            geo = "no resize, "
-        geo += f"centre crop {h}×{w}" if self.crop == "center" else f"{h}×{w}"
+            geo = _("no resize, ")
+        geo += _("centre crop {h}×{w}").format(h=h, w=w) if self.crop == "center" else f"{h}×{w}"
         mean = ", ".join(f"{v:.3f}" for v in self.mean)
         std = ", ".join(f"{v:.3f}" for v in self.std)
-        mode = "RGB" if self.channels == 3 else "greyscale"
-        return f"{mode}, {geo}; normalised with mean ({mean}), std ({std})"
+        mode = "RGB" if self.channels == 3 else _("greyscale")
+        return _("{mode}, {geometry}; normalised with mean ({mean}), std ({std})").format(
+            mode=mode, geometry=geo, mean=mean, std=std)
 
     def with_changes(self, **changes: Any) -> Preprocessing:
         """A validated copy with some settings changed (marked as edited)."""
@@ -180,8 +189,9 @@ class Preprocessing:
             im = im.resize((nw, nh), INTERPOLATIONS[self.interpolation])
         if self.crop == "none":
             if im.size != (self.size[1], self.size[0]):
-                raise PreprocessingError(f"the image is {im.size[0]}×{im.size[1]} after resizing, the model needs "
-                                         f"{self.size[1]}×{self.size[0]}; choose a centre crop or another resize")
+                raise PreprocessingError(_("the image is {value}×{value2} after resizing, the model needs "
+                                           "{value3}×{value4}; choose a centre crop or another resize").format(
+                    value=im.size[0], value2=im.size[1], value3=self.size[1], value4=self.size[0]))
             return im
         return _center_crop(im, self.size)
 

@@ -26,6 +26,7 @@ import torch
 
 from nnlab import config
 from nnlab.data.preprocess import Preprocessing, PreprocessingError, native
+from nnlab.i18n import N_, _
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -78,13 +79,17 @@ class ImageDataset:
         for split in ("train", "test"):
             x, y = self.images(split), self.labels(split)
             if x.dtype != torch.uint8 or x.ndim != 4:
-                raise DatasetError(f"{split} images must be uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+                raise DatasetError(_("{split} images must be uint8 N×C×H×W, got {dtype} {value}").format(
+                    split=split, dtype=x.dtype, value=tuple(x.shape)))
             if len(x) != len(y):
-                raise DatasetError(f"{split}: {len(x)} images but {len(y)} labels")
+                raise DatasetError(_("{split}: {n_x} images but {n_y} labels").format(
+                    split=split, n_x=len(x), n_y=len(y)))
         if len(self.x_train) == 0 or len(self.x_test) == 0:
-            raise DatasetError(f"{self.name}: a split is empty (train {len(self.x_train)}, test {len(self.x_test)})")
+            raise DatasetError(_("{name}: a split is empty (train {n_x_train}, test {n_x_test})").format(
+                name=self.name, n_x_train=len(self.x_train), n_x_test=len(self.x_test)))
         if len(self.classes) < 2:
-            raise DatasetError(f"{self.name}: needs at least two classes, found {len(self.classes)}")
+            raise DatasetError(_("{name}: needs at least two classes, found {n_classes}").format(
+                name=self.name, n_classes=len(self.classes)))
         if self.preprocessing is None:
             if not self.mean:
                 self.mean, self.std = channel_stats(self.x_train)
@@ -219,14 +224,15 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DatasetError(f"{path.name} is not an IDX file")
+        raise DatasetError(_("{name} is not an IDX file").format(name=path.name))
     dtype_code, ndim = data[2], data[3]
     if dtype_code != 0x08:
-        raise DatasetError(f"{path.name}: only unsigned-byte IDX files are supported")
+        raise DatasetError(_("{name}: only unsigned-byte IDX files are supported").format(name=path.name))
     dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise DatasetError(f"{path.name}: expected {int(np.prod(dims))} values, found {arr.size} (truncated?)")
+        raise DatasetError(_("{name}: expected {value} values, found {size} (truncated?)").format(
+            name=path.name, value=int(np.prod(dims)), size=arr.size))
     return arr.reshape(dims)
 
 
@@ -245,7 +251,8 @@ def load_idx_folder(folder: Path, dataset_id: str, name: str, classes: list[str]
         "xte": "t10k-images-idx3-ubyte", "yte": "t10k-labels-idx1-ubyte"}.items()}
     missing = [k for k, p in paths.items() if p is None]
     if missing:
-        raise DatasetError(f"{folder}: IDX files missing ({', '.join(missing)})")
+        raise DatasetError(_("{folder}: IDX files missing ({missing})").format(
+            folder=folder, missing=', '.join(missing)))
     arr = {k: read_idx(p) for k, p in paths.items()}  # type: ignore[arg-type]
     return ImageDataset(
         id=dataset_id, name=name, source=source, classes=classes,
@@ -272,8 +279,9 @@ def load_torchvision(key: str, root: Path | None = None, download: bool = True) 
         tr = cls(str(root), train=True, download=download)
         te = cls(str(root), train=False, download=download)
     except Exception as exc:  # offline, or a corrupt copy
-        raise DatasetError(f"torchvision {cls_name} is not under {root} and could not be downloaded "
-                           f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise DatasetError(_("torchvision {cls_name} is not under {root} and could not be downloaded ({error}: "
+                             "{detail})").format(
+            cls_name=cls_name, root=root, error=type(exc).__name__, detail=str(exc)[:200])) from exc
 
     def _x(ds) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(ds.data))
@@ -321,8 +329,9 @@ def load_fashion_mnist(allow_download: bool = True) -> ImageDataset:
         except DatasetError as exc:
             tried.append(str(exc))
     digits = load_digits()
-    digits.fallback_reason = ("Fashion-MNIST was not found (" + "; ".join(tried) + "), so nnlab uses scikit-learn's "
-                              "bundled digits instead. Install Debian's dataset-fashion-mnist or run `make run`.")
+    digits.fallback_reason = _("Fashion-MNIST was not found ({tried}), so nnlab uses scikit-learn's bundled digits "
+                               "instead. Install Debian's dataset-fashion-mnist or run `make run`.").format(
+        tried="; ".join(tried))
     return digits
 
 
@@ -333,8 +342,8 @@ def check_allowed(path: str | Path) -> Path:
     p = Path(path).expanduser().resolve()
     roots = config.allowed_roots()
     if not any(p == r or r in p.parents for r in roots):
-        raise DatasetError(f"{path} is outside the folders nnlab may read ({', '.join(map(str, roots))}); "
-                           "set NNLAB_ALLOWED_ROOTS to allow another folder")
+        raise DatasetError(_("{path} is outside the folders nnlab may read ({value}); set NNLAB_ALLOWED_ROOTS to "
+                             "allow another folder").format(path=path, value=', '.join(map(str, roots))))
     return p
 
 
@@ -461,10 +470,12 @@ def image_folder_source(path: str | Path, image_size: int | None = None, test_fr
     except FileListError as exc:
         raise DatasetError(str(exc)) from exc
     if len(files.classes) < 2:
-        raise DatasetError(f"{path} has a single class ({files.classes[0]}); a classifier needs at least two")
+        raise DatasetError(_("{path} has a single class ({value}); a classifier needs at least two").format(
+            path=path, value=files.classes[0]))
     counts = np.bincount(files.labels, minlength=len(files.classes))
     if (counts == 0).any():
-        raise DatasetError(f"class folder {files.classes[int(np.argmin(counts))]!r} in {path} holds no images")
+        raise DatasetError(_("class folder {value!r} in {path} holds no images").format(
+            value=files.classes[int(np.argmin(counts))], path=path))
     digest = hashlib.sha1(f"{root}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
     return Source("imagefolder", f"imagefolder-{digest}", f"ImageFolder {root.name}", f"ImageFolder {root}", files,
                   test_fraction=test_fraction, seed=seed, image_size=image_size)
@@ -480,7 +491,7 @@ def list_file_source(path: str | Path, test_fraction: float = 0.2, seed: int = 0
     except FileListError as exc:
         raise DatasetError(str(exc)) from exc
     if len(files.classes) < 2:
-        raise DatasetError(f"{path} names a single class; a classifier needs at least two")
+        raise DatasetError(_("{path} names a single class; a classifier needs at least two").format(path=path))
     digest = hashlib.sha1(f"{p}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
     return Source("filelist", f"filelist-{digest}", f"List {p.name}", f"file list {p}", files,
                   test_fraction=test_fraction, seed=seed)
@@ -520,12 +531,12 @@ def _arrays(load: Callable[[], ImageDataset], key: str) -> Callable[..., Source]
     return loader
 
 
-register_dataset("fashion-mnist", "Fashion-MNIST (default)", _arrays(load_fashion_mnist, "fashion-mnist"))
-register_dataset("digits", "Digits (scikit-learn, 8×8)", _arrays(load_digits, "digits"))
+register_dataset("fashion-mnist", N_("Fashion-MNIST (default)"), _arrays(load_fashion_mnist, "fashion-mnist"))
+register_dataset("digits", N_("Digits (scikit-learn, 8×8)"), _arrays(load_digits, "digits"))
 register_dataset("mnist", "MNIST (torchvision)", _arrays(lambda: load_torchvision("mnist"), "mnist"))
 register_dataset("cifar10", "CIFAR-10 (torchvision)", _arrays(lambda: load_torchvision("cifar10"), "cifar10"))
-register_dataset("imagefolder", "ImageFolder (a folder of class subfolders)", image_folder_source, needs_path=True)
-register_dataset("filelist", "A CSV or JSON list of path,label", list_file_source, needs_path=True)
+register_dataset("imagefolder", N_("ImageFolder (a folder of class subfolders)"), image_folder_source, needs_path=True)
+register_dataset("filelist", N_("A CSV or JSON list of path,label"), list_file_source, needs_path=True)
 
 
 def list_datasets() -> list[str]:
@@ -536,11 +547,12 @@ def list_datasets() -> list[str]:
 def open_source(key: str, path: str | Path = "") -> Source:
     """The source a registry key (and a path, for folder datasets) names."""
     if key not in DATASETS:
-        raise DatasetError(f"unknown dataset {key!r}; choose one of {', '.join(DATASETS)}")
+        raise DatasetError(_("unknown dataset {key!r}; choose one of {choices}").format(
+            key=key, choices=', '.join(DATASETS)))
     entry = DATASETS[key]
     if entry.needs_path:
         if not path:
-            raise DatasetError(f"{entry.label} needs a path")
+            raise DatasetError(_("{label} needs a path").format(label=_(entry.label)))
         return entry.loader(path)
     return entry.loader()
 
@@ -606,7 +618,7 @@ def load_dataset(key: str, path: str | Path = "", preprocessing: Preprocessing |
         try:
             preprocessing = Preprocessing.from_dict(preprocessing)
         except PreprocessingError as exc:
-            raise DatasetError(f"the preprocessing is not valid: {exc}") from exc
+            raise DatasetError(_("the preprocessing is not valid: {exc}").format(exc=exc)) from exc
     return dataset_at(open_source(key, path), preprocessing, workspace, progress, cancel)
 
 

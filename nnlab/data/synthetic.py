@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nnlab.i18n import _
+
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "diamond", "hexagon", "hbar", "vbar")
 
 
@@ -60,7 +62,7 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
     elif shape == "vbar":
         d.rectangle((cx - w / 2, cy - r * 1.3, cx + w / 2, cy + r * 1.3), fill=fg)
     else:
-        raise ValueError(f"unknown shape {shape!r}")
+        raise ValueError(_("unknown shape {shape!r}").format(shape=shape))
     noise = rng.normal(0, 6, (size, size, 3))
     a = np.clip(np.asarray(im, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(a, "RGB")

@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nnlab.i18n import _
+
 if TYPE_CHECKING:  # importing this module stays light (Ray's helper processes import it): torch loads lazily
     pass
 
@@ -125,7 +127,8 @@ class Executor:
         address: "local" for a Ray instance started here, the cluster address otherwise ("" in-process).
         cpus: CPUs Ray sees in the cluster (0 in-process).
         nodes: Alive Ray nodes (0 in-process).
-        reason: Why it is in-process (disabled, failed to start: the error) or "".
+        reason: Why it is in-process (disabled, failed to start: the error) or "" (English: records and the
+            CLI's JSON keep it).
     """
 
     kind: str
@@ -164,7 +167,7 @@ class Report:
         if self.cancelled():
             from nnlab.errors import Cancelled
 
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
 
 
 class _LocalReport(Report):
@@ -251,9 +254,11 @@ def function_path(fn: Callable) -> str:
     """``"module:qualname"`` of an importable module-level function (``ValueError`` otherwise)."""
     module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     if not module or module == "__main__" or not qual or "<" in qual or "." in qual:
-        raise ValueError(f"a piece function must be a module-level function of an importable module, got {fn!r}")
+        raise ValueError(_("a piece function must be a module-level function of an importable module, got "
+                           "{fn!r}").format(fn=fn))
     if _import_function(f"{module}:{qual}") is not fn:
-        raise ValueError(f"{module}:{qual} does not import back as the same function")
+        raise ValueError(_("{module}:{qual} does not import back as the same function").format(
+            module=module, qual=qual))
     return f"{module}:{qual}"
 
 
@@ -492,7 +497,7 @@ def raise_for_outcome(results: list[TaskResult], names: list[str], what: str) ->
     from nnlab.errors import Cancelled
 
     if any(r.status == "cancelled" for r in results):
-        raise Cancelled("cancelled by the user")
+        raise Cancelled(_("cancelled by the user"))
     failed = [f"{names[r.index]}: {r.error}" for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"{what}: " + "; ".join(failed))
@@ -552,7 +557,7 @@ def _map_local(path: str, pieces: list[dict], progress: ProgressFn | None, stop:
             results.append(TaskResult(i, "cancelled", error="cancelled before it started", executor="in-process"))
             continue
         report = _LocalReport(i, threads, progress, stop)
-        report(f"started on {report.node} (in-process)", 0.0)
+        report(_("started on {node} (in-process)").format(node=report.node), 0.0)
         try:
             out = _run_piece(path, piece, report)
         except Cancelled as exc:

@@ -19,6 +19,7 @@ from torch import nn
 from nnlab.base import demo_id, ensure_demo, profile_model
 from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import EvalResult, result_from_logits, streamed_pass
+from nnlab.i18n import _
 from nnlab.jobs import refs
 from nnlab.jobs.manager import JobContext, job_kind
 from nnlab.measure import artifact_sizes
@@ -42,7 +43,7 @@ def _label(params: dict) -> str:
 
 # --- the demo model -------------------------------------------------------------------------------------
 
-@job_kind("train-demo", label=lambda p: f"Train the demo model on {_label(p)}")
+@job_kind("train-demo", label=lambda p: _("Train the demo model on {data}").format(data=_label(p)))
 def train_demo(params: dict, ctx: JobContext) -> dict:
     """Train (once) and store the demo model of a dataset; returns its id and accuracy."""
     data = refs.load_data(params["data"], ctx.workspace)
@@ -87,8 +88,8 @@ def check_upload(blob: bytes, filename: str, arch: str, data: ImageDataset) -> N
     check_state_dict(create_model(arch, c, data.num_classes, (h, w)), read_state_dict(blob, filename))
 
 
-@job_kind("register-model", label=lambda p: f"Load and measure {p.get('arch')} ({p.get('source', {}).get('kind')}) "
-                                            f"on {_label(p)}")
+@job_kind("register-model", label=lambda p: _("Load and measure {arch} ({source}) on {data}").format(
+    arch=p.get("arch"), source=p.get("source", {}).get("kind"), data=_label(p)))
 def register_model(params: dict, ctx: JobContext) -> dict:
     """Build a user's model (uploaded weights, pretrained, or seeded random), check it fits the data, measure
     it and store it in the workspace under ``params["model_id"]``."""
@@ -97,9 +98,9 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     arch, source, model_id = params["arch"], params["source"], params["model_id"]
     kind = source.get("kind")
     if kind not in SOURCES:
-        raise ValueError(f"unknown weights source {kind!r}")
+        raise ValueError(_("unknown weights source {kind!r}").format(kind=kind))
     c, h, w = data.input_shape
-    ctx.progress("building the model", 0.05)
+    ctx.progress(_("building the model"), 0.05)
     model = create_model(arch, c, data.num_classes, (h, w), pretrained=(kind == "pretrained"))
     if kind == "upload":
         load_into(model, read_state_dict_file(ws.root / source["file"]))
@@ -108,8 +109,8 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     model.eval()
     output_shape_ok(model, data.input_shape, data.num_classes)
     ctx.check_cancel()
-    ctx.progress("measuring the model (accuracy, latency, MACs)", 0.2)
-    label = arch_label(arch)
+    ctx.progress(_("measuring the model (accuracy, latency, MACs)"), 0.2)
+    label = arch_label(arch, translated=False)  # a stored name: the same in every language
     name = params.get("name") or f"{label} ({ {'upload': 'your weights', 'pretrained': 'pretrained', 'random': 'random weights'}[kind] })"
     record = profile_model(model, data, model_id, name, arch, None, extra={"source": source})
     ctx.check_cancel()
@@ -190,7 +191,7 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
         except (OSError, WorkspaceError):
             pass
     if progress is not None:
-        progress(f"evaluating the {split} split in {rt.runtime}", 0.0)
+        progress(_("evaluating the {split} split in {runtime}").format(split=split, runtime=rt.runtime), 0.0)
     skey = stream_key(model_id, data.id, split)
     try:  # counts of an earlier pass must not pass for this one's
         ws.save_run(skey, {"phase": "starting", "total": len(data.labels(split)), "done": 0, "correct": 0})
@@ -204,8 +205,9 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
             pass  # a read-only workspace: the page shows the job's progress only
         if progress is not None:
             acc = state["correct"] / max(1, state["done"])
-            progress(f"evaluating the {split} split in {state['runtime']}: {state['done']:,}/{state['total']:,} images",
-                     state["done"] / max(1, state["total"]), accuracy=acc)
+            progress(_("evaluating the {split} split in {runtime}: {done}/{total} images").format(
+                split=split, runtime=state["runtime"], done=f"{state['done']:,}", total=f"{state['total']:,}"),
+                state["done"] / max(1, state["total"]), accuracy=acc)
 
     logits, info = streamed_pass(model, data, split, runner=rt.runner, runtime=rt.runtime, precision=precision,
                                  on_chunk=on_chunk, cancel=cancel)
@@ -234,7 +236,8 @@ def _fastest_bulk_runtime(record: Any) -> str:
     return fastest_fp32(record, batches[-1])[0] if batches else ""
 
 
-@job_kind("evaluate", label=lambda p: f"Evaluate {p['model_id']} on the {p['split']} split")
+@job_kind("evaluate", label=lambda p: _("Evaluate {model} on the {split} split").format(model=p["model_id"],
+                                                                                        split=p["split"]))
 def evaluate_job(params: dict, ctx: JobContext) -> dict:
     """One pass of a stored model over a split; per-sample logits go to the workspace."""
     data = refs.load_data(params["data"], ctx.workspace)
@@ -292,8 +295,8 @@ def trained_model_id(arch: str, data_id: str, init: dict, config: dict) -> str:
     return safe_key(arch, data_id, "trained", hashlib.sha1(blob.encode()).hexdigest()[:10])
 
 
-@job_kind("train-model", label=lambda p: f"Train {p['arch']} on {_label(p)} ({p['init']['kind']}, "
-                                         f"{p['config'].get('epochs', '?')} epochs)")
+@job_kind("train-model", label=lambda p: _("Train {arch} on {data} ({init}, {epochs} epochs)").format(
+    arch=p["arch"], data=_label(p), init=p["init"]["kind"], epochs=p["config"].get("epochs", "?")))
 def train_model_job(params: dict, ctx: JobContext) -> dict:
     """Train an architecture from scratch, from pretrained weights or from a stored model; store the result."""
     import copy
@@ -307,11 +310,12 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     arch, init = params["arch"], params["init"]
     cfg = TrainConfig(**params["config"])
     if init.get("kind") not in INITS:
-        raise ValueError(f"unknown starting point {init.get('kind')!r}; choose one of {', '.join(INITS)}")
+        raise ValueError(_("unknown starting point {value!r}; choose one of {choices}").format(
+            value=init.get('kind'), choices=', '.join(INITS)))
     c, h, w = data.input_shape
-    ctx.progress("building the model", 0.01)
+    ctx.progress(_("building the model"), 0.01)
     if init["kind"] == "model":
-        base, _ = refs.load_model(init["model_id"], ws.root)
+        base, _rec = refs.load_model(init["model_id"], ws.root)
         model = copy.deepcopy(base)  # the stored model stays as it is
     else:
         model = create_model(arch, c, data.num_classes, (h, w), pretrained=(init["kind"] == "pretrained"))
@@ -323,9 +327,9 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     seconds = time.perf_counter() - t0
     model = model.cpu().eval()
     ctx.check_cancel()
-    ctx.progress("measuring the trained model (accuracy, latency, MACs)", 0.92)
+    ctx.progress(_("measuring the trained model (accuracy, latency, MACs)"), 0.92)
     model_id = params["model_id"]
-    label = arch_label(arch)
+    label = arch_label(arch, translated=False)  # a stored name: the same in every language
     name = params.get("name") or f"{label} trained by nnlab ({init['kind']}, {cfg.epochs} epochs)"
     hist = [e.to_dict() for e in history]
     record = profile_model(model, data, model_id, name, arch, None,
@@ -344,8 +348,9 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
 
 # --- the data cache -----------------------------------------------------------------------------------------
 
-@job_kind("build-dataset", label=lambda p: f"Decode {_label(p)} into the data cache"
-                                           + (" at the model's preprocessing" if p["data"].get("preprocessing") else ""))
+@job_kind("build-dataset", label=lambda p: (_("Decode {data} into the data cache at the model's preprocessing")
+                                             if p["data"].get("preprocessing")
+                                             else _("Decode {data} into the data cache")).format(data=_label(p)))
 def build_dataset_job(params: dict, ctx: JobContext) -> dict:
     """Decode and preprocess a dataset's images once into the workspace's data cache (resumable)."""
     data = refs.load_data(params["data"], ctx.workspace, progress=ctx.progress, cancel=ctx.cancelled)

@@ -40,6 +40,7 @@ from typing import Any
 
 from nnlab import config
 from nnlab.errors import Cancelled
+from nnlab.i18n import _
 from nnlab.workspace import WorkspaceError, atomic_write_text
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
@@ -127,7 +128,7 @@ class Job:
     label: str
     owners: list[str] = field(default_factory=list)
     status: str = QUEUED
-    message: str = "waiting for a free worker"
+    message: str = field(default_factory=lambda: _("waiting for a free worker"))  # in the submitter's language
     fraction: float = 0.0
     metrics: dict = field(default_factory=dict)
     result: Any = None
@@ -172,7 +173,7 @@ class Job:
         self._cancel.set()
         with self._lock:
             if self.status == QUEUED:
-                self.message = "cancel requested"
+                self.message = _("cancel requested")
         if self._manager is not None:
             self._manager._persist(self, force=True)
 
@@ -242,7 +243,7 @@ class JobContext:
     def check_cancel(self) -> None:
         """Raise :class:`nnlab.train.Cancelled` when someone asked the job to stop."""
         if self._job.cancel_requested:
-            raise Cancelled("cancelled by the user")
+            raise Cancelled(_("cancelled by the user"))
 
     def sub(self, start: float, end: float) -> Callable[..., None]:
         """A ``progress(message, fraction, **metrics)`` that maps 0–1 onto ``start``–``end`` of this job."""
@@ -321,7 +322,7 @@ class JobManager:
                 continue
             if job.status in ACTIVE and not _process_alive(job.pid, job.instance):
                 job.status, job.error = INTERRUPTED, "the server stopped while this job was " + job.status
-                job.message = "interrupted"
+                job.message = _("interrupted")
                 job.finished = job.finished or time.time()
                 job._manager = self
                 self._persist(job, force=True)
@@ -383,22 +384,22 @@ class JobManager:
                         acquired = True
                         break
                 if not acquired:
-                    raise Cancelled("cancelled before it started")
+                    raise Cancelled(_("cancelled before it started"))
             if job.cancel_requested:
-                raise Cancelled("cancelled before it started")
+                raise Cancelled(_("cancelled before it started"))
             with job._lock:
-                job.status, job.started, job.message = RUNNING, time.time(), "starting"
+                job.status, job.started, job.message = RUNNING, time.time(), _("starting")
             self._persist(job, force=True)
             result = spec.fn(job.params, JobContext(job, self.root))
             with job._lock:
                 job.result = json.loads(json.dumps(result, default=str)) if result is not None else None
-                job.status, job.fraction, job.message = DONE, 1.0, "done"
+                job.status, job.fraction, job.message = DONE, 1.0, _("done")
         except Cancelled:
             with job._lock:
-                job.status, job.message = CANCELLED, "cancelled"
+                job.status, job.message = CANCELLED, _("cancelled")
         except BaseException as exc:  # noqa: BLE001 - a job must record every failure, never die silently
             with job._lock:
-                job.status, job.message = FAILED, "failed"
+                job.status, job.message = FAILED, _("failed")
                 job.error = f"{type(exc).__name__}: {exc}"[:500]
                 job.detail = traceback.format_exc()[-4000:]
         finally:
@@ -496,5 +497,6 @@ def wait(key: str, timeout: float | None = None, root: str | Path | None = None)
     if job is None:
         raise KeyError(key)
     if not job.wait(timeout):
-        raise TimeoutError(f"job {key} still {job.status} after {timeout} s")
+        raise TimeoutError(_("job {key} still {status} after {timeout} s").format(
+            key=key, status=job.status, timeout=timeout))
     return job

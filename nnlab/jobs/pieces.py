@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # importing this module stays light (Ray's helper processes import it): torch loads lazily
     import torch
 
+from nnlab.i18n import _
 from nnlab.jobs.engine import (  # noqa: F401 - the engine's interface, importable from here as before
     CancelFn,
     Executor,
@@ -129,7 +130,7 @@ def dataset_ref(data: Any, key: str | None = None, path: str = "", preprocessing
 
     key = key or data.id
     if key not in DATASETS:
-        raise ValueError(f"dataset {data.id!r} has no registered key: pass key= (and path=)")
+        raise ValueError(_("dataset {id!r} has no registered key: pass key= (and path=)").format(id=data.id))
     return {**refs.data_ref(key, path, preprocessing), "id": data.id, "fingerprint": data_fingerprint(data)}
 
 
@@ -144,10 +145,12 @@ def load_dataset_ref(ref: dict) -> Any:
             return _PRIMED[k]
     data = refs.load_data(refs.data_ref(ref["key"], ref.get("path", ""), ref.get("preprocessing")))
     if ref.get("id") and data.id != ref["id"]:
-        raise ValueError(f"dataset {ref['key']!r} loads as {data.id!r} on {node_name()}, not {ref['id']!r} "
-                         f"({data.fallback_reason or 'different data on this node'})")
+        raise ValueError(_("dataset {key!r} loads as {id!r} on {node}, not {expected!r} ({reason})").format(
+            key=ref["key"], id=data.id, node=node_name(), expected=ref["id"],
+            reason=data.fallback_reason or _("different data on this node")))
     if ref.get("fingerprint") and data_fingerprint(data) != ref["fingerprint"]:
-        raise ValueError(f"dataset {ref['key']!r} on {node_name()} differs from the caller's (fingerprint)")
+        raise ValueError(_("dataset {key!r} on {node} differs from the caller's (fingerprint)").format(
+            key=ref["key"], node=node_name()))
     return data
 
 
@@ -193,13 +196,15 @@ def load_model_ref(ref: dict, data: Any) -> torch.nn.Module:
     else:
         rec = ws.load_variant(mid)
         if rec is None:
-            raise FileNotFoundError(f"model {mid!r} is not in the workspace {ws.root} on {node_name()}")
+            raise FileNotFoundError(_("model {mid!r} is not in the workspace {root} on {value}").format(
+                mid=mid, root=ws.root, value=node_name()))
         if _VARIANT_LOADER is None:
             raise RuntimeError(f"model {mid!r} is a compressed variant, and no variant loader is registered here "
                                "(import compression.variant in the piece's module)")
         model = _VARIANT_LOADER(ws, rec).cpu().eval()
     if ref.get("weights_hash") and weights_hash(model) != ref["weights_hash"]:
-        raise ValueError(f"model {mid!r} in {ws.root} on {node_name()} is not the caller's (weights differ)")
+        raise ValueError(_("model {mid!r} in {root} on {value} is not the caller's (weights differ)").format(
+            mid=mid, root=ws.root, value=node_name()))
     return model
 
 

@@ -26,6 +26,7 @@ from nnlab.data.sets import (
     dataset_at,
     open_source,
 )
+from nnlab.i18n import _
 from nnlab.models.registry import create_model, load_into
 from nnlab.records import Record
 from nnlab.workspace import Workspace
@@ -101,7 +102,7 @@ def load_source(ref: DataRef) -> Source:
     if key not in DATASETS:
         from nnlab.data.sets import DatasetError
 
-        raise DatasetError(f"unknown dataset {key!r}")
+        raise DatasetError(_("unknown dataset {key!r}").format(key=key))
     return _SOURCES.get(json.dumps([key, ref.get("path", "")]), lambda: open_source(key, ref.get("path", "")))
 
 

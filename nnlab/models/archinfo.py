@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nnlab.i18n import _
 from nnlab.models.checkpoints import head_names
 
 CHANNEL_PRUNING_METHODS = ("prune-channels",)
@@ -37,7 +38,8 @@ class TokenLayout:
         """``N×T×D`` tokens to the ``N×D×rows×cols`` map of the patch tokens (prefix tokens left out)."""
         gh, gw = self.grid(input_hw)
         if t.ndim != 3 or t.shape[1] != self.prefix + gh * gw:
-            raise ValueError(f"expected N×{self.prefix + gh * gw}×D tokens, got {tuple(t.shape)}")
+            raise ValueError(_("expected N×{value}×D tokens, got {value2}").format(
+                value=self.prefix + gh * gw, value2=tuple(t.shape)))
         return t[:, self.prefix:].reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
 
 
@@ -148,15 +150,15 @@ def arch_info(model: nn.Module) -> ArchInfo:
         kind = "cnn" if convs and not attention else "other"
         gradcam, note = (convs[-1] if convs else None), ""
         if attention and convs:
-            note = "the model mixes convolutions and attention; Grad-CAM uses its last conv layer"
+            note = _("the model mixes convolutions and attention; Grad-CAM uses its last conv layer")
     reason = ""
     if attention:
-        reason = (f"channel pruning cannot be applied to this model: its {len(attention)} attention layer(s) "
-                  f"(first: {attention[0]}) split their query/key/value channels into heads, and removing "
-                  "channels would break that split. Use unstructured pruning, weight quantization or "
-                  "clustering instead.")
+        reason = _("channel pruning cannot be applied to this model: its {n} attention layer(s) (first: {first}) "
+                   "split their query/key/value channels into heads, and removing channels would break that split. "
+                   "Use unstructured pruning, weight quantization or clustering instead.").format(
+            n=len(attention), first=attention[0])
     elif not convs:
-        reason = "channel pruning removes conv filters, and this model has no Conv2d layer"
+        reason = _("channel pruning removes conv filters, and this model has no Conv2d layer")
     return ArchInfo(kind=kind, conv_layers=convs, first_conv=convs[0] if convs else None,
                     last_conv=convs[-1] if convs else None, classifier=tuple(head_names(model)),
                     attention=attention, tokens=tokens, gradcam_layer=gradcam, gradcam_note=note,

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnlab.i18n import _
+
 StateDict = dict[str, torch.Tensor]
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -45,10 +47,11 @@ def _unwrap(obj: object, prefer_ema: bool = False) -> StateDict:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError("the file holds no state dict (a mapping of parameter names to tensors)")
+        raise CheckpointError(_("the file holds no state dict (a mapping of parameter names to tensors)"))
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"the file is not a plain state dict: entry {bad[0]!r} is not a tensor")
+        raise CheckpointError(_("the file is not a plain state dict: entry {value!r} is not a tensor").format(
+            value=bad[0]))
     state = {str(k).removeprefix("module."): v for k, v in obj.items()}
     return strip_common_prefix(state, ("_orig_mod.",))
 
@@ -84,9 +87,9 @@ def read_state_dict(data: bytes, filename: str = "checkpoint.pt", prefer_ema: bo
         CheckpointError: empty, truncated, foreign or code-carrying files, with a message for the user.
     """
     if not data:
-        raise CheckpointError("the file is empty")
+        raise CheckpointError(_("the file is empty"))
     if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"the file is larger than {MAX_CHECKPOINT_BYTES // 2**30} GiB")
+        raise CheckpointError(_("the file is larger than {value} GiB").format(value=MAX_CHECKPOINT_BYTES // 2**30))
     if filename.lower().endswith(".safetensors") or _looks_like_safetensors(data):
         from safetensors.torch import load as st_load
 
@@ -95,7 +98,8 @@ def read_state_dict(data: bytes, filename: str = "checkpoint.pt", prefer_ema: bo
         except CheckpointError:
             raise
         except Exception as exc:
-            raise CheckpointError(f"not a valid safetensors file ({type(exc).__name__}: {str(exc)[:160]})") from exc
+            raise CheckpointError(_("not a valid safetensors file ({error}: {detail})").format(
+                error=type(exc).__name__, detail=str(exc)[:160])) from exc
     try:
         # timm's training checkpoints carry their argparse Namespace: a plain bag of values, allowed.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -103,13 +107,13 @@ def read_state_dict(data: bytes, filename: str = "checkpoint.pt", prefer_ema: bo
     except Exception as exc:
         msg = str(exc)
         if "GLOBAL" in msg or "Unsupported global" in msg:
-            raise CheckpointError("refused: the file holds pickled Python objects (a whole model or code), not "
+            raise CheckpointError(_("refused: the file holds pickled Python objects (a whole model or code), not "
                                   "just tensors; nnlab never runs code from a file. Save `model.state_dict()` "
-                                  "instead.") from exc
+                                  "instead.")) from exc
         if data[:2] == b"PK" or "zip archive" in msg:
-            raise CheckpointError("the file is truncated or damaged (its zip archive cannot be read)") from exc
-        raise CheckpointError("not a readable PyTorch checkpoint (neither a torch.save archive of tensors nor "
-                              f"safetensors; {type(exc).__name__})") from exc
+            raise CheckpointError(_("the file is truncated or damaged (its zip archive cannot be read)")) from exc
+        raise CheckpointError(_("not a readable PyTorch checkpoint (neither a torch.save archive of tensors nor "
+                                "safetensors; {error})").format(error=type(exc).__name__)) from exc
     return _unwrap(obj, prefer_ema)
 
 
@@ -117,7 +121,8 @@ def read_state_dict_file(path: str | Path, prefer_ema: bool = False) -> StateDic
     """:func:`read_state_dict` of a file on disk (size checked before reading)."""
     p = Path(path)
     if p.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{p.name} is larger than {MAX_CHECKPOINT_BYTES // 2**30} GiB")
+        raise CheckpointError(_("{name} is larger than {value} GiB").format(
+            name=p.name, value=MAX_CHECKPOINT_BYTES // 2**30))
     return read_state_dict(p.read_bytes(), p.name, prefer_ema)
 
 
@@ -145,13 +150,13 @@ def _mismatch(expected: StateDict, state: StateDict) -> str | None:
     """The first problem with ``state`` against ``expected`` as a message, or None when it fits."""
     for name, tensor in expected.items():
         if name not in state:
-            return f"tensor {name!r} (shape {tuple(tensor.shape)}) is missing"
+            return _("tensor {name!r} (shape {shape}) is missing").format(name=name, shape=tuple(tensor.shape))
         if tuple(state[name].shape) != tuple(tensor.shape):
-            return (f"tensor {name!r} has shape {tuple(state[name].shape)}, the model expects "
-                    f"{tuple(tensor.shape)}")
+            return _("tensor {name!r} has shape {shape}, the model expects {expected}").format(
+                name=name, shape=tuple(state[name].shape), expected=tuple(tensor.shape))
     extra = [k for k in state if k not in expected]
     if extra:
-        return f"unexpected tensor {extra[0]!r}"
+        return _("unexpected tensor {name!r}").format(name=extra[0])
     return None
 
 
@@ -205,10 +210,11 @@ def _head_problem(model: nn.Module, expected: StateDict, state: StateDict) -> tu
     if _mismatch(rest_e, rest_s) is not None:
         return None
     k = bad[0]
-    msg = (f"the checkpoint does not fit this architecture: tensor {k!r} has shape {tuple(state[k].shape)}, "
-           f"the model expects {tuple(expected[k].shape)}: the checkpoint's classifier ({heads[0]}) has "
-           f"{state[k].shape[0]} classes, the dataset has {expected[k].shape[0]}. Choose to resize the head "
-           "to keep every other layer and train a new classifier.")
+    msg = _("the checkpoint does not fit this architecture: tensor {name!r} has shape {shape}, the model expects "
+            "{expected}: the checkpoint's classifier ({head}) has {classes} classes, the dataset has {dataset}. "
+            "Choose to resize the head to keep every other layer and train a new classifier.").format(
+        name=k, shape=tuple(state[k].shape), expected=tuple(expected[k].shape), head=heads[0],
+        classes=state[k].shape[0], dataset=expected[k].shape[0])
     return keys, msg
 
 
@@ -235,25 +241,27 @@ def fit_state_dict(model: nn.Module, state: StateDict, resize_head: bool = False
                 raise CheckpointError(msg)
             kept = {k: v for k, v in cand.items() if k not in keys}
             kept.update({k: expected[k] for k in keys})
-            notes = ([note] if note else []) + [f"classifier {', '.join(sorted({k.rsplit('.', 1)[0] for k in keys}))} "
-                                                "dropped from the checkpoint and initialised anew"]
+            notes = ([note] if note else []) + [_("classifier {layers} dropped from the checkpoint and initialised "
+                                                  "anew").format(layers=", ".join(sorted({k.rsplit(".", 1)[0]
+                                                                                          for k in keys})))]
             return FitReport(kept, notes, keys)
         if first_error is None:
             first_error = problem
     overlap = len(set(state) & set(expected))
-    hint = "" if overlap else (" (none of the checkpoint's tensor names match this architecture: was it saved "
-                               "from another architecture or library?)")
-    raise CheckpointError(f"the checkpoint does not fit this architecture: {first_error}{hint}")
+    hint = "" if overlap else _(" (none of the checkpoint's tensor names match this architecture: was it saved "
+                                "from another architecture or library?)")
+    raise CheckpointError(_("the checkpoint does not fit this architecture: {first_error}{hint}").format(
+        first_error=first_error, hint=hint))
 
 
 def check_state_dict(model: nn.Module, state: StateDict) -> None:
     """Raise :class:`CheckpointError` naming the first tensor that does not fit ``model`` (exact keys)."""
     problem = _mismatch(model.state_dict(), state)
     if problem is not None:
-        raise CheckpointError(f"the checkpoint does not fit this architecture: {problem}")
+        raise CheckpointError(_("the checkpoint does not fit this architecture: {problem}").format(problem=problem))
     for name, t in state.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"tensor {name!r} holds NaN or Inf values")
+            raise CheckpointError(_("tensor {name!r} holds NaN or Inf values").format(name=name))
 
 
 def load_checkpoint(model: nn.Module, state: StateDict, resize_head: bool = False) -> tuple[nn.Module, list[str]]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nnlab.data.preprocess import Preprocessing, PreprocessingError, native
+from nnlab.i18n import N_, _
 from nnlab.models.checkpoints import (  # noqa: F401  (re-exported: the names callers import from here)
     MAX_CHECKPOINT_BYTES,
     CheckpointError,
@@ -58,7 +59,7 @@ class DemoCNN(nn.Module):
         )
         fh, fw = h // 4, w // 4
         if fh < 1 or fw < 1:
-            raise ValueError(f"input {h}×{w} is too small for the demo CNN (needs at least 4×4)")
+            raise ValueError(_("input {h}×{w} is too small for the demo CNN (needs at least 4×4)").format(h=h, w=w))
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.25), nn.Linear(w2 * fh * fw, hidden), nn.ReLU(), nn.Dropout(0.25),
             nn.Linear(hidden, num_classes))
@@ -94,7 +95,8 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
         try:
             model = getattr(torchvision.models, name)(weights=None)
         except Exception as exc:
-            raise CheckpointError(f"torchvision's {name} could not be built: {type(exc).__name__}") from exc
+            raise CheckpointError(_("torchvision's {name} could not be built: {error}").format(
+                name=name, error=type(exc).__name__)) from exc
         if state is not None:
             load_into(model, state)
         if name.startswith("resnet"):
@@ -146,13 +148,13 @@ def register_model(key: str, label: str, build: Callable[..., nn.Module], pretra
 def _demo(width: int, hidden: int) -> Callable[..., nn.Module]:
     def build(in_channels: int, num_classes: int, input_size: tuple[int, int], pretrained: bool = False) -> nn.Module:
         if pretrained:
-            raise CheckpointError("the demo CNN has no pretrained weights; nnlab trains it itself")
+            raise CheckpointError(_("the demo CNN has no pretrained weights; nnlab trains it itself"))
         return DemoCNN(in_channels, num_classes, input_size, width=width, hidden=hidden)
     return build
 
 
-register_model("demo-cnn", "Demo CNN (nnlab)", _demo(32, 128))
-register_model("demo-cnn-small", "Demo CNN, narrow (student)", _demo(8, 32))
+register_model("demo-cnn", N_("Demo CNN (nnlab)"), _demo(32, 128))
+register_model("demo-cnn-small", N_("Demo CNN, narrow (student)"), _demo(8, 32))
 for _name, _label in (("resnet18", "ResNet-18"), ("vgg16", "VGG-16"), ("mobilenet_v2", "MobileNetV2")):
     register_model(_name, f"{_label} (torchvision)", _torchvision(_name), True, f"tv:{_name}")
 
@@ -175,10 +177,12 @@ def is_architecture(arch: str) -> bool:
     return is_zoo_key(arch) and is_known(arch)
 
 
-def arch_label(arch: str) -> str:
-    """A label for menus ("Demo CNN (nnlab)", "resnet50 · torchvision · 25.6 M params · 224 px")."""
+def arch_label(arch: str, translated: bool = True) -> str:
+    """A label for menus ("Demo CNN (nnlab)", "resnet50 · torchvision · 25.6 M params · 224 px"), in the current
+    language unless ``translated`` is False (the English label, for names stored in records)."""
     if arch in ARCHITECTURES:
-        return ARCHITECTURES[arch].label
+        label = ARCHITECTURES[arch].label
+        return _(label) if translated else label
     from nnlab.models.zoo import zoo_label
 
     return zoo_label(arch)
@@ -208,8 +212,8 @@ def create_model(arch: str, in_channels: int, num_classes: int, input_size: tupl
         from nnlab.models.zoo import build, is_zoo_key
 
         if not is_zoo_key(arch):
-            raise CheckpointError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)} or a "
-                                  "'tv:<name>' / 'timm:<name>' key")
+            raise CheckpointError(_("unknown architecture {arch!r}; choose one of {choices} or a 'tv:<name>' / "
+                                    "'timm:<name>' key").format(arch=arch, choices=', '.join(ARCHITECTURES)))
         model, fresh = build(arch, in_channels, num_classes, tuple(input_size), pretrained)
         fresh = None if not pretrained else fresh
     if seed is not None and (fresh is None or fresh):
@@ -246,14 +250,14 @@ def default_preprocessing(arch: str, *, input_shape: tuple[int, int, int] | None
     entry = ARCHITECTURES.get(arch)
     if entry is not None and not entry.preprocessing_from:
         if input_shape is None or mean is None or std is None:
-            raise PreprocessingError(f"{entry.label} is trained at the dataset's own size and statistics: pass "
-                                     "input_shape, mean and std of the dataset")
+            raise PreprocessingError(_("{label} is trained at the dataset's own size and statistics: pass "
+                                       "input_shape, mean and std of the dataset").format(label=_(entry.label)))
         return native(tuple(input_shape), tuple(mean), tuple(std))
     from nnlab.models.zoo import is_zoo_key, zoo_preprocessing
 
     key = entry.preprocessing_from if entry is not None else arch
     if not is_zoo_key(key):
-        raise CheckpointError(f"unknown architecture {arch!r}")
+        raise CheckpointError(_("unknown architecture {arch!r}").format(arch=arch))
     return zoo_preprocessing(key, channels)
 
 
@@ -274,10 +278,12 @@ def output_shape_ok(model: nn.Module, input_shape: tuple[int, int, int], num_cla
         with torch.inference_mode():
             out = model.eval()(x)
     except Exception as exc:
-        raise CheckpointError(f"the model fails on {input_shape} inputs: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise CheckpointError(_("the model fails on {input_shape} inputs: {error}: {detail}").format(
+            input_shape=input_shape, error=type(exc).__name__, detail=str(exc)[:200])) from exc
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise CheckpointError(f"the model returns {shape} for a batch of 2, the dataset needs (2, {num_classes})")
+        raise CheckpointError(_("the model returns {shape} for a batch of 2, the dataset needs (2, "
+                                "{num_classes})").format(shape=shape, num_classes=num_classes))
 
 
 def search_models(query: str = "", limit: int = 50) -> list[tuple[str, str]]:

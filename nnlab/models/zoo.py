@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from torch import nn
 
 from nnlab.data.preprocess import Preprocessing, PreprocessingError
+from nnlab.i18n import _
 from nnlab.models.checkpoints import CheckpointError, head_names, read_state_dict_file
 from nnlab.models.layers import adapt_conv_channels
 
@@ -48,7 +49,7 @@ def split_key(key: str) -> tuple[str, str]:
     """``"tv:resnet18"`` → ``("tv", "resnet18")``; raises :class:`CheckpointError` for other keys."""
     source, sep, name = key.partition(":")
     if not sep or source not in (TV, TIMM) or not name:
-        raise CheckpointError(f"{key!r} is not a zoo key (expected 'tv:<name>' or 'timm:<name>')")
+        raise CheckpointError(_("{key!r} is not a zoo key (expected 'tv:<name>' or 'timm:<name>')").format(key=key))
     return source, name
 
 
@@ -188,7 +189,7 @@ def _tv_weights(name: str):
     try:
         return torchvision.models.get_model_weights(name).DEFAULT
     except Exception as exc:
-        raise CheckpointError(f"torchvision has no classification architecture {name!r}") from exc
+        raise CheckpointError(_("torchvision has no classification architecture {name!r}").format(name=name)) from exc
 
 
 def _grey(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -198,7 +199,7 @@ def _grey(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
 def zoo_preprocessing(key: str, channels: int = 3) -> Preprocessing:
     """The evaluation preprocessing of a zoo architecture from its own metadata (offline)."""
     if channels not in (1, 3):
-        raise PreprocessingError(f"channels must be 1 or 3, got {channels}")
+        raise PreprocessingError(_("channels must be 1 or 3, got {channels}").format(channels=channels))
     source, name = split_key(key)
     if source == TV:
         w = _tv_weights(name)
@@ -213,9 +214,9 @@ def zoo_preprocessing(key: str, channels: int = 3) -> Preprocessing:
 
     cfg = _timm_cfg(name)
     if cfg is None:
-        raise CheckpointError(f"timm has no architecture {name!r}")
+        raise CheckpointError(_("timm has no architecture {name!r}").format(name=name))
     dc = resolve_data_config(pretrained_cfg=cfg)
-    _, h, w = dc["input_size"]
+    _c, h, w = dc["input_size"]
     crop_pct, mode = float(dc["crop_pct"]), dc["crop_mode"]
     scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
     label = f"timm {name}" + (f".{cfg['tag']}" if cfg.get("tag") and "." not in name else "")
@@ -290,7 +291,7 @@ def pretrained_source(key: str) -> PretrainedSource:
                                 url=w.url)
     cfg = _timm_cfg(name)
     if cfg is None:
-        raise CheckpointError(f"timm has no architecture {name!r}")
+        raise CheckpointError(_("timm has no architecture {name!r}").format(name=name))
     n = int(cfg.get("num_classes") or 0)
     if cfg.get("hf_hub_id"):
         from huggingface_hub import constants, try_to_load_from_cache
@@ -307,7 +308,8 @@ def pretrained_source(key: str) -> PretrainedSource:
         f = _hub_file(cfg["url"])
         return PretrainedSource(f if f.is_file() else None, urlparse(cfg["url"]).netloc, f"timm {name}", n,
                                 url=cfg["url"])
-    raise CheckpointError(f"timm:{name} has no pretrained weights; use random weights or give a weights file")
+    raise CheckpointError(_("timm:{name} has no pretrained weights; use random weights or give a weights file").format(
+        name=name))
 
 
 def has_pretrained(key: str) -> bool:
@@ -323,10 +325,11 @@ def require_pretrained(key: str, timeout: float = HUB_TIMEOUT_S) -> PretrainedSo
     """The pretrained source of ``key`` if its weights are cached or their host answers, else a clear error."""
     src = pretrained_source(key)
     if src.cached is None and not _reachable(src.host, timeout):
-        raise CheckpointError(f"pretrained weights for {key} ({src.description}) could not be fetched: they are "
-                              f"not in the local cache and {src.host} cannot be reached within {timeout:g} s "
-                              "(offline?). Give a weights file instead (a state dict as .pt/.pth/.bin or "
-                              ".safetensors) or start from random weights.")
+        raise CheckpointError(_("pretrained weights for {key} ({description}) could not be fetched: they are not in "
+                                "the local cache and {host} cannot be reached within {timeout:g} s (offline?). Give "
+                                "a weights file instead (a state dict as .pt/.pth/.bin or .safetensors) or start "
+                                "from random weights.").format(
+            key=key, description=src.description, host=src.host, timeout=timeout))
     return src
 
 
@@ -361,8 +364,9 @@ def pretrained_state(key: str) -> dict:
             else:
                 path = _download(src.url, _hub_file(src.url))
         except Exception as exc:
-            raise CheckpointError(f"pretrained weights for {key} could not be fetched from {src.host}: "
-                                  f"{type(exc).__name__}: {str(exc)[:160]}") from exc
+            raise CheckpointError(_("pretrained weights for {key} could not be fetched from {host}: {error}: "
+                                    "{detail}").format(key=key, host=src.host, error=type(exc).__name__,
+                                                       detail=str(exc)[:160])) from exc
     return read_state_dict_file(path)
 
 
@@ -390,7 +394,7 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
     """Replace the classifier (the last ``nn.Linear`` or 1×1 ``nn.Conv2d``) by a new one with ``num_classes``."""
     names = head_names(model)
     if not names:
-        raise CheckpointError("no classifier layer (Linear or 1×1 Conv2d) found to resize")
+        raise CheckpointError(_("no classifier layer (Linear or 1×1 Conv2d) found to resize"))
     name = names[0]
     old = model.get_submodule(name)
     if isinstance(old, nn.Linear):
@@ -416,15 +420,16 @@ def _build_tv(name: str, in_channels: int, num_classes: int, input_size: tuple[i
     h, wd = input_size
     mh, mw = w.meta.get("min_size", (1, 1))
     if h < mh or wd < mw:
-        raise CheckpointError(f"tv:{name} needs inputs of at least {mh}×{mw} pixels; this input is {h}×{wd}. "
-                              "Choose a larger input size in the preprocessing.")
+        raise CheckpointError(_("tv:{name} needs inputs of at least {mh}×{mw} pixels; this input is {h}×{wd}. Choose "
+                                "a larger input size in the preprocessing.").format(
+            name=name, mh=mh, mw=mw, h=h, wd=wd))
     classes = len(w.meta.get("categories", [])) if pretrained else num_classes
     kwargs: dict = {"num_classes": classes}
     if name in _TWO_STAGE:  # no auxiliary heads (as torchvision's pretrained models); input transform as trained
         kwargs.update(aux_logits=False, transform_input=in_channels == 3)
     if name.startswith("vit_"):  # fixed-size position embeddings: pretrained ones are for their own size
         if h != wd:
-            raise CheckpointError(f"tv:{name} needs a square input, got {h}×{wd}")
+            raise CheckpointError(_("tv:{name} needs a square input, got {h}×{wd}").format(name=name, h=h, wd=wd))
         kwargs["image_size"] = mh if pretrained else h
     if name.startswith("maxvit"):
         kwargs["input_size"] = (h, wd)
@@ -432,8 +437,8 @@ def _build_tv(name: str, in_channels: int, num_classes: int, input_size: tuple[i
     try:
         model = torchvision.models.get_model(name, weights=None, **kwargs)
     except Exception as exc:
-        raise CheckpointError(f"tv:{name} cannot be built for {h}×{wd} inputs: {type(exc).__name__}: "
-                              f"{str(exc)[:200]}") from exc
+        raise CheckpointError(_("tv:{name} cannot be built for {h}×{wd} inputs: {error}: {detail}").format(
+            name=name, h=h, wd=wd, error=type(exc).__name__, detail=str(exc)[:200])) from exc
     fresh: list[str] = []
     if state is not None:
         from nnlab.models.checkpoints import load_into
@@ -454,7 +459,7 @@ def _build_timm(name: str, in_channels: int, num_classes: int, input_size: tuple
 
     cfg = _timm_cfg(name)
     if cfg is None:
-        raise CheckpointError(f"timm has no architecture {name!r}")
+        raise CheckpointError(_("timm has no architecture {name!r}").format(name=name))
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_channels}
     if pretrained:  # the file is read here (weights only); timm maps it, resets the head and adapts the stem
         kwargs["pretrained_cfg_overlay"] = {"state_dict": pretrained_state(f"{TIMM}:{name}"), "custom_load": False}
@@ -473,7 +478,8 @@ def _build_timm(name: str, in_channels: int, num_classes: int, input_size: tuple
         raise
     except Exception as exc:
         what = "with its pretrained weights" if pretrained else f"for {input_size[0]}×{input_size[1]} inputs"
-        raise CheckpointError(f"timm:{name} cannot be built {what}: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise CheckpointError(_("timm:{name} cannot be built {what}: {error}: {detail}").format(
+            name=name, what=what, error=type(exc).__name__, detail=str(exc)[:200])) from exc
     fresh = head_names(model) if pretrained and num_classes != int(cfg.get("num_classes") or 0) else []
     return _no_inplace(model), fresh
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnlab.i18n import _
 from nnlab.runtimes.base import as_input
 from nnlab.workspace import atomic_path
 
@@ -173,7 +174,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib: torch.Tens
                                  op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=nodes_to_exclude or [])
             else:
                 if calib is None or len(calib) == 0:
-                    raise ValueError("static quantization needs calibration samples")
+                    raise ValueError(_("static quantization needs calibration samples"))
                 arr = as_input(calib)
                 batches = [arr[i:i + batch_size] for i in range(0, len(arr), batch_size)]
                 method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

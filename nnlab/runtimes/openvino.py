@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnlab.i18n import _
 from nnlab.runtimes.base import as_input
 
 PRECISIONS = ("f32", "bf16", "f16")
@@ -125,10 +126,11 @@ class OpenVINORunner:
     def __init__(self, model: Any, threads: int | None = None, precision: str = "f32",
                  runtime: str | None = None, streams: int = 1, static_shapes: int = 2) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise ValueError(_("precision must be one of {choices}, got {precision!r}").format(
+                choices=', '.join(PRECISIONS), precision=precision))
         if precision not in supported_precisions():
-            raise ValueError(f"this CPU has no native {precision} support in OpenVINO "
-                             f"(supported: {', '.join(supported_precisions())})")
+            raise ValueError(_("this CPU has no native {precision} support in OpenVINO (supported: {value})").format(
+                precision=precision, value=', '.join(supported_precisions())))
         self.threads = int(threads or torch.get_num_threads())
         self.precision = precision
         self.runtime = runtime or f"openvino-{precision}-cpu"
@@ -215,8 +217,8 @@ class OpenVINORunner:
         """Logits for normalised ``N×C×H×W`` inputs."""
         x = as_input(x)
         if not self._fits(tuple(x.shape)):  # OpenVINO itself would return an empty array, not raise
-            raise ValueError(f"this model takes inputs of shape {self._accepts}, "
-                             f"not {list(x.shape)}")
+            raise ValueError(_("this model takes inputs of shape {accepts}, not {value}").format(
+                accepts=self._accepts, value=list(x.shape)))
         with self._lock:
             if self._queue is None or len(x) < 2:
                 out = self._request_for(tuple(x.shape)).infer({0: x})
@@ -258,7 +260,7 @@ def load_ir(xml_path: str | Path) -> Any:
     """Read a saved IR back as an ``ov.Model`` (the ``.bin`` beside the ``.xml``)."""
     xml = Path(xml_path)
     if not xml.is_file() or not xml.with_suffix(".bin").is_file():
-        raise FileNotFoundError(f"the OpenVINO IR {xml} (or its .bin) is missing")
+        raise FileNotFoundError(_("the OpenVINO IR {xml} (or its .bin) is missing").format(xml=xml))
     return core().read_model(str(xml))
 
 
@@ -294,9 +296,9 @@ def quantize(model: Any, calib: np.ndarray | torch.Tensor, preset: str = "perfor
     import nncf
 
     if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}")
+        raise ValueError(_("preset must be one of {choices}").format(choices=', '.join(PRESETS)))
     if len(calib) == 0:
-        raise ValueError("NNCF quantization needs calibration samples")
+        raise ValueError(_("NNCF quantization needs calibration samples"))
     return nncf.quantize(model, _dataset(calib), preset=nncf.QuantizationPreset(preset), subset_size=len(calib),
                          fast_bias_correction=fast_bias_correction, ignored_scope=scope)
 
@@ -312,7 +314,7 @@ def quantize_with_accuracy_control(model: Any, calib: np.ndarray | torch.Tensor,
     vx = as_input(val_x)
     vy = np.asarray(val_y).astype(np.int64)
     if len(vx) == 0 or len(vx) != len(vy):
-        raise ValueError("accuracy control needs labelled validation samples")
+        raise ValueError(_("accuracy control needs labelled validation samples"))
     validation = nncf.Dataset([(vx[i:i + 1], int(vy[i])) for i in range(len(vx))], lambda item: item[0])
 
     def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
