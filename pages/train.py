@@ -70,8 +70,7 @@ if job is not None and job.status == jobs.DONE:
         st.dataframe(hist, hide_index=True, width="stretch", key="train_history_table")
 
     def use() -> None:
-        st.session_state["weights"] = session.TRAINED
-        st.session_state["trained_model"] = res.get("model_id")
+        session.use_trained_model(res.get("model_id"))  # into the sidebar, and loaded
 
     st.button("Use this model on every page", key="train_use", on_click=use)
 elif job is not None and not job.active:
