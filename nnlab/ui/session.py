@@ -671,6 +671,7 @@ def _dataset(ref: dict, src: Source) -> ImageDataset:
 
 # --- the model's preprocessing ------------------------------------------------------------------------------
 
+_CROPS = (N_("center"), N_("none"))  # the crop's values (shown through _())
 _PP_KEYS = ("pp_size", "pp_resize_mode", "pp_resize", "pp_crop", "pp_interpolation", "pp_channels", "pp_mean",
             "pp_std", "pp_convert")
 
@@ -731,7 +732,7 @@ def preprocessing_editor(arch: str) -> None:
         c2.number_input(_("Resize to (px)"), 0, 2048, step=8, key="pp_resize",
                         help=_("Shorter side (mode 'shorter') or both sides ('squash') before the crop"))
         c1.selectbox(_("Resize mode"), RESIZE_MODES, key="pp_resize_mode")
-        c2.selectbox(_("Crop"), ("center", "none"), key="pp_crop")
+        c2.selectbox(_("Crop"), _CROPS, key="pp_crop", format_func=_)
         c1.selectbox(_("Interpolation"), list(INTERPOLATIONS), key="pp_interpolation")
         c2.selectbox(_("Channels"), (3, 1), key="pp_channels")
         st.text_input(_("Mean (per channel, 0–1)"), key="pp_mean")
