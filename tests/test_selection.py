@@ -68,3 +68,44 @@ def test_the_demo_model_on_a_new_folder_is_offered_not_trained(tmp_path):
     assert not at.exception, at.exception
     assert at.button(key="train_demo")  # offered
     assert {j.key for j in jobs.manager().list()} == before  # not started, nothing decoded
+
+
+def test_the_jobs_page_says_what_a_queued_job_waits_behind_and_lets_the_user_move_it_up_or_cancel_the_blocker():
+    import threading
+    import time
+
+    from tests.waiting import wait_for
+
+    gate = threading.Event()
+
+    @jobs.job_kind("test-sel-blocker", label=lambda p: "the long background job")
+    def blocker(params: dict, ctx: jobs.JobContext) -> None:
+        while not gate.wait(0.05):
+            ctx.check_cancel()
+
+    @jobs.job_kind("test-sel-waiting", label=lambda p: f"waiting job {p['n']}")
+    def waiting(params: dict, ctx: jobs.JobContext) -> None:
+        return None
+
+    mgr, stamp = jobs.manager(), time.time()
+    a = mgr.submit("test-sel-blocker", {"t": stamp})
+    try:
+        wait_for(lambda: a.status == jobs.RUNNING, 30, what="the blocker to take the heavy slot")
+        b = mgr.submit("test-sel-waiting", {"n": 1, "t": stamp})
+        c = mgr.submit("test-sel-waiting", {"n": 2, "t": stamp}, priority=jobs.SELECTION)
+        wait_for(lambda: mgr.ahead_of(b.key) and mgr.ahead_of(c.key), 10, what="both to wait for the slot")
+        at = app_test("pages/jobs.py")
+        at.run()
+        assert not at.exception, at.exception
+        bars = [el.proto.text for el in at.get("progress")]
+        assert any("waiting job 1" in t and "waiting for a free worker behind: waiting job 2" in t for t in bars), bars
+        assert any("waiting job 2" in t and "behind: the long background job" in t for t in bars), bars
+        at.button(key=f"jobs_up_{b.key}").click().run()  # the user moves the background job up
+        assert not at.exception, at.exception
+        assert b.priority > c.priority and mgr.ahead_of(c.key)[0] is b
+        at.button(key=f"jobs_block_{b.key}").click().run()  # and cancels what it waits for
+        assert b.wait(30) and c.wait(30) and a.wait(30)
+        assert a.status == jobs.CANCELLED and b.status == c.status == jobs.DONE and b.started <= c.started
+    finally:
+        gate.set()
+        a.cancel()

@@ -798,14 +798,14 @@ def current() -> Current:
                          pre.to_dict() if pre is not None and pre != src.native() else None)
     ws = workspace()
     demo_model = f"{arch}-{dataset_id(src, None)}"  # base.demo_id of the dataset at its native view
-    if weights == NNLAB_TRAINED and not refs.has_model(demo_model):
-        _offer_demo_training(sel, src, demo_model)  # before decoding: nothing starts unless asked
-    data = _dataset(dref, src)
     ws_root = str(ws.root)
     if not workspace_writable(ws_root):
         st.warning(_("The workspace {root} is not writable (read-only or disk full). nnlab keeps running "
                      "read-only: nothing new (trained models, variants) will be saved.").format(root=ws_root),
                    icon=":material/lock:")
+    if weights == NNLAB_TRAINED and not refs.has_model(demo_model):
+        _offer_demo_training(sel, src, demo_model)  # before decoding: nothing starts unless asked
+    data = _dataset(dref, src)
     if weights == TRAINED:
         model_id = sel["model"]
         if not model_id:
