@@ -77,8 +77,7 @@ if job is not None and job.status == jobs.DONE:
                      column_config=widgets.history_columns())
 
     def use() -> None:
-        st.session_state["weights"] = session.TRAINED
-        st.session_state["trained_model"] = res.get("model_id")
+        session.use_trained_model(res.get("model_id"))  # into the sidebar, and loaded
 
     st.button(_("Use this model on every page"), key="train_use", on_click=use)
 elif job is not None and not job.active:

@@ -44,6 +44,9 @@ def _pick_dataset_folder(page, path: Path) -> None:
     box.wait_for()
     box.fill(str(path))
     box.press("Enter")
+    page.wait_for_function("() => { const b = document.querySelector('.st-key-sel_load button'); "
+                           "return !!b && !b.disabled; }")  # the sidebar is a draft until Load (issue 22)
+    page.locator(".st-key-sel_load button").first.click()
 
 
 @pytest.mark.slow

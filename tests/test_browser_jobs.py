@@ -67,6 +67,7 @@ def test_first_start_trains_once_across_pages_and_a_closed_tab(tmp_path):
         try:
             page = _page(browser)
             page.goto(url)
+            page.get_by_role("button", name="Train nnlab's demo model").click()  # offered, never started by itself
             seen.append(_wait_percent(page))
             for name, path in (("Errors by class", "diagnose_classes"), ("Worst errors", "diagnose_worst"),
                                ("Data checks", "diagnose_data")):
@@ -194,6 +195,7 @@ def test_killed_server_lists_the_job_as_interrupted_and_keeps_finished_results(t
             with server(env, port=port) as url:
                 page = _page(browser)
                 page.goto(url)
+                page.get_by_role("button", name="Train nnlab's demo model").click()  # offered, not started by itself
                 page.get_by_text("Test accuracy").first.wait_for()  # demo trained, evaluation stored
                 page.get_by_role("link", name="Learning curves").first.click()
                 box = page.get_by_label("Epochs per subset", exact=True)

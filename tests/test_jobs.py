@@ -202,3 +202,56 @@ def test_start_variant_job_keeps_the_parent_untouched(demo, digits):
     out = Workspace().load_variant(job.result["variant_id"])
     assert out is not None and out.parent == rec.id and out.method == "prune-unstructured"
     assert model_hash(shared) == before  # the model every session shares was not touched
+
+
+def _queued(mgr, *waiting) -> None:
+    wait_for(lambda: all(mgr.ahead_of(j.key) for j in waiting), 10, what="the jobs to wait for the heavy slot")
+
+
+def test_the_selection_goes_first_and_a_queued_job_says_what_it_waits_behind(mgr):
+    GATES["prio"] = threading.Event()
+    a = mgr.submit("test-count", {"n": 1, "gate": "prio"})
+    wait_for(lambda: a.status == jobs.RUNNING, 10, what="the first job to take the heavy slot")
+    background = mgr.submit("test-count", {"n": 2, "tag": "background"})
+    chosen = mgr.submit("test-count", {"n": 3, "tag": "chosen"}, priority=jobs.SELECTION)
+    _queued(mgr, background, chosen)
+    assert mgr.ahead_of(chosen.key) == [a]  # only the running job blocks the selection's job
+    assert mgr.ahead_of(background.key) == [chosen, a]  # the background job waits behind both
+    assert mgr.ahead_of(a.key) == [] and chosen.snapshot()["priority"] == jobs.SELECTION
+    GATES["prio"].set()
+    assert background.wait(10) and chosen.wait(10)
+    assert chosen.started <= background.started and background.started >= chosen.finished - 1e-3
+
+
+def test_a_job_moved_up_runs_next_and_asking_for_it_again_raises_its_priority(mgr):
+    GATES["up"] = threading.Event()
+    a = mgr.submit("test-count", {"n": 1, "gate": "up"})
+    wait_for(lambda: a.status == jobs.RUNNING, 10, what="the first job to take the heavy slot")
+    chosen = mgr.submit("test-count", {"n": 2, "tag": "chosen"}, priority=jobs.SELECTION)
+    later = mgr.submit("test-count", {"n": 3, "tag": "later"})
+    _queued(mgr, chosen, later)
+    assert mgr.move_up(later.key) and later.priority > chosen.priority
+    assert mgr.ahead_of(chosen.key) == [later, a] and not mgr.move_up(a.key)  # a running job cannot move
+    other = mgr.submit("test-count", {"n": 4, "tag": "other"})
+    _queued(mgr, other)
+    assert mgr.submit("test-count", {"n": 4, "tag": "other"}, priority=jobs.SELECTION) is other
+    assert other.priority == jobs.SELECTION and mgr.ahead_of(other.key) == [later, chosen, a]
+    GATES["up"].set()
+    assert later.wait(10) and chosen.wait(10) and other.wait(10)
+    assert later.started <= chosen.started <= other.started
+
+
+def test_release_cancels_only_the_jobs_no_other_session_owns(mgr):
+    GATES["rel"] = threading.Event()
+    mine = mgr.submit("test-count", {"n": 1, "gate": "rel"}, owner="s1")
+    shared = mgr.submit("test-count", {"n": 2, "tag": "shared"}, owner="s1")
+    mgr.submit("test-count", {"n": 2, "tag": "shared"}, owner="s2")
+    kept = mgr.submit("test-count", {"n": 3, "tag": "kept"}, owner="s1")
+    wait_for(lambda: mine.status == jobs.RUNNING, 10, what="the first job to take the heavy slot")
+    cancelled = mgr.release("s1", keys=[mine.key, shared.key])
+    assert cancelled == [mine] and mine.cancel_requested
+    assert shared.owners == ["s2"] and not shared.cancel_requested and kept.owners == ["s1"]
+    GATES["rel"].set()
+    assert mine.wait(10) and mine.status == jobs.CANCELLED
+    assert shared.wait(10) and shared.status == jobs.DONE and kept.wait(10) and kept.status == jobs.DONE
+    assert mgr.release("") == [] and mgr.release("s1") == []  # nothing active left to release

@@ -53,4 +53,7 @@ def test_read_only_workspace_keeps_app_running(demo, tmp_path, monkeypatch):
     at.run()
     assert not at.exception, at.exception
     assert any("not writable" in w.value for w in at.warning)
+    at.button(key="train_demo").click().run()  # the demo model is offered, trained when asked (issue 22)
+    assert not at.exception, at.exception
+    assert any("not writable" in w.value for w in at.warning)
     assert any(m.label == "Test accuracy" for m in at.metric)  # trained in memory, shown anyway

@@ -10,8 +10,12 @@ listed with their results and jobs that were queued or running in a process that
 record last), so a cancelled or failed job leaves nothing half-written.
 
 Concurrency is bounded and stated: at most ``max_heavy()`` heavy jobs run at once (``$NNLAB_MAX_JOBS``,
-default 1, so CPU work never oversubscribes the cores); light jobs (quick lookups) do not queue. No streamlit
-here; pages follow jobs through :mod:`nnlab.ui.session`.
+default 1, so CPU work never oversubscribes the cores); light jobs (quick lookups) do not queue. Waiting heavy
+jobs take a free slot by priority, then by arrival: the work the current selection needs (``SELECTION``: decoding,
+evaluating and measuring the chosen model) goes ahead of background work (``BACKGROUND``), and a user may move one
+job up (:meth:`JobManager.move_up`); :meth:`JobManager.ahead_of` says which jobs a queued one waits behind. A job
+belongs to the sessions that asked for it (``owners``); :meth:`JobManager.release` drops a session from its jobs
+and cancels those nobody else owns. No streamlit here; pages follow jobs through :mod:`nnlab.ui.session`.
 
 Usage::
 
@@ -33,7 +37,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
 _INSTANCE = f"{os.getpid()}-{time.time_ns()}"
 _PERSIST_EVERY_S = 1.0
+BACKGROUND, SELECTION = 0, 10  # priorities: implicit and background work; what the current selection needs
 
 
 def max_heavy() -> int:
@@ -120,6 +126,8 @@ class Job:
         created, started, finished: Unix times (0 until reached).
         runs: How many times this key was run (a re-run after failure or interruption counts).
         instance: The server process that runs (or ran) it.
+        priority: Its rank in the heavy-slot queue (higher first: ``SELECTION`` over ``BACKGROUND``; a job moved
+            up by a user ranks above every other).
     """
 
     key: str
@@ -140,6 +148,8 @@ class Job:
     runs: int = 1
     instance: str = _INSTANCE
     pid: int = field(default_factory=os.getpid)
+    priority: int = BACKGROUND
+    _seq: int = field(default=0, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -174,6 +184,7 @@ class Job:
         with self._lock:
             if self.status == QUEUED:
                 self.message = _("cancel requested")
+        _SLOTS.changed()  # a waiting job leaves the queue at once
         if self._manager is not None:
             self._manager._persist(self, force=True)
 
@@ -195,7 +206,8 @@ class Job:
                     "status": self.status, "message": self.message, "fraction": self.fraction,
                     "metrics": dict(self.metrics), "error": self.error, "elapsed": self.elapsed, "eta": self.eta,
                     "created": self.created, "started": self.started, "finished": self.finished,
-                    "runs": self.runs, "cancel_requested": self._cancel.is_set(), "result": self.result}
+                    "runs": self.runs, "cancel_requested": self._cancel.is_set(), "result": self.result,
+                    "priority": self.priority}
 
     def to_json(self) -> str:
         with self._lock:
@@ -203,7 +215,8 @@ class Job:
                  "owners": self.owners[-20:], "status": self.status, "message": self.message,
                  "fraction": self.fraction, "metrics": self.metrics, "result": self.result, "error": self.error,
                  "detail": self.detail, "created": self.created, "started": self.started,
-                 "finished": self.finished, "runs": self.runs, "instance": self.instance, "pid": self.pid}
+                 "finished": self.finished, "runs": self.runs, "instance": self.instance, "pid": self.pid,
+                 "priority": self.priority}
         return json.dumps(d, default=str)
 
     @classmethod
@@ -267,18 +280,60 @@ class JobContext:
 
 # --- the manager -------------------------------------------------------------------------------------------
 
-_SLOTS_LOCK = threading.Lock()
-_heavy: threading.BoundedSemaphore | None = None
-_heavy_n = 0
+class _HeavySlots:
+    """The ``max_heavy()`` heavy slots of this process, handed to waiting jobs by priority, then by arrival."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.running: list[Job] = []
+        self.waiting: list[Job] = []
+        self._order = itertools.count(1)
+
+    @staticmethod
+    def _rank(job: Job) -> tuple[int, int]:
+        return -job.priority, job._seq
+
+    def acquire(self, job: Job, poll: float = 0.2) -> bool:
+        """Wait for a slot (cancellable while waiting); False when the job was cancelled first."""
+        with self._cond:
+            job._seq = next(self._order)
+            self.waiting.append(job)
+            try:
+                while not job.cancel_requested:
+                    if len(self.running) < max_heavy() and min(self.waiting, key=self._rank) is job:
+                        self.running.append(job)
+                        return True
+                    self._cond.wait(poll)
+                return False
+            finally:
+                self.waiting.remove(job)
+                self._cond.notify_all()
+
+    def release(self, job: Job) -> None:
+        with self._cond:
+            if job in self.running:
+                self.running.remove(job)
+            self._cond.notify_all()
+
+    def changed(self) -> None:
+        """A waiting job's priority changed: let the waiters look again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def ahead_of(self, job: Job) -> list[Job]:
+        """What a waiting job waits behind: the waiting jobs ranked before it, then the running ones."""
+        with self._cond:
+            if job not in self.waiting:
+                return []
+            ahead = sorted((j for j in self.waiting if self._rank(j) < self._rank(job)), key=self._rank)
+            return ahead + list(self.running)
+
+    def top_priority(self) -> int:
+        with self._cond:
+            return max((j.priority for j in self.waiting + self.running), default=BACKGROUND)
 
 
-def _heavy_slots() -> threading.BoundedSemaphore:
-    global _heavy, _heavy_n
-    with _SLOTS_LOCK:
-        n = max_heavy()
-        if _heavy is None or n != _heavy_n:
-            _heavy, _heavy_n = threading.BoundedSemaphore(n), n
-        return _heavy
+_SLOTS = _HeavySlots()
 
 
 def _process_alive(pid: int, instance: str) -> bool:
@@ -342,7 +397,7 @@ class JobManager:
 
     # the API
     def submit(self, kind: str, params: dict, owner: str = "", rerun: bool = False,
-               label: str | None = None) -> Job:
+               label: str | None = None, priority: int = BACKGROUND) -> Job:
         """Start ``kind`` on ``params`` unless the same job is queued, running, or done (then return that one).
 
         Args:
@@ -351,6 +406,8 @@ class JobManager:
             owner: The asking browser session (recorded; any owner may cancel).
             rerun: Run again even when a finished result exists (always when failed, cancelled, interrupted).
             label: Override the kind's label.
+            priority: ``SELECTION`` for what the current selection needs, ``BACKGROUND`` otherwise; asking again
+                for a waiting job with a higher priority raises its priority.
         """
         if kind not in KINDS:
             raise KeyError(f"unknown job kind {kind!r}")
@@ -360,12 +417,18 @@ class JobManager:
         with self._lock:
             old = self._jobs.get(key)
             if old is not None and (old.active or (old.status == DONE and not rerun)):
-                if owner and owner not in old.owners:
-                    with old._lock:
+                with old._lock:
+                    if owner and owner not in old.owners:
                         old.owners.append(owner)
+                    raised = old.active and priority > old.priority
+                    if raised:
+                        old.priority = priority
+                if raised:
+                    _SLOTS.changed()
                 return old
             job = Job(key=key, kind=kind, params=params, label=label or spec.label(params),
-                      owners=[owner] if owner else [], runs=(old.runs + 1) if old is not None else 1)
+                      owners=[owner] if owner else [], runs=(old.runs + 1) if old is not None else 1,
+                      priority=int(priority))
             job._manager = self
             self._jobs[key] = job
         self._persist(job, force=True)
@@ -375,14 +438,11 @@ class JobManager:
         return job
 
     def _run(self, job: Job, spec: JobKind) -> None:
-        slots = _heavy_slots() if spec.heavy else None
+        slots = _SLOTS if spec.heavy else None
         acquired = False
         try:
             if slots is not None:
-                while not job.cancel_requested:  # queue for a slot, cancellable while waiting
-                    if slots.acquire(timeout=0.2):
-                        acquired = True
-                        break
+                acquired = slots.acquire(job)  # queue for a slot by priority, cancellable while waiting
                 if not acquired:
                     raise Cancelled(_("cancelled before it started"))
             if job.cancel_requested:
@@ -404,7 +464,7 @@ class JobManager:
                 job.detail = traceback.format_exc()[-4000:]
         finally:
             if acquired and slots is not None:
-                slots.release()
+                slots.release(job)
             with job._lock:
                 job.finished = time.time()
                 if not job.started:
@@ -443,6 +503,46 @@ class JobManager:
             return job
         return self.submit(job.kind, job.params, owner=owner, rerun=True, label=job.label)
 
+    def ahead_of(self, key: str) -> list[Job]:
+        """The jobs a queued heavy job waits behind (those ranked before it, then the running ones); [] when it
+        does not wait for a slot."""
+        job = self.get(key)
+        return _SLOTS.ahead_of(job) if job is not None and job.status == QUEUED else []
+
+    def move_up(self, key: str) -> bool:
+        """Put a queued job first in line for the next free heavy slot (a user's choice); False when it is not
+        queued."""
+        job = self.get(key)
+        if job is None or job.status != QUEUED:
+            return False
+        with job._lock:
+            job.priority = max(job.priority, _SLOTS.top_priority() + 1)
+        self._persist(job, force=True)
+        _SLOTS.changed()
+        return True
+
+    def release(self, owner: str, keys: Iterable[str] | None = None) -> list[Job]:
+        """Drop the session ``owner`` from its active jobs (only ``keys`` when given); those no other session
+        owns any more are cancelled. Returns the cancelled jobs."""
+        if not owner:
+            return []
+        wanted = None if keys is None else set(keys)
+        cancelled = []
+        for job in self.list(status=ACTIVE):
+            if wanted is not None and job.key not in wanted:
+                continue
+            with job._lock:
+                if owner not in job.owners:
+                    continue
+                job.owners.remove(owner)
+                orphan = not job.owners
+            if orphan:
+                job.cancel()
+                cancelled.append(job)
+            else:
+                self._persist(job, force=True)
+        return cancelled
+
     def forget(self, key: str) -> None:
         """Drop a finished job from the list (its results in the workspace stay)."""
         with self._lock:
@@ -478,9 +578,9 @@ def manager(root: str | Path | None = None) -> JobManager:
 
 
 def submit(kind: str, params: dict, owner: str = "", rerun: bool = False, root: str | Path | None = None,
-           label: str | None = None) -> Job:
+           label: str | None = None, priority: int = BACKGROUND) -> Job:
     """Submit to the configured workspace's manager (see :meth:`JobManager.submit`)."""
-    return manager(root).submit(kind, params, owner=owner, rerun=rerun, label=label)
+    return manager(root).submit(kind, params, owner=owner, rerun=rerun, label=label, priority=priority)
 
 
 def get(key: str, root: str | Path | None = None) -> Job | None:

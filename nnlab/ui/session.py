@@ -6,12 +6,21 @@ split, and :func:`follow` / :func:`run_job` to show a background job's live prog
 work never runs in a page script: it is a job (:mod:`nnlab.jobs.manager`) that survives reruns, navigation and closed
 tabs, shared by every session that asks for the same thing. Models and datasets are shared by every session:
 never mutate them (deep-copy first).
+
+The sidebar's choices are a *draft* (issue 22): choosing a dataset, an architecture, weights, an upload or the
+preprocessing starts nothing heavy. Once the draft is complete and valid (the folder lists, the checkpoint's
+tensors fit the architecture and the dataset's class count, the preprocessing is known: cheap checks only), the
+**Load** button makes it the *loaded* selection, the one :func:`current` serves and the URL carries. Loading
+another selection releases this session's jobs for the one it leaves (cancelled when no other session owns them).
+The jobs a loaded selection needs (decoding, measuring, evaluating) go first in the heavy-slot queue; nnlab's demo
+model is trained only when the user asks for it. A session's first run loads what its link (or the defaults) name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import os
 import runpy
 import time
@@ -19,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import streamlit as st
 import torch
@@ -28,8 +38,9 @@ import nnlab.jobs.kinds  # noqa: F401 - registers the foundation's job kinds
 from nnlab import config, i18n
 from nnlab.base import demo_id
 from nnlab.data.preprocess import Preprocessing, PreprocessingError
-from nnlab.data.sets import DATASETS, DatasetError, ImageDataset, Source
+from nnlab.data.sets import DATASETS, DatasetError, ImageDataset, Source, dataset_id
 from nnlab.evaluate import EvalResult
+from nnlab.i18n import N_, _
 from nnlab.jobs import manager as jobs
 from nnlab.jobs import refs
 from nnlab.jobs.kinds import check_upload, load_evaluation, stash_upload, user_model_id
@@ -37,11 +48,12 @@ from nnlab.models.registry import ARCHITECTURES, CheckpointError, arch_label
 from nnlab.records import Record
 from nnlab.workspace import Workspace, WorkspaceError
 
-UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
-PRETRAINED = "torchvision pretrained weights"
-RANDOM = "Random weights (untrained)"
-NNLAB_TRAINED = "Trained by nnlab"
-TRAINED = "Your models trained in nnlab"
+# the Weights radio's options (its values, in English; shown through _())
+UPLOAD = N_("Upload a checkpoint (.pt/.pth/.safetensors)")
+PRETRAINED = N_("torchvision pretrained weights")
+RANDOM = N_("Random weights (untrained)")
+NNLAB_TRAINED = N_("Trained by nnlab")
+TRAINED = N_("Your models trained in nnlab")
 _SOURCE = {UPLOAD: "upload", PRETRAINED: "pretrained", RANDOM: "random"}
 
 
@@ -85,23 +97,50 @@ def owner() -> str:
 
 def _fmt_seconds(s: float) -> str:
     s = max(0.0, float(s))
-    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+    return _("{n} s").format(n=i18n.num(s, ".0f")) if s < 90 else _("{n} min").format(n=i18n.num(s / 60, ".1f"))
+
+
+def waiting_reason(key: str) -> str:
+    """Why a queued job waits: "waiting for a free worker" and, when known, behind which job(s)."""
+    ahead = jobs.manager().ahead_of(key)
+    if not ahead:
+        return _("waiting for a free worker")
+    text = _("waiting for a free worker behind: {job}").format(job=ahead[0].label)
+    return text + (" " + _("(and {n} more)").format(n=len(ahead) - 1) if len(ahead) > 1 else "")
 
 
 def progress_text(snap: dict) -> str:
     """One line: percent, message, metrics, elapsed and estimated remaining time (plain text, no emoji)."""
     parts = [f"{snap['fraction']:.0%}", snap["message"]]
     m = snap.get("metrics") or {}
-    for name in ("loss", "accuracy"):
-        v = m.get(name)
-        if isinstance(v, (int, float)):
-            parts.append(f"{name} {v:.3f}" if name == "loss" else f"{name} {v:.1%}")
+    v = m.get("loss")
+    if isinstance(v, (int, float)):
+        parts.append(_("loss {v}").format(v=i18n.num(v, ".3f")))
+    v = m.get("accuracy")
+    if isinstance(v, (int, float)):
+        parts.append(_("accuracy {v}").format(v=i18n.num(100 * v, ".1f") + "%"))
     if snap["status"] == jobs.QUEUED:
-        parts.append("queued: waiting for a free worker")
+        parts.append(_("queued: {reason}").format(reason=waiting_reason(snap["key"])))
     elif snap["elapsed"]:
         eta = snap.get("eta")
-        parts.append(f"{_fmt_seconds(snap['elapsed'])} elapsed" + (f", about {_fmt_seconds(eta)} left" if eta else ""))
+        parts.append(_("{t} elapsed").format(t=_fmt_seconds(snap["elapsed"]))
+                     + (_(", about {t} left").format(t=_fmt_seconds(eta)) if eta else ""))
     return " · ".join(p for p in parts if p)
+
+
+def queue_controls(job: jobs.Job, key: str) -> None:
+    """For a queued job: move it up, or cancel the job it waits behind (buttons; their clicks rerun the page)."""
+    ahead = jobs.manager().ahead_of(job.key)
+    if not ahead:
+        return
+    blocker = ahead[0]
+    c1, c2 = st.columns(2)
+    c1.button(_("Move it up"), key=f"{key}_up_{job.key}", icon=":material/arrow_upward:",
+              on_click=jobs.manager().move_up, args=(job.key,),
+              help=_("Run this job next, as soon as a worker is free (the running job is not stopped)"))
+    c2.button(_("Cancel what it waits for"), key=f"{key}_block_{job.key}", icon=":material/block:",
+              on_click=blocker.cancel, help=_("Cancel “{job}” (for every session that waits on it)").format(
+                  job=blocker.label))
 
 
 def follow(job: jobs.Job, title: str = "", poll: float = 0.3) -> jobs.Job:
@@ -113,7 +152,8 @@ def follow(job: jobs.Job, title: str = "", poll: float = 0.3) -> jobs.Job:
     if not job.active:
         return job
     def line(snap: dict) -> str:
-        return f"{snap['label']}: {progress_text(snap)}" + (" · cancelling…" if snap["cancel_requested"] else "")
+        return f"{snap['label']}: {progress_text(snap)}" + (" · " + _("cancelling…") if snap["cancel_requested"]
+                                                            else "")
 
     slot = st.empty()
     with slot.container(border=True):
@@ -121,8 +161,10 @@ def follow(job: jobs.Job, title: str = "", poll: float = 0.3) -> jobs.Job:
             st.markdown(title)
         snap = job.snapshot()
         bar = st.progress(min(1.0, snap["fraction"]), text=line(snap))
-        if st.button("Cancel", key=f"cancel_{job.key}", help="Stop this job (for every session that waits on it)"):
+        if st.button(_("Cancel"), key=f"cancel_{job.key}", help=_("Stop this job (for every session that waits on it)")):
             job.cancel()
+        if snap["status"] == jobs.QUEUED:
+            queue_controls(job, "follow")
     while job.active:
         job.wait(poll)
         snap = job.snapshot()
@@ -139,29 +181,42 @@ def show_outcome(job: jobs.Job, what: str) -> bool:
     if job.status == jobs.DONE:
         return True
     if job.status == jobs.CANCELLED:
-        st.warning(f"{what}: cancelled; nothing was stored.")
+        st.warning(_("{what}: cancelled; nothing was stored.").format(what=what))
     elif job.status == jobs.INTERRUPTED:
-        st.warning(f"{what}: interrupted ({job.error}).")
+        st.warning(_("{what}: interrupted ({error}).").format(what=what, error=job.error))
     else:
-        st.error(f"{what} failed: {job.error}")
+        st.error(_("{what} failed: {error}").format(what=what, error=job.error))
         if job.detail and not job.error.startswith(("CheckpointError", "DatasetError", "ValueError")):
-            with st.expander("Details"):
+            with st.expander(_("Details")):
                 st.code(job.detail)
-    if st.button("Run again", key=f"rerun_{job.key}"):
+    if st.button(_("Run again"), key=f"rerun_{job.key}"):
         jobs.manager().rerun(job.key, owner=owner())
         st.rerun()
     return False
 
 
-def run_job(kind: str, params: dict, title: str = "", what: str = "", retry: bool = False) -> jobs.Job:
+def run_job(kind: str, params: dict, title: str = "", what: str = "", retry: bool = False,
+            selection: bool = False) -> jobs.Job:
     """Submit (or join) the job of ``kind`` on ``params``, follow it, and stop the page unless it succeeded.
 
     A job that failed, was cancelled or interrupted earlier is not re-run by merely opening the page again
     (its reason is shown with a "Run again" button) unless ``retry`` (the user clicked to run it).
+
+    ``selection``: the loaded selection needs this job (decoding, measuring, evaluating the chosen model): it goes
+    ahead of background work in the queue, belongs to this selection (released when the user loads another), and,
+    cancelled before the user loaded this selection (e.g. when it was left earlier), it runs again.
     """
     old = jobs.find(kind, params)
     stuck = old is not None and old.status in (jobs.FAILED, jobs.INTERRUPTED, jobs.CANCELLED)
-    job = old if stuck and not retry else jobs.submit(kind, params, owner=owner())
+    if stuck and selection and old.status == jobs.CANCELLED and old.finished < st.session_state.get(
+            "nnlab_loaded_at", 0.0):
+        retry = True
+    priority = jobs.SELECTION if selection else jobs.BACKGROUND
+    job = old if stuck and not retry else jobs.submit(kind, params, owner=owner(), priority=priority)
+    if selection:
+        mine = st.session_state.setdefault("nnlab_sel_jobs", [])
+        if job.key not in mine:
+            mine.append(job.key)
     job = follow(job, title)
     if not show_outcome(job, what or job.label):
         st.stop()
@@ -241,17 +296,19 @@ def _known_zoo_key(key: str) -> bool:
 
 
 def selection_to_url() -> None:
-    """Write the current selection into the URL (only what changed, so the browser history stays short)."""
-    key = st.session_state.get("dataset", default_dataset())
-    weights = st.session_state.get("weights")
-    want = {"dataset": key, "arch": st.session_state.get("arch", "demo-cnn"),
-            "weights": _WEIGHTS_CODE.get(weights, "")}
-    if DATASETS[key].needs_path and st.session_state.get("dataset_path"):
-        want["path"] = st.session_state["dataset_path"]
-    if weights == TRAINED and st.session_state.get("trained_model"):
-        want["model"] = st.session_state["trained_model"]
-    if weights == UPLOAD and st.session_state.get("upload_sha"):
-        want["upload"] = st.session_state["upload_sha"]
+    """Write the loaded selection into the URL (only what changed, so the browser history stays short).
+
+    The URL names what the pages show, never an unloaded draft: a copied link opens the same view."""
+    sel = loaded()
+    if sel is None:
+        return
+    want = {"dataset": sel["dataset"], "arch": sel["arch"], "weights": _WEIGHTS_CODE.get(sel["weights"], "")}
+    if sel["path"]:
+        want["path"] = sel["path"]
+    if sel["weights"] == TRAINED and sel["model"]:
+        want["model"] = sel["model"]
+    if sel["weights"] == UPLOAD and sel["upload"] and not sel["upload"].startswith("file:"):
+        want["upload"] = sel["upload"]
     for k in _URL_KEYS:
         if k in want and want[k] and st.query_params.get(k) != want[k]:
             st.query_params[k] = want[k]
@@ -259,22 +316,197 @@ def selection_to_url() -> None:
             del st.query_params[k]
 
 
+# --- the draft and the loaded selection ---------------------------------------------------------------------
+
+def _upload_token() -> str:
+    """The draft's checkpoint: the workspace id of a stored upload, or ``file:<id>`` of one not stored yet."""
+    up = st.session_state.get("checkpoint")
+    if up is None:
+        return st.session_state.get("upload_sha", "") or ""
+    fid = getattr(up, "file_id", "") or f"{up.name}:{up.size}"
+    return st.session_state.get("nnlab_upload_files", {}).get(fid) or f"file:{fid}"
+
+
+def draft() -> dict:
+    """The sidebar's choices now (a plain dict, comparable with :func:`loaded`)."""
+    ss = st.session_state
+    key = ss.get("dataset", default_dataset())
+    arch = ss.get("arch", "demo-cnn")
+    weights = ss.get("weights", NNLAB_TRAINED if arch.startswith("demo") else RANDOM)
+    sel = {"dataset": key, "path": (ss.get("dataset_path") or "").strip() if DATASETS[key].needs_path else "",
+           "arch": arch, "weights": weights, "model": "", "upload": "", "pp": None}
+    if weights == TRAINED:
+        sel["model"] = ss.get("trained_model") or ""
+    if weights == UPLOAD:
+        sel["upload"] = _upload_token()
+    if weights not in (NNLAB_TRAINED, TRAINED) and arch_preprocessing(arch) is not None:
+        if any(k not in ss for k in _PP_KEYS) or ss.get("pp_arch") != arch:
+            _set_pp_state(arch_preprocessing(arch))
+            ss["pp_arch"] = arch
+        try:
+            sel["pp"] = _pp_from_state().to_dict()
+        except PreprocessingError as exc:
+            sel["pp"] = {"error": str(exc)}
+    return sel
+
+
+def loaded() -> dict | None:
+    """The loaded selection (what every page works on); None before the session's first run loaded one."""
+    return st.session_state.get("nnlab_loaded")
+
+
+def _upload_bytes(token: str) -> tuple[bytes, str] | None:
+    """The draft checkpoint's bytes and file name (from the uploader, or from the workspace by its id)."""
+    if token.startswith("file:"):
+        up = st.session_state.get("checkpoint")
+        return (up.getvalue(), up.name) if up is not None else None
+    stashed = _stashed_upload(workspace(), token)
+    return ((workspace().root / stashed[0]).read_bytes(), stashed[0]) if stashed else None
+
+
+def _check(sel: dict) -> tuple[str, str] | None:
+    """What keeps ``sel`` from being loaded: ``(level, message)``, or None when it is complete and valid.
+
+    Cheap checks only: the dataset lists, the preprocessing is known, the checkpoint's tensors fit the
+    architecture at the dataset's class count and input (read without running code, nothing stored)."""
+    if DATASETS[sel["dataset"]].needs_path and not sel["path"]:
+        return "info", _("Type the path of a folder of class subfolders (or of a CSV/JSON list) in the sidebar.")
+    try:
+        src = refs.load_source(refs.data_ref(sel["dataset"], sel["path"]))
+    except (DatasetError, OSError) as exc:
+        return "error", _("The dataset cannot be used: {error}").format(error=exc)
+    if sel["pp"] and "error" in sel["pp"]:
+        return "error", _("The preprocessing is not valid: {error}").format(error=sel["pp"]["error"])
+    if sel["weights"] == TRAINED and not sel["model"]:
+        return "info", _("Train a model on the *Train or fine-tune* page first.")
+    if sel["weights"] == UPLOAD:
+        blob = _upload_bytes(sel["upload"]) if sel["upload"] else None
+        if blob is None:
+            return "info", _("Upload a checkpoint in the sidebar (a state dict saved with "
+                             "`torch.save(model.state_dict())` or safetensors).")
+        try:
+            pre = Preprocessing.from_dict(sel["pp"]) if sel["pp"] else src.native(workspace().root)
+            shape = SimpleNamespace(input_shape=(pre.channels, *pre.size), num_classes=len(src.classes))
+            check_upload(blob[0], blob[1], sel["arch"], shape)  # type: ignore[arg-type] - shape and classes only
+        except (CheckpointError, ValueError, RuntimeError, DatasetError, OSError) as exc:
+            return "error", _("The model cannot be used: {error}").format(error=exc)
+    return None
+
+
+def _checked(sel: dict) -> tuple[str, str] | None:
+    """:func:`_check` of ``sel``, once per distinct draft in this session (reruns do not repeat it)."""
+    sig = json.dumps(sel, sort_keys=True, default=str)
+    last = st.session_state.get("nnlab_draft_check")
+    if last is None or last[0] != sig:
+        last = (sig, _check(sel))
+        st.session_state["nnlab_draft_check"] = last
+    return last[1]
+
+
+def _data_ref_for(sel: dict) -> dict | None:
+    """The data reference a selection's decoding job uses (None when it cannot be known cheaply)."""
+    try:
+        src = refs.load_source(refs.data_ref(sel["dataset"], sel["path"]))
+        pre = Preprocessing.from_dict(sel["pp"]) if sel["pp"] and "error" not in sel["pp"] else None
+        return refs.data_ref(sel["dataset"], sel["path"],
+                             pre.to_dict() if pre is not None and pre != src.native() else None)
+    except Exception:  # noqa: BLE001 - only used to keep a shared decoding job alive; unknown is fine
+        return None
+
+
+def load_selection(sel: dict) -> None:
+    """Make ``sel`` the loaded selection. This session's jobs for the selection it leaves are released: those no
+    other session owns are cancelled (the new selection's decoding job, when it is the same, is kept)."""
+    old = loaded()
+    if old is not None and old != sel:
+        keep = set()
+        dref = _data_ref_for(sel)
+        if dref is not None:
+            keep.add(jobs.job_key("build-dataset", {"data": dref}))
+        mine = st.session_state.get("nnlab_sel_jobs", [])
+        jobs.manager().release(owner(), [k for k in mine if k not in keep])
+        st.session_state["nnlab_sel_jobs"] = [k for k in mine if k in keep]
+    st.session_state["nnlab_loaded"] = dict(sel)
+    st.session_state["nnlab_loaded_at"] = time.time()
+
+
+def _load_clicked() -> None:
+    """The Load button: store a new upload in the workspace (content-addressed), then load the draft."""
+    sel = draft()
+    if _checked(sel) is not None:
+        return
+    st.session_state.pop("nnlab_load_error", None)
+    if sel["weights"] == UPLOAD and sel["upload"].startswith("file:"):
+        up = st.session_state.get("checkpoint")
+        try:
+            _, sha = stash_upload(workspace(), up.getvalue(), up.name)
+        except WorkspaceError:
+            st.session_state["nnlab_load_error"] = _("The workspace is not writable, so the checkpoint cannot be "
+                                                     "stored for measuring.")
+            return
+        st.session_state.setdefault("nnlab_upload_files", {})[sel["upload"][5:]] = sha
+        st.session_state["upload_sha"] = sha
+        sel["upload"] = sha
+    load_selection(sel)
+
+
+def use_trained_model(model_id: str) -> None:
+    """Put a model trained by nnlab in the sidebar and load it (the Train page's "Use this model")."""
+    st.session_state["weights"] = TRAINED
+    st.session_state["trained_model"] = model_id
+    sel = draft()
+    if _checked(sel) is None:
+        load_selection(sel)
+
+
+def describe(sel: dict) -> str:
+    """A selection in one line for the sidebar."""
+    ds = DATASETS[sel["dataset"]].label + (f" ({Path(sel['path']).name})" if sel["path"] else "")
+    return _("{arch} · {weights} on {dataset}").format(arch=arch_label(sel["arch"]), weights=_(sel["weights"]),
+                                                        dataset=ds)
+
+
+def load_panel() -> None:
+    """The sidebar's Load button and what it would load, or why it cannot yet (explicit loading, stated)."""
+    sel = draft()
+    if loaded() is None:  # a session's first run loads what its link (or the defaults) name
+        load_selection(sel)
+    cur = loaded()
+    changed = sel != cur
+    problem = _checked(sel) if changed else None
+    if changed and problem is not None:
+        (st.sidebar.error if problem[0] == "error" else st.sidebar.info)(problem[1])
+    st.sidebar.button(_("Load"), key="sel_load", type="primary", icon=":material/play_arrow:", width="stretch",
+                      disabled=not changed or problem is not None, on_click=_load_clicked,
+                      help=_("Load this dataset and model: decoding, measuring and evaluating start only then"))
+    if st.session_state.get("nnlab_load_error"):
+        st.sidebar.error(st.session_state["nnlab_load_error"])
+    if changed:
+        st.sidebar.caption(_("Your choices above are a draft: nothing is computed until you press **Load**. "
+                             "Shown now: {current}.").format(current=describe(cur)))
+    else:
+        st.sidebar.caption(_("Loaded: {current}. Changes above take effect when you press **Load**.").format(
+            current=describe(cur)))
+
+
 def sidebar() -> None:
-    """Render the dataset and model pickers; their values live in ``st.session_state`` and in the URL."""
+    """Render the dataset and model pickers (a draft) and the Load button; the loaded selection is in the URL."""
     selection_from_url()
-    st.sidebar.header("Data and model")
+    st.sidebar.header(_("Data and model"))
     keys = list(DATASETS)
     st.session_state.setdefault("dataset", default_dataset())
-    st.sidebar.selectbox("Dataset", keys, key="dataset", format_func=lambda k: DATASETS[k].label)
+    st.sidebar.selectbox(_("Dataset"), keys, key="dataset", format_func=lambda k: DATASETS[k].label)
     if DATASETS[st.session_state["dataset"]].needs_path:
-        st.sidebar.text_input("Folder of class subfolders", key="dataset_path",
-                              help="Only folders under the allowed roots can be read (NNLAB_ALLOWED_ROOTS).")
+        st.sidebar.text_input(_("Folder of class subfolders"), key="dataset_path",
+                              help=_("Only folders under the allowed roots can be read (NNLAB_ALLOWED_ROOTS)."))
     st.session_state.setdefault("arch", "demo-cnn")
-    query = st.sidebar.text_input("Search architectures", key="arch_query", placeholder="e.g. resnet50, vit, convnext",
-                                  help="Every torchvision and timm classifier (tv:… and timm:…) and nnlab's own")
+    query = st.sidebar.text_input(_("Search architectures"), key="arch_query",
+                                  placeholder=_("e.g. resnet50, vit, convnext"),
+                                  help=_("Every torchvision and timm classifier (tv:… and timm:…) and nnlab's own"))
     archs = architecture_choices(query, st.session_state["arch"])
-    st.sidebar.selectbox("Architecture", archs, key="arch", format_func=arch_label,
-                         help=f"{len(archs):,} shown" + (f" for “{query}”" if query else ""))
+    shown = _("{n} shown").format(n=i18n.num(len(archs), ",d"))
+    st.sidebar.selectbox(_("Architecture"), archs, key="arch", format_func=arch_label,
+                         help=shown + (" " + _("for “{query}”").format(query=query) if query else ""))
     arch = st.session_state["arch"]
     pretrained_ok = _has_pretrained(arch)
     options = ([NNLAB_TRAINED] if arch.startswith("demo") else []) + [UPLOAD] + (
@@ -284,17 +516,18 @@ def sidebar() -> None:
         options.insert(1 if arch.startswith("demo") else 0, TRAINED)
     if st.session_state.get("weights") not in options:
         st.session_state["weights"] = options[0]
-    st.sidebar.radio("Weights", options, key="weights")
+    st.sidebar.radio(_("Weights"), options, key="weights", format_func=_)
     if st.session_state["weights"] == TRAINED:
-        names = {r.id: f"{r.name} · {r.accuracy:.1%}" for r in trained}
+        names = {r.id: f"{r.name} · {i18n.num(100 * r.accuracy, '.1f')}%" for r in trained}
         if st.session_state.get("trained_model") not in names:
             st.session_state["trained_model"] = trained[0].id
-        st.sidebar.selectbox("Trained model", list(names), key="trained_model", format_func=names.get)
+        st.sidebar.selectbox(_("Trained model"), list(names), key="trained_model", format_func=names.get)
     if st.session_state["weights"] == UPLOAD:
-        st.sidebar.file_uploader("Checkpoint (state dict only; never run as code)",
+        st.sidebar.file_uploader(_("Checkpoint (state dict only; never run as code)"),
                                  type=["pt", "pth", "safetensors", "bin"], key="checkpoint")
     if st.session_state["weights"] not in (NNLAB_TRAINED, TRAINED):
         preprocessing_editor(arch)
+    load_panel()
     selection_to_url()
     jobs_summary()
 
@@ -336,14 +569,24 @@ def _has_pretrained(arch: str) -> bool:
 
 
 def jobs_summary() -> None:
-    """A line in the sidebar: how many jobs run and wait, with a link to the Jobs page."""
-    counts = jobs.manager().counts()
+    """A line in the sidebar: how many jobs run and wait, with a link to the Jobs page; then, for each job of this
+    session's selection that waits for a worker, behind what, with buttons to move it up or cancel the blocker."""
+    mgr = jobs.manager()
+    counts = mgr.counts()
     running, queued = counts.get(jobs.RUNNING, 0), counts.get(jobs.QUEUED, 0)
-    text = f"Jobs: {running} running, {queued} queued" if running or queued else "Jobs: none running"
+    text = _("Jobs: {running} running, {queued} queued").format(running=running, queued=queued) \
+        if running or queued else _("Jobs: none running")
     try:
         st.sidebar.page_link("pages/jobs.py", label=text, icon=":material/pending_actions:")
     except Exception:  # noqa: BLE001 - a page run alone (AppTest of one page) has no navigation to link into
         st.sidebar.caption(text)
+    for key in st.session_state.get("nnlab_sel_jobs", []):
+        job = mgr.get(key)
+        if job is None or job.status != jobs.QUEUED or not mgr.ahead_of(key):
+            continue
+        with st.sidebar.container(border=True):
+            st.caption(_("**{job}** is {reason}.").format(job=job.label, reason=waiting_reason(key)))
+            queue_controls(job, "sidebar")
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -389,18 +632,18 @@ def ensure_frame() -> None:
     st.stop()
 
 
-def _source() -> tuple[dict, Source]:
-    key = st.session_state.get("dataset", default_dataset())
-    path = st.session_state.get("dataset_path", "") or ""
+def _source(sel: dict) -> tuple[dict, Source]:
+    key, path = sel["dataset"], sel["path"]
     if DATASETS[key].needs_path and not path:
-        st.info("Type the path of a folder of class subfolders (or of a CSV/JSON list) in the sidebar.")
+        st.info(_("Type the path of a folder of class subfolders (or of a CSV/JSON list) in the sidebar, then "
+                  "press **Load**."))
         st.stop()
     ref = refs.data_ref(key, path)
     try:
-        with st.spinner("Listing the dataset…"):
+        with st.spinner(_("Listing the dataset…")):
             return ref, refs.load_source(ref)
     except (DatasetError, OSError) as exc:
-        st.error(f"The dataset cannot be used: {exc}")
+        st.error(_("The dataset cannot be used: {error}").format(error=exc))
         st.stop()
 
 
@@ -409,24 +652,27 @@ def _dataset(ref: dict, src: Source) -> ImageDataset:
     try:
         ready = refs.data_ready(ref)
     except (DatasetError, PreprocessingError, OSError) as exc:
-        st.error(f"The dataset cannot be used: {exc}")
+        st.error(_("The dataset cannot be used: {error}").format(error=exc))
         st.stop()
     if not ready:
         pre = refs.preprocessing_of(ref)
-        run_job("build-dataset", {"data": ref}, what="Preparing the dataset",
-                title=f"Decoding **{src.name}** ({len(src.files):,} images) into the data cache"
-                      + (f" at the model's preprocessing ({pre.describe()})" if pre else "")
-                      + ": once per preprocessing; later pages read it from disk.")
+        n = i18n.num(len(src.files), ",d")
+        title = (_("Decoding **{name}** ({n} images) into the data cache at the model's preprocessing ({pre}): "
+                   "once per preprocessing; later pages read it from disk.").format(name=src.name, n=n,
+                                                                                   pre=pre.describe())
+                 if pre else _("Decoding **{name}** ({n} images) into the data cache: once per preprocessing; later "
+                               "pages read it from disk.").format(name=src.name, n=n))
+        run_job("build-dataset", {"data": ref}, what=_("Preparing the dataset"), title=title, selection=True)
     try:
         data = refs.load_data(ref)
     except (DatasetError, OSError) as exc:
-        st.error(f"The dataset cannot be used: {exc}")
+        st.error(_("The dataset cannot be used: {error}").format(error=exc))
         st.stop()
     if data.fallback_reason:
         st.warning(data.fallback_reason, icon=":material/warning:")
     if data.unreadable:
-        with st.expander(f"{len(data.unreadable):,} image file(s) could not be read and are left out",
-                         icon=":material/broken_image:"):
+        with st.expander(_("{n} image file(s) could not be read and are left out").format(
+                n=i18n.num(len(data.unreadable), ",d")), icon=":material/broken_image:"):
             st.dataframe([{"file": f, "reason": r} for f, r in data.unreadable[:1000]], hide_index=True,
                          key="unreadable_files")
     return data
@@ -434,6 +680,7 @@ def _dataset(ref: dict, src: Source) -> ImageDataset:
 
 # --- the model's preprocessing ------------------------------------------------------------------------------
 
+_CROPS = (N_("center"), N_("none"))  # the crop's values (shown through _())
 _PP_KEYS = ("pp_size", "pp_resize_mode", "pp_resize", "pp_crop", "pp_interpolation", "pp_channels", "pp_mean",
             "pp_std", "pp_convert")
 
@@ -486,41 +733,38 @@ def preprocessing_editor(arch: str) -> None:
         st.session_state["pp_arch"] = arch
     from nnlab.data.preprocess import CONVERSIONS, INTERPOLATIONS, RESIZE_MODES
 
-    with st.sidebar.expander("Preprocessing (what the model was trained on)", icon=":material/tune:"):
-        st.caption(f"Defaults: {default.source or arch}. Every page feeds the model exactly this.")
+    with st.sidebar.expander(_("Preprocessing (what the model was trained on)"), icon=":material/tune:"):
+        st.caption(_("Defaults: {source}. Every page feeds the model exactly this.").format(
+            source=default.source or arch))
         c1, c2 = st.columns(2)
-        c1.number_input("Input size (px)", 8, 1024, step=8, key="pp_size")
-        c2.number_input("Resize to (px)", 0, 2048, step=8, key="pp_resize",
-                        help="Shorter side (mode 'shorter') or both sides ('squash') before the crop")
-        c1.selectbox("Resize mode", RESIZE_MODES, key="pp_resize_mode")
-        c2.selectbox("Crop", ("center", "none"), key="pp_crop")
-        c1.selectbox("Interpolation", list(INTERPOLATIONS), key="pp_interpolation")
-        c2.selectbox("Channels", (3, 1), key="pp_channels")
-        st.text_input("Mean (per channel, 0–1)", key="pp_mean")
-        st.text_input("Std (per channel, 0–1)", key="pp_std")
-        st.selectbox("Mode conversion", CONVERSIONS, key="pp_convert",
-                     help="pil: what torchvision's ImageFolder loader does; scaled: 16-bit scaled, alpha on white")
-        if st.button("Reset to the architecture's defaults", key="pp_reset"):
+        c1.number_input(_("Input size (px)"), 8, 1024, step=8, key="pp_size")
+        c2.number_input(_("Resize to (px)"), 0, 2048, step=8, key="pp_resize",
+                        help=_("Shorter side (mode 'shorter') or both sides ('squash') before the crop"))
+        c1.selectbox(_("Resize mode"), RESIZE_MODES, key="pp_resize_mode")
+        c2.selectbox(_("Crop"), _CROPS, key="pp_crop", format_func=_)
+        c1.selectbox(_("Interpolation"), list(INTERPOLATIONS), key="pp_interpolation")
+        c2.selectbox(_("Channels"), (3, 1), key="pp_channels")
+        st.text_input(_("Mean (per channel, 0–1)"), key="pp_mean")
+        st.text_input(_("Std (per channel, 0–1)"), key="pp_std")
+        st.selectbox(_("Mode conversion"), CONVERSIONS, key="pp_convert",
+                     help=_("pil: what torchvision's ImageFolder loader does; scaled: 16-bit scaled, alpha on white"))
+        if st.button(_("Reset to the architecture's defaults"), key="pp_reset"):
             _set_pp_state(default)
             st.rerun()
 
 
-def chosen_preprocessing(arch: str, weights: str) -> Preprocessing | None:
-    """The preprocessing of the selected model (None: the dataset's native view)."""
-    if weights == NNLAB_TRAINED or arch_preprocessing(arch) is None:
+def chosen_preprocessing(sel: dict) -> Preprocessing | None:
+    """The preprocessing of a selection's model (None: the dataset's native view)."""
+    if sel["weights"] == NNLAB_TRAINED or arch_preprocessing(sel["arch"]) is None:
         return None
-    if weights == TRAINED:
-        rec = workspace().load_model_record(st.session_state.get("trained_model") or "")
+    if sel["weights"] == TRAINED:
+        rec = workspace().load_model_record(sel["model"] or "")
         pre = rec.extra.get("preprocessing") if rec is not None else None
         return Preprocessing.from_dict(pre) if pre else None
-    if any(k not in st.session_state for k in _PP_KEYS) or st.session_state.get("pp_arch") != arch:
-        _set_pp_state(arch_preprocessing(arch))
-        st.session_state["pp_arch"] = arch
-    try:
-        return _pp_from_state()
-    except PreprocessingError as exc:
-        st.error(f"The preprocessing is not valid: {exc}")
+    if not sel["pp"] or "error" in sel["pp"]:
+        st.error(_("The preprocessing is not valid: {error}").format(error=(sel["pp"] or {}).get("error", "?")))
         st.stop()
+    return Preprocessing.from_dict(sel["pp"])
 
 
 def _stashed_upload(ws: Workspace, sha: str) -> tuple[str, str] | None:
@@ -531,63 +775,68 @@ def _stashed_upload(ws: Workspace, sha: str) -> tuple[str, str] | None:
     return (str(found[0].relative_to(ws.root)), sha) if found else None
 
 
-def current() -> Current:
-    """The selected dataset and model; on a problem, show a clear message and stop the page.
+def _offer_demo_training(sel: dict, src: Source, model_id: str) -> None:
+    """nnlab's demo model is trained only when the user asks: say so, with the button (stops the page until then)."""
+    asked = st.session_state.setdefault("nnlab_train_demo", [])
+    job = jobs.find("train-demo", {"data": refs.data_ref(sel["dataset"], sel["path"]), "arch": sel["arch"]})
+    if model_id in asked or (job is not None and job.active):
+        return
+    st.info(_("nnlab's demo model ({arch}) is not trained on {data} yet. Training it takes a few minutes on the "
+              "CPU and is stored in the workspace, so it happens once. Or choose weights of your own in the "
+              "sidebar and press **Load**.").format(arch=arch_label(sel["arch"]), data=src.name),
+            icon=":material/school:")
+    if st.button(_("Train nnlab's demo model"), key="train_demo", type="primary", icon=":material/model_training:"):
+        asked.append(model_id)
+        return
+    st.stop()
 
-    A model that is not in the workspace yet (the demo model on first start, an uploaded checkpoint, random
-    or pretrained weights) is made by a job: the page shows its progress, and so does every other page and
-    session that asks for the same model meanwhile.
+
+def current() -> Current:
+    """The loaded dataset and model; on a problem, show a clear message and stop the page.
+
+    A model that is not in the workspace yet (an uploaded checkpoint, random or pretrained weights) is made by a
+    job, started for the loaded selection only: the page shows its progress, and so does every other page and
+    session that asks for the same model meanwhile. nnlab's demo model is trained when the user asks for it.
     """
     ensure_frame()
-    base_ref, src = _source()
-    arch = st.session_state.get("arch", "demo-cnn")
-    weights = st.session_state.get("weights", NNLAB_TRAINED if arch.startswith("demo") else RANDOM)
-    pre = chosen_preprocessing(arch, weights)
+    sel = loaded() or draft()
+    base_ref, src = _source(sel)
+    arch, weights = sel["arch"], sel["weights"]
+    pre = chosen_preprocessing(sel)
     dref = refs.data_ref(base_ref["key"], base_ref["path"],
                          pre.to_dict() if pre is not None and pre != src.native() else None)
-    data = _dataset(dref, src)
     ws = workspace()
+    demo_model = f"{arch}-{dataset_id(src, None)}"  # base.demo_id of the dataset at its native view
     ws_root = str(ws.root)
     if not workspace_writable(ws_root):
-        st.warning(f"The workspace {ws_root} is not writable (read-only or disk full). nnlab keeps running "
-                   "read-only: nothing new (trained models, variants) will be saved.", icon=":material/lock:")
+        st.warning(_("The workspace {root} is not writable (read-only or disk full). nnlab keeps running "
+                     "read-only: nothing new (trained models, variants) will be saved.").format(root=ws_root),
+                   icon=":material/lock:")
+    if weights == NNLAB_TRAINED and not refs.has_model(demo_model):
+        _offer_demo_training(sel, src, demo_model)  # before decoding: nothing starts unless asked
+    data = _dataset(dref, src)
     if weights == TRAINED:
-        model_id = st.session_state.get("trained_model") or ""
+        model_id = sel["model"]
         if not model_id:
-            st.info("Train a model on the *Train or fine-tune* page first.")
+            st.info(_("Train a model on the *Train or fine-tune* page first."))
             st.stop()
     elif weights == NNLAB_TRAINED:
         model_id = demo_id(data, arch)
         if not refs.has_model(model_id):
             run_job("train-demo", {"data": dref, "arch": arch},
-                    title=f"**First start:** nnlab is training its demo model on {data.name} "
-                          f"({len(data.y_train):,} images). It is stored in the workspace, so this happens "
-                          "once; you may open other pages or close the tab meanwhile.",
-                    what="Training the demo model")
+                    title=_("nnlab is training its demo model on {data} ({n} images), as you asked. It is stored in "
+                            "the workspace, so this happens once; you may open other pages or close the tab "
+                            "meanwhile.").format(data=data.name, n=i18n.num(len(data.y_train), ",d")),
+                    what=_("Training the demo model"), selection=True)
     else:
         source: dict = {"kind": _SOURCE[weights]}
         if weights == UPLOAD:
-            up = st.session_state.get("checkpoint")
-            stashed = _stashed_upload(ws, st.session_state.get("upload_sha", "")) if up is None else None
-            if stashed is not None:  # a link that names an upload already in the workspace
-                source["file"], token = stashed
-            elif up is None:
-                st.info("Upload a checkpoint in the sidebar (a state dict saved with `torch.save(model.state_dict())` "
-                        "or safetensors).")
-                st.stop()
+            stashed = _stashed_upload(ws, sel["upload"])
             if stashed is None:
-                blob = up.getvalue()
-                try:  # refuse a bad file at once, before anything is stored or a job starts
-                    check_upload(blob, up.name, arch, data)
-                except (CheckpointError, ValueError, RuntimeError) as exc:
-                    st.error(f"The model cannot be used: {exc}")
-                    st.stop()
-                try:
-                    source["file"], token = stash_upload(ws, blob, up.name)
-                except WorkspaceError:
-                    st.error("The workspace is not writable, so the checkpoint cannot be stored for measuring.")
-                    st.stop()
-                st.session_state["upload_sha"] = token
+                st.info(_("Upload a checkpoint in the sidebar (a state dict saved with "
+                          "`torch.save(model.state_dict())` or safetensors), then press **Load**."))
+                st.stop()
+            source["file"], token = stashed
         elif weights == RANDOM:
             source["seed"], token = 0, "s0"
         else:
@@ -595,11 +844,12 @@ def current() -> Current:
         model_id = user_model_id(arch, data, source["kind"], token)
         if not refs.has_model(model_id):
             run_job("register-model", {"data": dref, "arch": arch, "source": source, "model_id": model_id},
-                    title=f"Loading and measuring **{arch_label(arch)}**…", what="The model")
+                    title=_("Loading and measuring **{arch}**…").format(arch=arch_label(arch)),
+                    what=_("The model"), selection=True)
     try:
         model, record = refs.load_model(model_id, ws.root)
     except (KeyError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
-        st.error(f"The model cannot be used: {exc}")
+        st.error(_("The model cannot be used: {error}").format(error=exc))
         st.stop()
     history = ws.load_history(model_id)
     return Current(data, model, model_id, arch, record, history, dref)
@@ -621,18 +871,19 @@ def evaluation(split: str = "test", cur: Current | None = None) -> EvalResult:
     if res is None:
         run_job("evaluate", {"model_id": cur.model_id, "data": cur.data_ref, "split": split,
                              **({"precision": "fp32"} if st.session_state.get("fp32_only") else {})},
-                title=f"Evaluating the model on the {split} split…", what="The evaluation")
+                title=_("Evaluating the model on the {split} split…").format(split=split), what=_("The evaluation"),
+                selection=True)
         stamp = path.stat().st_mtime if path.is_file() else time.time()
         res = _stored_evaluation(str(ws.root), cur.model_id, cur.data.id, split, stamp) if path.is_file() else \
             load_evaluation(ws, cur.model_id, cur.data.id, split)
         if res is None:
-            st.error("The evaluation finished but its results cannot be read.")
+            st.error(_("The evaluation finished but its results cannot be read."))
             st.stop()
     return res
 
 
 def device_note() -> str:
-    return f"device {config.device()}, {torch.get_num_threads()} CPU threads"
+    return _("device {device}, {n} CPU threads").format(device=config.device(), n=torch.get_num_threads())
 
 
 def report_panel(cur: Current, variant_ids: list[str], key: str) -> None:
@@ -642,23 +893,25 @@ def report_panel(cur: Current, variant_ids: list[str], key: str) -> None:
               "e_goal": None if goal is None else float(goal) / 100}
     job = jobs.find("report", params)
     c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="center")
-    clicked = c1.button("Build the report" if job is None or job.status != jobs.DONE else "Build the report again",
-                        key=f"{key}_build", help="One self-contained HTML file (and a PDF): model card, diagnosis, "
-                        "per-class metrics, worst errors with attributions, data checks, variants side by side")
+    clicked = c1.button(_("Build the report") if job is None or job.status != jobs.DONE else
+                        _("Build the report again"), key=f"{key}_build",
+                        help=_("One self-contained HTML file (and a PDF): model card, diagnosis, per-class metrics, "
+                               "worst errors with attributions, data checks, variants side by side"))
     if clicked or (job is not None and job.active):
-        job = run_job("report", params, title="Building the report…", what="The report", retry=clicked)
+        job = run_job("report", params, title=_("Building the report…"), what=_("The report"), retry=clicked)
     if job is not None and job.status == jobs.DONE and job.result:
         ws = workspace()
         res = job.result
         html_path = ws.root / res["html"]
         if html_path.is_file():
-            c2.download_button("Report (HTML)", html_path.read_bytes(), file_name=f"nnlab-report-{cur.model_id}.html",
+            c2.download_button(_("Report (HTML)"), html_path.read_bytes(), file_name=f"nnlab-report-{cur.model_id}.html",
                                mime="text/html", key=f"{key}_html", icon=":material/description:")
         if res.get("pdf") and (ws.root / res["pdf"]).is_file():
-            c3.download_button("Report (PDF)", (ws.root / res["pdf"]).read_bytes(),
+            c3.download_button(_("Report (PDF)"), (ws.root / res["pdf"]).read_bytes(),
                                file_name=f"nnlab-report-{cur.model_id}.pdf", mime="application/pdf",
                                key=f"{key}_pdf", icon=":material/picture_as_pdf:")
         else:
-            c3.caption("PDF: no browser to print it here.")
-        st.caption(f"Built in {res.get('seconds', 0):.1f} s, {res.get('bytes', 0) / 1024:.0f} KiB"
+            c3.caption(_("PDF: no browser to print it here."))
+        st.caption(_("Built in {s} s, {kib} KiB").format(s=i18n.num(res.get("seconds", 0), ".1f"),
+                                                        kib=i18n.num(res.get("bytes", 0) / 1024, ".0f"))
                    + (f"; {' '.join(res['notes'])}" if res.get("notes") else ""))
