@@ -35,7 +35,7 @@ def live() -> None:
         snap = job.snapshot()
         c1, c2 = st.columns([6, 1], vertical_alignment="center")
         first = _("(the loaded selection's work goes first)") if snap["priority"] >= jobs.SELECTION else ""
-        c1.progress(min(1.0, snap["fraction"]), text=f"**{snap['label']}** · {session.progress_text(snap)}"
+        c1.progress(min(1.0, snap["fraction"]), text=f"**{jobs.label_of(job)}** · {session.progress_text(snap)}"
                     + (f" {first}" if first and snap["status"] == jobs.QUEUED else ""))
         c2.button(_("Cancel"), key=f"jobs_cancel_{job.key}", on_click=job.cancel, disabled=snap["cancel_requested"])
         if snap["status"] == jobs.QUEUED:
@@ -51,16 +51,17 @@ st.subheader(_("Finished ({n})").format(n=len(finished)))
 if not finished:
     st.caption(_("No finished job yet."))
 else:
-    rows = [{"job": j.label, "status": j.status, "took (s)": round(j.elapsed, 1),
-             "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.finished)) if j.finished else "",
-             "runs": j.runs, "reason": j.error, "key": j.key} for j in finished]
+    rows = [{_("job"): jobs.label_of(j), _("status"): jobs.status_label(j.status), _("took (s)"): round(j.elapsed, 1),
+             _("finished"): time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.finished)) if j.finished else "",
+             _("runs"): j.runs, _("reason"): j.error, _("key"): j.key} for j in finished]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="jobs_table")
     again = [j for j in finished if j.status in (jobs.INTERRUPTED, jobs.FAILED, jobs.CANCELLED)]
     if again:
         st.subheader(_("Run again"))
         for job in again[:20]:
             c1, c2 = st.columns([6, 1], vertical_alignment="center")
-            c1.write(f"**{job.label}** — {job.status}" + (f": {job.error}" if job.error else ""))
+            c1.write(f"**{jobs.label_of(job)}** — {jobs.status_label(job.status)}"
+                     + (f": {job.error}" if job.error else ""))
             if c2.button(_("Run again"), key=f"jobs_rerun_{job.key}"):
                 mgr.rerun(job.key, owner=session.owner())
                 st.rerun()

@@ -45,13 +45,32 @@ from typing import Any
 
 from nnlab import config
 from nnlab.errors import Cancelled
-from nnlab.i18n import _
+from nnlab.i18n import N_, _
 from nnlab.workspace import WorkspaceError, atomic_write_text
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
+STATUS_LABELS = {QUEUED: N_("queued"), RUNNING: N_("running"), DONE: N_("done"), FAILED: N_("failed"),
+                 CANCELLED: N_("cancelled"), INTERRUPTED: N_("interrupted")}  # the values stay ids (stored)
+
+
+def status_label(status: str) -> str:
+    """A job status in the reader's language."""
+    return _(STATUS_LABELS[status]) if status in STATUS_LABELS else status
+
+
+def label_of(job: "Job") -> str:
+    """What ``job`` does, in the reader's language: its kind's label made again (the stored label is in the language
+    of the session that started it)."""
+    spec = KINDS.get(job.kind)
+    if spec is None:
+        return job.label
+    try:
+        return spec.label(job.params)
+    except Exception:  # noqa: BLE001 - a label is cosmetic; the stored one is still right
+        return job.label
 _INSTANCE = f"{os.getpid()}-{time.time_ns()}"
 _PERSIST_EVERY_S = 1.0
 BACKGROUND, SELECTION = 0, 10  # priorities: implicit and background work; what the current selection needs

@@ -891,6 +891,8 @@ def report_panel(cur: Current, variant_ids: list[str], key: str) -> None:
     goal = st.session_state.get("goal_e_goal")
     params = {"model_id": cur.model_id, "data": cur.data_ref, "variant_ids": list(variant_ids),
               "e_goal": None if goal is None else float(goal) / 100}
+    if i18n.get_language() != i18n.DEFAULT:  # one report per language (English keeps its old job key)
+        params["lang"] = i18n.get_language()
     job = jobs.find("report", params)
     c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="center")
     clicked = c1.button(_("Build the report") if job is None or job.status != jobs.DONE else
