@@ -59,12 +59,16 @@ def test_diagnose_an_int8_variant_repair_it_and_see_it_on_the_pareto_plot(demo, 
         assert rep.artifact_format == v.artifact_format and rep.parent == base.id
         page.get_by_text(re.compile(rf"New variant {re.escape(rep.id)}: {len(layers)} layer")).first.wait_for()
         page.wait_for_function(SETTLED)
+        page.set_viewport_size({"width": 1400, "height": 3400})  # the whole page: Streamlit scrolls inside its main
+        page.evaluate("() => document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+        page.wait_for_timeout(500)  # Plotly redraws at the new size
         shot = tmp_path / SCREENSHOT
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000
         if os.environ.get("NNLAB_SCREENSHOTS") == "1":
             shutil.copy(shot, ROOT / "docs" / SCREENSHOT)
 
+        page.set_viewport_size({"width": 1400, "height": 1600})
         page.get_by_role("link", name="See it on the Pareto plot").click()
         page.get_by_text("Accuracy vs size").first.wait_for()
         page.locator(".js-plotly-plot").first.wait_for()
