@@ -216,6 +216,8 @@ def _hover(r: Record, base: Record | None = None) -> str:
                 ratio=num(sp["vs_fastest_fp32"], ".2f"), runtime=sp["fastest_fp32_runtime"])
         if not comparable(r):
             text += "<br>" + _("latency from an older harness: not compared")
+    if isinstance(r.extra.get("restored_layers"), list):  # a repair: the layers it put back
+        text += "<br>" + _("layers put back: {layers}").format(layers=", ".join(r.extra["restored_layers"]) or "—")
     return text
 
 
