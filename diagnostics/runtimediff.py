@@ -156,7 +156,7 @@ def ort_layer_errors(base: nn.Module, int8_path: str | Path, input_shape: tuple[
         mod = mods.get(layer)
         if mod is not None and layer in b_in:
             try:
-                local_rel, local_db = _local(mod, node, g, producer, fproducer, twin, weights,
+                local_rel, local_db = _local(mod, node, g, producer, fgraph, fproducer, twin, weights,
                                              torch.cat(b_in[layer]))
             except (ValueError, RuntimeError) as exc:
                 note = note or f"no local simulation ({str(exc)[:80]})"
@@ -172,23 +172,40 @@ def _fused_relu(fproducer: dict, twin: str) -> bool:
     return node is not None and node.op_type == "Relu"
 
 
-def _local(mod: nn.Module, node: Any, g: Any, producer: dict, fproducer: dict, twin: str, weights: dict,
-           x_in: torch.Tensor) -> tuple[float, float]:
+def _as_weight(arr: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    t = torch.from_numpy(np.asarray(arr, np.float32))
+    if t.shape != like.shape:
+        t = t.reshape(like.shape) if t.numel() == like.numel() and t.dim() != 2 else t.T
+    if t.shape != like.shape:
+        raise ValueError(f"weight shape {tuple(t.shape)} against {tuple(like.shape)}")
+    return t
+
+
+def _local(mod: nn.Module, node: Any, g: Any, producer: dict, fgraph: Any, fproducer: dict, twin: str,
+           weights: dict, x_in: torch.Tensor) -> tuple[float, float]:
     """Relative error and SQNR of ``mod`` with the int8 graph's dequantized weight and quantized input against
-    ``mod`` in float, on the base's input ``x_in`` (with the activation the int8 node absorbed, if any)."""
-    sim = copy.deepcopy(mod)
+    ``mod`` with the float graph's weight, on the base's input ``x_in`` (with the activation the int8 node absorbed,
+    if any).
+
+    Both sides take the exported graph's weight and bias, not the module's: the exporter folds a following
+    BatchNorm into the Conv, so the int8 weights are the folded ones and only the folded float ones compare."""
     w_name = node.input[1]
-    if w_name.endswith(_DQ_OUT):
-        w = weights.get(w_name[: -len(_DQ_OUT)])
-        if w is None:
-            raise ValueError(f"weight {w_name} not matched")
-        deq = torch.from_numpy(np.asarray(w["dequantized"], np.float32))
-        if deq.shape != sim.weight.shape:
-            deq = deq.reshape(sim.weight.shape) if deq.numel() == sim.weight.numel() and deq.dim() != 2 else deq.T
-        if deq.shape != sim.weight.shape:
-            raise ValueError(f"weight shape {tuple(deq.shape)} against {tuple(sim.weight.shape)}")
-        with torch.no_grad():
-            sim.weight.copy_(deq)
+    if not w_name.endswith(_DQ_OUT):
+        raise ValueError(f"weight {w_name} is not dequantized")
+    w = weights.get(w_name[: -len(_DQ_OUT)])
+    if w is None:
+        raise ValueError(f"weight {w_name} not matched")
+    fnode = fproducer.get(twin)
+    if fnode is not None and fnode.op_type == "Relu":  # the Conv/Gemm feeding the ReLU the quantizer fused
+        fnode = fproducer.get(fnode.input[0])
+    ref_mod, sim = copy.deepcopy(mod), copy.deepcopy(mod)
+    with torch.no_grad():
+        ref_mod.weight.copy_(_as_weight(w["float"], ref_mod.weight))
+        sim.weight.copy_(_as_weight(w["dequantized"], sim.weight))
+        fb = _init(fgraph, fnode.input[2]) if fnode is not None and len(fnode.input) > 2 else None
+        for m in (ref_mod, sim):  # the folded bias (also where the module had none before its BatchNorm)
+            if fb is not None:
+                m.bias = nn.Parameter(torch.from_numpy(np.asarray(fb, np.float32)).reshape(-1))
     xq = x_in
     a = node.input[0]
     if a.endswith(_DQ_OUT) and a in producer and producer[a].op_type == "DequantizeLinear":
@@ -200,7 +217,7 @@ def _local(mod: nn.Module, node: Any, g: Any, producer: dict, fproducer: dict, t
     # the float graph node that produced the int8 node's output: a ReLU the quantizer fused into the Conv
     act = torch.relu if _fused_relu(fproducer, twin) else (lambda t: t)
     with torch.no_grad():
-        ref, test = act(mod(x_in)).float(), act(sim(xq)).float()
+        ref, test = act(ref_mod(x_in)).float(), act(sim(xq)).float()
     return _rel(ref, test), _sqnr_db(ref, test)
 
 
