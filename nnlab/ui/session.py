@@ -596,7 +596,7 @@ def current() -> Current:
         model_id = user_model_id(arch, data, source["kind"], token)
         if not refs.has_model(model_id):
             register({"data": dref, "arch": arch, "source": source, "model_id": model_id}, data,
-                     title=f"Loading and measuring **{arch_label(arch)}**…")
+                     title=_("Loading and measuring **{arch}**…").format(arch=arch_label(arch)))
     try:
         model, record = refs.load_model(model_id, ws.root)
     except (KeyError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
@@ -658,7 +658,7 @@ def _registering(job_key: str, model_id: str, data_id: str, title: str) -> None:
     with st.container(border=True):
         st.markdown(title)
         st.progress(min(1.0, snap["fraction"]), text=f"{snap['label']}: {progress_text(snap)}"
-                    + (" · cancelling…" if snap["cancel_requested"] else ""))
+                    + (" · " + _("cancelling…") if snap["cancel_requested"] else ""))
         if st.button(_("Cancel"), key=f"cancel_{job_key}", help=_("Stop this job (for every session that waits on it)")):
             job.cancel()
     counts = workspace().load_run(nnlab.jobs.kinds.stream_key(model_id, data_id, "test")) or {}
