@@ -109,31 +109,10 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     model.eval()
     output_shape_ok(model, data.input_shape, data.num_classes)
     ctx.check_cancel()
-    # first the streamed test pass (its first number in seconds, shown by every page while this job runs), stored as
-    # the evaluation every page reads; then the profile (every runtime timed once: the rest of the pass runs in the
-    # fastest), whose record takes its accuracy from that pass
-    timed: dict[str, Any] = {}
-
-    def rest_runtime() -> Any:
-        from nnlab.runtimes.bulk import BulkRuntime
-
-        ctx.progress(_("timing the model in every runtime (the rest of the pass runs in the fastest)"))
-        table = timed["table"] = profile_table(model, data)
-        fastest = table.fastest(BATCHES[-1])
-        return BulkRuntime(table.runners.get(fastest), fastest, _("{runtime}: measured fastest when the model was "
-                                                                  "profiled").format(runtime=fastest))
-
-    res = ensure_evaluation(ws, model_id, model, data, "test", ctx.sub(0.05, 0.6), ctx.cancelled,
-                            rest_runtime=rest_runtime)
-    ctx.check_cancel()
-    ctx.progress(_("measuring the model (latency, MACs, training accuracy)"), 0.6)
     label = arch_label(arch, translated=False)  # a stored name: the same in every language
     name = params.get("name") or f"{label} ({ {'upload': 'your weights', 'pretrained': 'pretrained', 'random': 'random weights'}[kind] })"
-    pass_info = ws.load_run(runtime_key(model_id, data.id, "test")) or {}
-    record = profile_model(model, data, model_id, name, arch, None, test_eval=res, table=timed.get("table"),
-                           extra={"source": source, "accuracy_pass": {
-                               k: pass_info.get(k) for k in ("runtime", "precision", "fp32_runtime", "seconds",
-                                                             "first_seconds")}})
+    record = evaluate_and_profile(ws, model, data, model_id, name, arch, {"source": source}, ctx.progress,
+                                  ctx.cancelled)
     ctx.check_cancel()
     try:
         path = ws.save_model(model_id, model.state_dict())
@@ -143,6 +122,47 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     except WorkspaceError:
         refs.remember_model(model_id, model, record, ws.root)
     return {"model_id": model_id, "accuracy": record.accuracy}
+
+
+def evaluate_and_profile(ws: Workspace, model: nn.Module, data: ImageDataset, model_id: str, name: str, arch: str,
+                         extra: dict | None = None, progress: Any = None, cancel: Any = None) -> Any:
+    """A freshly loaded model's first numbers, then its record (what the register-model job does after building it).
+
+    First the streamed test pass (:func:`ensure_evaluation`: its first number in seconds, shown by every page while
+    the job runs, then stored as the evaluation every page reads; a pass already stored is reused); when the split is
+    large enough to pay for a runtime choice, the profile's own timing of every runtime is measured right after the
+    first number and the rest of the pass runs in the fastest. Then the profile (:func:`nnlab.base.profile_model`),
+    whose record takes its accuracy from that pass: the test split runs once.
+    """
+    from nnlab.errors import Cancelled
+
+    def say(message: str, fraction: float | None = None, **metrics: Any) -> None:
+        if progress is not None:
+            progress(message, fraction, **metrics)
+
+    def sub(message: str, fraction: float | None = None, **metrics: Any) -> None:
+        say(message, None if fraction is None else 0.05 + 0.55 * fraction, **metrics)
+
+    timed: dict[str, Any] = {}
+
+    def rest_runtime() -> Any:
+        from nnlab.runtimes.bulk import BulkRuntime
+
+        say(_("timing the model in every runtime (the rest of the pass runs in the fastest)"))
+        table = timed["table"] = profile_table(model, data)
+        fastest = table.fastest(BATCHES[-1])
+        return BulkRuntime(table.runners.get(fastest), fastest, _("{runtime}: measured fastest when the model was "
+                                                                  "profiled").format(runtime=fastest))
+
+    res = ensure_evaluation(ws, model_id, model, data, "test", sub, cancel, rest_runtime=rest_runtime)
+    if cancel is not None and cancel():
+        raise Cancelled(_("cancelled by the user"))
+    say(_("measuring the model (latency, MACs, training accuracy)"), 0.6)
+    pass_info = ws.load_run(runtime_key(model_id, data.id, "test")) or {}
+    return profile_model(model, data, model_id, name, arch, None, test_eval=res, table=timed.get("table"),
+                         extra={**(extra or {}), "accuracy_pass": {
+                             k: pass_info.get(k) for k in ("runtime", "precision", "fp32_runtime", "seconds",
+                                                           "first_seconds")}})
 
 
 def _seeded(model: nn.Module, seed: int) -> None:
