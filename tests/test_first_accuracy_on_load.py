@@ -62,7 +62,7 @@ def test_the_first_accuracy_shows_while_the_profiling_is_held_and_the_test_pass_
     monkeypatch.setattr(kinds, "streamed_pass", counted_stream)
     monkeypatch.setattr(base, "predict_logits", counted_predict)
 
-    at = app_test("pages/overview.py")
+    at = app_test("pages/overview.py", settle=False)
     at.session_state["weights"] = "Random weights (untrained)"
     try:
         at.run()
