@@ -615,7 +615,14 @@ def register(params: dict, data: ImageDataset, title: str, retry: bool = False) 
     """
     old = jobs.find("register-model", params)
     stuck = old is not None and old.status in (jobs.FAILED, jobs.INTERRUPTED, jobs.CANCELLED)
-    job = old if stuck and not retry else jobs.submit("register-model", params, owner=owner())
+    if stuck and old.status == jobs.CANCELLED and old.finished < st.session_state.get("nnlab_loaded_at", 0.0):
+        retry = True  # cancelled when the user left this selection earlier, loaded again since
+    # the work the loaded selection needs goes ahead of background work where the manager ranks jobs
+    rank = {"priority": jobs.SELECTION} if hasattr(jobs, "SELECTION") else {}
+    job = old if stuck and not retry else jobs.submit("register-model", params, owner=owner(), **rank)
+    mine = st.session_state.setdefault("nnlab_sel_jobs", [])  # released when the user loads another selection
+    if job.key not in mine:
+        mine.append(job.key)
     if job.active:
         _registering(job.key, params["model_id"], data.id, title)
         st.stop()
