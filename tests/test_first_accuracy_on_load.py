@@ -104,3 +104,36 @@ def test_the_first_accuracy_shows_while_the_profiling_is_held_and_the_test_pass_
     metrics = {m.label: m.value for m in at.metric}
     assert metrics.get("Test accuracy") == f"{stored.accuracy:.2%}", metrics
     assert np.isfinite(record.train_accuracy)
+
+
+def test_the_runtime_is_chosen_after_the_first_number_and_the_rest_runs_in_it(demo, digits, tmp_path):
+    from nnlab.evaluate import predict_logits
+    from nnlab.jobs.kinds import ensure_evaluation
+    from nnlab.runtimes.bulk import BulkRuntime
+    from nnlab.runtimes.torch_eager import TorchRunner
+
+    ws = Workspace(tmp_path)
+    phases: list[str] = []
+    seen: list[int] = []
+
+    class Chosen:  # stands for the runtime the profile measured fastest
+        runtime, threads = "test-fp32-chosen", 1
+
+        def __init__(self) -> None:
+            self.inner = TorchRunner(demo[0], 1)
+
+        def predict_logits(self, x):  # noqa: ANN001, ANN201
+            seen.append(len(x))
+            return self.inner.predict_logits(x)
+
+    def rest_runtime() -> BulkRuntime:
+        phases.append(ws.load_run(stream_key("m", digits.id, "test"))["phase"])  # the first number is stored first
+        return BulkRuntime(Chosen(), Chosen.runtime, "chosen by the test")
+
+    res = ensure_evaluation(ws, "m", demo[0], digits, "test", min_runtime_images=0, rest_runtime=rest_runtime)
+    assert phases == ["gate"]
+    assert sum(seen) == len(digits.y_test) - 300  # the first sample ran in eager PyTorch, the rest in the choice
+    info = ws.load_run(runtime_key("m", digits.id, "test"))
+    assert info["fp32_runtime"] == info["runtime"] == "test-fp32-chosen" and info["summary"] == "chosen by the test"
+    eager = predict_logits(demo[0], digits, "test")
+    assert np.abs(res.logits - eager).max() <= 1e-4 and (res.preds == eager.argmax(1)).all()
