@@ -15,9 +15,10 @@ from torch import nn
 
 from nnlab import config
 from nnlab.data.sets import ImageDataset
-from nnlab.evaluate import predict_logits, result_from_logits
+from nnlab.evaluate import EvalResult, predict_logits, result_from_logits
 from nnlab.measure import (
     BATCHES,
+    RuntimeTable,
     artifact_sizes,
     count_macs,
     count_parameters,
@@ -112,22 +113,30 @@ def ensure_demo(data: ImageDataset, ws: Workspace, progress: Callable[[Progress]
 
 def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str, arch: str,
                   artifact: Path | None, method: str = "base", parent: str = "", cfg: dict | None = None,
-                  extra: dict | None = None, latency_repeats: int | None = None) -> Record:
+                  extra: dict | None = None, latency_repeats: int | None = None,
+                  test_eval: EvalResult | None = None, table: RuntimeTable | None = None) -> Record:
     """Measure a float model the one way (:mod:`nnlab.measure`): fp32 latency in every runtime available here
     (one interleaved run per batch size), test and train accuracy in the fastest verified runtime, parameters,
     MACs, size on disk and gzipped (``artifact``, or the weights as safetensors when there is none yet).
 
     The record's ``latency`` is the fastest runtime's at each batch size; ``latencies`` holds every runtime.
+
+    ``test_eval``: the model's stored pass over the whole test split (:func:`nnlab.jobs.kinds.ensure_evaluation`,
+    the one the Overview streamed): the record's accuracy is taken from it instead of a second pass. ``table``: the
+    timing of every runtime, when the caller measured it already (:func:`profile_table`).
     """
     model = model.eval()
     cpu_model = model.cpu()
-    probe = next(iter(data.stream("test", 8)))[0].numpy()  # real, preprocessed images: the fidelity check
-    table = fp32_latencies(cpu_model, data.input_shape, batches=BATCHES, rounds=rounds_for(latency_repeats),
-                           probe=probe)
+    if table is None:
+        table = profile_table(cpu_model, data, latency_repeats)
     latency = table.fastest_latency()
     eval_rt = table.fastest(BATCHES[-1])
     runner = table.runners.get(eval_rt)
-    ev = result_from_logits(predict_logits(cpu_model, data, "test", runner=runner), data.labels("test").numpy())
+    labels = data.labels("test").numpy()
+    if test_eval is not None and len(test_eval.labels) == len(labels) and (test_eval.labels == labels).all():
+        ev = test_eval  # the whole test split, already run: never twice
+    else:
+        ev = result_from_logits(predict_logits(cpu_model, data, "test", runner=runner), labels)
     tr_idx = np.arange(min(len(data.y_train), TRAIN_SAMPLE))
     tr = result_from_logits(predict_logits(cpu_model, data, "train", indices=tr_idx, runner=runner),
                             data.labels("train").numpy()[tr_idx])
@@ -148,6 +157,14 @@ def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str
                   params=params, nonzero_params=nonzero, layers=rows, artifact_format="safetensors",
                   created=time.time(), extra={**shape_extra, **(extra or {}),
                                                  "weights_hash": state_dict_hash(model.state_dict())})
+
+
+def profile_table(model: nn.Module, data: ImageDataset, latency_repeats: int | None = None) -> RuntimeTable:
+    """fp32 latency of a float model in every runtime available here, checked on real test images: the timing
+    :func:`profile_model` records (and whose fastest runtime every bulk pass of the model then uses)."""
+    probe = next(iter(data.stream("test", 8)))[0].numpy()  # real, preprocessed images: the fidelity check
+    return fp32_latencies(model.cpu().eval(), data.input_shape, batches=BATCHES, rounds=rounds_for(latency_repeats),
+                          probe=probe)
 
 
 def remeasure_latency(model: nn.Module, record: Record, input_shape: tuple[int, ...]) -> Record:

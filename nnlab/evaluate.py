@@ -152,7 +152,7 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
                   runtime: str = "pytorch-eager-fp32-cpu", precision: str = "auto", first: int | None = None,
                   batch_size: int = 64, reduced: Callable[[], Any] | None = None, min_rest: int | None = None,
                   on_chunk: Callable[[dict], None] | None = None, cancel: Callable[[], bool] | None = None,
-                  ) -> tuple[np.ndarray, dict]:
+                  rest_fp32: Callable[[], tuple[Any, str]] | None = None) -> tuple[np.ndarray, dict]:
     """Logits of a whole split with a first accuracy in seconds, in the fastest runtime that passes the gate.
 
     1. A stratified sample of the split (:func:`nnlab.estimate.stream_order`) runs in fp32 (``runner``, or eager
@@ -164,6 +164,10 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
        images (default: four first samples) stays in fp32 without trying: building and checking would cost more.
     3. The rest of the split, in a seeded random order, chunk by chunk: after each, ``on_chunk`` hears the running
        counts (``done`` of ``total`` images, ``correct``), so the running accuracy estimates the whole split's.
+
+    ``rest_fp32()``: called once right after the first number (a model whose fastest runtime is not known yet: the
+    first sample runs in ``runner``, typically eager PyTorch, and the runtime choice is measured only now), it returns
+    ``(runner, runtime)`` of the fp32 rest; a bf16 candidate is then timed against that runner.
 
     Returns ``(logits in the split's order, info)``; ``info`` holds the runtime and precision of the rest, the gate
     (``gate``: a :class:`~nnlab.runtimes.precision.Gate` as a dict, or ``None``; ``gate_note`` says what became of
@@ -207,6 +211,11 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
     if on_chunk is not None:
         on_chunk(dict(state))
     rest_runner, rest_runtime = runner, runtime
+    if rest_fp32 is not None and n_first < total:  # the runtime choice, measured after the first number
+        rest_runner, rest_runtime = rest_fp32()
+        if rest_runner is not runner:
+            _prepare(rest_runner, shape)
+        state["runtime"] = rest_runtime
     support = prec.cpu_support()
     if n_first >= total:
         state.update(gate_code="whole", gate_note="the first sample is the whole split: nothing left to speed up")
@@ -224,6 +233,9 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
                 model, tuple(data.input_shape), int(getattr(runner, "threads", 0) or torch.get_num_threads()),
                 streams=int(getattr(runner, "streams", 1) or 1))
             _prepare(cand, shape)
+            if rest_runner is not runner:  # the fp32 the candidate must beat is the rest's runner: time it alike
+                fp32_s = _run_chunks(rest_runner, model, data, split, first_idx, batch_size, cancel,
+                                     lambda i, o: None)
             got: list[tuple[np.ndarray, np.ndarray]] = []
             red_s = _run_chunks(cand, None, data, split, first_idx, batch_size, cancel,
                                 lambda i, o: got.append((i, o)))
@@ -236,7 +248,7 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
             elif red_s >= fp32_s:
                 state["gate_code"] = "slower"
                 g = state["gate"]
-                state["gate_note"] = (f"{cand.runtime} passed the gate but ran no faster than {runtime} "
+                state["gate_note"] = (f"{cand.runtime} passed the gate but ran no faster than {rest_runtime} "
                                       f"({g['reduced_ms']:.2f} vs {g['fp32_ms']:.2f} ms/image): fp32 kept")
             else:
                 rest_runner, rest_runtime = cand, cand.runtime

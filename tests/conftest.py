@@ -125,13 +125,36 @@ def shared_server(_shared_server) -> str:
     return url
 
 
-def app_test(page: str | None = None, timeout: float = 120):
-    """An AppTest of ``app.py`` switched to ``page`` (e.g. "pages/overview.py"), not yet run."""
+def app_test(page: str | None = None, timeout: float = 120, settle: bool = True):
+    """An AppTest of ``app.py`` switched to ``page`` (e.g. "pages/overview.py"), not yet run.
+
+    ``settle``: a page that loads a fresh model shows the model's first accuracy and stops while the register-model
+    job measures it (issue 22); in a browser its fragment runs the whole page again when the job ends. Here every
+    run (``at.run()``, a widget's ``.run()``) then waits for that job and runs again, so a test sees the measured
+    page; ``settle=False`` shows what the page shows meanwhile.
+    """
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
     if page:
         at.switch_page(page)
+    if settle:
+        raw = at._run
+
+        def run(widget_state=None, timeout=None):  # noqa: ANN001, ANN202 - AppTest._run's own signature
+            from nnlab.jobs import manager as jobs
+
+            out = raw(widget_state, timeout)
+            for _ in range(3):
+                loading = jobs.manager().list("register-model", status=jobs.ACTIVE)
+                if not loading:
+                    break
+                for job in loading:
+                    job.wait(timeout or at.default_timeout)
+                out = raw(at._tree.get_widget_states(), timeout)
+            return out
+
+        at._run = run
     return at
 
 

@@ -16,13 +16,13 @@ import numpy as np
 from cachetools import LRUCache
 from torch import nn
 
-from nnlab.base import demo_id, ensure_demo, profile_model
+from nnlab.base import demo_id, ensure_demo, profile_model, profile_table
 from nnlab.data.sets import ImageDataset
 from nnlab.evaluate import EvalResult, result_from_logits, streamed_pass
 from nnlab.i18n import _
 from nnlab.jobs import refs
 from nnlab.jobs.manager import JobContext, job_kind
-from nnlab.measure import artifact_sizes
+from nnlab.measure import BATCHES, artifact_sizes
 from nnlab.models.registry import (
     CheckpointError,
     arch_label,
@@ -109,10 +109,10 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     model.eval()
     output_shape_ok(model, data.input_shape, data.num_classes)
     ctx.check_cancel()
-    ctx.progress(_("measuring the model (accuracy, latency, MACs)"), 0.2)
     label = arch_label(arch, translated=False)  # a stored name: the same in every language
     name = params.get("name") or f"{label} ({ {'upload': 'your weights', 'pretrained': 'pretrained', 'random': 'random weights'}[kind] })"
-    record = profile_model(model, data, model_id, name, arch, None, extra={"source": source})
+    record = evaluate_and_profile(ws, model, data, model_id, name, arch, {"source": source}, ctx.progress,
+                                  ctx.cancelled)
     ctx.check_cancel()
     try:
         path = ws.save_model(model_id, model.state_dict())
@@ -122,6 +122,47 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     except WorkspaceError:
         refs.remember_model(model_id, model, record, ws.root)
     return {"model_id": model_id, "accuracy": record.accuracy}
+
+
+def evaluate_and_profile(ws: Workspace, model: nn.Module, data: ImageDataset, model_id: str, name: str, arch: str,
+                         extra: dict | None = None, progress: Any = None, cancel: Any = None) -> Any:
+    """A freshly loaded model's first numbers, then its record (what the register-model job does after building it).
+
+    First the streamed test pass (:func:`ensure_evaluation`: its first number in seconds, shown by every page while
+    the job runs, then stored as the evaluation every page reads; a pass already stored is reused); when the split is
+    large enough to pay for a runtime choice, the profile's own timing of every runtime is measured right after the
+    first number and the rest of the pass runs in the fastest. Then the profile (:func:`nnlab.base.profile_model`),
+    whose record takes its accuracy from that pass: the test split runs once.
+    """
+    from nnlab.errors import Cancelled
+
+    def say(message: str, fraction: float | None = None, **metrics: Any) -> None:
+        if progress is not None:
+            progress(message, fraction, **metrics)
+
+    def sub(message: str, fraction: float | None = None, **metrics: Any) -> None:
+        say(message, None if fraction is None else 0.05 + 0.55 * fraction, **metrics)
+
+    timed: dict[str, Any] = {}
+
+    def rest_runtime() -> Any:
+        from nnlab.runtimes.bulk import BulkRuntime
+
+        say(_("timing the model in every runtime (the rest of the pass runs in the fastest)"))
+        table = timed["table"] = profile_table(model, data)
+        fastest = table.fastest(BATCHES[-1])
+        return BulkRuntime(table.runners.get(fastest), fastest, _("{runtime}: measured fastest when the model was "
+                                                                  "profiled").format(runtime=fastest))
+
+    res = ensure_evaluation(ws, model_id, model, data, "test", sub, cancel, rest_runtime=rest_runtime)
+    if cancel is not None and cancel():
+        raise Cancelled(_("cancelled by the user"))
+    say(_("measuring the model (latency, MACs, training accuracy)"), 0.6)
+    pass_info = ws.load_run(runtime_key(model_id, data.id, "test")) or {}
+    return profile_model(model, data, model_id, name, arch, None, test_eval=res, table=timed.get("table"),
+                         extra={**(extra or {}), "accuracy_pass": {
+                             k: pass_info.get(k) for k in ("runtime", "precision", "fp32_runtime", "seconds",
+                                                           "first_seconds")}})
 
 
 def _seeded(model: nn.Module, seed: int) -> None:
@@ -163,7 +204,7 @@ def stored_precision(ws: Workspace, model_id: str, data_id: str, split: str) -> 
 
 def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: ImageDataset, split: str,
                       progress: Any = None, cancel: Any = None, min_runtime_images: int | None = None,
-                      precision: str = "auto") -> EvalResult:
+                      precision: str = "auto", rest_runtime: Any = None) -> EvalResult:
     """The stored per-sample results of a model on a split, computed (and stored) first when missing.
 
     The pass runs in the fastest runtime verified for the model (:mod:`nnlab.runtimes.bulk`: the one measured when
@@ -173,6 +214,11 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
     :func:`stream_key`, then the rest in bf16 where the CPU has it and the fidelity gate passes (``precision="fp32"``:
     never), the counts rewritten after every chunk. The runtime, precision and gate are stored beside the results.
     ``precision="fp32"`` also replaces a stored pass that ran in reduced precision.
+
+    When the runtime must be chosen by measurement (no choice known for the model and a large split), the first
+    sample runs in eager PyTorch and the choice is measured after the first number: by ``rest_runtime()`` (a
+    :class:`nnlab.runtimes.bulk.BulkRuntime`; the register-model job passes the profile's own timing of every runtime,
+    so the model is timed once), else by :func:`nnlab.runtimes.bulk.bulk_runtime`.
     """
     from nnlab.runtimes import bulk
 
@@ -184,12 +230,18 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
     prefer = ""
     if min_runtime_images is None:  # the choice measured for this model once: when profiled, or by an earlier pass
         prefer = _fastest_bulk_runtime(record) or (ws.load_run(choice_key(model_id)) or {}).get("runtime", "")
-    rt = bulk.bulk_runtime(model, data, split, min_images=min_runtime_images, prefer=prefer)
-    if not prefer and any(f.get("median_ms") for f in rt.figures):  # measured now: every later pass reuses it
-        try:
-            ws.save_run(choice_key(model_id), {"runtime": rt.runtime, "summary": rt.summary})
-        except (OSError, WorkspaceError):
-            pass
+    chosen: dict[str, Any] = {}
+    if bulk.would_measure(model, len(data.labels(split)), min_runtime_images, prefer):
+        # the choice costs exports and timing: the first sample runs in eager PyTorch meanwhile, the choice after it
+        rt = bulk.BulkRuntime(None, bulk.EAGER, "eager PyTorch (the first sample, before the runtime is chosen)")
+
+        def rest_fp32() -> tuple[Any, str]:
+            got = rest_runtime() if rest_runtime is not None else bulk.bulk_runtime(
+                model, data, split, min_images=0)
+            chosen["rt"] = got
+            return got.runner, got.runtime
+    else:
+        rt, rest_fp32 = bulk.bulk_runtime(model, data, split, min_images=min_runtime_images, prefer=prefer), None
     if progress is not None:
         progress(_("evaluating the {split} split in {runtime}").format(split=split, runtime=rt.runtime), 0.0)
     skey = stream_key(model_id, data.id, split)
@@ -210,7 +262,13 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
                 state["done"] / max(1, state["total"]), accuracy=acc)
 
     logits, info = streamed_pass(model, data, split, runner=rt.runner, runtime=rt.runtime, precision=precision,
-                                 on_chunk=on_chunk, cancel=cancel)
+                                 on_chunk=on_chunk, cancel=cancel, rest_fp32=rest_fp32)
+    rt = chosen.get("rt", rt)
+    if "rt" in chosen and any(f.get("median_ms") for f in rt.figures):  # measured now: every later pass reuses it
+        try:
+            ws.save_run(choice_key(model_id), {"runtime": rt.runtime, "summary": rt.summary})
+        except (OSError, WorkspaceError):
+            pass
     labels = data.labels(split).numpy()
     key = eval_key(model_id, data.id, split)
     stored = {**rt.to_dict(), "fp32_runtime": rt.runtime, "runtime": info["runtime"], "precision": info["precision"],

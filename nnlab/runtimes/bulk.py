@@ -62,6 +62,14 @@ def _enabled() -> bool:
     return os.environ.get("NNLAB_BULK_RUNTIME", "auto").strip().lower() not in ("pytorch", "eager", "off", "0")
 
 
+def would_measure(model: nn.Module, images: int, min_images: int | None = None, prefer: str = "") -> bool:
+    """Whether :func:`bulk_runtime` would choose by measurement (exporting and timing every candidate) for a pass of
+    ``images`` images: a pass then runs its first sample in eager PyTorch and measures the choice only after its first
+    number (:func:`nnlab.jobs.kinds.ensure_evaluation`)."""
+    return (_enabled() and not prefer and next(model.parameters()).device.type == "cpu"
+            and int(images) >= (MIN_IMAGES if min_images is None else min_images))
+
+
 def bulk_runtime(model: nn.Module, data: Any, split: str, images: int | None = None, batch: int = BATCH,
                  min_images: int | None = None, threads: int | None = None, prefer: str = "") -> BulkRuntime:
     """The fastest verified runtime for a pass of ``model`` over ``images`` images of ``split``.

@@ -40,7 +40,7 @@ from nnlab.base import demo_id
 from nnlab.data.preprocess import Preprocessing, PreprocessingError
 from nnlab.data.sets import DATASETS, DatasetError, ImageDataset, Source, dataset_id
 from nnlab.evaluate import EvalResult
-from nnlab.i18n import N_, _
+from nnlab.i18n import N_, _, num
 from nnlab.jobs import manager as jobs
 from nnlab.jobs import refs
 from nnlab.jobs.kinds import check_upload, load_evaluation, stash_upload, user_model_id
@@ -843,9 +843,8 @@ def current() -> Current:
             token = "default"
         model_id = user_model_id(arch, data, source["kind"], token)
         if not refs.has_model(model_id):
-            run_job("register-model", {"data": dref, "arch": arch, "source": source, "model_id": model_id},
-                    title=_("Loading and measuring **{arch}**…").format(arch=arch_label(arch)),
-                    what=_("The model"), selection=True)
+            register({"data": dref, "arch": arch, "source": source, "model_id": model_id}, data,
+                     title=_("Loading and measuring **{arch}**…").format(arch=arch_label(arch)))
     try:
         model, record = refs.load_model(model_id, ws.root)
     except (KeyError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
@@ -853,6 +852,77 @@ def current() -> Current:
         st.stop()
     history = ws.load_history(model_id)
     return Current(data, model, model_id, arch, record, history, dref)
+
+
+def register(params: dict, data: ImageDataset, title: str, retry: bool = False) -> None:
+    """Load and measure a user's model (the register-model job) without holding the page: while the job runs, the
+    page shows its progress and the first accuracy of its test pass (which runs first: a stratified sample with its
+    95 % interval, then the running accuracy), and stops there; when the job ends the whole page runs again.
+
+    Like :func:`run_job`, a job that failed, was cancelled or interrupted is not re-run by opening a page again.
+    """
+    old = jobs.find("register-model", params)
+    stuck = old is not None and old.status in (jobs.FAILED, jobs.INTERRUPTED, jobs.CANCELLED)
+    if stuck and old.status == jobs.CANCELLED and old.finished < st.session_state.get("nnlab_loaded_at", 0.0):
+        retry = True  # cancelled when the user left this selection earlier, loaded again since
+    # the work the loaded selection needs goes ahead of background work where the manager ranks jobs
+    rank = {"priority": jobs.SELECTION} if hasattr(jobs, "SELECTION") else {}
+    job = old if stuck and not retry else jobs.submit("register-model", params, owner=owner(), **rank)
+    mine = st.session_state.setdefault("nnlab_sel_jobs", [])  # released when the user loads another selection
+    if job.key not in mine:
+        mine.append(job.key)
+    if job.active:
+        _registering(job.key, params["model_id"], data.id, title)
+        st.stop()
+    if not show_outcome(job, _("The model")):
+        st.stop()
+
+
+def first_accuracy(counts: dict) -> bool:
+    """The first numbers of a streamed test pass (its counts under :func:`nnlab.jobs.kinds.stream_key`): the running
+    accuracy with its 95 % Wilson interval and the stratified first sample's. False while there is none yet."""
+    from nnlab.estimate import wilson_interval
+
+    def interval(correct: int, n: int) -> str:
+        lo, hi = wilson_interval(correct, n)
+        return _("95 % interval {lo}–{hi}").format(lo=num(lo, ".1%"), hi=num(hi, ".1%"))
+
+    done, total, correct = int(counts.get("done", 0)), int(counts.get("total", 0)), int(counts.get("correct", 0))
+    first, first_ok = int(counts.get("first_images", 0)), int(counts.get("first_correct", 0))
+    if not done or counts.get("phase") not in ("gate", "rest", "done"):
+        return False
+    st.metric(_("Test accuracy") + " " + _("(running)"), "≈ " + num(correct / done, ".2%"),
+              help=_("Top-1 on the images of the test split done so far: a sample stratified by class first, then "
+                     "the rest in a random order, so the running figure estimates the whole split's."))
+    st.progress(min(1.0, done / max(1, total)), text=_("{done} of {total} images · {interval}").format(
+        done=num(done, ","), total=num(total, ","), interval=interval(correct, done)))
+    if first:
+        st.caption(_("First number: {acc} on {n} images stratified by class ({interval}), after {s} s.").format(
+            acc=num(first_ok / first, ".2%"), n=num(first, ","), interval=interval(first_ok, first),
+            s=num(float(counts.get("first_seconds") or 0.0), ".1f")))
+    return True
+
+
+@st.fragment(run_every=1.0)
+def _registering(job_key: str, model_id: str, data_id: str, title: str) -> None:
+    """The register-model job's progress and, as soon as its test pass has one, the model's first accuracy."""
+    job = jobs.get(job_key)
+    if job is None or not job.active:
+        st.rerun()  # the model is measured (or the job ended otherwise): the whole page runs again
+    snap = job.snapshot()
+    with st.container(border=True):
+        st.markdown(title)
+        st.progress(min(1.0, snap["fraction"]), text=f"{snap['label']}: {progress_text(snap)}"
+                    + (" · " + _("cancelling…") if snap["cancel_requested"] else ""))
+        if st.button(_("Cancel"), key=f"cancel_{job_key}", help=_("Stop this job (for every session that waits on it)")):
+            job.cancel()
+    counts = workspace().load_run(nnlab.jobs.kinds.stream_key(model_id, data_id, "test")) or {}
+    with st.container(border=True):
+        if first_accuracy(counts):
+            st.caption(_("The test pass runs first, so its accuracy comes before the rest of the measuring; the "
+                         "latency in every runtime, the MACs and the layer table follow when the model is measured."))
+        else:
+            st.caption(_("Evaluating the model on the test split…"))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
