@@ -121,13 +121,16 @@ def test_the_goal_page_frames_the_diagnosis_in_russian(demo):
 
 
 def test_the_language_stays_for_the_session_and_the_switch_changes_it(demo):
-    # the goal page: no option widget with translated labels, which AppTest cannot map back to their values (it
-    # formats values with str, not the page's format_func) when it sends every widget's state on the next run
-    at = russian("pages/diagnose_goal.py")
-    assert at.title[0].value == ru("Error against a goal")
-    at.query_params.clear()  # the session keeps its choice without the parameter
-    at.run()
-    assert at.title[0].value == ru("Error against a goal") and at.query_params["lang"] == "ru"
-    at.sidebar.radio(key="lang").set_value("en").run()  # the sidebar switch
+    # AppTest sends every widget's state back on the next run, formatting option values with the page's format_func
+    # in the test's own thread: that thread must read the language the last run drew its options in
+    from nnlab import i18n
+
+    with i18n.language("ru"):
+        at = russian("pages/diagnose_goal.py")
+        assert at.title[0].value == ru("Error against a goal")
+        at.query_params.clear()  # the session keeps its choice without the parameter
+        at.run()
+        assert at.title[0].value == ru("Error against a goal") and at.query_params["lang"] == "ru"
+        at.sidebar.radio(key="lang").set_value("en").run()  # the sidebar switch
     assert not at.exception
     assert at.title[0].value == "Error against a goal" and "lang" not in at.query_params
