@@ -76,7 +76,8 @@ def test_only_the_combination_the_user_ends_on_is_worked_on_in_both_orders(tmp_p
     folders = [make_shapes_folder(tmp_path / f"shapes{i}", per_class=4, size=64, classes=10, seed=i)
                for i in (1, 2)]  # 10 classes × 4 RGB images of 64 px each
     require_chromium()
-    with server({"NNLAB_WORKSPACE": str(ws)}) as url, sync_playwright() as p:
+    # the test is about which jobs run, not runtimes: the server measures models in eager PyTorch alone
+    with server({"NNLAB_WORKSPACE": str(ws), "NNLAB_RUNTIMES": "pytorch"}) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             for order, folder in zip(("model first", "folder first"), folders):

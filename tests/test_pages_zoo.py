@@ -33,7 +33,10 @@ def _texts(at) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_page_renders_at_224(shapes, arch):
+def test_every_page_renders_at_224(shapes, arch, monkeypatch):
+    # every page, not every runtime: the base is measured in eager PyTorch and ONNX Runtime (not compiled by
+    # OpenVINO too); tests/test_honest_numbers.py and tests/test_browser_zoo.py time real models in every runtime
+    monkeypatch.setenv("NNLAB_RUNTIMES", "pytorch,onnxruntime")
     said = {}
     for page in PAGES:
         at = app_test(page, timeout=600)
