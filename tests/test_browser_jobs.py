@@ -172,7 +172,11 @@ def test_two_sessions_share_one_data_check_and_either_can_cancel_it(demo, digits
     params9 = {"model_id": model_id, "data": {"key": "digits", "path": ""}, "n": n, "folds": 9}
     params2 = dict(params9, folds=2)
     jobs_dir = ws.root / "jobs"
-    cancelled = json.loads((jobs_dir / f"{job_key('label-retrain', params9)}.json").read_text())
+    cancelled_file = jobs_dir / f"{job_key('label-retrain', params9)}.json"
+    # the job's record is written when its thread ends (a fold in progress notices the cancel when it finishes)
+    wait_for(lambda: json.loads(cancelled_file.read_text())["status"] != "running", 120, 0.2,
+             what="the cancelled job's record to say it ended")
+    cancelled = json.loads(cancelled_file.read_text())
     finished = json.loads((jobs_dir / f"{job_key('label-retrain', params2)}.json").read_text())
     assert cancelled["status"] == "cancelled" and cancelled["runs"] == 1 and len(cancelled["owners"]) == 2
     assert finished["status"] == "done" and finished["runs"] == 1

@@ -19,6 +19,7 @@ import torch
 
 from nnlab.data.synthetic import make_shapes_folder
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, SETTLED, choose, no_exception, require_chromium, server
+from tests.waiting import wait_for
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
 LOAD_ENABLED = """() => { const b = document.querySelector('.st-key-sel_load button'); return !!b && !b.disabled; }"""
@@ -102,9 +103,13 @@ def test_only_the_combination_the_user_ends_on_is_worked_on_in_both_orders(tmp_p
                 _settle(page)
                 no_exception(page)
                 assert f"path={folder}" in unquote(page.url) and "arch=tv:resnet18" in unquote(page.url), page.url
+                # the first accuracy shows while the register job goes on measuring (its test pass is the evaluation)
+                wait_for(lambda: any(v["kind"] == "register-model" and v["status"] == "done"
+                                     for k, v in _records(ws).items() if k not in before), 240, 0.3,
+                         what="the register-model job to finish")
                 new = {k: v for k, v in _records(ws).items() if k not in before}
                 kinds = {v["kind"] for v in new.values() if v["status"] == "done"}
-                assert {"build-dataset", "register-model", "evaluate"} <= kinds, (order, new)
+                assert {"build-dataset", "register-model"} <= kinds, (order, new)
                 for rec in new.values():  # every job of this session is for the final combination
                     params = json.dumps(rec["params"])
                     assert str(folder) in params and "digits" not in params, (order, rec["label"], params)
@@ -147,7 +152,8 @@ def test_a_copied_link_reopens_the_same_model_dataset_and_page(demo, shared_serv
             _settle(other)
             no_exception(other)
             assert urlparse(other.url).path.endswith("/diagnose_classes")
-            assert other.get_by_role("combobox", name="Dataset").input_value().startswith("Digits")
+            assert other.get_by_role("combobox", name="Dataset").input_value() == page.get_by_role(
+                "combobox", name="Dataset").input_value()
             assert other.get_by_role("combobox", name="Architecture").input_value().startswith(
                 page.get_by_role("combobox", name="Architecture").input_value())
             assert other.get_by_role("radio", name="Random weights (untrained)").is_checked()
