@@ -196,6 +196,12 @@ def label_method_text(checked: int, total: int) -> str:
         checked=num(checked, ",d"), total=num(total, ",d"))
 
 
+def shown_label_method(checked: int, stored: str, total: int) -> str:
+    """The label check's method for a reader: rebuilt from the numbers in the reader's language when samples were
+    checked (the stored text is in the language of the job that made it), else the stored text."""
+    return label_method_text(int(checked), total) if checked else _(stored or "")
+
+
 def features_runtime(model: nn.Module, data: ImageDataset, images: int, min_images: int | None = None
                      ) -> tuple[bulk.BulkRuntime, nn.Module | None]:
     """The runtime of the penultimate-feature pass: it runs the model's features-and-logits copy

@@ -327,11 +327,9 @@ def _render_html(r: ReportData, code: str) -> str:
                              index=li["index"], given=f"<b>{_e(li['given'])}</b>",
                              suggested=f"<b>{_e(li['suggested'])}</b>", p=num(li["self_confidence"], ".2f"))
                          + "</div></div>" for li in r.label_issues)
-        method = s.get("label_method", "")
-        if s.get("label_checked"):  # stored in the language of the job that made it: rebuilt from the numbers
-            from diagnostics.datacheck import label_method_text
+        from diagnostics.datacheck import shown_label_method
 
-            method = label_method_text(int(s["label_checked"]), len(data.y_train))
+        method = shown_label_method(s.get("label_checked", 0), s.get("label_method", ""), len(data.y_train))
         parts.append(f"<section id='data-checks'>{_h2('data-checks')}"
                      + _table(dc, headers={"check": _("check"), "result": _("result")})
                      + f"<p class='muted'>{_e(method)}</p><div class='grid'>{issues}</div></section>")

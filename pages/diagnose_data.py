@@ -164,8 +164,7 @@ if rep is not None:
     li = rep.labels
     st.caption(_("Confident learning (Northcutt et al. 2021) on out-of-sample probabilities: {method}. The features "
                  "were learned with these labels, so they are only partly out-of-sample; k-fold retraining below is "
-                 "exact.").format(method=datacheck.label_method_text(li.checked, len(data.y_train)) if li.checked
-                                  else _(li.method)))  # the stored text is in the language of the job that made it
+                 "exact.").format(method=datacheck.shown_label_method(li.checked, li.method, len(data.y_train))))
     e_train = session.evaluation("train", cur).error
     if e_train < 0.005:
         st.warning(_("This model fits its training set almost perfectly (E_train = {e_train}): its features have "

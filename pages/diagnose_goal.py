@@ -93,6 +93,6 @@ if curves:
     st.caption(_("Learning-curve slope from the cached run `{run}`.").format(run=curves[0][0]))
 if summary:
     st.caption(_("Data evidence: {method}; computed in {seconds} s.").format(
-        method=(datacheck.label_method_text(int(summary["label_checked"]), len(cur.data.y_train))
-                if summary.get("label_checked") else _(summary.get("label_method", ""))),  # stored in the job's language
+        method=datacheck.shown_label_method(summary.get("label_checked", 0), summary.get("label_method", ""),
+                                            len(cur.data.y_train)),
         seconds=num(summary.get("seconds", 0), ".1f")))

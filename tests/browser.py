@@ -131,6 +131,17 @@ def choose(page, select, option, tries: int = 3, wait_ms: int = 15_000) -> None:
     option.click()
 
 
+def pick_image_folder(page, folder: Path) -> None:
+    """In the sidebar: Dataset = ImageFolder, then type ``folder``'s path (the draft; the caller waits as it needs)."""
+    import re
+
+    choose(page, page.locator(".st-key-dataset"), page.get_by_role("option", name=re.compile("^ImageFolder")))
+    box = page.locator(".st-key-dataset_path input")
+    box.wait_for()
+    box.fill(str(folder))
+    box.press("Enter")
+
+
 def navigate(page, link: str, shows, tries: int = 3, wait_ms: int = 40_000) -> None:
     """Click the sidebar link ``link`` until ``shows`` (text or regex) is visible.
 

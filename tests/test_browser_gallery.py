@@ -20,7 +20,7 @@ from diagnostics import tasks as dtasks
 from nnlab.evaluate import evaluate
 from nnlab.workspace import Workspace
 from tests import noisy_digits
-from tests.browser import browser_page, choose, no_exception
+from tests.browser import browser_page, no_exception, pick_image_folder
 from tests.test_glyphs import forbidden
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +39,7 @@ def _card_index(card, prefix: str) -> int:
 
 def _pick_dataset_folder(page, path: Path) -> None:
     """In the sidebar: Dataset = ImageFolder, then type the folder's path."""
-    choose(page, page.locator(".st-key-dataset"), page.get_by_role("option", name=re.compile("^ImageFolder")))
-    box = page.locator(".st-key-dataset_path input")
-    box.wait_for()
-    box.fill(str(path))
-    box.press("Enter")
+    pick_image_folder(page, path)
     page.wait_for_function("() => { const b = document.querySelector('.st-key-sel_load button'); "
                            "return !!b && !b.disabled; }")  # the sidebar is a draft until Load (issue 22)
     page.locator(".st-key-sel_load button").first.click()

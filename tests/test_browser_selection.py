@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from nnlab.data.synthetic import make_shapes_folder
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, SETTLED, choose, no_exception, require_chromium, server
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, SETTLED, choose, no_exception, pick_image_folder, require_chromium,
+                           server)
 from tests.waiting import wait_for
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
@@ -55,11 +56,7 @@ def _pick_model(page, ckpt: Path) -> None:
 
 
 def _pick_folder(page, folder: Path) -> None:
-    choose(page, page.locator(".st-key-dataset"), page.get_by_role("option", name=re.compile("^ImageFolder")))
-    box = page.locator(".st-key-dataset_path input")
-    box.wait_for()
-    box.fill(str(folder))
-    box.press("Enter")
+    pick_image_folder(page, folder)
     _settle(page)
 
 

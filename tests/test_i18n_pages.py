@@ -15,6 +15,7 @@ import pytest
 from nnlab import i18n
 from nnlab.evaluate import evaluate
 from tests.conftest import ROOT, app_test
+from tests.russian import CYRILLIC, cyrillic_share, ru
 
 # Every page the router knows, read from app.py itself, so a page added there is covered here the day it is added.
 PAGES = re.findall(r'st\.Page\("(pages/[a-z_]+\.py)"', (ROOT / "app.py").read_text())
@@ -31,21 +32,6 @@ OWN_TITLES = {
 # so only its own caption is checked (test_the_goal_page_frames_the_diagnosis_in_russian).
 OWN_PROSE = sorted(set(OWN_TITLES) - {"pages/diagnose_goal.py"})
 SECTIONS = ["Overview", "Diagnose", "Look inside", "Compress", "Jobs"]
-CYRILLIC = re.compile(r"[А-Яа-яЁё]")
-LETTER = re.compile(r"[^\W\d_]")
-
-
-def ru(msgid: str) -> str:
-    with i18n.language("ru"):
-        return i18n._(msgid)
-
-
-def cyrillic_share(text: str) -> float:
-    """Cyrillic letters among all letters of ``text`` (1.0 for a text without letters)."""
-    letters = LETTER.findall(text)
-    return sum(1 for ch in letters if CYRILLIC.match(ch)) / len(letters) if letters else 1.0
-
-
 def main_text(at) -> str:
     """The main area's prose (titles, headers, captions, markdown, alerts, metric and widget labels); the sidebar,
     which holds data-derived names (dataset, model ids), is left out."""
@@ -85,7 +71,7 @@ def test_every_page_renders_in_russian(demo, page):
     if page in OWN_TITLES:
         assert at.title[0].value == ru(OWN_TITLES[page])
     if page in OWN_PROSE:
-        share = cyrillic_share(main_text(at))
+        share = cyrillic_share(main_text(at), empty=1.0)
         # the page's own prose is translated; what stays Latin is data and symbols (class names, E_test, p(test),
         # AUC, CSV, model ids), a minority on every page
         assert share > 0.6, (page, share, main_text(at)[:2000])
