@@ -153,7 +153,9 @@ items = compare.changed_samples(ref_ev, other_ev)
 st.caption(_("{n} test samples change their predicted class between **{ref}** and **{other}** (broken ones — right "
              "before, wrong after — first).").format(n=len(items), ref=ref.name, other=other.name))
 if items:
-    limit = st.slider(_("Show"), 1, min(60, len(items)), min(18, len(items)), key="compare_gallery_n")
+    # a slider needs two distinct ends: with one changed sample there is nothing to choose
+    limit = (st.slider(_("Show"), 1, min(60, len(items)), min(18, len(items)), key="compare_gallery_n")
+             if len(items) > 1 else len(items))
     scale = display_scale(data.input_shape[1], 72)
     ncol = 6
     for row in range(0, limit, ncol):
