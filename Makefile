@@ -46,11 +46,14 @@ run: venv data
 	  --browser.gatherUsageStats false --server.headless true $(if $(WORKSPACE)$(RAY_ADDRESS),--) \
 	  $(if $(WORKSPACE),--workspace $(WORKSPACE)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (default 2, one per core of the 2-core CI machine; 0 runs it
+# in one process): a file's tests stay on one worker, the Ray files share one, heavy files go first (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: venv chromium
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not browser and not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not browser and not slow" tests
 
 bench: venv data
 	$(PY) bench/run_all.py

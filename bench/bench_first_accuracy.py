@@ -108,9 +108,10 @@ def after(model: torch.nn.Module, data, threads: int, choice: str, first: int,  
             "logits": logits}
 
 
-def from_load(model: torch.nn.Module, data, work: Path, arch: str) -> dict:  # noqa: ANN001
+def from_load(model: torch.nn.Module, data, work: Path, arch: str, first_only: bool = False) -> dict:  # noqa: ANN001
     """The register-model job's sequence on a freshly loaded model, in a fresh workspace: seconds to the first number
-    (the stratified sample's counts stored), to the full accuracy (the pass stored) and to the record."""
+    (the stratified sample's counts stored), to the full accuracy (the pass stored) and to the record.
+    ``first_only``: the job is cancelled once the first number is stored (only that figure is measured)."""
     import shutil
 
     from nnlab.jobs.kinds import evaluate_and_profile, stream_key
@@ -129,6 +130,16 @@ def from_load(model: torch.nn.Module, data, work: Path, arch: str) -> dict:  # n
         if "full_s" not in seen and fraction is not None and fraction >= 0.6:  # the pass is stored: profiling
             seen["full_s"] = time.perf_counter() - t0
 
+    if first_only:
+        from nnlab.errors import Cancelled
+
+        try:
+            evaluate_and_profile(ws, model, data, "bench", arch, arch, progress=progress,
+                                 cancel=lambda: "first_s" in seen)
+        except Cancelled:
+            pass
+        counts = ws.load_run(skey) or {}
+        return {**seen, "first_n": counts.get("first_images", 0), "first_correct": counts.get("first_correct", 0)}
     record = evaluate_and_profile(ws, model, data, "bench", arch, arch, progress=progress)
     seen["record_s"] = time.perf_counter() - t0
     seen.setdefault("full_s", seen["record_s"])
@@ -155,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                          "check the from-Load path's choice after the first number on a small folder)")
     ap.add_argument("--skip-load", action="store_true",
                     help="skip the from-Load path (the register-model job's sequence: one more full pass per model)")
+    ap.add_argument("--first-from-load-only", action="store_true",
+                    help="measure only the seconds from Load to the first number (the job is cancelled there)")
     ap.add_argument("--workdir", default="", help="where the folder and the data cache go (default: a temp dir)")
     args = ap.parse_args(argv)
     bulk.MIN_IMAGES = args.bulk_min_images
@@ -182,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                 from nnlab.models.checkpoints import load_into, read_state_dict_file
 
                 load_into(model, read_state_dict_file(weights[arch]))
+            if args.first_from_load_only:
+                ld = from_load(model, data, work, arch, first_only=True)
+                lo, hi = wilson_interval(ld["first_correct"], ld["first_n"])
+                print(f"| {arch} | {ld['first_s']:.1f} | {ld['first_correct'] / max(1, ld['first_n']):.1%} "
+                      f"[{lo:.1%}, {hi:.1%}] on {ld['first_n']} |")
+                continue
             t = time.perf_counter()  # the choice, measured once per model (when it is profiled)
             choice = bulk.bulk_runtime(model, data, "test", min_images=0, threads=args.threads,
                                        batch=args.choice_batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,8 @@ def _run_chunks(runner: Any, model: nn.Module | None, data: ImageDataset, split:
 
     t0 = time.perf_counter()
     start = 0
+    eager, layout = (_channels_last(model, tuple(data.input_shape)) if runner is None and model is not None
+                     else (model, torch.contiguous_format))
     with torch.inference_mode():
         for x, _ in data.stream(split, batch_size, indices=indices):
             if cancel is not None and cancel():
@@ -132,10 +135,28 @@ def _run_chunks(runner: Any, model: nn.Module | None, data: ImageDataset, split:
             if runner is not None:
                 out = np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)
             else:
-                out = model(x.to(_model_device(model))).float().cpu().numpy()
+                out = eager(x.to(_model_device(model)).contiguous(memory_format=layout)).float().cpu().numpy()
             each(indices[start:start + len(x)], out)
             start += len(x)
     return time.perf_counter() - t0
+
+
+def _channels_last(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, torch.memory_format]:
+    """The eager model to run a pass's images through, and the memory layout of its inputs.
+
+    On the CPU a convolutional network at 64 px and more runs in channels-last layout: oneDNN's convolutions take
+    it directly (ResNet-50 at 224 on 2 threads: about 65 instead of 97 ms per image), so the first sample's number
+    comes sooner. The layout is changed on a copy, never on the model (a cache or another session holds it); the
+    values are the same up to float rounding. Anything else (small images, no convolution, a GPU, a model that
+    cannot be copied) runs as it is.
+    """
+    try:
+        if (len(input_shape) != 3 or min(input_shape[1:]) < 64 or _model_device(model).type != "cpu"
+                or not any(isinstance(m, nn.Conv2d) for m in model.modules())):
+            return model, torch.contiguous_format
+        return copy.deepcopy(model).eval().to(memory_format=torch.channels_last), torch.channels_last
+    except Exception:  # noqa: BLE001 - the model as it is: the same numbers, the usual speed
+        return model, torch.contiguous_format
 
 
 def _prepare(runner: Any, shape: tuple[int, ...]) -> None:

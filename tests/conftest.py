@@ -57,9 +57,21 @@ def _uses_browser_helpers(module: types.ModuleType | None) -> bool:
     return False
 
 
+# Files that start Ray (a local instance or a cluster of their own): under pytest-xdist they are one piece of work,
+# one file after another on one worker, so two Ray instances never start on this machine at once.
+RAY_FILES = ("test_browser_ray.py", "test_distributed.py", "test_distributed_cluster.py", "test_distributed_local.py",
+             "test_pieces_engine.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Mark every browser test ``browser``; ``slow`` is set on each test that takes more than ~10 s alone (in its
-    file, or in SLOW_ELSEWHERE)."""
+    file, or in SLOW_ELSEWHERE).
+
+    In a pytest-xdist worker (``make test`` runs ``-n 2 --dist loadfile``), files holding a browser or slow test come
+    first: the longest pieces are handed out first, so no worker is left alone with a long file at the end (the order
+    within a file is kept; every worker sorts alike, as xdist requires).
+    """
+    heavy: set[str] = set()
     for item in items:
         name = item.path.name
         if (name.startswith("test_browser_") or name in BROWSER_FILES or "shared_server" in item.fixturenames
@@ -67,6 +79,31 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.browser)
         if item.nodeid.split("[")[0] in SLOW_ELSEWHERE:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("browser") or item.get_closest_marker("slow"):
+            heavy.add(name)
+    if hasattr(config, "workerinput"):
+        if heavy & set(RAY_FILES):  # one piece of work (see pytest_xdist_make_scheduler): heavy as a whole
+            heavy |= set(RAY_FILES)
+        order: dict[str, int] = {}
+        for item in items:
+            order.setdefault(item.path.name, len(order))
+        items.sort(key=lambda i: (i.path.name not in heavy, order[i.path.name]))
+
+
+def pytest_xdist_make_scheduler(config, log):  # noqa: ANN001, ANN201 - pytest-xdist's hook
+    """``--dist loadfile``: a file's tests run on one worker (module fixtures are built once), and the Ray files are
+    one piece of work together, so two Ray instances never start on this machine at once; pieces are handed out in
+    the collection order above (``--no-loadscope-reorder``). Other ``--dist`` modes keep xdist's own scheduler."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndRay(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "ray" if Path(path).name in RAY_FILES else path
+
+    return FilesAndRay(config, log)
 
 
 @pytest.fixture(scope="session")
