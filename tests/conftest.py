@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers (and the servers they start) share the 2 cores: OpenMP threads that spin while they wait for work
+    # take the other worker's core. Two processes running ResNet-18 at 64 px on 2 threads each: 5-9 s each with the
+    # default spinning, 2.0 s each when waiting threads sleep (read by libgomp when torch loads it, just below).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
