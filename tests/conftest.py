@@ -201,6 +201,23 @@ def app_test(page: str | None = None, timeout: float = 120, settle: bool = True)
     return at
 
 
+def forget_model(ws: Workspace, model_id: str, data_id: str) -> None:
+    """The suite's workspace outlives tests (and under pytest-xdist a worker's tests run in any order): make a model
+    fresh — no weights, record, stored test pass or register-model job."""
+    import shutil
+
+    from nnlab.jobs import manager as jobs
+    from nnlab.jobs import refs
+    from nnlab.jobs.kinds import eval_key
+
+    shutil.rmtree(ws.model_dir(model_id), ignore_errors=True)
+    refs.forget_model(model_id, ws.root)
+    ws.result_path(eval_key(model_id, data_id, "test")).unlink(missing_ok=True)
+    for job in jobs.manager().list("register-model"):
+        if job.params.get("model_id") == model_id:
+            jobs.manager().forget(job.key)
+
+
 def small_preprocessing(at, arch: str, side: int = 16, channels: int = 1) -> None:
     """Preset the sidebar's preprocessing for a zoo architecture to a small square view (fast tests)."""
     values = {"pp_arch": arch, "pp_size": side, "pp_resize_mode": "squash", "pp_resize": side, "pp_crop": "center",

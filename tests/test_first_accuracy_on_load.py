@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import numpy as np
@@ -10,20 +9,10 @@ import numpy as np
 from nnlab.estimate import wilson_interval
 from nnlab.jobs import manager as jobs
 from nnlab.jobs import refs
-from nnlab.jobs.kinds import eval_key, runtime_key, stream_key, user_model_id
+from nnlab.jobs.kinds import runtime_key, stream_key, user_model_id
 from nnlab.workspace import Workspace
-from tests.conftest import app_test
+from tests.conftest import app_test, forget_model
 from tests.waiting import wait_for
-
-
-def _forget(ws: Workspace, model_id: str, data_id: str) -> None:
-    """The suite's workspace outlives tests: make the model fresh (no weights, record, stored pass or job)."""
-    shutil.rmtree(ws.model_dir(model_id), ignore_errors=True)
-    refs.forget_model(model_id, ws.root)
-    ws.result_path(eval_key(model_id, data_id, "test")).unlink(missing_ok=True)
-    for job in jobs.manager().list("register-model"):
-        if job.params.get("model_id") == model_id:
-            jobs.manager().forget(job.key)
 
 
 def test_the_first_accuracy_shows_while_the_profiling_is_held_and_the_test_pass_runs_once(demo, digits,
@@ -33,7 +22,7 @@ def test_the_first_accuracy_shows_while_the_profiling_is_held_and_the_test_pass_
 
     ws = Workspace()
     model_id = user_model_id("demo-cnn", digits, "random", "s0")
-    _forget(ws, model_id, digits.id)
+    forget_model(ws, model_id, digits.id)
     assert not refs.has_model(model_id)
 
     held, release = threading.Event(), threading.Event()

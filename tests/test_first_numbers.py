@@ -9,6 +9,7 @@ import pytest
 
 from nnlab.estimate import stratified_sample, stream_order, wilson_interval
 from nnlab.evaluate import predict_logits, streamed_pass
+from nnlab.jobs import refs
 from nnlab.jobs.kinds import ensure_evaluation, runtime_key, stream_key
 from nnlab.runtimes import precision as prec
 from nnlab.runtimes.base import cpu_flags
@@ -271,29 +272,32 @@ def test_overview_shows_the_first_numbers_while_the_pass_streams(demo, digits, m
 
     import nnlab.jobs.kinds as kinds
     from nnlab.jobs.kinds import eval_key, user_model_id
-    from tests.conftest import app_test
+    from tests.conftest import app_test, forget_model
     from tests.waiting import wait_for
 
     ws = Workspace()
     model_id = user_model_id("demo-cnn", digits, "random", "s0")
-    for key in (eval_key(model_id, digits.id, "test"),):  # a pass not stored yet (the workspace outlives runs)
-        ws.result_path(key).unlink(missing_ok=True)
-    release, real = threading.Event(), kinds.ensure_evaluation
+    forget_model(ws, model_id, digits.id)  # not registered yet, no pass stored: its register job streams the pass
+    release, reached, real = threading.Event(), threading.Event(), kinds.ensure_evaluation
 
     def held(ws_, mid, model, data, split, progress=None, cancel=None, **kw):
         if mid == model_id and split == "test":  # the pass has done its first sample and 60 more images
             ws_.save_run(kinds.stream_key(mid, data.id, split), {
                 "phase": "rest", "total": 450, "done": 360, "correct": 324, "first_images": 300,
                 "first_correct": 276, "first_seconds": 1.5, "runtime": "openvino-bf16-cpu", "gate_note": "used"})
+            reached.set()
             release.wait(60)
         return real(ws_, mid, model, data, split, progress, cancel, **kw)
 
     monkeypatch.setattr(kinds, "ensure_evaluation", held)
     monkeypatch.setenv("NNLAB_STREAM_MIN", "0")
-    at = app_test("pages/overview.py")
+    at = app_test("pages/overview.py", settle=False)  # what the page shows while the register job runs
     at.session_state["weights"] = "Random weights (untrained)"
     try:
         at.run()
+        assert not at.exception, at.exception
+        wait_for(reached.is_set, timeout=120, what="the register job's pass to stream")
+        at.run()  # the page's next run (in a browser: its fragment's) reads the streamed counts
         assert not at.exception, at.exception
         running = {m.label: m.value for m in at.metric}
         assert running.get("Test accuracy (running)") == "≈ 90.00%", running  # 324 of 360
@@ -305,8 +309,8 @@ def test_overview_shows_the_first_numbers_while_the_pass_streams(demo, digits, m
                    "after 1.5 s." in c.value for c in at.caption)
     finally:
         release.set()
-    wait_for(lambda: ws.result_path(eval_key(model_id, digits.id, "test")).is_file(), timeout=120,
-             what="the pass to be stored")
+    wait_for(lambda: refs.has_model(model_id), timeout=120, what="the model to be registered (its pass stored)")
+    assert ws.result_path(eval_key(model_id, digits.id, "test")).is_file()
     at.run()
     assert not at.exception, at.exception
     assert any(m.label == "Test accuracy" for m in at.metric)
