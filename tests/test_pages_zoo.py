@@ -20,8 +20,10 @@ PAGES = ["pages/overview.py", "pages/train.py", "pages/diagnose_goal.py", "pages
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    # 10 classes × 10 images at 256 px: 80 train / 20 test (a stratified, seeded split)
-    return make_shapes_folder(tmp_path_factory.mktemp("shapes224") / "shapes", per_class=10, size=256)
+    # 10 classes × 5 images at 256 px: 40 train / 10 test (a stratified, seeded split: one test image a class,
+    # four-fold checks on the train part). Every page still runs on the real architecture at 224; fewer images
+    # only shorten the per-image work (features, data checks, activation statistics)
+    return make_shapes_folder(tmp_path_factory.mktemp("shapes224") / "shapes", per_class=5, size=256)
 
 
 def _texts(at) -> str:
