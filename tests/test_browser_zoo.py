@@ -21,11 +21,21 @@ PAGES = {"Overview": "nnlab · Overview", "Train or fine-tune": "Train or fine-t
 LOAD_ENABLED = "() => { const b = document.querySelector('.st-key-sel_load button'); return !!b && !b.disabled; }"
 
 
+# true once SETTLED has held at every poll for the last 500 ms (a click's rerun, or the one more run a job's
+# result starts, shows within that window); one condition instead of two fixed 600 ms sleeps around two checks
+STABLE = """() => {
+  const ok = (%s)();
+  const now = performance.now();
+  if (!ok) { window.__settledSince = null; return false; }
+  if (window.__settledSince == null) window.__settledSince = now;
+  return now - window.__settledSince >= 500;
+}""" % SETTLED
+
+
 def _settle(page, where: str = "") -> None:
     try:
-        for _ in range(2):  # settled twice in a row: a job's result may start one more run
-            page.wait_for_timeout(600)
-            page.wait_for_function(SETTLED, timeout=240_000)
+        page.evaluate("() => { window.__settledSince = null; }")
+        page.wait_for_function(STABLE, timeout=240_000, polling=50)
     except Exception as exc:
         raise AssertionError(f"{where or 'the page'} kept running for 4 minutes") from exc
 
