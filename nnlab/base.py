@@ -114,7 +114,8 @@ def ensure_demo(data: ImageDataset, ws: Workspace, progress: Callable[[Progress]
 def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str, arch: str,
                   artifact: Path | None, method: str = "base", parent: str = "", cfg: dict | None = None,
                   extra: dict | None = None, latency_repeats: int | None = None,
-                  test_eval: EvalResult | None = None, table: RuntimeTable | None = None) -> Record:
+                  test_eval: EvalResult | None = None, table: RuntimeTable | None = None,
+                  sizes: bool = True) -> Record:
     """Measure a float model the one way (:mod:`nnlab.measure`): fp32 latency in every runtime available here
     (one interleaved run per batch size), test and train accuracy in the fastest verified runtime, parameters,
     MACs, size on disk and gzipped (``artifact``, or the weights as safetensors when there is none yet).
@@ -123,7 +124,9 @@ def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str
 
     ``test_eval``: the model's stored pass over the whole test split (:func:`nnlab.jobs.kinds.ensure_evaluation`,
     the one the Overview streamed): the record's accuracy is taken from it instead of a second pass. ``table``: the
-    timing of every runtime, when the caller measured it already (:func:`profile_table`).
+    timing of every runtime, when the caller measured it already (:func:`profile_table`). ``sizes=False``: the caller
+    stores the weights right after and measures the sizes from that file (:func:`store_model`): gzip -9 of a large
+    model's weights takes seconds (VGG-16: about 19 s on 2 cores), so it is done once.
     """
     model = model.eval()
     cpu_model = model.cpu()
@@ -141,7 +144,9 @@ def profile_model(model: nn.Module, data: ImageDataset, model_id: str, name: str
     tr = result_from_logits(predict_logits(cpu_model, data, "train", indices=tr_idx, runner=runner),
                             data.labels("train").numpy()[tr_idx])
     params, nonzero = count_parameters(cpu_model)
-    if artifact is not None and Path(artifact).is_file():
+    if not sizes:
+        size = gz = 0
+    elif artifact is not None and Path(artifact).is_file():
         size, gz = artifact_sizes(artifact)
     else:
         size, gz = state_sizes(cpu_model)

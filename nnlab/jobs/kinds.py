@@ -112,20 +112,32 @@ def register_model(params: dict, ctx: JobContext) -> dict:
     label = arch_label(arch, translated=False)  # a stored name: the same in every language
     name = params.get("name") or f"{label} ({ {'upload': 'your weights', 'pretrained': 'pretrained', 'random': 'random weights'}[kind] })"
     record = evaluate_and_profile(ws, model, data, model_id, name, arch, {"source": source}, ctx.progress,
-                                  ctx.cancelled)
+                                  ctx.cancelled, sizes=False)
     ctx.check_cancel()
+    store_model(ws, model_id, model, record)
+    return {"model_id": model_id, "accuracy": record.accuracy}
+
+
+def store_model(ws: Workspace, model_id: str, model: nn.Module, record: Any, history: list[dict] | None = None) -> None:
+    """Store a profiled model's weights and record; its sizes are measured from the stored file (profiled with
+    ``sizes=False``). A workspace that cannot store it: the model is kept in memory, sized from its weights."""
+    from nnlab.measure import state_sizes
+
     try:
-        path = ws.save_model(model_id, model.state_dict())
+        path = ws.save_model(model_id, model.state_dict(), history)
         record.size_bytes, record.size_gzip_bytes = artifact_sizes(path)
         record.size_dense_bytes = record.size_bytes
         ws.save_model_record(model_id, record)
     except WorkspaceError:
+        if not record.size_bytes:
+            record.size_bytes, record.size_gzip_bytes = state_sizes(model)
+            record.size_dense_bytes = record.size_bytes
         refs.remember_model(model_id, model, record, ws.root)
-    return {"model_id": model_id, "accuracy": record.accuracy}
 
 
 def evaluate_and_profile(ws: Workspace, model: nn.Module, data: ImageDataset, model_id: str, name: str, arch: str,
-                         extra: dict | None = None, progress: Any = None, cancel: Any = None) -> Any:
+                         extra: dict | None = None, progress: Any = None, cancel: Any = None,
+                         sizes: bool = True) -> Any:
     """A freshly loaded model's first numbers, then its record (what the register-model job does after building it).
 
     First the streamed test pass in fp32 (:func:`ensure_evaluation`: its first number in seconds, shown by every page while
@@ -163,7 +175,7 @@ def evaluate_and_profile(ws: Workspace, model: nn.Module, data: ImageDataset, mo
     say(_("measuring the model (latency, MACs, training accuracy)"), 0.6)
     pass_info = ws.load_run(runtime_key(model_id, data.id, "test")) or {}
     return profile_model(model, data, model_id, name, arch, None, test_eval=res, table=timed.get("table"),
-                         extra={**(extra or {}), "accuracy_pass": {
+                         sizes=sizes, extra={**(extra or {}), "accuracy_pass": {
                              k: pass_info.get(k) for k in ("runtime", "precision", "fp32_runtime", "seconds",
                                                            "first_seconds")}})
 
@@ -284,7 +296,7 @@ def ensure_evaluation(ws: Workspace, model_id: str, model: nn.Module, data: Imag
         ws.save_arrays(key, logits=logits.astype(np.float32), labels=labels.astype(np.int64))
     except WorkspaceError:
         with _MEMORY_LOCK:
-            _MEMORY[key] = (logits, labels)
+            _MEMORY[(str(ws.root), key)] = (logits, labels)
     return result_from_logits(logits, labels)
 
 
@@ -321,8 +333,8 @@ def load_evaluation(ws: Workspace, model_id: str, data_id: str, split: str) -> E
     arrays = ws.load_arrays(key)
     if arrays is not None and "logits" in arrays:
         return result_from_logits(arrays["logits"], arrays["labels"])
-    with _MEMORY_LOCK:
-        kept = _MEMORY.get(key)
+    with _MEMORY_LOCK:  # a pass kept in memory belongs to its workspace: another one's model has the same id
+        kept = _MEMORY.get((str(ws.root), key))
     if kept is not None:
         return result_from_logits(*kept)
     return None
@@ -395,14 +407,8 @@ def train_model_job(params: dict, ctx: JobContext) -> dict:
     hist = [e.to_dict() for e in history]
     record = profile_model(model, data, model_id, name, arch, None,
                            extra={"trained_by": "nnlab-train", "train_config": cfg.to_dict(), "init": init,
-                                  "train_seconds": round(seconds, 1)})
-    try:
-        path = ws.save_model(model_id, model.state_dict(), hist)
-        record.size_bytes, record.size_gzip_bytes = artifact_sizes(path)
-        record.size_dense_bytes = record.size_bytes
-        ws.save_model_record(model_id, record)
-    except WorkspaceError:
-        refs.remember_model(model_id, model, record, ws.root)
+                                  "train_seconds": round(seconds, 1)}, sizes=False)
+    store_model(ws, model_id, model, record, hist)
     return {"model_id": model_id, "accuracy": record.accuracy, "seconds": round(seconds, 1),
             "history": hist}
 
