@@ -117,17 +117,16 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _run_chunks(runner: Any, model: nn.Module | None, data: ImageDataset, split: str, indices: np.ndarray,
                 batch_size: int, cancel: Callable[[], bool] | None,
-                each: Callable[[np.ndarray, np.ndarray], None]) -> float:
-    """Run ``indices`` of a split batch by batch (``runner``, or eager ``model`` when None); ``each(idx, logits)``
-    hears about every batch. Returns the seconds spent."""
+                each: Callable[[np.ndarray, np.ndarray], None],
+                layout: torch.memory_format = torch.contiguous_format) -> float:
+    """Run ``indices`` of a split batch by batch (``runner``, or eager ``model`` when None, its inputs in ``layout``:
+    see :func:`_channels_last`); ``each(idx, logits)`` hears about every batch. Returns the seconds spent."""
     import time
 
     from nnlab.errors import Cancelled
 
     t0 = time.perf_counter()
     start = 0
-    eager, layout = (_channels_last(model, tuple(data.input_shape)) if runner is None and model is not None
-                     else (model, torch.contiguous_format))
     with torch.inference_mode():
         for x, _ in data.stream(split, batch_size, indices=indices):
             if cancel is not None and cancel():
@@ -135,7 +134,7 @@ def _run_chunks(runner: Any, model: nn.Module | None, data: ImageDataset, split:
             if runner is not None:
                 out = np.asarray(runner.predict_logits(x.numpy()), dtype=np.float32)
             else:
-                out = eager(x.to(_model_device(model)).contiguous(memory_format=layout)).float().cpu().numpy()
+                out = model(x.to(_model_device(model)).contiguous(memory_format=layout)).float().cpu().numpy()
             each(indices[start:start + len(x)], out)
             start += len(x)
     return time.perf_counter() - t0
@@ -204,6 +203,9 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
         raise ValueError("streamed_pass needs a model or a runner")
     if runner is None:
         model.eval()
+    # eager passes (the first sample without a runner, and the rest when none is chosen) share one channels-last copy
+    eager, layout = (_channels_last(model, tuple(data.input_shape)) if runner is None
+                     else (model, torch.contiguous_format))
     t0 = time.perf_counter()
     labels = data.labels(split).numpy()
     total = len(labels)
@@ -227,7 +229,7 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
     shape = (batch_size, *tuple(data.input_shape))
     _prepare(runner, shape)
     first_idx = order[:n_first]
-    fp32_s = _run_chunks(runner, model, data, split, first_idx, batch_size, cancel, keep)
+    fp32_s = _run_chunks(runner, eager, data, split, first_idx, batch_size, cancel, keep, layout)
     state.update(first_correct=state["correct"], first_seconds=round(time.perf_counter() - t0, 3), phase="gate")
     if on_chunk is not None:
         on_chunk(dict(state))
@@ -285,7 +287,7 @@ def streamed_pass(model: nn.Module | None, data: ImageDataset, split: str, runne
     state.update(phase="rest", runtime=rest_runtime)
     if on_chunk is not None:
         on_chunk(dict(state))
-    _run_chunks(rest_runner, model, data, split, order[n_first:], batch_size, cancel, keep)
+    _run_chunks(rest_runner, eager, data, split, order[n_first:], batch_size, cancel, keep, layout)
     state.update(phase="done", seconds=round(time.perf_counter() - t0, 3))
     if on_chunk is not None:
         on_chunk(dict(state))

@@ -20,7 +20,12 @@ def _data(side: int, n: int = 40, classes: int = 4) -> ImageDataset:
                         x_train=x[:8], y_train=y[:8], x_test=x, y_test=y)
 
 
-def test_first_sample_in_channels_last_gives_the_same_logits_and_leaves_the_model_alone():
+def test_first_sample_in_channels_last_gives_the_same_logits_and_leaves_the_model_alone(monkeypatch):
+    import nnlab.evaluate as ev
+
+    copies = []
+    real = ev._channels_last
+    monkeypatch.setattr(ev, "_channels_last", lambda m, shape: copies.append(shape) or real(m, shape))
     torch.manual_seed(0)
     model = resnet18(num_classes=4).eval()
     data = _data(64)
@@ -33,6 +38,7 @@ def test_first_sample_in_channels_last_gives_the_same_logits_and_leaves_the_mode
     ref = torch_logits(model, x)
     assert np.abs(logits - ref).max() < 1e-3 * max(1.0, float(np.abs(ref).max()))
     assert (logits.argmax(1) == ref.argmax(1)).all() and info["first_images"] == 20
+    assert len(copies) == 1  # the first sample and the eager rest share one copy
     for k, v in model.state_dict().items():  # the model another session may hold: same values, same layout
         assert torch.equal(v, before[k]) and v.is_contiguous(), k
 

@@ -22,7 +22,7 @@ from nnlab.evaluate import EvalResult, result_from_logits, streamed_pass
 from nnlab.i18n import _
 from nnlab.jobs import refs
 from nnlab.jobs.manager import JobContext, job_kind
-from nnlab.measure import BATCHES, artifact_sizes
+from nnlab.measure import BATCHES, artifact_sizes, state_sizes
 from nnlab.models.registry import (
     CheckpointError,
     arch_label,
@@ -121,8 +121,6 @@ def register_model(params: dict, ctx: JobContext) -> dict:
 def store_model(ws: Workspace, model_id: str, model: nn.Module, record: Any, history: list[dict] | None = None) -> None:
     """Store a profiled model's weights and record; its sizes are measured from the stored file (profiled with
     ``sizes=False``). A workspace that cannot store it: the model is kept in memory, sized from its weights."""
-    from nnlab.measure import state_sizes
-
     try:
         path = ws.save_model(model_id, model.state_dict(), history)
         record.size_bytes, record.size_gzip_bytes = artifact_sizes(path)
