@@ -111,6 +111,26 @@ SETTLED = """() => {
 }"""
 
 
+# true once SETTLED has held at every poll for the last 500 ms (a click's rerun, or the one more run a job's
+# result starts, shows within that window): one condition instead of fixed sleeps around repeated checks
+STABLE = """() => {
+  const ok = (%s)();
+  const now = performance.now();
+  if (!ok) { window.__settledSince = null; return false; }
+  if (window.__settledSince == null) window.__settledSince = now;
+  return now - window.__settledSince >= 500;
+}""" % SETTLED
+
+
+def settle(page, where: str = "", timeout_ms: int = 240_000) -> None:
+    """Wait until the page has stayed settled (no script run, nothing stale) for 500 ms, polled every 50 ms."""
+    try:
+        page.evaluate("() => { window.__settledSince = null; }")
+        page.wait_for_function(STABLE, timeout=timeout_ms, polling=50)
+    except Exception as exc:
+        raise AssertionError(f"{where or 'the page'} kept running for {timeout_ms / 60_000:g} minutes") from exc
+
+
 def choose(page, select, option, tries: int = 3, wait_ms: int = 15_000) -> None:
     """Open the selectbox ``select`` (a locator) and click its ``option`` (a locator).
 

@@ -18,18 +18,12 @@ import pytest
 import torch
 
 from nnlab.data.synthetic import make_shapes_folder
-from tests.browser import (CHROMIUM, CHROMIUM_ARGS, SETTLED, choose, no_exception, pick_image_folder, require_chromium,
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, choose, no_exception, pick_image_folder, require_chromium, settle,
                            server)
 from tests.waiting import wait_for
 
 UPLOAD = "Upload a checkpoint (.pt/.pth/.safetensors)"
 LOAD_ENABLED = """() => { const b = document.querySelector('.st-key-sel_load button'); return !!b && !b.disabled; }"""
-
-
-def _settle(page) -> None:
-    for _ in range(2):  # settled twice in a row: a rerun may start one more
-        page.wait_for_timeout(400)
-        page.wait_for_function(SETTLED, timeout=120_000)
 
 
 def _checkpoint(path: Path) -> Path:
@@ -46,18 +40,18 @@ def _pick_model(page, ckpt: Path) -> None:
     query = page.locator(".st-key-arch_query input")
     query.fill("resnet18")
     query.press("Enter")
-    _settle(page)
+    settle(page, timeout_ms=120_000)
     choose(page, page.locator(".st-key-arch"), page.get_by_role("option", name=re.compile(r"^resnet18 · torchvision")))
-    _settle(page)
+    settle(page, timeout_ms=120_000)
     page.get_by_text(UPLOAD).first.click()
-    _settle(page)
+    settle(page, timeout_ms=120_000)
     page.locator(".st-key-checkpoint input[type=file]").set_input_files(str(ckpt))
-    _settle(page)
+    settle(page, timeout_ms=120_000)
 
 
 def _pick_folder(page, folder: Path) -> None:
     pick_image_folder(page, folder)
-    _settle(page)
+    settle(page, timeout_ms=120_000)
 
 
 def _records(ws: Path) -> dict[str, dict]:
@@ -97,7 +91,7 @@ def test_only_the_combination_the_user_ends_on_is_worked_on_in_both_orders(tmp_p
                 page.wait_for_function(LOAD_ENABLED)
                 page.locator(".st-key-sel_load button").first.click()
                 page.get_by_text("Test accuracy").first.wait_for()
-                _settle(page)
+                settle(page, timeout_ms=120_000)
                 no_exception(page)
                 assert f"path={folder}" in unquote(page.url) and "arch=tv:resnet18" in unquote(page.url), page.url
                 # the first accuracy shows while the register job goes on measuring (its test pass is the evaluation)
@@ -136,7 +130,7 @@ def test_a_copied_link_reopens_the_same_model_dataset_and_page(demo, shared_serv
             page.locator(".st-key-sel_load button").first.click()
             page.wait_for_function("() => location.search.includes('weights=random')")
             page.get_by_text("Macro precision").first.wait_for()
-            _settle(page)
+            settle(page, timeout_ms=120_000)
             no_exception(page)
             link = page.url
             shown = page.get_by_text(re.compile(r"test images, error")).first.inner_text()
@@ -146,7 +140,7 @@ def test_a_copied_link_reopens_the_same_model_dataset_and_page(demo, shared_serv
             other.goto(link)
             other.get_by_role("heading", name="Errors by class").first.wait_for()
             other.get_by_text("Macro precision").first.wait_for()
-            _settle(other)
+            settle(other, timeout_ms=120_000)
             no_exception(other)
             assert urlparse(other.url).path.endswith("/diagnose_classes")
             assert other.get_by_role("combobox", name="Dataset").input_value() == page.get_by_role(

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from nnlab.data.synthetic import make_shapes_folder
-from tests.browser import SETTLED, browser_page, no_exception
+from tests.browser import browser_page, no_exception, settle
 
 # sidebar link → the page's title
 PAGES = {"Overview": "nnlab · Overview", "Train or fine-tune": "Train or fine-tune",
@@ -19,25 +19,6 @@ PAGES = {"Overview": "nnlab · Overview", "Train or fine-tune": "Train or fine-t
          "Pareto": "nnlab · Pareto", "Side by side": "nnlab · Side by side", "Jobs": "Jobs"}
 
 LOAD_ENABLED = "() => { const b = document.querySelector('.st-key-sel_load button'); return !!b && !b.disabled; }"
-
-
-# true once SETTLED has held at every poll for the last 500 ms (a click's rerun, or the one more run a job's
-# result starts, shows within that window); one condition instead of two fixed 600 ms sleeps around two checks
-STABLE = """() => {
-  const ok = (%s)();
-  const now = performance.now();
-  if (!ok) { window.__settledSince = null; return false; }
-  if (window.__settledSince == null) window.__settledSince = now;
-  return now - window.__settledSince >= 500;
-}""" % SETTLED
-
-
-def _settle(page, where: str = "") -> None:
-    try:
-        page.evaluate("() => { window.__settledSince = null; }")
-        page.wait_for_function(STABLE, timeout=240_000, polling=50)
-    except Exception as exc:
-        raise AssertionError(f"{where or 'the page'} kept running for 4 minutes") from exc
 
 
 def _open(page, label: str) -> None:
@@ -54,22 +35,22 @@ def pick_resnet18_and_folder(page, folder) -> None:  # noqa: ANN001
     query = page.locator(".st-key-arch_query input")
     query.fill("resnet18")
     query.press("Enter")
-    _settle(page)
+    settle(page)
     _open(page, "Architecture")
     page.get_by_role("option", name=re.compile(r"^resnet18 · torchvision")).first.click()
-    _settle(page)
+    settle(page)
     page.get_by_text("Random weights (untrained)").first.click()
-    _settle(page)
+    settle(page)
     _open(page, "Dataset")
     page.get_by_role("option", name=re.compile("^ImageFolder")).click()
     box = page.locator(".st-key-dataset_path input")
     box.fill(str(folder))
     box.press("Enter")
-    _settle(page)
+    settle(page)
     page.wait_for_function(LOAD_ENABLED)
     page.locator(".st-key-sel_load button").first.click()
     page.get_by_text(re.compile("seen by the model as 3×224×224")).first.wait_for()
-    _settle(page)
+    settle(page)
     no_exception(page)
 
 
@@ -83,7 +64,7 @@ def test_every_page_for_resnet18_at_224_in_the_browser(tmp_path, shared_server):
         for link, title in PAGES.items():
             page.get_by_role("link", name=link).first.click()
             page.get_by_role("heading", name=title).first.wait_for()
-            _settle(page, link)
+            settle(page, link)
             no_exception(page)
             errors = [t for t in page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
                       if "the evidence speaks against it" not in t]  # the goal page's remedy boxes are content
